@@ -1,0 +1,149 @@
+"""Stage `grpo`: RELATE, the SFT policy tuned with GRPO on multi-dimensional rewards.
+
+Reads models/sft/ (policy + tokenizer), models/ctcvr/ (the learned CTCVR reward model),
+the curated search logs (prompts and historical ad texts) and the compliance lexicon.
+Writes the prompt split (data/prompts/: train.jsonl for GRPO, eval.jsonl held out for
+evaluation), models/relate/ (save_pretrained), metrics/grpo.json (learned rewards of the
+SFT and RELATE policies on the held-out prompts, speed) and the per-reward training
+curves plots/grpo/rewards.{csv,png}. Never reads data/sim_truth or relate_sim.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from pipelines.atomic import directory, write_json
+from pipelines.logs import get_logger
+from pipelines.params import ConfigError, load_config
+from pipelines.paths import DATA, METRICS, MODELS, PLOTS, curated
+
+log = get_logger("grpo")
+SFT_DIR, CTCVR_DIR, RELATE_DIR = MODELS / "sft", MODELS / "ctcvr", MODELS / "relate"
+PROMPTS_DIR = DATA / "prompts"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
+    args = parser.parse_args(argv)
+    try:
+        from relate_models.grpo_trainer import GRPOStageConfig
+
+        cfg = load_config(GRPOStageConfig, "grpo", args.params)
+        train_relate(cfg)
+        return 0
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        log.error("grpo failed: %s", err)
+        return 2
+
+
+def train_relate(cfg, output_dir=RELATE_DIR, metrics_path=METRICS / "grpo.json", plots_dir=PLOTS / "grpo",
+                 prompts_dir=PROMPTS_DIR) -> dict:
+    """GRPO from models/sft with `cfg` (a GRPOStageConfig); writes the policy to `output_dir`.
+
+    `prompts_dir=None` skips writing the prompt split (the ablation reuses the stage's split);
+    returns the metrics also written to `metrics_path`.
+    """
+    from datasets import Dataset
+
+    from relate_models import policy
+    from relate_models.compliance import ComplianceChecker
+    from relate_models.ctcvr import CTCVRScorer
+    from relate_models.grpo_trainer import RelateGRPOTrainer, reward_curves, trl_config
+    from relate_models.rewards import RewardContext, build_rewards, score_texts
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    started = time.monotonic()
+
+    model, tokenizer = policy.load_policy(SFT_DIR)
+    try:
+        scorer = CTCVRScorer.load(CTCVR_DIR)
+    except RuntimeError as err:  # weights saved by another version of the model code
+        raise ValueError(f"CTCVR artifact {CTCVR_DIR} does not match relate_models.ctcvr; rerun train_ctcvr "
+                         f"({str(err).splitlines()[0]})") from None
+    corpus = policy.load_search_corpus(curated("text_stats"))
+    segments = None if cfg.user_segment else policy.modal_user_segments(curated("labeled_impressions"))
+    train_prompts, eval_prompts = policy.split_prompts(corpus, cfg.eval_fraction, segments, cfg.user_segment)
+    if not train_prompts or not eval_prompts:
+        raise ValueError(f"grpo: need train and eval prompts, got {len(train_prompts)} / {len(eval_prompts)}")
+    if prompts_dir is not None:
+        with directory(prompts_dir) as staging:
+            for name, rows in (("train.jsonl", train_prompts), ("eval.jsonl", eval_prompts)):
+                (staging / name).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows),
+                                            encoding="utf-8")
+    log.info("grpo: %d train prompts, %d held-out eval prompts", len(train_prompts), len(eval_prompts))
+
+    ctx = RewardContext(
+        scorer=scorer,
+        compliance=ComplianceChecker.load(cfg.lexicon),
+        historical_texts=sorted(set(corpus["ad_text"])),
+        min_chars=cfg.min_chars,
+        max_chars=cfg.max_chars,
+        compliance_penalty=cfg.compliance_penalty,
+        group_ngram=cfg.group_ngram,
+        copy_ngram=cfg.copy_ngram,
+        default_user_segment=cfg.user_segment,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    rewards = build_rewards(list(cfg.rewards), ctx)
+    names = [r.name for r in rewards]
+
+    def held_out_rewards(m) -> dict[str, float]:
+        texts = policy.generate(
+            m, tokenizer, [r["prompt"] for r in eval_prompts], n=cfg.eval_generations,
+            max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+        )
+        return score_texts(rewards, eval_prompts, texts)
+
+    sft_eval = held_out_rewards(model)
+    log.info("SFT policy on held-out prompts: %s", _fmt(sft_eval))
+
+    trainer = RelateGRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        args=trl_config(cfg),
+        train_dataset=Dataset.from_list(train_prompts),
+        relate_rewards=rewards,
+        credit_assignment=cfg.credit_assignment,
+    )
+    train_started = time.monotonic()
+    trainer.train()
+    train_seconds = time.monotonic() - train_started
+    model = trainer.model.eval()
+    relate_eval = held_out_rewards(model)
+    log.info("RELATE policy on held-out prompts: %s", _fmt(relate_eval))
+
+    policy.save_policy(model, tokenizer, output_dir)
+    curves = reward_curves(trainer.state.log_history, names)
+    policy.write_curves(curves, plots_dir / "rewards.csv", plots_dir / "rewards.png", "step",
+                        names + ["kl", "violation_rate"], "RELATE GRPO: mean reward per training step")
+    tokens = int(trainer.state.num_input_tokens_seen)
+    metrics = {
+        "steps": int(trainer.state.global_step),
+        "rewards": dict(cfg.rewards),
+        "credit_assignment": cfg.credit_assignment,
+        "train_seconds": round(train_seconds, 1),
+        "steps_per_second": trainer.state.global_step / max(train_seconds, 1e-9),
+        "tokens_per_second": tokens / max(train_seconds, 1e-9),
+        "held_out": {"sft": sft_eval, "relate": relate_eval,
+                     "gain": {k: relate_eval[k] - sft_eval[k] for k in sft_eval}},
+        "final_train_rewards": curves[-1] if curves else {},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    write_json(metrics_path, metrics)
+    log.info("grpo done: %d steps in %.1fs (%.2f steps/s)", metrics["steps"], train_seconds,
+             metrics["steps_per_second"])
+    return metrics
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Stage `sft`: warm-start the policy LM on historical search ad texts.
+
+Reads the curated `text_stats` (search placement) and the shared tokenizer
+(models/tokenizer/); trains `prompt -> ad text` with a plain PyTorch loop on a
+deterministic train/val split; writes models/sft/ (save_pretrained, safetensors +
+tokenizer), metrics/sft.json and plots/sft/loss.{csv,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pipelines.atomic import write_json
+from pipelines.logs import get_logger
+from pipelines.params import ConfigError, load_config, require
+from pipelines.paths import METRICS, MODELS, PLOTS, curated
+
+log = get_logger("sft")
+TOKENIZER_DIR = MODELS / "tokenizer"
+SFT_DIR = MODELS / "sft"
+
+
+@dataclass
+class SFTConfig:
+    """The `sft:` params section."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    val_fraction: float = 0.1
+    max_tokens: int = 64  # prompt + completion tokens per example
+    max_examples: int = 0  # 0 = every (vertical, keyword, ad text) of the logs
+    num_threads: int = 0  # torch intra-op threads; 0 = torch's default
+    seed: int = 13
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        p = "sft"
+        for name in ("epochs", "batch_size", "warmup_steps", "log_every"):
+            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.learning_rate > 0, f"{p}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0 < self.val_fraction < 0.5, f"{p}.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        require(self.max_tokens >= 16, f"{p}.max_tokens", f"must be >= 16, got {self.max_tokens}")
+        require(self.max_examples >= 0, f"{p}.max_examples", f"must be >= 0, got {self.max_examples}")
+        require(self.num_threads >= 0, f"{p}.num_threads", f"must be >= 0, got {self.num_threads}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
+    args = parser.parse_args(argv)
+    try:
+        from relate_models import policy
+        from relate_models.tokenizer import load_tokenizer
+
+        cfg = load_config(SFTConfig, "sft", args.params)
+        policy_cfg = load_config(policy.PolicyConfig, "policy", args.params)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        started = time.monotonic()
+
+        tokenizer = load_tokenizer(TOKENIZER_DIR)
+        corpus = policy.load_search_corpus(curated("text_stats"))
+        if cfg.max_examples and len(corpus) > cfg.max_examples:
+            corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
+        is_val = [
+            policy.stable_fraction(v, k, t) < cfg.val_fraction
+            for v, k, t in zip(corpus["vertical"], corpus["keyword"], corpus["ad_text"])
+        ]
+        examples = [
+            policy.encode_example(tokenizer, policy.prompt_text(v, k), t, cfg.max_tokens)
+            for v, k, t in zip(corpus["vertical"], corpus["keyword"], corpus["ad_text"])
+        ]
+        train = [e for e, val in zip(examples, is_val) if not val]
+        val = [e for e, val in zip(examples, is_val) if val]
+        if not train or not val:
+            raise ValueError(f"sft: need both train and val examples, got {len(train)} train / {len(val)} val")
+        log.info("sft: %d train / %d val examples from %d logged ad texts", len(train), len(val), len(corpus))
+
+        model = policy.build_policy(policy_cfg, tokenizer)
+        log.info("policy %s: %d parameters", policy_cfg.base_model, policy.n_parameters(model))
+        initial_val = policy.mean_loss(model, val, tokenizer.pad_token_id, cfg.batch_size * 2)
+        curve = policy.fit_sft(
+            model, tokenizer, train, val,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+            warmup_steps=cfg.warmup_steps, seed=cfg.seed, log=log.info, log_every=cfg.log_every,
+        )
+        samples = policy.generate(
+            model, tokenizer, [policy.prompt_text(v, k) for v, k in corpus[["vertical", "keyword"]].head(3).values],
+            n=1, temperature=0.0,
+        )
+        for s in samples:
+            log.info("sample: %s", s[0])
+        policy.save_policy(model, tokenizer, SFT_DIR)
+        best = min(curve, key=lambda r: r["val_loss"])
+        metrics = {
+            "n_train": len(train),
+            "n_val": len(val),
+            "parameters": policy.n_parameters(model),
+            "initial_val_loss": initial_val,
+            "train_loss": curve[-1]["train_loss"],
+            "val_loss": best["val_loss"],
+            "best_epoch": best["epoch"],
+            "val_perplexity": float(torch.exp(torch.tensor(best["val_loss"]))),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        write_json(METRICS / "sft.json", metrics)
+        policy.write_curves(curve, PLOTS / "sft" / "loss.csv", PLOTS / "sft" / "loss.png", "epoch",
+                            ["train_loss", "val_loss"], "SFT loss")
+        log.info("sft done: val loss %.4f (from %.4f) in %.1fs", metrics["val_loss"], initial_val, metrics["seconds"])
+        return 0
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        log.error("sft failed: %s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

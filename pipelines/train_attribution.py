@@ -1,0 +1,270 @@
+"""Train GenCO's MIL attribution reward model on combination-level clicks.
+
+Reads only data/curated (never the simulator's truth). Trains on `train_days` days of
+feed combinations and holds out the `holdout_days` days after them for a bag-level AUC;
+all of those days must have complete click labels (see `click_complete_days`).
+Writes models/attribution/ (safetensors + config + vocab + element_rewards.parquet +
+history), metrics/train_attribution.json and plots/attribution/training_curve.{csv,png}.
+
+    python -m pipelines.train_attribution [--ds YYYY-MM-DD] [--params params.yaml]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from pipelines import atomic, paths
+from pipelines.dates import parse_ds, shift_ds
+from pipelines.logs import get_logger
+from pipelines.params import ConfigError, load_config, require
+from relate_models import attribution as attr
+
+log = get_logger(__name__)
+MODEL_DIR = paths.MODELS / "attribution"
+METRICS_FILE = paths.METRICS / "train_attribution.json"
+PLOT_DIR = paths.PLOTS / "attribution"
+SOURCES = ("combo_stats", "labeled_impressions")
+CONTEXT_COLUMNS = ("user_segment", "position", "vertical")
+
+
+@dataclass
+class TrainAttributionConfig:
+    seed: int
+    source: str = "combo_stats"  # or labeled_impressions (feed placement, one row per impression)
+    context_features: list[str] = field(default_factory=list)  # labeled_impressions only
+    train_days: int = 10
+    holdout_days: int = 1
+    end_ds: str | None = None  # last holdout day; None: the latest day with complete click labels
+    label_lag_days: int = 1  # clicks come within the click window (< 1 day), so labels of dt are final at dt+1
+    embed_dim: int = 16
+    attention_dim: int = 16
+    hash_buckets: int = 1024
+    steps: int = 400
+    learning_rate: float = 0.05
+    l2: float = 100.0
+    l2_bias: float = 1.0
+    log_every: int = 50
+    max_combinations_per_ad: int = 4096
+    torch_threads: int = 1  # the model is tiny: more threads only contend; 0 = torch's default
+
+    def __post_init__(self):
+        require(self.source in SOURCES, "train_attribution.source", f"must be one of {SOURCES}, got {self.source!r}")
+        bad = [c for c in self.context_features if c not in CONTEXT_COLUMNS]
+        require(not bad, "train_attribution.context_features", f"unknown {bad}; allowed: {CONTEXT_COLUMNS}")
+        require(
+            not self.context_features or self.source == "labeled_impressions",
+            "train_attribution.context_features", "needs source: labeled_impressions (combo_stats has no context)",
+        )
+        require(self.train_days >= 1, "train_attribution.train_days", "must be >= 1")
+        require(self.holdout_days >= 1, "train_attribution.holdout_days", "must be >= 1")
+        require(self.label_lag_days >= 0, "train_attribution.label_lag_days", "must be >= 0")
+        if self.end_ds is not None:
+            try:
+                parse_ds(self.end_ds)
+            except ValueError as err:
+                raise ConfigError(f"train_attribution.end_ds: {err}") from None
+        for name in ("embed_dim", "attention_dim", "hash_buckets", "steps", "log_every", "max_combinations_per_ad"):
+            require(getattr(self, name) >= 1, f"train_attribution.{name}", "must be >= 1")
+        require(self.learning_rate > 0, "train_attribution.learning_rate", "must be > 0")
+        require(self.l2 >= 0, "train_attribution.l2", "must be >= 0")
+        require(self.l2_bias >= 0, "train_attribution.l2_bias", "must be >= 0")
+        require(self.torch_threads >= 0, "train_attribution.torch_threads", "must be >= 0")
+
+
+# --------------------------------------------------------------------------- reading curated data
+
+
+def read_partition(table: str, ds: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One partition as a frame with a `dt` column; an absent or empty partition is an error."""
+    part = paths.partition(paths.curated(table), ds)
+    files = sorted(p for p in part.glob("*.parquet") if not p.name.startswith((".", "_")))
+    if not files:
+        raise ValueError(f"{part}: partition missing or has no parquet files")
+    frame = pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files], ignore_index=True)
+    if frame.empty:
+        raise ValueError(f"{part}: partition is empty")
+    frame["dt"] = ds
+    return frame
+
+
+def click_complete_days(days: list[str], label_lag_days: int) -> list[str]:
+    """The days whose click labels are final: labels_as_of >= dt + label_lag_days.
+
+    labeled_impressions carries labels_as_of; when it is absent, the last `label_lag_days`
+    partitions are assumed still open.
+    """
+    labeled = set(paths.partitions(paths.curated("labeled_impressions")))
+    if not labeled:
+        return days[: len(days) - label_lag_days] if label_lag_days else list(days)
+    complete = []
+    for ds in days:
+        if ds not in labeled:
+            continue
+        as_of = read_partition("labeled_impressions", ds, ["labels_as_of"])["labels_as_of"].astype(str).str[:10]
+        if as_of.min() >= shift_ds(ds, label_lag_days):
+            complete.append(ds)
+    return complete
+
+
+def choose_window(cfg: TrainAttributionConfig, run_ds: str | None) -> tuple[list[str], list[str]]:
+    """(train days, holdout days): consecutive, ending at the latest click-complete day <= the cap."""
+    available = paths.partitions(paths.curated(cfg.source))
+    if not available:
+        raise ValueError(f"no partitions under {paths.curated(cfg.source)} (run ingest first)")
+    caps = [d for d in (cfg.end_ds, run_ds) if d is not None]
+    if caps:
+        available = [d for d in available if d <= min(caps)]
+    complete = click_complete_days(available, cfg.label_lag_days)
+    if not complete:
+        raise ValueError(f"no day with complete click labels in {paths.curated(cfg.source)} (available: {available})")
+    end = complete[-1]
+    n = cfg.train_days + cfg.holdout_days
+    window = [shift_ds(end, -i) for i in range(n - 1, -1, -1)]
+    missing = [d for d in window if d not in available]
+    if missing:
+        raise ValueError(
+            f"window {window[0]}..{end} ({cfg.train_days} train + {cfg.holdout_days} holdout days) "
+            f"lacks partition(s) {', '.join(missing)} of {paths.curated(cfg.source)}"
+        )
+    return window[: cfg.train_days], window[cfg.train_days :]
+
+
+def load_rows(cfg: TrainAttributionConfig, days: list[str]) -> pd.DataFrame:
+    """Aggregatable rows (ad, combination, context, impressions, clicks) of the feed placement."""
+    keys = ["ad_id", "product_id", *attr.ELEMENT_COLUMNS]
+    if cfg.source == "combo_stats":
+        frames = [read_partition("combo_stats", d, keys + ["impressions", "clicks"]) for d in days]
+        rows = pd.concat(frames, ignore_index=True)
+    else:
+        cols = keys + list(cfg.context_features) + ["placement", "clicked"]
+        frames = []
+        for d in days:
+            part = read_partition("labeled_impressions", d, cols)
+            part = part[part["placement"] == "feed"]
+            if part.empty:
+                raise ValueError(f"labeled_impressions dt={d} has no feed impressions")
+            frames.append(part)
+        rows = pd.concat(frames, ignore_index=True)
+        rows["impressions"] = 1
+        rows["clicks"] = rows["clicked"].astype(np.int64)
+        for c in cfg.context_features:
+            rows[c] = rows[c].astype(str)
+        rows = attr.aggregate(rows, cfg.context_features)
+    dropped = int(rows[list(attr.ELEMENT_COLUMNS)].isna().all(axis=1).sum())
+    if dropped:
+        log.warning("dropping %d rows with no element in any slot", dropped)
+        rows = rows[~rows[list(attr.ELEMENT_COLUMNS)].isna().all(axis=1)]
+    return rows.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def holdout_metrics(scorer: attr.AttributionScorer, holdout: pd.DataFrame) -> dict:
+    result = scorer.score_frame(holdout, on_unknown="fallback", use_context=bool(scorer.context_features))
+    clicks = holdout["clicks"].to_numpy(np.float64)
+    imps = holdout["impressions"].to_numpy(np.float64)
+    p = np.clip(result.p_click, 1e-7, 1 - 1e-7)
+    return {
+        "holdout_auc": attr.weighted_auc(result.p_click, clicks, imps - clicks),
+        "holdout_nll": float(-(clicks * np.log(p) + (imps - clicks) * np.log1p(-p)).sum() / imps.sum()),
+        "holdout_impressions": int(imps.sum()),
+        "holdout_clicks": int(clicks.sum()),
+        "holdout_ctr": float(clicks.sum() / imps.sum()),
+        "holdout_predicted_ctr": float((result.p_click * imps).sum() / imps.sum()),
+        "holdout_rows_unknown_ad": result.unknown_ads,  # scored with the documented fallback
+        "holdout_unknown_elements": result.unknown_elements,
+    }
+
+
+def plot_training_curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(history)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for col in ("train_nll", "holdout_nll"):
+        if col in frame:
+            ax.plot(frame["step"], frame[col], marker="o", label=col)
+    ax.set_xlabel("step")
+    ax.set_ylabel("binomial NLL per impression")
+    ax.set_title("MIL attribution training curve")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:
+    torch.manual_seed(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    train_days, holdout_days = choose_window(cfg, run_ds)
+    log.info("train days %s..%s, holdout %s..%s (source %s)", train_days[0], train_days[-1],
+             holdout_days[0], holdout_days[-1], cfg.source)
+    train = load_rows(cfg, train_days)
+    holdout = load_rows(cfg, holdout_days)
+    if train["clicks"].sum() <= 0:
+        raise ValueError(f"no clicks in the training window {train_days[0]}..{train_days[-1]}: nothing to attribute")
+    settings = attr.FitSettings(steps=cfg.steps, learning_rate=cfg.learning_rate, l2=cfg.l2, l2_bias=cfg.l2_bias,
+                                seed=cfg.seed, log_every=cfg.log_every)
+    model_cfg = {"embed_dim": cfg.embed_dim, "attention_dim": cfg.attention_dim, "hash_buckets": cfg.hash_buckets}
+    scorer, history = attr.fit(train, settings, model_cfg, cfg.context_features, holdout, log)
+    scorer.meta.update({"source": cfg.source, "train_days": train_days, "holdout_days": holdout_days})
+
+    log.info("computing element rewards")
+    rewards = scorer.element_rewards(cfg.max_combinations_per_ad, seed=cfg.seed)
+    naive = attr.naive_marginal_ctr(train)
+    rewards = rewards.merge(naive, on=["ad_id", "slot", "element_id"], how="left")
+    metrics = {
+        **holdout_metrics(scorer, holdout),
+        "train_nll": history[-1]["train_nll"],
+        "train_impressions": int(train["impressions"].sum()),
+        "train_clicks": int(train["clicks"].sum()),
+        "ads": len(scorer.vocab.ads),
+        "elements": len(scorer.vocab.elements),
+        "train_days": len(train_days),
+        "window_end": holdout_days[-1],
+    }
+    log.info("holdout AUC %.4f, NLL %.5f", metrics["holdout_auc"], metrics["holdout_nll"])
+
+    with atomic.directory(MODEL_DIR) as staging:
+        scorer.save(staging)
+        rewards.to_parquet(staging / "element_rewards.parquet", index=False)
+        (staging / "history.json").write_text(pd.DataFrame(history).to_json(orient="records", indent=2) + "\n")
+    atomic.write_json(METRICS_FILE, metrics)
+    atomic.write_text(PLOT_DIR / "training_curve.csv", pd.DataFrame(history).to_csv(index=False))
+    plot_training_curve(history, PLOT_DIR / "training_curve.png")
+    log.info("wrote %s (%d element rewards) and %s", MODEL_DIR, len(rewards), METRICS_FILE)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", help="run date: train on days up to it (YYYY-MM-DD); default: latest complete day")
+    parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        run_ds = args.ds and parse_ds(args.ds).isoformat()
+        cfg = load_config(TrainAttributionConfig, "train_attribution", args.params)
+        run(cfg, run_ds)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        log.error("train_attribution failed: %s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Stage train_ctcvr: the ESMM CTCVR reward model and the shared tokenizer, from curated logs.
+
+Reads only data/curated/labeled_impressions (search placement). The eval day is the last
+day whose labels are complete; the model trains on the `train_days` days before it and
+is scored on the eval day next to a hashed n-gram logistic-regression baseline.
+
+Writes models/tokenizer/, models/ctcvr/ (model.safetensors, config.json, tokenizer/,
+heldout_predictions.parquet, training_curve.json) and metrics/ctcvr_train.json.
+
+    python -m pipelines.train_ctcvr [--ds YYYY-MM-DD] [--params params.yaml]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from pipelines import atomic
+from pipelines.dates import parse_ds, shift_ds
+from pipelines.logs import get_logger
+from pipelines.params import ConfigError, load_config, require
+from pipelines.paths import METRICS, MODELS, curated, partition, partitions
+from relate_models import ctcvr
+from relate_models.ngram_baseline import NgramBaseline
+from relate_models.tokenizer import save_tokenizer, train_tokenizer
+
+log = get_logger(__name__)
+
+SECTION = "train_ctcvr"
+COLUMNS = ["impression_id", "ad_text", "keyword", "vertical", "user_segment", "position", "clicked", "converted"]
+OPTIONAL_COLUMNS = ["query"]  # query/text word overlap when logged; the keyword stands in otherwise
+CTCVR_DIR = MODELS / "ctcvr"
+TOKENIZER_DIR = MODELS / "tokenizer"
+PREDICTIONS = CTCVR_DIR / "heldout_predictions.parquet"
+CURVE = CTCVR_DIR / "training_curve.json"
+TRAIN_METRICS = METRICS / "ctcvr_train.json"
+
+
+class DataError(ValueError):
+    """The curated input cannot train a model (no partitions, no clicks, ...)."""
+
+
+@dataclass
+class TrainCTCVRConfig:
+    seed: int = 20260101
+    train_days: int = 7
+    val_fraction: float = 0.05  # of the training window, for per-epoch val metrics and best-epoch choice
+    vocab_size: int = 4000
+    tokenizer_min_frequency: int = 2
+    max_tokens: int = 48
+    bigram_buckets: int = 50_000
+    max_position: int = 10
+    embed_dim: int = 32
+    context_dim: int = 16
+    hidden_dim: int = 64
+    dropout: float = 0.1
+    wide: bool = True  # linear part next to each MLP tower (wide & deep)
+    epochs: int = 4
+    batch_size: int = 1024
+    lr: float = 0.003
+    weight_decay: float = 1e-5
+    num_threads: int = 2
+    baseline_n_features: int = 2**18
+    baseline_C: float = 1.0
+    baseline_max_iter: int = 200
+    ece_bins: int = 15
+
+    def __post_init__(self):
+        require(self.train_days >= 1, f"{SECTION}.train_days", f"must be >= 1, got {self.train_days}")
+        require(0 < self.val_fraction < 0.5, f"{SECTION}.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        require(self.vocab_size >= 300, f"{SECTION}.vocab_size", f"must be >= 300 (256 bytes + specials), got {self.vocab_size}")
+        require(self.tokenizer_min_frequency >= 1, f"{SECTION}.tokenizer_min_frequency", "must be >= 1")
+        for name in ("max_tokens", "bigram_buckets", "max_position", "embed_dim", "context_dim", "epochs", "batch_size",
+                     "num_threads", "baseline_n_features", "baseline_max_iter", "ece_bins"):
+            require(getattr(self, name) >= 1, f"{SECTION}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.hidden_dim >= 2, f"{SECTION}.hidden_dim", f"must be >= 2, got {self.hidden_dim}")
+        require(0 <= self.dropout < 1, f"{SECTION}.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.lr > 0, f"{SECTION}.lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, f"{SECTION}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.baseline_C > 0, f"{SECTION}.baseline_C", f"must be > 0, got {self.baseline_C}")
+
+
+# ------------------------------------------------------------------------------ window
+def label_status(days: list[str]) -> dict[str, tuple[int, bool]]:
+    """dt -> (rows, all labels complete), reading only the label_complete column."""
+    table_dir = curated("labeled_impressions")
+    status = {}
+    for ds in days:
+        try:
+            flags = pq.read_table(partition(table_dir, ds), columns=["label_complete"]).column(0).to_numpy(zero_copy_only=False)
+        except (KeyError, ValueError, OSError) as err:
+            raise DataError(f"labeled_impressions dt={ds}: cannot read label_complete ({err})") from None
+        status[ds] = (len(flags), bool(len(flags)) and bool(np.all(flags == True)))  # noqa: E712 (nulls are incomplete)
+    return status
+
+
+def choose_window(status: dict[str, tuple[int, bool]], train_days: int) -> tuple[list[str], str]:
+    """Eval day = the last day with complete labels; train on the up-to `train_days` days before it."""
+    complete = [ds for ds, (rows, done) in status.items() if rows and done]
+    if not complete:
+        raise DataError("labeled_impressions: no partition has complete labels yet (label_complete is false everywhere)")
+    eval_day = max(complete)
+    wanted = [shift_ds(eval_day, -k) for k in range(train_days, 0, -1)]
+    train = [ds for ds in wanted if ds in status]
+    if not train:
+        raise DataError(f"labeled_impressions: no partitions in the training window {wanted[0]}..{wanted[-1]} before eval day {eval_day}")
+    empty = [ds for ds in train if status[ds][0] == 0]
+    if empty:
+        raise DataError(f"labeled_impressions: empty partition(s) in the training window: {', '.join(empty)}")
+    if len(train) < train_days:
+        log.warning("only %d of %d training days exist before eval day %s: %s", len(train), train_days, eval_day, train)
+    return train, eval_day
+
+
+def load_search_impressions(days: list[str]) -> pd.DataFrame:
+    """Search-placement rows of labeled_impressions for `days`, with a dt column."""
+    table_dir = curated("labeled_impressions")
+    frames = []
+    for ds in days:
+        path = partition(table_dir, ds)
+        files = sorted(f for f in path.glob("*.parquet") if not f.name.startswith((".", "_")))
+        if not files:
+            raise DataError(f"labeled_impressions dt={ds}: empty partition (no parquet files in {path})")
+        schema_names = set(pq.read_schema(files[0]).names)
+        missing = [c for c in COLUMNS + ["placement"] if c not in schema_names]
+        if missing:
+            raise DataError(f"labeled_impressions dt={ds}: missing column(s) {', '.join(missing)}")
+        columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if c in schema_names]
+        table = pq.read_table(path, columns=columns, filters=[("placement", "=", "search")])
+        frame = table.to_pandas()
+        if frame.empty:
+            raise DataError(f"labeled_impressions dt={ds}: no search-placement impressions")
+        frames.append(frame.assign(dt=ds))
+    frame = pd.concat(frames, ignore_index=True)
+    duplicated = frame["impression_id"].duplicated()
+    if duplicated.any():  # the contract says one row per impression; count and keep the first
+        log.warning("dropping %d duplicate impression_id rows in %s", int(duplicated.sum()), ", ".join(days))
+        frame = frame[~duplicated].reset_index(drop=True)
+    frame["clicked"] = frame["clicked"].fillna(0).astype(np.int64).clip(0, 1)
+    # a conversion implies a click; the ESMM target is clicked AND converted
+    frame["converted"] = (frame["converted"].fillna(0).astype(np.int64).clip(0, 1) * frame["clicked"]).astype(np.int64)
+    return frame
+
+
+def check_labels(frame: pd.DataFrame, what: str) -> None:
+    if int(frame["clicked"].sum()) == 0:
+        raise DataError(f"{what}: no clicks in {len(frame)} search impressions; cannot train or score CTR")
+    if int(frame["converted"].sum()) == 0:
+        raise DataError(f"{what}: no conversions in {len(frame)} search impressions; cannot train or score CVR")
+
+
+def vocab(frame: pd.DataFrame, name: str) -> list[str]:
+    return sorted(v for v in frame[name].dropna().astype(str).unique() if v)
+
+
+# ----------------------------------------------------------------------------- metrics
+def heldout_metrics(frame: pd.DataFrame, bins: int) -> dict:
+    """Learned metrics on the eval day from the predictions frame (labels from curated logs)."""
+    clicked = frame["clicked"].to_numpy()
+    ctcvr_label = clicked * frame["converted"].to_numpy()
+    out = {
+        "auc_ctr": ctcvr.auc(clicked, frame["p_ctr"]),
+        "auc_ctcvr": ctcvr.auc(ctcvr_label, frame["p_ctcvr"]),
+        "logloss_ctr": ctcvr.log_loss(clicked, frame["p_ctr"]),
+        "logloss_ctcvr": ctcvr.log_loss(ctcvr_label, frame["p_ctcvr"]),
+        "ece_ctr": ctcvr.expected_calibration_error(clicked, frame["p_ctr"], bins),
+        "ece_ctcvr": ctcvr.expected_calibration_error(ctcvr_label, frame["p_ctcvr"], bins),
+        "baseline_auc_ctr": ctcvr.auc(clicked, frame["baseline_p_ctr"]),
+        "baseline_auc_ctcvr": ctcvr.auc(ctcvr_label, frame["baseline_p_ctcvr"]),
+        "baseline_logloss_ctcvr": ctcvr.log_loss(ctcvr_label, frame["baseline_p_ctcvr"]),
+        "baseline_ece_ctcvr": ctcvr.expected_calibration_error(ctcvr_label, frame["baseline_p_ctcvr"], bins),
+        "mean_p_ctcvr": float(frame["p_ctcvr"].mean()),
+        "observed_ctcvr": float(ctcvr_label.mean()),
+    }
+    out["beats_baseline"] = bool(out["auc_ctcvr"] > out["baseline_auc_ctcvr"])
+    return out
+
+
+# -------------------------------------------------------------------------------- main
+def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
+    started = time.monotonic()
+    torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+
+    days = partitions(curated("labeled_impressions"))
+    if ds is not None:
+        days = [d for d in days if d <= ds]  # a run reads nothing newer than its ds
+    if not days:
+        raise DataError(f"no labeled_impressions partitions under {curated('labeled_impressions')}" + (f" up to {ds}" if ds else ""))
+    train_days, eval_day = choose_window(label_status(days), cfg.train_days)
+    log.info("eval day %s (last with complete labels); training days %s..%s", eval_day, train_days[0], train_days[-1])
+
+    train_frame = load_search_impressions(train_days)
+    eval_frame = load_search_impressions([eval_day])
+    check_labels(train_frame, f"training window {train_days[0]}..{train_days[-1]}")
+    check_labels(eval_frame, f"eval day {eval_day}")
+    log.info("train: %d impressions, %d clicks, %d conversions; eval: %d impressions",
+             len(train_frame), train_frame["clicked"].sum(), train_frame["converted"].sum(), len(eval_frame))
+
+    tokenizer = train_tokenizer(train_frame["ad_text"].dropna().astype(str), cfg.vocab_size, cfg.tokenizer_min_frequency)
+    log.info("tokenizer: %d tokens from %d distinct texts", len(tokenizer), train_frame["ad_text"].nunique())
+    model_cfg = ctcvr.CTCVRConfig(
+        vocab_size=len(tokenizer),
+        vocabs={name: vocab(train_frame, name) for name in ctcvr.CONTEXT_FIELDS},
+        max_tokens=cfg.max_tokens, bigram_buckets=cfg.bigram_buckets, max_position=cfg.max_position,
+        embed_dim=cfg.embed_dim, context_dim=cfg.context_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, wide=cfg.wide,
+        bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
+    )
+    encoder = ctcvr.FeatureEncoder(model_cfg, tokenizer)
+
+    rng = np.random.default_rng(cfg.seed)
+    is_val = rng.random(len(train_frame)) < cfg.val_fraction
+    fit_part, val_part = train_frame[~is_val].reset_index(drop=True), train_frame[is_val].reset_index(drop=True)
+    check_labels(fit_part, "training split")
+    result = ctcvr.fit(
+        model_cfg, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+        log=log.info,
+    )
+    model_seconds = time.monotonic() - started
+
+    pred = ctcvr.predict(result.model, encoder, ctcvr.build_train_data(encoder, eval_frame))
+    baseline_start = time.monotonic()
+    baseline = NgramBaseline(n_features=cfg.baseline_n_features, C=cfg.baseline_C, max_iter=cfg.baseline_max_iter)
+    baseline.fit(train_frame, {"ctr": train_frame["clicked"].to_numpy(),
+                               "ctcvr": (train_frame["clicked"] * train_frame["converted"]).to_numpy()}, seed=cfg.seed)
+    base_pred = baseline.predict(eval_frame)
+    log.info("baseline fitted in %.1fs", time.monotonic() - baseline_start)
+
+    predictions = pd.DataFrame({
+        "impression_id": eval_frame["impression_id"].astype(str),
+        "dt": eval_day,
+        "p_ctr": pred["p_ctr"].astype(np.float64),
+        "p_cvr": pred["p_cvr"].astype(np.float64),
+        "p_ctcvr": pred["p_ctcvr"].astype(np.float64),
+        "baseline_p_ctr": base_pred["ctr"],
+        "baseline_p_ctcvr": base_pred["ctcvr"],
+        "clicked": eval_frame["clicked"].astype(np.int8),
+        "converted": eval_frame["converted"].astype(np.int8),
+    })
+    metrics = {
+        "eval_day": eval_day,
+        "train_days": train_days,
+        "n_train": int(len(fit_part)),
+        "n_val": int(len(val_part)),
+        "n_eval": int(len(eval_frame)),
+        "train_clicks": int(train_frame["clicked"].sum()),
+        "train_conversions": int(train_frame["converted"].sum()),
+        "best_epoch": result.best_epoch,
+        "model_train_seconds": round(model_seconds, 1),
+        "n_parameters": int(sum(p.numel() for p in result.model.parameters())),
+        **heldout_metrics(predictions, cfg.ece_bins),
+    }
+
+    scorer = ctcvr.CTCVRScorer(result.model, tokenizer)
+    with atomic.directory(CTCVR_DIR) as staging:
+        scorer.save(staging)
+        predictions.to_parquet(staging / PREDICTIONS.name, index=False)
+        atomic.write_json(staging / CURVE.name, {"best_epoch": result.best_epoch, "epochs": result.curve})
+    with atomic.directory(TOKENIZER_DIR) as staging:
+        save_tokenizer(tokenizer, staging)
+    atomic.write_json(TRAIN_METRICS, metrics)
+    log.info("eval day %s: auc ctcvr %.4f (baseline %.4f), auc ctr %.4f (baseline %.4f), ece ctcvr %.5f",
+             eval_day, metrics["auc_ctcvr"], metrics["baseline_auc_ctcvr"], metrics["auc_ctr"],
+             metrics["baseline_auc_ctr"], metrics["ece_ctcvr"])
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", help="run date: read no partition newer than this (default: all)")
+    parser.add_argument("--params", help="params file (default params.yaml or $RELATE_PARAMS)")
+    args = parser.parse_args(argv)
+    try:
+        ds = parse_ds(args.ds) and args.ds if args.ds else None
+        cfg = load_config(TrainCTCVRConfig, SECTION, args.params)
+        run(cfg, ds)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as err:
+        log.error("train_ctcvr stopped: %s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""RELATE/GenCO models: the CTCVR reward model, the shared tokenizer, attribution, policies."""

@@ -1,0 +1,497 @@
+"""The CTCVR reward model: ESMM over the entire impression space, in one file.
+
+    text -> token ids + hashed bigrams -> mean embedding bags --+
+    keyword, vertical, user_segment, position -> embeddings  --+--> pCTR tower -> pCTR
+    keyword-in-text, query overlap, length, tokens (dense)   --+--> pCVR tower -> pCVR
+                                                                    pCTCVR = pCTR * pCVR
+
+Both towers share the embeddings. ESMM trains on every impression:
+    loss = BCE(clicked, pCTR) + BCE(clicked AND converted, pCTR * pCVR)
+so pCVR is learned without the sample-selection bias of training on clicks only.
+`CTCVRScorer` is the batched scoring API the GRPO reward uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from relate_models.tokenizer import load_tokenizer, save_tokenizer
+
+CONTEXT_FIELDS = ("keyword", "vertical", "user_segment")  # categorical; id 0 = unknown
+N_DENSE = 4  # keyword_in_text, query_overlap, n_chars / char_scale, n_tokens / max_tokens
+_WORD = re.compile(r"[a-z0-9]+")
+_BIGRAM_MUL = 1_000_003  # prime; (a * mul + b) mod buckets spreads id pairs over buckets
+
+
+@dataclass
+class CTCVRConfig:
+    """Everything needed to rebuild the model and its feature encoding (saved as JSON)."""
+
+    vocab_size: int
+    vocabs: dict[str, list[str]] = field(default_factory=dict)  # field -> known values (id = index + 1)
+    max_tokens: int = 48
+    bigram_buckets: int = 50_000
+    max_position: int = 10
+    char_scale: float = 100.0
+    normalize_case: bool = True
+    embed_dim: int = 32
+    context_dim: int = 16
+    hidden_dim: int = 64
+    dropout: float = 0.1
+    wide: bool = True  # add a linear (wide) part per tower: additive effects learn from few conversions
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def n_ids(self, name: str) -> int:
+        return len(self.vocabs.get(name, [])) + 1
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "CTCVRConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"CTCVR config: unknown key(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------- features
+class FeatureEncoder:
+    """Turns (texts, contexts) into the model's tensors; unknown context values map to id 0."""
+
+    def __init__(self, config: CTCVRConfig, tokenizer):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer
+        self.index = {name: {v: i + 1 for i, v in enumerate(config.vocabs.get(name, []))} for name in CONTEXT_FIELDS}
+
+    def encode_texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Per-text tensors: tokens (N, L), bigrams (N, L + 1), n_chars (N,), n_tokens (N,)."""
+        cfg = self.config
+        texts = ["" if t is None else str(t) for t in texts]
+        if cfg.normalize_case:
+            # " free" at the start and mid-text should be one feature: lowercase and lead with a space
+            normalized = [" " + t.lower() for t in texts]
+        else:
+            normalized = texts
+        encodings = self.backend.encode_batch(normalized, add_special_tokens=False) if texts else []
+        n = len(texts)
+        length = cfg.max_tokens
+        tokens = np.zeros((n, length), dtype=np.int64)
+        # bigrams over <bos> t1 .. tk <eos>, so opening and closing words get their own features
+        framed = np.zeros((n, length + 2), dtype=np.int64)
+        n_tokens = np.zeros(n, dtype=np.float32)
+        for i, enc in enumerate(encodings):
+            ids = enc.ids[:length]
+            k = len(ids)
+            tokens[i, :k] = ids
+            framed[i, 0] = cfg.bos_id
+            framed[i, 1 : k + 1] = ids
+            framed[i, k + 1] = cfg.eos_id
+            n_tokens[i] = k
+        left, right = framed[:, :-1], framed[:, 1:]
+        bigrams = (left * _BIGRAM_MUL + right) % cfg.bigram_buckets + 1
+        bigrams[right == 0] = 0  # past <eos>: padding
+        n_chars = np.array([len(t) for t in texts], dtype=np.float32)
+        return {
+            "tokens": torch.from_numpy(tokens),
+            "bigrams": torch.from_numpy(bigrams),
+            "n_chars": torch.from_numpy(n_chars),
+            "n_tokens": torch.from_numpy(n_tokens),
+        }
+
+    def context_ids(self, name: str, values: Sequence) -> torch.Tensor:
+        index = self.index[name]
+        return torch.tensor([index.get(v, 0) if isinstance(v, str) else 0 for v in values], dtype=torch.long)
+
+    def position_ids(self, values: Sequence) -> torch.Tensor:
+        out = np.zeros(len(values), dtype=np.int64)
+        for i, v in enumerate(values):
+            try:
+                p = int(v)
+            except (TypeError, ValueError):
+                continue  # missing or garbage position -> unknown (0)
+            if p >= 1:
+                out[i] = min(p, self.config.max_position)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def relevance(texts: Sequence[str], keywords: Sequence, queries: Sequence) -> torch.Tensor:
+        """(N, 2): keyword present in the text; share of the query's words in the text.
+
+        Without a query (the GRPO reward scores texts for a keyword) the keyword stands in for it.
+        """
+        out = np.zeros((len(texts), 2), dtype=np.float32)
+        for i, (text, keyword, query) in enumerate(zip(texts, keywords, queries)):
+            text = str(text).lower()
+            keyword = keyword.lower() if isinstance(keyword, str) else ""
+            query = query.lower() if isinstance(query, str) and query.strip() else keyword
+            out[i, 0] = float(bool(keyword.strip()) and keyword in text)
+            query_words = set(_WORD.findall(query))
+            if query_words:
+                out[i, 1] = len(query_words & set(_WORD.findall(text))) / len(query_words)
+        return torch.from_numpy(out)
+
+    def dense(self, relevance: torch.Tensor, n_chars: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [relevance, (n_chars / self.config.char_scale)[:, None], (n_tokens / self.config.max_tokens)[:, None]], dim=1
+        )
+
+    def encode(self, texts: Sequence[str], contexts: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Model inputs for aligned texts and contexts {keyword, vertical, position, user_segment[, query]}.
+
+        Missing keys and unseen values map to "unknown"."""
+        if len(texts) != len(contexts):
+            raise ValueError(f"score: {len(texts)} texts but {len(contexts)} contexts")
+        contexts = [c if isinstance(c, dict) else {} for c in contexts]
+        text = self.encode_texts(texts)
+        keywords = [c.get("keyword") for c in contexts]
+        batch = {
+            "tokens": text["tokens"],
+            "bigrams": text["bigrams"],
+            "position": self.position_ids([c.get("position") for c in contexts]),
+            "dense": self.dense(
+                self.relevance(texts, keywords, [c.get("query") for c in contexts]), text["n_chars"], text["n_tokens"]
+            ),
+        }
+        for name in CONTEXT_FIELDS:
+            batch[name] = self.context_ids(name, [c.get(name) for c in contexts])
+        return batch
+
+
+# ------------------------------------------------------------------------------- model
+def _tower(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden // 2),
+        nn.ReLU(),
+        nn.Linear(hidden // 2, 1),
+    )
+
+
+def _bag(bag: nn.EmbeddingBag, ids: torch.Tensor) -> torch.Tensor:
+    """Mean of the non-padding (id 0) embeddings per row; an all-padding row gives zeros.
+
+    Flat ids + offsets: much faster on CPU than a padded 2-D input with padding_idx.
+    """
+    keep = ids != 0
+    lengths = keep.sum(dim=1)
+    offsets = torch.zeros_like(lengths)
+    offsets[1:] = lengths.cumsum(0)[:-1]
+    return bag(ids[keep], offsets)
+
+
+class _Wide(nn.Module):
+    """One weight per token, bigram, context value and dense feature, summed into a logit."""
+
+    def __init__(self, c: CTCVRConfig):
+        super().__init__()
+        self.token = nn.EmbeddingBag(c.vocab_size, 1, mode="mean")
+        self.bigram = nn.EmbeddingBag(c.bigram_buckets + 1, 1, mode="mean")
+        self.context = nn.ModuleDict({name: nn.Embedding(c.n_ids(name), 1) for name in CONTEXT_FIELDS})
+        self.position = nn.Embedding(c.max_position + 1, 1)
+        self.dense = nn.Linear(N_DENSE, 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = _bag(self.token, batch["tokens"]) + _bag(self.bigram, batch["bigrams"])
+        out = out + self.position(batch["position"]) + self.dense(batch["dense"])
+        for name in CONTEXT_FIELDS:
+            out = out + self.context[name](batch[name])
+        return out.squeeze(1)
+
+
+class CTCVRModel(nn.Module):
+    """Shared embeddings, a pCTR tower and a pCVR tower; forward returns the two logits."""
+
+    def __init__(self, config: CTCVRConfig):
+        super().__init__()
+        self.config = c = config
+        # mean bags skip padding (id 0, see _bag), so text length does not dilute the text signal
+        self.token_bag = nn.EmbeddingBag(c.vocab_size, c.embed_dim, mode="mean")
+        self.bigram_bag = nn.EmbeddingBag(c.bigram_buckets + 1, c.embed_dim, mode="mean")
+        self.context = nn.ModuleDict({name: nn.Embedding(c.n_ids(name), c.context_dim) for name in CONTEXT_FIELDS})
+        self.position = nn.Embedding(c.max_position + 1, c.context_dim)
+        in_dim = 2 * c.embed_dim + (len(CONTEXT_FIELDS) + 1) * c.context_dim + N_DENSE
+        self.ctr_tower = _tower(in_dim, c.hidden_dim, c.dropout)
+        self.cvr_tower = _tower(in_dim, c.hidden_dim, c.dropout)
+        if c.wide:
+            self.ctr_wide, self.cvr_wide = _Wide(c), _Wide(c)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            nn.init.normal_(module.weight, std=0.05)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [_bag(self.token_bag, batch["tokens"]), _bag(self.bigram_bag, batch["bigrams"])]
+        parts += [self.context[name](batch[name]) for name in CONTEXT_FIELDS]
+        parts += [self.position(batch["position"]), batch["dense"]]
+        shared = torch.cat(parts, dim=1)
+        ctr_logit, cvr_logit = self.ctr_tower(shared).squeeze(1), self.cvr_tower(shared).squeeze(1)
+        if self.config.wide:
+            ctr_logit, cvr_logit = ctr_logit + self.ctr_wide(batch), cvr_logit + self.cvr_wide(batch)
+        return ctr_logit, cvr_logit
+
+
+def esmm_loss(
+    ctr_logit: torch.Tensor, cvr_logit: torch.Tensor, clicked: torch.Tensor, converted: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE(clicked, pCTR) + BCE(clicked * converted, pCTR * pCVR), both means over impressions."""
+    clicked = clicked.float()
+    ctcvr_label = clicked * converted.float()
+    ctr_loss = F.binary_cross_entropy_with_logits(ctr_logit, clicked)
+    # log pCTCVR = log sigmoid(a) + log sigmoid(b); log(1 - p) via expm1 stays finite near p -> 0 and 1
+    log_p = F.logsigmoid(ctr_logit) + F.logsigmoid(cvr_logit)
+    log_1mp = torch.log(-torch.expm1(log_p.clamp(max=-1e-7)))
+    ctcvr_loss = -(ctcvr_label * log_p + (1 - ctcvr_label) * log_1mp).mean()
+    loss = ctr_loss + ctcvr_loss
+    return loss, {"ctr": float(ctr_loss.detach()), "ctcvr": float(ctcvr_loss.detach())}
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass
+class TrainData:
+    """Training rows as indices into per-unique-text tensors (texts repeat across impressions)."""
+
+    text_features: dict[str, torch.Tensor]  # tokens, bigrams, n_chars, n_tokens per unique text
+    text_index: torch.Tensor  # (N,) row -> unique text
+    context: dict[str, torch.Tensor]  # keyword, vertical, user_segment, position: (N,); relevance: (N, 2)
+    clicked: torch.Tensor
+    converted: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.text_index.shape[0])
+
+    def batch(self, encoder: FeatureEncoder, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = self.text_index[rows]
+        out = {
+            "tokens": self.text_features["tokens"][t],
+            "bigrams": self.text_features["bigrams"][t],
+            "position": self.context["position"][rows],
+            "dense": encoder.dense(
+                self.context["relevance"][rows], self.text_features["n_chars"][t], self.text_features["n_tokens"][t]
+            ),
+        }
+        for name in CONTEXT_FIELDS:
+            out[name] = self.context[name][rows]
+        return out
+
+
+def build_train_data(encoder: FeatureEncoder, frame: pd.DataFrame) -> TrainData:
+    """Frame columns: ad_text, keyword, vertical, user_segment, position, clicked, converted[, query]."""
+    texts = frame["ad_text"].fillna("").astype(str)
+    codes, uniques = texts.factorize(sort=True)
+    context = {name: encoder.context_ids(name, frame[name].tolist()) for name in CONTEXT_FIELDS}
+    context["position"] = encoder.position_ids(frame["position"].tolist())
+    # relevance per distinct (text, keyword, query): far fewer than impressions
+    keys = pd.DataFrame({
+        "ad_text": texts.to_numpy(dtype=object),
+        "keyword": frame["keyword"].fillna("").astype(str).to_numpy(dtype=object),
+        "query": (frame["query"] if "query" in frame else pd.Series("", index=frame.index)).fillna("").astype(str)
+        .to_numpy(dtype=object),
+    })
+    groups = keys.groupby(["ad_text", "keyword", "query"], sort=True)
+    distinct = groups.size().index.to_frame(index=False)
+    relevance = encoder.relevance(distinct["ad_text"].tolist(), distinct["keyword"].tolist(), distinct["query"].tolist())
+    context["relevance"] = relevance[torch.from_numpy(groups.ngroup().to_numpy(dtype=np.int64))]
+    return TrainData(
+        text_features=encoder.encode_texts(list(uniques)),
+        text_index=torch.from_numpy(codes.astype(np.int64)),
+        context=context,
+        clicked=torch.tensor(frame["clicked"].to_numpy(dtype=np.float32)),
+        converted=torch.tensor(frame["converted"].to_numpy(dtype=np.float32)),
+    )
+
+
+@dataclass
+class FitResult:
+    model: CTCVRModel
+    curve: list[dict]  # one row per epoch
+    best_epoch: int
+
+
+@torch.no_grad()
+def predict(model: CTCVRModel, encoder: FeatureEncoder, data: TrainData, batch_size: int = 8192) -> dict[str, np.ndarray]:
+    model.eval()
+    ctr, cvr = [], []
+    for start in range(0, len(data), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(data)))
+        a, b = model(data.batch(encoder, rows))
+        ctr.append(torch.sigmoid(a))
+        cvr.append(torch.sigmoid(b))
+    p_ctr = torch.cat(ctr).numpy() if ctr else np.zeros(0, np.float32)
+    p_cvr = torch.cat(cvr).numpy() if cvr else np.zeros(0, np.float32)
+    return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
+
+
+def fit(
+    config: CTCVRConfig,
+    encoder: FeatureEncoder,
+    train: TrainData,
+    val: TrainData,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """Adam over shuffled mini-batches; keeps the epoch with the best validation ESMM loss."""
+    torch.manual_seed(seed)
+    model = CTCVRModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    curve, best_loss, best_state, best_epoch = [], math.inf, None, 0
+    for epoch in range(1, epochs + 1):
+        start = time.monotonic()
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        total, seen = 0.0, 0
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            ctr_logit, cvr_logit = model(train.batch(encoder, rows))
+            loss, _ = esmm_loss(ctr_logit, cvr_logit, train.clicked[rows], train.converted[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(rows)
+            seen += len(rows)
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1), **evaluate(model, encoder, val)}
+        row["seconds"] = round(time.monotonic() - start, 2)
+        curve.append(row)
+        log(
+            f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.5f}, val loss {row['val_loss']:.5f}, "
+            f"val auc ctr {row['val_auc_ctr']:.4f}, val auc ctcvr {row['val_auc_ctcvr']:.4f}, {row['seconds']:.1f}s"
+        )
+        if row["val_loss"] < best_loss:
+            best_loss, best_epoch = row["val_loss"], epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model=model, curve=curve, best_epoch=best_epoch)
+
+
+def evaluate(model: CTCVRModel, encoder: FeatureEncoder, data: TrainData) -> dict[str, float]:
+    pred = predict(model, encoder, data)
+    clicked = data.clicked.numpy()
+    ctcvr = clicked * data.converted.numpy()
+    with torch.no_grad():
+        p_ctr = torch.from_numpy(pred["p_ctr"]).clamp(1e-7, 1 - 1e-7)
+        p_cvr = torch.from_numpy(pred["p_cvr"]).clamp(1e-7, 1 - 1e-7)
+        loss, _ = esmm_loss(torch.logit(p_ctr), torch.logit(p_cvr), data.clicked, data.converted)
+    return {
+        "val_loss": float(loss),
+        "val_auc_ctr": auc(clicked, pred["p_ctr"]),
+        "val_auc_ctcvr": auc(ctcvr, pred["p_ctcvr"]),
+    }
+
+
+# ----------------------------------------------------------------------------- metrics
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC with ties averaged; NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def reliability(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> list[dict]:
+    """Equal-mass bins (rare events put everything in one equal-width bin): mean p vs rate."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.size == 0:
+        return []
+    order = np.argsort(probs, kind="stable")
+    bins = []
+    for chunk in np.array_split(order, min(n_bins, probs.size)):
+        bins.append(
+            {"mean_predicted": float(probs[chunk].mean()), "observed_rate": float(labels[chunk].mean()), "count": int(chunk.size)}
+        )
+    return bins
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    bins = reliability(labels, probs, n_bins)
+    total = sum(b["count"] for b in bins)
+    if total == 0:
+        return float("nan")
+    return float(sum(b["count"] * abs(b["mean_predicted"] - b["observed_rate"]) for b in bins) / total)
+
+
+# ----------------------------------------------------------------------------- scoring
+WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR = "model.safetensors", "config.json", "tokenizer"
+
+
+class CTCVRScorer:
+    """Batched scoring: `CTCVRScorer.load(dir).score(texts, contexts)` -> {p_ctr, p_cvr, p_ctcvr}."""
+
+    def __init__(self, model: CTCVRModel, tokenizer, batch_size: int = 4096):
+        self.model = model.eval()
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.encoder = FeatureEncoder(model.config, tokenizer)
+        self.batch_size = batch_size
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(self.config.to_json(), encoding="utf-8")
+        save_tokenizer(self.tokenizer, directory / TOKENIZER_DIR)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, batch_size: int = 4096) -> "CTCVRScorer":
+        directory = Path(directory)
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"CTCVR artifact incomplete: {directory / name} missing; run train_ctcvr first")
+        config = CTCVRConfig.from_json((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        model = CTCVRModel(config)
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return cls(model, load_tokenizer(directory / TOKENIZER_DIR), batch_size=batch_size)
+
+    @torch.no_grad()
+    def score(self, texts: Sequence[str], contexts: Sequence[dict]) -> dict[str, np.ndarray]:
+        """Probabilities for aligned texts and contexts ({keyword, vertical, position, user_segment})."""
+        texts = list(texts)
+        contexts = list(contexts)
+        if len(texts) != len(contexts):
+            raise ValueError(f"score: {len(texts)} texts but {len(contexts)} contexts")
+        ctr, cvr = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
+        for s in range(0, len(texts), self.batch_size):
+            a, b = self.model(self.encoder.encode(texts[s : s + self.batch_size], contexts[s : s + self.batch_size]))
+            ctr.append(torch.sigmoid(a).numpy())
+            cvr.append(torch.sigmoid(b).numpy())
+        p_ctr, p_cvr = np.concatenate(ctr), np.concatenate(cvr)
+        return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}

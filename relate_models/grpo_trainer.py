@@ -1,0 +1,196 @@
+"""RELATE's GRPO: TRL's GRPOTrainer with granularity-aware (batch, tokens) advantages.
+
+TRL (1.16) computes rewards per function and a (batch,) advantage; `_compute_loss`
+uses a 2-D advantage as it is. `RelateGRPOTrainer` keeps TRL's generation, reward calls,
+KL and clipped loss, and replaces only the advantage with `credit.combine_advantages`:
+per-group normalised rewards, sequence-level credit for ctcvr/structural quality,
+token-level credit for compliance/diversity spans, compliance as a constraint.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from pipelines.params import require
+from relate_models import credit
+from relate_models.rewards import TOKEN, Reward, validate_weights
+
+
+@dataclass
+class GRPOStageConfig:
+    """The `grpo:` params section."""
+
+    rewards: dict = field(
+        default_factory=lambda: {"ctcvr": 1.0, "quality_structural": 1.0, "quality_compliance": 1.0, "diversity": 0.3}
+    )
+    credit_assignment: bool = True  # False: every reward sequence-level (the ablation)
+    beta: float = 0.04  # KL to the reference (the SFT policy); 0 disables the reference model
+    learning_rate: float = 5e-5
+    max_steps: int = 120
+    prompts_per_step: int = 4
+    num_generations: int = 8
+    max_completion_length: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    epsilon: float = 0.2
+    num_iterations: int = 1
+    compliance_penalty: float = 5.0
+    min_chars: int = 20
+    max_chars: int = 90
+    group_ngram: int = 3
+    copy_ngram: int = 5
+    user_segment: str | None = None  # context for the CTCVR reward; None: each prompt's most logged segment
+    eval_fraction: float = 0.2  # share of (vertical, keyword) prompts held out for evaluation
+    logging_steps: int = 5
+    eval_generations: int = 4  # texts per held-out prompt when comparing the SFT and RELATE policies
+    num_threads: int = 0  # torch intra-op threads; 0 = torch's default
+    lexicon: str = "relate_models/data/compliance_lexicon.yaml"
+    seed: int = 11
+
+    def __post_init__(self) -> None:
+        p = "grpo"
+        self.rewards = validate_weights(self.rewards, f"{p}.rewards")
+        require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}")
+        require(self.learning_rate > 0, f"{p}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        for name in ("max_steps", "prompts_per_step", "max_completion_length", "num_iterations", "logging_steps",
+                     "eval_generations"):
+            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.num_generations >= 2, f"{p}.num_generations", f"must be >= 2 (GRPO groups), got {self.num_generations}")
+        require(self.temperature > 0, f"{p}.temperature", f"must be > 0, got {self.temperature}")
+        require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
+        require(0 < self.epsilon < 1, f"{p}.epsilon", f"must be in (0, 1), got {self.epsilon}")
+        require(self.compliance_penalty > 0, f"{p}.compliance_penalty", f"must be > 0, got {self.compliance_penalty}")
+        require(1 <= self.min_chars < self.max_chars, f"{p}.min_chars", "must satisfy 1 <= min_chars < max_chars")
+        require(self.group_ngram >= 1, f"{p}.group_ngram", f"must be >= 1, got {self.group_ngram}")
+        require(self.copy_ngram >= 1, f"{p}.copy_ngram", f"must be >= 1, got {self.copy_ngram}")
+        require(self.num_threads >= 0, f"{p}.num_threads", f"must be >= 0, got {self.num_threads}")
+        require(0 < self.eval_fraction < 1, f"{p}.eval_fraction", f"must be in (0, 1), got {self.eval_fraction}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+
+def trl_config(cfg: GRPOStageConfig, output_dir: str | None = None, **overrides) -> GRPOConfig:
+    """GRPOConfig for a CPU run (no checkpoints, no reporting, no gradient checkpointing)."""
+    kwargs = dict(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="relate-grpo-"),
+        per_device_train_batch_size=cfg.batch_size,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        num_iterations=cfg.num_iterations,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        reward_weights=list(cfg.rewards.values()),
+        scale_rewards="group",
+        multi_objective_aggregation="normalize_then_sum",
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
+class RelateGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose advantages are (batch, tokens), built by `credit.combine_advantages`."""
+
+    def __init__(self, *args, relate_rewards: Sequence[Reward], credit_assignment: bool = True, **kwargs):
+        if "reward_funcs" in kwargs:
+            raise ValueError("RelateGRPOTrainer: pass relate_rewards, not reward_funcs")
+        self.relate_rewards = list(relate_rewards)
+        self.credit_assignment = credit_assignment
+        self._scored = None
+        super().__init__(*args, reward_funcs=[r.score for r in self.relate_rewards], **kwargs)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._scored = (inputs, prompts, completions, completion_ids_list, rewards_per_func)
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        local_inputs, prompts, completions, ids_list, rewards = self._scored
+        self._scored = None
+        advantages = self.relate_advantages(
+            local_inputs, prompts, completions, ids_list, rewards, output["completion_ids"].shape[1], group_size, mode
+        )
+        start = self.accelerator.process_index * len(prompts)
+        output["advantages"] = advantages[start : start + len(prompts)].to(output["completion_ids"].device)
+        return output
+
+    def relate_advantages(self, local_inputs, prompts, completions, ids_list, rewards, length, group_size, mode):
+        """(all processes' batch, length) advantages; rewards are already gathered by TRL."""
+        from accelerate.utils import gather_object
+
+        if self.accelerator.num_processes > 1:  # group statistics need every process's completions
+            prompts, completions, ids_list = gather_object(prompts), gather_object(completions), gather_object(ids_list)
+            local_inputs = gather_object(local_inputs)
+        rewards = rewards.detach().float().cpu()
+        n = rewards.shape[0]
+        completion_mask = torch.zeros(n, length)
+        for i, ids in enumerate(ids_list):
+            completion_mask[i, : min(len(ids), length)] = 1.0
+        token_level = [r.granularity == TOKEN and self.credit_assignment for r in self.relate_rewards]
+        token_masks = {}
+        if any(token_level):
+            offsets = credit.token_char_offsets(self._tokenizer, ids_list, length)
+            kwargs = {k: [x[k] for x in local_inputs] for k in local_inputs[0] if k not in ("prompt", "completion")}
+            kwargs["prompts"] = prompts
+            for j, reward in enumerate(self.relate_rewards):
+                if token_level[j]:
+                    token_masks[j] = credit.spans_to_token_mask(reward.spans(completions, **kwargs), offsets)
+        violating = None
+        constraint_cols = [j for j, r in enumerate(self.relate_rewards) if r.constraint]
+        if constraint_cols:
+            violating = (rewards[:, constraint_cols] < 0).any(dim=1)
+            self._metrics[mode]["relate/violation_rate"].append(violating.float().mean().item())
+        rewards = torch.nan_to_num(rewards, nan=0.0)
+        advantages = credit.combine_advantages(
+            rewards,
+            self.reward_weights.detach().float().cpu(),
+            token_level,
+            token_masks,
+            completion_mask,
+            group_size,
+            violating=violating,
+            credit_assignment=self.credit_assignment,
+        )
+        for j, mask in token_masks.items():
+            share = (mask.sum() / completion_mask.sum().clamp(min=1)).item()
+            self._metrics[mode][f"relate/token_share/{self.relate_rewards[j].name}"].append(share)
+        return advantages
+
+
+def reward_curves(log_history: list[dict], names: Sequence[str]) -> list[dict]:
+    """Per-logged-step rows {step, <reward>: mean, reward, kl, loss} from the Trainer's log history."""
+    rows = []
+    for entry in log_history:
+        if f"rewards/{names[0]}/mean" not in entry:
+            continue
+        row = {"step": int(entry.get("step", len(rows)))}
+        for name in names:
+            row[name] = float(entry[f"rewards/{name}/mean"])
+        for key in ("reward", "kl", "loss", "relate/violation_rate", "completions/mean_length"):
+            if key in entry:
+                row[key.replace("relate/", "").replace("completions/", "")] = float(entry[key])
+        rows.append(row)
+    return rows

@@ -1,0 +1,353 @@
+"""The policy LM that writes ad texts: factory, prompt format, corpus, save/load, generation.
+
+`policy.base_model` is any Hugging Face causal LM path; `scratch` (the default) builds a
+small Llama-style model on the shared tokenizer, so everything runs offline on a CPU.
+A prompt is `"<vertical> | <keyword> |"`; the completion is `" " + ad text + <eos>`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from pipelines.params import require
+
+SCRATCH = "scratch"
+
+
+@dataclass
+class PolicyConfig:
+    """The `policy:` params section."""
+
+    base_model: str = SCRATCH  # "scratch" or a Hugging Face causal LM path
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 96  # prompt + completion tokens
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        p = "policy"
+        require(bool(self.base_model.strip()), f"{p}.base_model", "must be 'scratch' or a model path")
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
+            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.hidden_size % self.num_heads == 0, f"{p}.hidden_size", "must be divisible by policy.num_heads")
+        require(self.max_positions >= 16, f"{p}.max_positions", f"must be >= 16, got {self.max_positions}")
+
+
+def prompt_text(vertical: str, keyword: str) -> str:
+    return f"{vertical} | {keyword} |"
+
+
+def completion_text(ad_text: str) -> str:
+    """What the policy writes after the prompt (a leading space, as byte-level BPE words carry)."""
+    return " " + ad_text.strip()
+
+
+def build_policy(cfg: PolicyConfig, tokenizer):
+    """A fresh scratch model, or `base_model` loaded with AutoModelForCausalLM."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if cfg.base_model != SCRATCH:
+        model = AutoModelForCausalLM.from_pretrained(cfg.base_model)
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def n_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_policy(model, tokenizer, directory: str | os.PathLike) -> None:
+    """save_pretrained (safetensors) + tokenizer into `directory`, atomically as a whole."""
+    from pipelines.atomic import directory as atomic_directory
+
+    with atomic_directory(directory) as staging:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+
+
+def load_policy(directory: str | os.PathLike):
+    """(model, tokenizer) from a saved policy directory; a clear error when it is missing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"no policy at {directory} (config.json missing)")
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    n: int = 1,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[list[str]]:
+    """N sampled ad texts per prompt (stripped), deterministic given the seed.
+
+    temperature 0 means greedy decoding (then all N texts of a prompt are the same).
+    """
+    model.eval()
+    torch.manual_seed(seed)
+    flat = [p for p in prompts for _ in range(n)]
+    texts: list[str] = []
+    for s in range(0, len(flat), batch_size):
+        chunk = flat[s : s + batch_size]
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for i, x in enumerate(ids):  # left padding, so every row continues from its last prompt token
+            input_ids[i, width - len(x) :] = torch.tensor(x)
+            attention[i, width - len(x) :] = 1
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+        texts.extend(t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def generate_texts(policy_dir, prompt_rows: Sequence[dict], n: int, **kwargs) -> list[list[str]]:
+    """For evaluators: N texts per {vertical, keyword} row from a saved policy (see `generate` for kwargs)."""
+    model, tokenizer = load_policy(policy_dir)
+    prompts = [prompt_text(r["vertical"], r["keyword"]) for r in prompt_rows]
+    return generate(model, tokenizer, prompts, n=n, **kwargs)
+
+
+def load_search_corpus(text_stats_dir: str | os.PathLike) -> pd.DataFrame:
+    """Historical search ads from curated `text_stats`: one row per (vertical, keyword, ad_text).
+
+    Columns: vertical, keyword, ad_text, impressions, clicks, conversions (summed over days and ads).
+    """
+    text_stats_dir = Path(text_stats_dir)
+    if not text_stats_dir.is_dir() or not any(p.name.startswith("dt=") for p in text_stats_dir.iterdir()):
+        raise FileNotFoundError(f"no text_stats partitions under {text_stats_dir}; run ingest first")
+    cols = ["vertical", "keyword", "ad_text", "impressions", "clicks", "conversions"]
+    frame = pd.read_parquet(text_stats_dir, columns=cols)
+    frame = frame.dropna(subset=["vertical", "keyword", "ad_text"])
+    for col in ("vertical", "keyword", "ad_text"):
+        frame[col] = frame[col].astype(str)
+    frame = frame[frame["ad_text"].str.strip() != ""]
+    grouped = frame.groupby(["vertical", "keyword", "ad_text"], as_index=False, sort=True)[
+        ["impressions", "clicks", "conversions"]
+    ].sum()
+    return grouped.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------- SFT
+def stable_fraction(*parts: str) -> float:
+    """A deterministic number in [0, 1) per key (splits that survive reruns and row order)."""
+    import zlib
+
+    return zlib.crc32("\x1f".join(parts).encode("utf-8")) / 2**32
+
+
+def encode_example(tokenizer, prompt: str, ad_text: str, max_tokens: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): the prompt is context only (label -100); the ad text and <eos> are learned."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target = tokenizer(completion_text(ad_text), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (prompt_ids + target)[:max_tokens]
+    labels = ([-100] * len(prompt_ids) + target)[:max_tokens]
+    return ids, labels
+
+
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+@torch.no_grad()
+def mean_loss(model, examples, pad_id: int, batch_size: int) -> float:
+    """Token-weighted mean cross-entropy over examples."""
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(examples), batch_size):
+        batch = collate(examples[s : s + batch_size], pad_id)
+        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(model(**batch).loss) * n_tokens
+        count += n_tokens
+    return total / max(count, 1)
+
+
+def fit_sft(model, tokenizer, train, val, *, epochs, batch_size, lr, weight_decay, warmup_steps, seed, log, log_every=50):
+    """AdamW with linear warmup and cosine decay; keeps the epoch with the best validation loss.
+
+    Returns the per-epoch curve [{epoch, step, train_loss, val_loss, seconds}].
+    """
+    import math
+    import time
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    total_steps = max(1, epochs * steps_per_epoch)
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    curve, best, best_state, step = [], math.inf, None, 0
+    start_all = time.monotonic()
+    for epoch in range(1, epochs + 1):
+        start = time.monotonic()
+        model.train()
+        order = torch.randperm(len(train), generator=generator).tolist()
+        running, seen = 0.0, 0
+        for s in range(0, len(order), batch_size):
+            batch = collate([train[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            running += loss.item()
+            seen += 1
+            if step % log_every == 0:
+                rate = step / max(time.monotonic() - start_all, 1e-9)
+                log(f"sft step {step}/{total_steps}: train loss {running / seen:.4f} ({rate:.1f} steps/s)")
+        val_loss = mean_loss(model, val, tokenizer.pad_token_id, batch_size * 2) if val else float("nan")
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": running / max(seen, 1),
+            "val_loss": val_loss,
+            "seconds": round(time.monotonic() - start, 2),
+        }
+        curve.append(row)
+        log(f"sft epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, {row['seconds']}s")
+        if not val or val_loss < best:
+            best = val_loss
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return curve
+
+
+def write_curves(rows: list[dict], csv_path, png_path, x: str, ys: Sequence[str], title: str) -> None:
+    """Training curves as CSV (for `dvc plots`) and a PNG with one panel per series, written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipelines.atomic import write_text
+
+    frame = pd.DataFrame(rows)
+    write_text(csv_path, frame.to_csv(index=False))
+    ys = [y for y in ys if y in frame.columns]
+    ncols = min(max(len(ys), 1), 3)
+    nrows = -(-max(len(ys), 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(ys):]:
+        ax.axis("off")
+    for ax, y in zip(axes.flat, ys):
+        ax.plot(frame[x], frame[y], marker="." if len(frame) < 30 else None)
+        ax.set_title(y, fontsize=9)
+        ax.set_xlabel(x, fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(f".{png_path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, png_path)
+
+
+# ------------------------------------------------------------------------------ prompts
+def modal_user_segments(labeled_impressions_dir) -> dict[tuple[str, str], str]:
+    """(vertical, keyword) -> the user segment most often logged on its search impressions."""
+    import pyarrow.dataset as ds
+
+    path = Path(labeled_impressions_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no labeled_impressions under {path}; run ingest first")
+    table = ds.dataset(str(path), format="parquet", partitioning="hive").to_table(
+        columns=["placement", "vertical", "keyword", "user_segment"], filter=ds.field("placement") == "search"
+    )
+    frame = table.drop(["placement"]).to_pandas().dropna()
+    if frame.empty:
+        return {}
+    counts = frame.groupby(["vertical", "keyword", "user_segment"], observed=True).size().reset_index(name="n")
+    counts = counts.sort_values(["vertical", "keyword", "n", "user_segment"], ascending=[True, True, False, True])
+    top = counts.drop_duplicates(["vertical", "keyword"])
+    return {(str(v), str(k)): str(s) for v, k, s in zip(top["vertical"], top["keyword"], top["user_segment"])}
+
+
+def split_prompts(corpus: pd.DataFrame, eval_fraction: float, segments: dict | None = None,
+                  default_segment: str | None = None) -> tuple[list[dict], list[dict]]:
+    """One prompt per (vertical, keyword), split deterministically into (train, eval) rows.
+
+    Rows: prompt_id, prompt, vertical, keyword, user_segment (the CTCVR reward's context).
+    """
+    pairs = corpus[["vertical", "keyword"]].drop_duplicates().sort_values(["vertical", "keyword"])
+    train, held_out = [], []
+    for vertical, keyword in pairs.itertuples(index=False):
+        segment = (segments or {}).get((vertical, keyword), default_segment)
+        row = {
+            "prompt_id": f"{vertical}|{keyword}",
+            "prompt": prompt_text(vertical, keyword),
+            "vertical": vertical,
+            "keyword": keyword,
+            "user_segment": segment,
+        }
+        (held_out if stable_fraction("prompt", vertical, keyword) < eval_fraction else train).append(row)
+    return train, held_out

@@ -1,0 +1,77 @@
+"""The `simulate:` params section as a self-validating dataclass."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from pipelines.dates import parse_ds
+from pipelines.params import ConfigError, require
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclasses.dataclass
+class SimulateConfig:
+    seed: int
+    start_date: str
+    days: int
+    impressions_per_day: int
+    search_share: float
+    verticals: list[str]
+    advertisers_per_vertical: int
+    products_per_advertiser: int
+    keywords_per_product: int
+    users: int
+    texts_per_ad: int
+    titles_per_ad: int
+    images_per_ad: int
+    highlights_per_ad: int
+    text_max_chars: int
+    exploration: float
+    review_catch_rate: float
+    max_conversion_delay_days: int
+    duplicate_rate: float
+    corrupt_rate: float
+    part_size: int
+    user_segments: list[str] = dataclasses.field(
+        default_factory=lambda: ["students", "families", "professionals", "retirees", "bargain_hunters", "enthusiasts"]
+    )
+    chunk_size: int = 100_000  # impressions simulated per vectorised chunk: bounds memory at 10M+/day
+    gzip_level: int = 3
+
+    def __post_init__(self) -> None:
+        p = "simulate"
+        require(0 <= self.seed < 2**63, f"{p}.seed", f"must be a non-negative 63-bit int, got {self.seed}")
+        try:
+            parse_ds(self.start_date)
+        except ValueError as err:
+            raise ConfigError(f"{p}.start_date: {err}") from None
+        require(self.days >= 1, f"{p}.days", f"must be >= 1, got {self.days}")
+        require(self.impressions_per_day >= 1, f"{p}.impressions_per_day", f"must be >= 1, got {self.impressions_per_day}")
+        for name in ("search_share", "exploration", "review_catch_rate", "duplicate_rate", "corrupt_rate"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"{p}.{name}", f"must be in [0, 1], got {value}")
+        require(self.duplicate_rate <= 0.5, f"{p}.duplicate_rate", f"must be <= 0.5, got {self.duplicate_rate}")
+        require(self.corrupt_rate <= 0.5, f"{p}.corrupt_rate", f"must be <= 0.5, got {self.corrupt_rate}")
+        require(len(self.verticals) >= 5, f"{p}.verticals", f"need at least 5 verticals, got {len(self.verticals)}")
+        require(len(self.user_segments) >= 2, f"{p}.user_segments", "need at least 2 segments")
+        for field_name in ("verticals", "user_segments"):
+            names = getattr(self, field_name)
+            require(len(set(names)) == len(names), f"{p}.{field_name}", f"names must be unique, got {names}")
+            bad = [n for n in names if not _NAME_RE.match(n)]
+            require(not bad, f"{p}.{field_name}", f"names must match [a-z][a-z0-9_]*, got {bad}")
+        for name in ("advertisers_per_vertical", "products_per_advertiser", "users"):
+            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(1 <= self.keywords_per_product <= 8, f"{p}.keywords_per_product", f"must be in [1, 8], got {self.keywords_per_product}")
+        require(2 <= self.texts_per_ad <= 200, f"{p}.texts_per_ad", f"must be in [2, 200], got {self.texts_per_ad}")
+        for name in ("titles_per_ad", "images_per_ad", "highlights_per_ad"):
+            require(2 <= getattr(self, name) <= 50, f"{p}.{name}", f"must be in [2, 50], got {getattr(self, name)}")
+        require(30 <= self.text_max_chars <= 1000, f"{p}.text_max_chars", f"must be in [30, 1000], got {self.text_max_chars}")
+        require(1 <= self.max_conversion_delay_days <= 30, f"{p}.max_conversion_delay_days",
+                f"must be in [1, 30], got {self.max_conversion_delay_days}")
+        require(self.part_size >= 1000, f"{p}.part_size", f"must be >= 1000 lines, got {self.part_size}")
+        require(self.chunk_size >= 1000, f"{p}.chunk_size", f"must be >= 1000, got {self.chunk_size}")
+        require(0 <= self.gzip_level <= 9, f"{p}.gzip_level", f"must be in [0, 9], got {self.gzip_level}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,352 @@
+"""The hidden world: market structure, users, creative pools and every true effect, seeded.
+
+`build_world(config)` is deterministic in the config, so the oracle can rebuild the exact
+world from the config stored in `world.json` (and checks the fingerprint to prove it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+
+from relate_sim import grammar
+from relate_sim.config import SimulateConfig
+
+IMAGE_ATTRIBUTES = ("brightness", "warmth", "has_person", "product_closeup", "text_overlay", "minimalism",
+                    "saturation", "lifestyle")
+LATENT_DIM = 3
+SEARCH_POSITIONS = (1, 2, 3, 4)
+SEARCH_POSITION_PROBS = (0.4, 0.3, 0.2, 0.1)
+FEED_POSITIONS = (1, 2, 3, 4, 5, 6)
+FEED_POSITION_PROBS = (0.3, 0.22, 0.16, 0.13, 0.1, 0.09)
+QUERY_MODIFIER_PROBS = (0.4, 0.1, 0.12, 0.08, 0.1, 0.1, 0.1)
+
+# Fixed effect sizes (logits unless said otherwise). Chosen so CTR lands at 2-8% and CVR
+# given click at 5-20%, and so the text accounts for a large share of the variation.
+COEF = {
+    "base_click_search": -3.85,
+    "base_click_feed": -3.35,
+    "base_conv": -2.3,
+    "keyword_match_click": 0.55,
+    "keyword_match_conv": 0.2,
+    "query_coverage_click": 0.45,
+    "no_cta_click": -0.3,
+    "no_cta_conv": -0.15,
+    "no_known_phrase_click": -1.0,
+    "clutter_click": -0.15,  # per phrase beyond one in a slot
+    "truncated_click": -0.4,
+    "title_image_interaction": 0.45,
+    "segment_image_preference": 0.5,
+    "fatigue_decay": 0.7,  # CTR multiplier per earlier exposure of the same (near-duplicate) creative
+    "fatigue_max_exposures": 8,
+    "policy_temperature": 0.5,
+    "policy_pairing_bonus": 3.0,
+}
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
+
+
+@dataclasses.dataclass
+class World:
+    config: SimulateConfig
+    segments: list[str]
+    verticals: list[str]
+    # traffic and context effects
+    segment_vertical_traffic: np.ndarray  # [S, V] P(vertical | segment)
+    segment_vertical_click: np.ndarray  # [S, V]
+    segment_conv: np.ndarray  # [S]
+    search_position_click: np.ndarray  # [len(SEARCH_POSITIONS)]
+    feed_position_click: np.ndarray  # [len(FEED_POSITIONS)]
+    # phrase effects, aligned with grammar.LEXICON
+    phrase_click: np.ndarray  # [P]
+    phrase_conv: np.ndarray  # [P]
+    phrase_segment_click: np.ndarray  # [P, S], non-zero for benefits only
+    # market
+    advertisers: list[dict]  # id, name, vertical
+    products: list[dict]  # id, advertiser, vertical, noun, keywords, appeal_click, appeal_conv, price
+    ads: list[dict]  # id, product
+    ads_by_vertical: np.ndarray  # [V, ads per vertical] ad indices
+    # search creative pools
+    texts: list[list[str]]  # [A][T] raw texts as written by the advertiser
+    text_blocked: np.ndarray  # [A, T] caught by the serving-time review (never served)
+    # feed creative pools
+    titles: list[list[str]]  # [A][Ti]
+    highlights: list[list[str]]  # [A][H]
+    title_utility: np.ndarray  # [A, Ti]
+    image_utility: np.ndarray  # [A, I]
+    highlight_utility: np.ndarray  # [A, H]
+    highlight_conv: np.ndarray  # [A, H]
+    title_latent: np.ndarray  # [A, Ti, L]
+    image_latent: np.ndarray  # [A, I, L]
+    image_attributes: np.ndarray  # [A, I, len(IMAGE_ATTRIBUTES)] in [0, 1]
+    segment_image_preference: np.ndarray  # [S, len(IMAGE_ATTRIBUTES)]
+    # logging policy
+    ad_exploration: np.ndarray  # [A] epsilon per ad
+    policy_text_score: np.ndarray  # [A, T]
+    policy_title_score: np.ndarray  # [A, Ti]
+    policy_image_score: np.ndarray  # [A, I]
+    policy_highlight_score: np.ndarray  # [A, H]
+    policy_pair_image: np.ndarray  # [A, Ti] the image the policy likes to pair with each title
+    # users
+    user_segment: np.ndarray  # [U]
+    user_activity: np.ndarray  # [U] sums to 1
+    coef: dict
+
+    # ---- ids -------------------------------------------------------------------------
+    @property
+    def n_ads(self) -> int:
+        return len(self.ads)
+
+    def ad_index(self, ad_id: str) -> int:
+        if getattr(self, "_ad_index", None) is None:
+            self._ad_index = {ad["id"]: i for i, ad in enumerate(self.ads)}
+        if ad_id not in self._ad_index:
+            raise ValueError(f"unknown ad_id {ad_id!r}")
+        return self._ad_index[ad_id]
+
+    def segment_index(self, segment: str) -> int:
+        try:
+            return self.segments.index(segment)
+        except ValueError:
+            raise ValueError(f"unknown user_segment {segment!r}; known: {self.segments}") from None
+
+    @staticmethod
+    def title_id(ad: int, k: int) -> str:
+        return f"ttl-{ad:04d}-{k:02d}"
+
+    @staticmethod
+    def image_id(ad: int, k: int) -> str:
+        return f"img-{ad:04d}-{k:02d}"
+
+    @staticmethod
+    def highlight_id(ad: int, k: int) -> str:
+        return f"hlt-{ad:04d}-{k:02d}"
+
+    @staticmethod
+    def parse_element_id(element_id: str, kind: str, ad: int) -> int:
+        prefix = {"title": "ttl", "image": "img", "highlight": "hlt"}[kind]
+        parts = str(element_id).split("-")
+        if len(parts) != 3 or parts[0] != prefix or int(parts[1]) != ad:
+            raise ValueError(f"{kind} id {element_id!r} does not belong to ad {ad}")
+        return int(parts[2])
+
+    def keyword_query(self, ad: int, kw: int, mod: int) -> tuple[str, str]:
+        keyword = self.products[self.ads[ad]["product"]]["keywords"][kw]
+        modifier = grammar.QUERY_MODIFIERS[mod]
+        return keyword, f"{keyword} {modifier}".strip()
+
+    # ---- serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Everything hidden, human-readable (floats exact, so the fingerprint is stable)."""
+        out = {}
+        for field in dataclasses.fields(self):  # caches live outside the fields
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, SimulateConfig):
+                value = value.to_dict()
+            out[field.name] = value
+        out["lexicon"] = [
+            {"phrase": p, "slot": slot, "category": cat, "click_effect": self.phrase_click[i].item(),
+             "conv_effect": self.phrase_conv[i].item()}
+            for i, (p, slot, cat) in enumerate(grammar.LEXICON)
+        ]
+        out["image_attribute_names"] = list(IMAGE_ATTRIBUTES)
+        return out
+
+    def fingerprint(self) -> str:
+        if getattr(self, "_fingerprint", None) is None:
+            payload = json.dumps(self.to_dict(), sort_keys=True).encode()
+            self._fingerprint = hashlib.sha256(payload).hexdigest()
+        return self._fingerprint
+
+
+def _brand_names(rng: np.random.Generator, n: int) -> list[str]:
+    names: list[str] = []
+    while len(names) < n:
+        a, b = rng.choice(len(grammar.BRAND_SYLLABLES), 2, replace=False)
+        name = (grammar.BRAND_SYLLABLES[a] + grammar.BRAND_SYLLABLES[b]).capitalize()
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _keywords(rng: np.random.Generator, noun: str, k: int) -> list[str]:
+    qualifiers = [grammar.KEYWORD_QUALIFIERS[i] for i in rng.permutation(len(grammar.KEYWORD_QUALIFIERS))]
+    return [noun] + [f"{q} {noun}" for q in qualifiers[: k - 1]]
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _compose_text(rng: np.random.Generator, vertical: str, brand: str, noun: str, keywords: list[str]) -> str:
+    lex = grammar.LEXICON
+    parts = []
+    if rng.random() < 0.75:
+        category = "clickbait" if rng.random() < 0.25 else "plain"
+        hooks = [p for p, slot, cat in lex if slot == "hook" and cat == category]
+        parts.append(_cap(hooks[rng.integers(len(hooks))]))
+    template = grammar.PRODUCT_TEMPLATES[rng.integers(len(grammar.PRODUCT_TEMPLATES))]
+    keyword = keywords[rng.integers(len(keywords))]
+    product = template.format(keyword=keyword, brand=brand, noun=noun)
+    parts.append(_cap(product))
+    if rng.random() < 0.2:
+        allowed = [p for p, slot, cat in lex if slot == "claim"
+                   and (cat != "medical_claim" or vertical == "health")
+                   and (cat != "financial_claim" or vertical == "finance")]
+        claim = allowed[rng.integers(len(allowed))]
+        parts.append(grammar.CLAIM_TEMPLATES[claim].format(noun=noun))
+    if rng.random() < 0.8:
+        benefits = [p for p, slot, _ in lex if slot == "benefit"]
+        parts.append(_cap(benefits[rng.integers(len(benefits))]))
+    if rng.random() < 0.85:
+        ctas = [p for p, slot, _ in lex if slot == "cta"]
+        parts.append(_cap(ctas[rng.integers(len(ctas))]) + ("!" if rng.random() < 0.5 else ""))
+    sep = [" ", ". ", " - ", ", "][rng.integers(4)]
+    text = parts[0]
+    for part in parts[1:]:
+        text += (" " if text.endswith(("?", "!", ":")) else sep) + part
+    return text
+
+
+def build_world(config: SimulateConfig) -> World:
+    """Draw the whole hidden world from `config.seed`."""
+    rng = _rng(config.seed, 1)
+    S, V = len(config.user_segments), len(config.verticals)
+    P = len(grammar.LEXICON)
+
+    segment_vertical_traffic = rng.dirichlet(np.full(V, 0.8), size=S)
+    segment_vertical_click = rng.normal(0.0, 0.3, size=(S, V))
+    segment_conv = rng.normal(0.0, 0.2, size=S)
+    search_position_click = -0.3 * np.arange(len(SEARCH_POSITIONS))
+    feed_position_click = -0.2 * np.arange(len(FEED_POSITIONS))
+
+    phrase_click = np.zeros(P)
+    phrase_conv = np.zeros(P)
+    phrase_segment_click = np.zeros((P, S))
+    for i, (_, slot, cat) in enumerate(grammar.LEXICON):
+        if cat == "clickbait":
+            phrase_click[i], phrase_conv[i] = rng.normal(0.55, 0.1), rng.normal(-0.7, 0.15)
+        elif cat in grammar.NONCOMPLIANT_CATEGORIES:
+            phrase_click[i], phrase_conv[i] = rng.normal(0.6, 0.15), rng.normal(0.1, 0.2)
+        elif slot == "hook":
+            phrase_click[i], phrase_conv[i] = rng.normal(0.1, 0.15), rng.normal(0.0, 0.1)
+        elif slot == "benefit":
+            phrase_click[i], phrase_conv[i] = rng.normal(0.15, 0.2), rng.normal(0.15, 0.2)
+            phrase_segment_click[i] = rng.normal(0.0, 0.25, size=S)
+        else:  # cta
+            phrase_click[i], phrase_conv[i] = rng.normal(0.1, 0.12), rng.normal(0.1, 0.15)
+
+    n_adv = V * config.advertisers_per_vertical
+    brands = _brand_names(rng, n_adv)
+    advertisers, products, ads = [], [], []
+    ads_by_vertical = []
+    for v, vertical in enumerate(config.verticals):
+        nouns = grammar.nouns_for(vertical)
+        vertical_ads = []
+        for a in range(config.advertisers_per_vertical):
+            adv_idx = len(advertisers)
+            advertisers.append({"id": f"adv-{adv_idx:03d}", "name": brands[adv_idx], "vertical": vertical})
+            for _ in range(config.products_per_advertiser):
+                noun = nouns[rng.integers(len(nouns))]
+                products.append({
+                    "id": f"prd-{len(products):04d}", "advertiser": adv_idx, "vertical": v, "noun": noun,
+                    "keywords": _keywords(rng, noun, config.keywords_per_product),
+                    "appeal_click": float(rng.normal(0.0, 0.3)), "appeal_conv": float(rng.normal(0.0, 0.3)),
+                    "price": float(np.round(np.exp(rng.normal(3.5, 0.8)), 2)),
+                })
+                vertical_ads.append(len(ads))
+                ads.append({"id": f"ad-{len(ads):04d}", "product": len(products) - 1})
+        ads_by_vertical.append(vertical_ads)
+    A = len(ads)
+
+    texts, titles, highlights = [], [], []
+    text_blocked = np.zeros((A, config.texts_per_ad), dtype=bool)
+    plain_hooks = [p for p, slot, cat in grammar.LEXICON if slot == "hook" and cat == "plain"]
+    benefits = [p for p, slot, _ in grammar.LEXICON if slot == "benefit"]
+    for a, ad in enumerate(ads):
+        product = products[ad["product"]]
+        brand = advertisers[product["advertiser"]]["name"]
+        vertical = config.verticals[product["vertical"]]
+        pool: list[str] = []
+        while len(pool) < config.texts_per_ad:
+            text = _compose_text(rng, vertical, brand, product["noun"], product["keywords"])
+            if text not in pool:
+                pool.append(text)
+        texts.append(pool)
+        for t, text in enumerate(pool):
+            if not grammar.analyze_text(text, config.text_max_chars).compliant:
+                text_blocked[a, t] = rng.random() < config.review_catch_rate
+        if text_blocked[a].all():  # keep the ad servable
+            text_blocked[a, 0] = False
+        ad_titles: list[str] = []
+        for attempt in range(1000):
+            if len(ad_titles) == config.titles_per_ad:
+                break
+            hook = plain_hooks[rng.integers(len(plain_hooks))]
+            title = f"{_cap(hook)} {product['noun']}" if rng.random() < 0.6 else f"{brand} {product['noun']}"
+            if rng.random() < 0.3:
+                title += " for you" if title.startswith(brand) else f" by {brand}"
+            if attempt > 200:  # small vocabularies: make it unique rather than loop forever
+                title += f" {len(ad_titles) + 1}"
+            if title not in ad_titles:
+                ad_titles.append(title)
+        titles.append(ad_titles)
+        picks = rng.permutation(len(benefits))
+        highlights.append([_cap(benefits[picks[k % len(benefits)]]) + (f" ({k // len(benefits) + 1})" if k >= len(benefits) else "")
+                           for k in range(config.highlights_per_ad)])
+
+    Ti, I, H, L = config.titles_per_ad, config.images_per_ad, config.highlights_per_ad, LATENT_DIM
+    D = len(IMAGE_ATTRIBUTES)
+    title_utility = rng.normal(0.0, 0.4, size=(A, Ti))
+    image_attributes = rng.beta(1.5, 1.5, size=(A, I, D))
+    attribute_weights = rng.normal(0.0, 0.4, size=D)
+    image_utility = (image_attributes - 0.5) @ attribute_weights + rng.normal(0.0, 0.3, size=(A, I))
+    highlight_utility = rng.normal(0.0, 0.2, size=(A, H))
+    highlight_conv = rng.normal(0.0, 0.15, size=(A, H))
+    title_latent = rng.normal(0.0, 1.0, size=(A, Ti, L)) / np.sqrt(L)
+    image_latent = rng.normal(0.0, 1.0, size=(A, I, L)) / np.sqrt(L)
+    segment_image_preference = rng.normal(0.0, 1.0, size=(S, D)) / np.sqrt(D)
+
+    # Logging policy. Some ads explore far more than others; beliefs are noisy guesses of
+    # the truth; and the policy pairs its titles with images against their true quality
+    # (the weakest titles get the strongest images), which is what confounds naive
+    # per-element CTR.
+    ad_exploration = np.clip(config.exploration * np.exp(rng.normal(0.0, 0.7, size=A)), 0.0, 1.0)
+    policy_text_score = rng.normal(0.0, 0.3, size=(A, config.texts_per_ad))  # text-effect part added in truth
+    policy_title_score = 0.5 * title_utility + rng.normal(0.0, 0.3, size=(A, Ti))
+    policy_image_score = 0.5 * image_utility + rng.normal(0.0, 0.3, size=(A, I))
+    policy_highlight_score = rng.normal(0.0, 0.3, size=(A, H))
+    policy_pair_image = np.zeros((A, Ti), dtype=np.int64)
+    for a in range(A):
+        by_title = np.argsort(title_utility[a])  # worst title first
+        by_image = np.argsort(-image_utility[a])  # best image first
+        for rank, t in enumerate(by_title):
+            policy_pair_image[a, t] = by_image[rank % I]
+
+    user_segment = rng.integers(0, S, size=config.users)
+    activity = np.exp(rng.normal(0.0, 0.8, size=config.users))
+    user_activity = activity / activity.sum()
+
+    world = World(
+        config=config, segments=list(config.user_segments), verticals=list(config.verticals),
+        segment_vertical_traffic=segment_vertical_traffic, segment_vertical_click=segment_vertical_click,
+        segment_conv=segment_conv, search_position_click=search_position_click,
+        feed_position_click=feed_position_click, phrase_click=phrase_click, phrase_conv=phrase_conv,
+        phrase_segment_click=phrase_segment_click, advertisers=advertisers, products=products, ads=ads,
+        ads_by_vertical=np.asarray(ads_by_vertical, dtype=np.int64), texts=texts, text_blocked=text_blocked,
+        titles=titles, highlights=highlights, title_utility=title_utility, image_utility=image_utility,
+        highlight_utility=highlight_utility, highlight_conv=highlight_conv, title_latent=title_latent,
+        image_latent=image_latent, image_attributes=image_attributes,
+        segment_image_preference=segment_image_preference, ad_exploration=ad_exploration,
+        policy_text_score=policy_text_score, policy_title_score=policy_title_score,
+        policy_image_score=policy_image_score, policy_highlight_score=policy_highlight_score,
+        policy_pair_image=policy_pair_image, user_segment=user_segment, user_activity=user_activity,
+        coef=dict(COEF),
+    )
+    return world

@@ -1,0 +1,343 @@
+"""Simulate the logs: day-partitioned gzipped JSONL events plus the hidden per-impression truth.
+
+Per day, impressions are drawn in time-ordered chunks (bounded memory at 10M+/day), labelled
+from the vectorised truth, and turned into JSON lines from pre-escaped fragments. Clicks and
+conversions land in the partition of their own timestamp: those past the current day wait in
+a buffer for their day; those past the last simulated day are dropped (not happened yet).
+Delivery noise (duplicates, corrupt lines) is injected at write time. Every day partition,
+raw and truth, is written aside and renamed into place.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import atomic
+from pipelines.dates import day_bounds_ms, shift_ds
+from pipelines.logs import get_logger
+from relate_sim import grammar
+from relate_sim.config import SimulateConfig
+from relate_sim.logging_policy import ServingPolicy, build_policy, sample_rows, sample_traffic
+from relate_sim.truth import (TruthTables, build_tables, combo_parts, fatigue_factor, feed_logits_vec,
+                              search_logits_vec, sigmoid)
+from relate_sim.world import World, _rng, build_world
+
+log = get_logger(__name__)
+DAY_MS = 86_400_000
+TRUTH_SCHEMA = pa.schema([("impression_id", pa.string()), ("p_click", pa.float64()),
+                          ("p_conv_given_click", pa.float64())])
+CORRUPTION_MODES = ("truncated_json", "ts_as_string", "missing_id", "unknown_event_type")
+
+
+def text_id(served_text: str) -> str:
+    return hashlib.sha1(served_text.encode("utf-8")).hexdigest()[:16]
+
+
+def _json(value) -> str:
+    return orjson.dumps(value).decode()
+
+
+class ExposureCounter:
+    """Per (user, creative signature) exposure counts, kept as sorted numpy arrays."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def count_and_update(self, keys: np.ndarray) -> np.ndarray:
+        """Earlier exposures of each key, for keys given in time order; then record them."""
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1]
+        group_sizes = np.diff(np.r_[starts, len(keys)])
+        within = np.arange(len(keys)) - np.repeat(starts, group_sizes)
+        idx = np.searchsorted(self.keys, sorted_keys)
+        idx_clipped = np.minimum(idx, max(len(self.keys) - 1, 0))
+        found = (idx < len(self.keys)) & (self.keys[idx_clipped] == sorted_keys) if len(self.keys) else np.zeros(len(keys), bool)
+        prior = np.where(found, self.counts[idx_clipped] if len(self.keys) else 0, 0)
+        exposures = np.empty(len(keys), dtype=np.int64)
+        exposures[order] = prior + within
+        all_keys = np.concatenate([self.keys, sorted_keys[starts]])
+        all_counts = np.concatenate([self.counts, group_sizes])
+        self.keys, inverse = np.unique(all_keys, return_inverse=True)
+        self.counts = np.bincount(inverse, weights=all_counts).astype(np.int64)
+        return exposures
+
+
+class PartWriter:
+    """Gzipped JSONL part files of one partition; injects duplicates and corrupt lines."""
+
+    def __init__(self, directory: Path, cfg: SimulateConfig, rng: np.random.Generator):
+        self.directory, self.cfg, self.rng = directory, cfg, rng
+        self.part, self.in_part, self.fh, self.gz = 0, 0, None, None
+        self.stats = collections.Counter()
+
+    def _open(self) -> None:
+        path = self.directory / f"part-{self.part:05d}.jsonl.gz"
+        self.fh = open(path, "wb")
+        # mtime=0 and no file name in the header keep reruns byte-identical
+        self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=self.fh, mtime=0, compresslevel=self.cfg.gzip_level)
+
+    def _close_part(self) -> None:
+        if self.gz is not None:
+            self.gz.close()
+            self.fh.close()
+            self.gz = self.fh = None
+            self.part += 1
+            self.in_part = 0
+
+    def write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        dup = np.flatnonzero(self.rng.random(len(lines)) < self.cfg.duplicate_rate)
+        if len(dup):
+            # redeliveries arrive a little later in the stream, same content
+            lines = lines + [lines[i] for i in dup]
+        self.stats["duplicates"] += len(dup)
+        corrupt = np.flatnonzero(self.rng.random(len(lines)) < self.cfg.corrupt_rate)
+        if len(corrupt):
+            lines = list(lines)
+            modes = self.rng.integers(0, len(CORRUPTION_MODES), size=len(corrupt))
+            for i, mode in zip(corrupt.tolist(), modes.tolist()):
+                lines[i] = corrupt_line(lines[i], CORRUPTION_MODES[mode])
+                self.stats[f"corrupt_{CORRUPTION_MODES[mode]}"] += 1
+        self.stats["corrupt"] += len(corrupt)
+        self.stats["lines"] += len(lines)
+        start = 0
+        while start < len(lines):
+            if self.gz is None:
+                self._open()
+            take = min(len(lines) - start, self.cfg.part_size - self.in_part)
+            self.gz.write(("\n".join(lines[start:start + take]) + "\n").encode("utf-8"))
+            self.in_part += take
+            start += take
+            if self.in_part >= self.cfg.part_size:
+                self._close_part()
+
+    def close(self) -> None:
+        if self.gz is None and self.part == 0:
+            self._open()  # an empty day still gets one (empty) part file
+        self._close_part()
+
+
+def corrupt_line(line: str, mode: str) -> str:
+    """Damage a line the way real log shippers do."""
+    if mode == "truncated_json":
+        return line[: max(1, len(line) // 2)]
+    event = orjson.loads(line)
+    if mode == "ts_as_string":
+        event["ts"] = str(event["ts"])
+    elif mode == "missing_id":
+        event.pop("impression_id" if "impression_id" in event else "click_id", None)
+    else:
+        event["event_type"] = {"impression": "view", "click": "tap", "conversion": "purchase_v2"}[event["event_type"]]
+    return _json(event)
+
+
+@dataclasses.dataclass
+class Fragments:
+    """Pre-escaped JSON fragments, so an impression line is one f-string."""
+
+    ad: list[str]
+    text: list[list[str]]
+    query: list[list[list[str]]]
+    combo: list[list[str]]
+    user: list[str]
+    segment: list[str]
+
+
+def build_fragments(world: World, tables: TruthTables) -> Fragments:
+    cfg = world.config
+    ad_frag, text_frag, query_frag, combo_frag = [], [], [], []
+    n_combos = cfg.titles_per_ad * cfg.images_per_ad * cfg.highlights_per_ad
+    for a, ad in enumerate(world.ads):
+        product = world.products[ad["product"]]
+        ad_frag.append(
+            f'"vertical":{_json(world.verticals[product["vertical"]])},'
+            f'"advertiser_id":{_json(world.advertisers[product["advertiser"]]["id"])},'
+            f'"product_id":{_json(product["id"])},"ad_id":{_json(ad["id"])}')
+        text_frag.append([f'"text_id":"{text_id(s)}","ad_text":{_json(s)}' for s in tables.served_text[a]])
+        query_frag.append([[
+            '"query":{},"keyword":{}'.format(*map(_json, world.keyword_query(a, k, m)[::-1]))
+            for m in range(len(grammar.QUERY_MODIFIERS))] for k in range(cfg.keywords_per_product)])
+        t, i, h = combo_parts(world, np.arange(n_combos))
+        combo_frag.append([
+            f'"title_id":"{world.title_id(a, tt)}","image_id":"{world.image_id(a, ii)}",'
+            f'"highlight_id":"{world.highlight_id(a, hh)}"' for tt, ii, hh in zip(t.tolist(), i.tolist(), h.tolist())])
+    users = [f'"u{u:07d}"' for u in range(cfg.users)]
+    segments = [_json(s) for s in world.segments]
+    return Fragments(ad=ad_frag, text=text_frag, query=query_frag, combo=combo_frag, user=users, segment=segments)
+
+
+def day_offset(ts_ms: np.ndarray, first_day_start_ms: int) -> np.ndarray:
+    """Which simulated day (0-based) an event timestamp falls in: events go to their own ts's partition."""
+    return (np.asarray(ts_ms) - first_day_start_ms) // DAY_MS
+
+
+@dataclasses.dataclass
+class Simulation:
+    world: World
+    tables: TruthTables
+    policy: ServingPolicy
+
+
+def prepare(config: SimulateConfig) -> Simulation:
+    world = build_world(config)
+    tables = build_tables(world)
+    return Simulation(world=world, tables=tables, policy=build_policy(world, tables))
+
+
+def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path) -> dict:
+    """Write every day partition and the truth; return a summary with counts per day."""
+    t0 = time.monotonic()
+    sim = prepare(config)
+    world, tables, policy = sim.world, sim.tables, sim.policy
+    frags = build_fragments(world, tables)
+    log.info("world: %d ads, %d users, %d texts (%d blocked by review), built in %.1fs", world.n_ads, config.users,
+             world.n_ads * config.texts_per_ad, int(world.text_blocked.sum()), time.monotonic() - t0)
+    atomic.clean_stale_staging(raw_root)
+    atomic.clean_stale_staging(truth_root / "impressions")
+    atomic.write_json(truth_root / "world.json", {"fingerprint": world.fingerprint(), **world.to_dict()})
+
+    first_ms, _ = day_bounds_ms(config.start_date)
+    exposures = ExposureCounter()
+    pending: dict[int, list[str]] = collections.defaultdict(list)
+    summary_days = {}
+    for day in range(config.days):
+        ds = shift_ds(config.start_date, day)
+        t_day = time.monotonic()
+        counts = collections.Counter()
+        with atomic.directory(raw_root / f"dt={ds}") as raw_dir, \
+                atomic.directory(truth_root / "impressions" / f"dt={ds}") as truth_dir:
+            parts = PartWriter(raw_dir, config, _rng(config.seed, 3, day))
+            carried = pending.pop(day, [])
+            counts["carried_in"] = len(carried)
+            for line in carried:
+                counts[line[line.index('"event_type":"') + 14:].split('"', 1)[0]] += 1
+            parts.write(carried)
+            truth_writer = pq.ParquetWriter(truth_dir / "part-00000.parquet", TRUTH_SCHEMA, compression="zstd")
+            n_chunks = max(1, math.ceil(config.impressions_per_day / config.chunk_size))
+            sizes = np.diff(np.linspace(0, config.impressions_per_day, n_chunks + 1).round().astype(np.int64))
+            offset = 0
+            for chunk, n in enumerate(sizes.tolist()):
+                rng = _rng(config.seed, 2, day, chunk)
+                lo = first_ms + day * DAY_MS + chunk * DAY_MS // n_chunks
+                hi = first_ms + day * DAY_MS + (chunk + 1) * DAY_MS // n_chunks
+                chunk_counts, truth = _simulate_chunk(sim, frags, rng, exposures, pending, parts, day, ds, offset,
+                                                      n, lo, hi, first_ms)
+                counts.update(chunk_counts)
+                truth_writer.write_table(truth)
+                offset += n
+            truth_writer.close()
+            parts.close()
+            counts.update(parts.stats)
+        summary_days[ds] = dict(sorted(counts.items()))
+        log.info("%s: %d impressions, %d clicks, %d conversions (%d carried in), %d lines, %d duplicates, "
+                 "%d corrupt, %.1fs", ds, counts["impression"], counts["click"], counts["conversion"],
+                 counts["carried_in"], counts["lines"], counts["duplicates"], counts["corrupt"],
+                 time.monotonic() - t_day)
+    totals = collections.Counter()
+    for c in summary_days.values():
+        totals.update(c)
+    return {"days": summary_days, "totals": dict(sorted(totals.items())),
+            "ctr": totals["impression_clicked"] / max(totals["impression"], 1),
+            "cvr": totals["click_converted"] / max(totals["impression_clicked"], 1),
+            "noncompliant_served_share": totals["search_noncompliant"] / max(totals["search"], 1),
+            "wall_s": time.monotonic() - t0, "world_fingerprint": world.fingerprint()}
+
+
+def _simulate_chunk(sim: Simulation, frags: Fragments, rng: np.random.Generator, exposures: ExposureCounter,
+                    pending: dict, parts: PartWriter, day: int, ds: str, offset: int, n: int, lo: int, hi: int,
+                    first_ms: int):
+    world, tables, policy, cfg = sim.world, sim.tables, sim.policy, sim.world.config
+    counts = collections.Counter()
+    traffic = sample_traffic(world, rng, n, cfg.search_share)
+    ts = np.sort(rng.integers(lo, hi, size=n))
+    search = traffic.search
+    s_idx, f_idx = np.flatnonzero(search), np.flatnonzero(~search)
+    creative = np.zeros(n, dtype=np.int64)  # text index (search) or combo index (feed)
+    creative[s_idx] = sample_rows(rng, policy.text_probs, traffic.ad[s_idx])
+    creative[f_idx] = sample_rows(rng, policy.combo_probs, traffic.ad[f_idx])
+    propensity = np.where(search, policy.text_probs[traffic.ad, np.where(search, creative, 0)],
+                          policy.combo_probs[traffic.ad, np.where(search, 0, creative)])
+
+    click_logit, conv_logit = np.zeros(n), np.zeros(n)
+    click_logit[s_idx], conv_logit[s_idx] = search_logits_vec(
+        world, tables, traffic.ad[s_idx], traffic.segment[s_idx], traffic.position[s_idx], creative[s_idx],
+        traffic.keyword[s_idx], traffic.modifier[s_idx])
+    click_logit[f_idx], conv_logit[f_idx] = feed_logits_vec(
+        world, tables, traffic.ad[f_idx], traffic.segment[f_idx], traffic.position[f_idx], creative[f_idx])
+    signature = np.where(search, tables.text_signature[traffic.ad, np.where(search, creative, 0)],
+                         tables.combo_signature[traffic.ad, np.where(search, 0, creative)])
+    seen = exposures.count_and_update(traffic.user.astype(np.int64) * tables.n_signatures + signature)
+    p_click = sigmoid(click_logit) * fatigue_factor(world, seen)
+    p_conv = sigmoid(conv_logit)
+    clicked = rng.random(n) < p_click
+    converted = clicked & (rng.random(n) < p_conv)
+    click_ts = ts + np.clip(np.exp(rng.normal(np.log(25_000), 1.0, size=n)), 1_000, 1_800_000).astype(np.int64)
+    max_delay = cfg.max_conversion_delay_days * DAY_MS - 60_000
+    conv_ts = click_ts + np.clip(np.exp(rng.normal(np.log(4 * 3_600_000), 1.2, size=n)), 60_000, max_delay).astype(np.int64)
+    value = np.round(np.array([world.products[world.ads[a]["product"]]["price"] for a in range(world.n_ads)])[traffic.ad]
+                     * np.exp(rng.normal(0.0, 0.3, size=n)), 2)
+
+    counts["impression"] = n
+    counts["search"] = len(s_idx)
+    counts["search_noncompliant"] = int((~tables.text_compliant[traffic.ad[s_idx], creative[s_idx]]).sum())
+    counts["impression_clicked"] = int(clicked.sum())
+    counts["click_converted"] = int(converted.sum())
+    counts["repeat_exposures"] = int((seen > 0).sum())
+
+    ids = [f"{ds.replace('-', '')}{offset + i:09d}" for i in range(n)]
+    lines = _impression_lines(frags, traffic, ids, ts, creative, propensity)
+    click_rows = np.flatnonzero(clicked)
+    click_lines = [f'{{"event_id":"ec{ids[i]}","event_type":"click","ts":{t},"impression_id":"i{ids[i]}",'
+                   f'"click_id":"c{ids[i]}"}}' for i, t in zip(click_rows.tolist(), click_ts[click_rows].tolist())]
+    conv_rows = np.flatnonzero(converted)
+    conv_lines = [f'{{"event_id":"ev{ids[i]}","event_type":"conversion","ts":{t},"click_id":"c{ids[i]}",'
+                  f'"value":{v!r}}}' for i, t, v in zip(conv_rows.tolist(), conv_ts[conv_rows].tolist(),
+                                                        value[conv_rows].tolist())]
+    last_day = cfg.days - 1
+    for kind, rows_lines, when in (("click", click_lines, click_ts[click_rows]),
+                                   ("conversion", conv_lines, conv_ts[conv_rows])):
+        days_of = day_offset(when, first_ms).tolist()
+        for line, d in zip(rows_lines, days_of):
+            if d == day:
+                lines.append(line)
+                counts[kind] += 1
+            elif d <= last_day:
+                pending[d].append(line)
+            else:  # after the last simulated day: it has not happened yet
+                counts[f"{kind}_after_last_day"] += 1
+    parts.write(lines)
+    truth = pa.table({"impression_id": pa.array(["i" + s for s in ids], pa.string()),
+                      "p_click": pa.array(p_click, pa.float64()),
+                      "p_conv_given_click": pa.array(p_conv, pa.float64())}, schema=TRUTH_SCHEMA)
+    return counts, truth
+
+
+def _impression_lines(frags: Fragments, traffic, ids, ts, creative, propensity) -> list[str]:
+    out = []
+    for sfx, t, u, s, a, srch, k, m, pos, c, prop in zip(
+            ids, ts.tolist(), traffic.user.tolist(), traffic.segment.tolist(), traffic.ad.tolist(),
+            traffic.search.tolist(), traffic.keyword.tolist(), traffic.modifier.tolist(), traffic.position.tolist(),
+            creative.tolist(), propensity.tolist()):
+        if srch:
+            out.append(f'{{"event_id":"ei{sfx}","event_type":"impression","ts":{t},"impression_id":"i{sfx}",'
+                       f'"user_id":{frags.user[u]},"user_segment":{frags.segment[s]},"placement":"search",'
+                       f'{frags.ad[a]},"position":{pos},{frags.query[a][k][m]},{frags.text[a][c]},'
+                       f'"propensity":{prop!r}}}')
+        else:
+            out.append(f'{{"event_id":"ei{sfx}","event_type":"impression","ts":{t},"impression_id":"i{sfx}",'
+                       f'"user_id":{frags.user[u]},"user_segment":{frags.segment[s]},"placement":"feed",'
+                       f'{frags.ad[a]},"position":{pos},{frags.combo[a][c]},"propensity":{prop!r}}}')
+    return out

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main command: set-up, then the whole pipeline on the embedded default (the simulator)
+# with `dvc repro`. Extra arguments go to dvc repro (e.g. a stage name, or --force).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+source scripts/env.sh
+[ -d .dvc ] || dvc init -q $( [ -d .git ] || echo --no-scm )
+dvc repro "$@"
+dvc metrics show

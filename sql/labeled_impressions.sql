@@ -1,0 +1,41 @@
+-- One row per valid impression of partitions :first_dt .. :labels_as_of, labeled from the
+-- linked events of the window (view `linked_events`, link_reason NULL = valid).
+-- clicked: a valid click on it within the click window; converted: a valid conversion of
+-- one of those clicks within the attribution window (so converted implies clicked);
+-- conversion_value: the sum of those conversions' values.
+-- Parameters: :first_dt, :labels_as_of (the run's ds), :click_window_ms,
+-- :attribution_window_ms, :attribution_window_days.
+WITH valid AS (
+  SELECT * FROM linked_events WHERE link_reason IS NULL
+),
+impressions AS (
+  SELECT * FROM valid WHERE event_type = 'impression' AND dt >= :first_dt
+),
+impression_clicks AS (
+  SELECT i.dt, i.event_id AS impression_event_id, c.click_id, c.ts AS click_ts
+  FROM impressions i
+  JOIN valid c
+    ON c.event_type = 'click' AND c.impression_id = i.impression_id
+   AND c.ts >= i.ts AND c.ts <= i.ts + :click_window_ms
+),
+labels AS (
+  SELECT ic.dt, ic.impression_event_id,
+         max(v.event_id IS NOT NULL) AS converted,
+         coalesce(sum(v.value), 0D) AS conversion_value
+  FROM impression_clicks ic
+  LEFT JOIN valid v
+    ON v.event_type = 'conversion' AND v.click_id = ic.click_id
+   AND v.ts >= ic.click_ts AND v.ts <= ic.click_ts + :attribution_window_ms
+  GROUP BY ic.dt, ic.impression_event_id
+)
+SELECT i.event_id, i.impression_id, i.ts, i.user_id, i.user_segment, i.placement, i.vertical,
+       i.advertiser_id, i.product_id, i.ad_id, i.position, i.query, i.keyword, i.text_id,
+       i.ad_text, i.title_id, i.image_id, i.highlight_id, i.propensity,
+       CAST(l.impression_event_id IS NOT NULL AS INT) AS clicked,
+       CAST(coalesce(l.converted, false) AS INT) AS converted,
+       coalesce(l.conversion_value, 0D) AS conversion_value,
+       :labels_as_of AS labels_as_of,
+       datediff(to_date(:labels_as_of), to_date(i.dt)) >= :attribution_window_days AS label_complete,
+       i.dt
+FROM impressions i
+LEFT JOIN labels l ON l.dt = i.dt AND l.impression_event_id = i.event_id

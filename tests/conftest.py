@@ -1,0 +1,29 @@
+"""Shared fixtures: the project root, the tiny params file, Spark env defaults."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PARAMS = ROOT / "configs" / "tiny.yaml"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def tiny_params(tmp_path, monkeypatch) -> Path:
+    """A copy of configs/tiny.yaml in a fresh working directory (all stage paths are relative)."""
+    params = tmp_path / "params.yaml"
+    params.write_text(TINY_PARAMS.read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RELATE_PARAMS", str(params))
+    return params

@@ -1,0 +1,268 @@
+"""CTCVR reward model: loss, learning a planted signal, artifacts, scoring API, train stage."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from pipelines import evaluate_ctcvr, train_ctcvr
+from relate_models import ctcvr
+from relate_models.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+WORDS = "save big on great deals today shop now best prices quality fast delivery trusted brand new offers".split()
+VERTICALS = {"travel": ["cheap flights", "hotel deals"], "finance": ["loan rates", "credit card"], "home": ["sofa sale", "lamp"]}
+BOOST, DAMPEN = "free", "guaranteed"  # BOOST raises CTR; DAMPEN lowers CVR
+
+
+def synthetic_impressions(n: int, seed: int, texts_per_ad: int = 30) -> pd.DataFrame:
+    """Search + feed impressions with the curated schema and planted effects."""
+    rng = np.random.default_rng(seed)
+    catalog = []
+    for vertical, keywords in VERTICALS.items():
+        for keyword in keywords:
+            for _ in range(texts_per_ad):
+                words = list(rng.choice(WORDS, size=rng.integers(4, 9)))
+                if rng.random() < 0.5:
+                    words.insert(rng.integers(0, len(words)), keyword)
+                if rng.random() < 0.3:
+                    words.insert(rng.integers(0, len(words)), BOOST)
+                if rng.random() < 0.3:
+                    words.insert(rng.integers(0, len(words)), DAMPEN)
+                catalog.append((" ".join(words).capitalize(), keyword, vertical))
+    pick = rng.integers(0, len(catalog), size=n)
+    text, keyword, vertical = (np.array([c[i] for c in catalog])[pick] for i in range(3))
+    segment = rng.choice(["new", "returning", "loyal"], size=n)
+    modifier = rng.choice(["", "near me", "online", "best"], size=n)
+    position = rng.integers(1, 5, size=n)
+    has_boost = np.char.find(np.char.lower(text.astype(str)), BOOST) >= 0
+    has_dampen = np.char.find(np.char.lower(text.astype(str)), DAMPEN) >= 0
+    p_click = 1 / (1 + np.exp(-(-2.2 + 1.6 * has_boost - 0.25 * (position - 1))))
+    p_conv = 1 / (1 + np.exp(-(-0.8 - 2.0 * has_dampen + 0.5 * (segment == "loyal"))))
+    clicked = rng.random(n) < p_click
+    converted = clicked & (rng.random(n) < p_conv)
+    return pd.DataFrame({
+        "impression_id": [f"imp-{seed}-{i}" for i in range(n)],
+        "placement": np.where(rng.random(n) < 0.85, "search", "feed"),
+        "ad_text": text, "keyword": keyword, "query": [f"{k} {m}".strip() for k, m in zip(keyword, modifier)], "vertical": vertical, "user_segment": segment,
+        "position": position.astype(np.int32), "clicked": clicked.astype(np.int32),
+        "converted": converted.astype(np.int32), "label_complete": True,
+        "true_p_click": p_click, "true_p_ctcvr": p_click * p_conv,  # test oracle; the stage never reads them
+    })
+
+
+def write_curated(root, days: dict[str, pd.DataFrame]) -> None:
+    for ds, frame in days.items():
+        part = root / "data" / "curated" / "labeled_impressions" / f"dt={ds}"
+        part.mkdir(parents=True)
+        frame.to_parquet(part / "part-00000.parquet", index=False)
+
+
+def tiny_params(path, **overrides) -> None:
+    section = {"seed": 7, "train_days": 3, "val_fraction": 0.1, "vocab_size": 400, "epochs": 4, "batch_size": 256,
+               "lr": 0.01, "embed_dim": 16, "context_dim": 8, "hidden_dim": 32, "bigram_buckets": 5000,
+               "baseline_n_features": 4096, "num_threads": 1, **overrides}
+    path.write_text(json.dumps({"train_ctcvr": section, "evaluate_ctcvr": {"ece_bins": 10, "ratio_goal": 0.97}}))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(synthetic_impressions(2000, 0)["ad_text"], vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def trained(tokenizer):
+    """A model fitted on synthetic data with the planted effects."""
+    torch.set_num_threads(1)  # 2 threads thrash when other jobs share the 2 cores
+    frame = synthetic_impressions(30000, 1)
+    cfg = ctcvr.CTCVRConfig(vocab_size=len(tokenizer), vocabs={n: train_ctcvr.vocab(frame, n) for n in ctcvr.CONTEXT_FIELDS},
+                            bigram_buckets=5000, embed_dim=16, context_dim=8, hidden_dim=32, dropout=0.0)
+    encoder = ctcvr.FeatureEncoder(cfg, tokenizer)
+    result = ctcvr.fit(cfg, encoder, ctcvr.build_train_data(encoder, frame[:27000]),
+                       ctcvr.build_train_data(encoder, frame[27000:]), epochs=6, batch_size=512, lr=0.02,
+                       weight_decay=0.0, seed=3, log=lambda _: None)
+    return ctcvr.CTCVRScorer(result.model, tokenizer), result
+
+
+def test_esmm_loss_matches_manual_computation():
+    ctr_logit = torch.tensor([0.0, 1.0, -2.0, 0.5])
+    cvr_logit = torch.tensor([1.0, -1.0, 0.0, 2.0])
+    clicked = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    converted = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    loss, parts = ctcvr.esmm_loss(ctr_logit, cvr_logit, clicked, converted)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    p_ctr = [sig(float(x)) for x in ctr_logit]
+    p_ctcvr = [p * sig(float(x)) for p, x in zip(p_ctr, cvr_logit)]
+    bce = lambda y, p: -(y * math.log(p) + (1 - y) * math.log(1 - p))  # noqa: E731
+    ctr_manual = sum(bce(y, p) for y, p in zip(clicked.tolist(), p_ctr)) / 4
+    ctcvr_manual = sum(bce(y, p) for y, p in zip((clicked * converted).tolist(), p_ctcvr)) / 4
+    assert parts["ctr"] == pytest.approx(ctr_manual, rel=1e-5)
+    assert parts["ctcvr"] == pytest.approx(ctcvr_manual, rel=1e-5)
+    assert float(loss) == pytest.approx(ctr_manual + ctcvr_manual, rel=1e-5)
+
+
+def test_model_shapes_and_finite_loss(tokenizer):
+    frame = synthetic_impressions(64, 2)
+    cfg = ctcvr.CTCVRConfig(vocab_size=len(tokenizer), vocabs={n: train_ctcvr.vocab(frame, n) for n in ctcvr.CONTEXT_FIELDS},
+                            bigram_buckets=100, max_tokens=12)
+    encoder = ctcvr.FeatureEncoder(cfg, tokenizer)
+    data = ctcvr.build_train_data(encoder, frame)
+    batch = data.batch(encoder, torch.arange(10))
+    assert batch["tokens"].shape == (10, 12) and batch["bigrams"].shape == (10, 13) and batch["dense"].shape == (10, 4)
+    ctr_logit, cvr_logit = ctcvr.CTCVRModel(cfg)(batch)
+    assert ctr_logit.shape == cvr_logit.shape == (10,)
+    loss, _ = ctcvr.esmm_loss(ctr_logit, cvr_logit, data.clicked[:10], data.converted[:10])
+    loss.backward()
+    assert torch.isfinite(loss)
+    # the encoder on raw texts/contexts gives the same features as the training-data path
+    direct = encoder.encode(frame["ad_text"][:10].tolist(), frame[:10].to_dict("records"))
+    for key in batch:
+        assert torch.equal(direct[key], batch[key]), key
+
+
+def test_learns_planted_signal(trained):
+    scorer, result = trained
+    assert result.curve[-1]["val_auc_ctr"] > 0.65
+    ctx = {"keyword": "cheap flights", "vertical": "travel", "position": 1, "user_segment": "new"}
+    texts = ["Save big on great deals today", f"Save big on {BOOST} great deals today",
+             f"Save big on {DAMPEN} great deals today"]
+    out = scorer.score(texts, [ctx] * 3)
+    assert out["p_ctr"][1] > out["p_ctr"][0] + 0.05, out  # BOOST raises CTR
+    assert out["p_cvr"][2] < out["p_cvr"][0] - 0.05, out  # DAMPEN lowers CVR
+    held = synthetic_impressions(4000, 9)
+    pred = scorer.score(held["ad_text"].tolist(), held.to_dict("records"))
+    boost = held["ad_text"].str.lower().str.contains(BOOST).to_numpy()
+    dampen = held["ad_text"].str.lower().str.contains(DAMPEN).to_numpy()
+    assert pred["p_ctr"][boost].mean() > 1.5 * pred["p_ctr"][~boost].mean()
+    assert pred["p_cvr"][dampen].mean() < 0.75 * pred["p_cvr"][~dampen].mean()
+    ctcvr_label = held["clicked"] * held["converted"]
+    # held-out texts are new (another catalog): the model generalises through tokens, not text ids
+    assert ctcvr.auc(held["clicked"], pred["p_ctr"]) > 0.9 * ctcvr.auc(held["clicked"], held["true_p_click"])
+    assert ctcvr.auc(ctcvr_label, pred["p_ctcvr"]) > 0.9 * ctcvr.auc(ctcvr_label, held["true_p_ctcvr"])
+
+
+def test_save_load_round_trip_identical(trained, tmp_path):
+    scorer, _ = trained
+    scorer.save(tmp_path / "ctcvr")
+    loaded = ctcvr.CTCVRScorer.load(tmp_path / "ctcvr")
+    frame = synthetic_impressions(300, 4)
+    a = scorer.score(frame["ad_text"].tolist(), frame.to_dict("records"))
+    b = loaded.score(frame["ad_text"].tolist(), frame.to_dict("records"))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        ctcvr.CTCVRScorer.load(tmp_path / "nowhere")
+
+
+def test_scoring_api_contract(trained):
+    scorer, _ = trained
+    texts = ["Free cheap flights today", "", "x" * 500, "Unseen wörds ✈ here"]
+    contexts = [
+        {"keyword": "cheap flights", "vertical": "travel", "position": 1, "user_segment": "new"},
+        {"keyword": "never seen", "vertical": "space travel", "position": 99, "user_segment": "alien"},
+        {},
+        {"keyword": None, "position": "garbage"},
+    ]
+    out = scorer.score(texts, contexts)
+    assert set(out) == {"p_ctr", "p_cvr", "p_ctcvr"}
+    for values in out.values():
+        assert values.shape == (4,) and np.all((values >= 0) & (values <= 1)) and np.all(np.isfinite(values))
+    np.testing.assert_allclose(out["p_ctcvr"], out["p_ctr"] * out["p_cvr"], rtol=1e-6)
+    empty = scorer.score([], [])
+    assert all(v.shape == (0,) for v in empty.values())
+    with pytest.raises(ValueError, match="2 texts but 1 contexts"):
+        scorer.score(["a", "b"], [{}])
+
+
+def test_tokenizer_round_trip_offsets_and_autotokenizer(tokenizer, tmp_path):
+    text = "Free cheap flights, guaranteed ✈ today!"
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    assert tokenizer.decode(enc["input_ids"]) == text
+    pieces = [text[a:b] for a, b in enc["offset_mapping"]]
+    assert "Free" in "".join(pieces) and all(0 <= a <= b <= len(text) for a, b in enc["offset_mapping"])
+    start = text.index("flights")
+    covering = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < start + 7 and b > start]
+    assert "flights" in tokenizer.decode([enc["input_ids"][i] for i in covering])
+    save_tokenizer(tokenizer, tmp_path / "tok")
+    auto = AutoTokenizer.from_pretrained(str(tmp_path / "tok"), local_files_only=True)
+    assert auto(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert (auto.pad_token, auto.bos_token, auto.eos_token, auto.unk_token) == ("<pad>", "<bos>", "<eos>", "<unk>")
+    assert load_tokenizer(tmp_path / "tok")(text)["input_ids"] == enc["input_ids"]
+
+
+def test_train_stage_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    days = {f"2026-01-0{d}": synthetic_impressions(2500, d) for d in range(1, 7)}
+    days["2026-01-06"]["label_complete"] = False  # last day's labels still open: eval day is 01-05
+    write_curated(tmp_path, days)
+    tiny_params(tmp_path / "params.yaml")
+    assert train_ctcvr.main([]) == 0
+    metrics = json.loads((tmp_path / "metrics" / "ctcvr_train.json").read_text())
+    assert metrics["eval_day"] == "2026-01-05" and metrics["train_days"] == ["2026-01-02", "2026-01-03", "2026-01-04"]
+    assert metrics["auc_ctr"] > 0.6 and metrics["auc_ctcvr"] > 0.6 and 0 <= metrics["ece_ctcvr"] < 0.1
+    assert "baseline_auc_ctcvr" in metrics
+    pred = pd.read_parquet(tmp_path / "models" / "ctcvr" / "heldout_predictions.parquet")
+    assert len(pred) == metrics["n_eval"] and pred["impression_id"].is_unique
+    assert {"impression_id", "p_ctr", "p_cvr", "p_ctcvr", "baseline_p_ctcvr"} <= set(pred.columns)
+    np.testing.assert_allclose(pred["p_ctcvr"], pred["p_ctr"] * pred["p_cvr"], rtol=1e-6)
+    scorer = ctcvr.CTCVRScorer.load(tmp_path / "models" / "ctcvr")
+    assert scorer.score(["Free deals"], [{"vertical": "travel"}])["p_ctcvr"].shape == (1,)
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "models" / "tokenizer"), local_files_only=True) is not None
+    curve = json.loads((tmp_path / "models" / "ctcvr" / "training_curve.json").read_text())
+    assert len(curve["epochs"]) == 4
+    # evaluate against a truth tree holding the planted probabilities of the eval day
+    truth = days["2026-01-05"][["impression_id", "true_p_click", "true_p_ctcvr"]]
+    truth = truth.assign(p_click=truth["true_p_click"], p_conv_given_click=truth["true_p_ctcvr"] / truth["true_p_click"])
+    truth_dir = tmp_path / "data" / "sim_truth" / "impressions" / "dt=2026-01-05"
+    truth_dir.mkdir(parents=True)
+    truth[["impression_id", "p_click", "p_conv_given_click"]].to_parquet(truth_dir / "part-00000.parquet")
+    assert evaluate_ctcvr.main([]) == 0
+    report = json.loads((tmp_path / "metrics" / "ctcvr.json").read_text())
+    for key in ("auc_ctcvr", "oracle_auc_ctcvr", "baseline_auc_ctcvr", "auc_ctr", "oracle_auc_ctr", "logloss_ctcvr",
+                "ece_ctcvr", "auc_ratio_ctcvr"):
+        assert np.isfinite(report[key]), key
+    assert report["auc_ctcvr"] == pytest.approx(metrics["auc_ctcvr"])
+    assert report["auc_ratio_ctcvr"] == pytest.approx(report["auc_ctcvr"] / report["oracle_auc_ctcvr"])
+    assert 0.5 < report["oracle_auc_ctcvr"] < 1 and report["corr_vs_true_p_ctcvr"] > 0.5
+    for name in ("training_curve.png", "training_curve.csv", "reliability.png", "reliability.csv"):
+        assert (tmp_path / "plots" / "ctcvr" / name).stat().st_size > 0, name
+    # a rerun gives the same predictions (determinism)
+    assert train_ctcvr.main(["--ds", "2026-01-06"]) == 0
+    again = pd.read_parquet(tmp_path / "models" / "ctcvr" / "heldout_predictions.parquet")
+    np.testing.assert_array_equal(pred["p_ctcvr"].to_numpy(), again["p_ctcvr"].to_numpy())
+
+
+def test_train_stage_rejects_window_without_clicks(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    days = {f"2026-01-0{d}": synthetic_impressions(300, d).assign(clicked=0, converted=0) for d in range(1, 4)}
+    write_curated(tmp_path, days)
+    tiny_params(tmp_path / "params.yaml")
+    assert train_ctcvr.main([]) == 2
+    assert "no clicks" in caplog.text
+    assert not (tmp_path / "models" / "ctcvr").exists()
+
+
+def test_train_stage_rejects_missing_data_and_bad_params(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    tiny_params(tmp_path / "params.yaml")
+    assert train_ctcvr.main([]) == 2
+    assert "no labeled_impressions partitions" in caplog.text
+    tiny_params(tmp_path / "params.yaml", train_days=0)
+    assert train_ctcvr.main([]) == 2
+    assert "train_ctcvr.train_days" in caplog.text
+    days = {"2026-01-01": synthetic_impressions(300, 1), "2026-01-02": synthetic_impressions(300, 2).assign(converted=0)}
+    write_curated(tmp_path, days)
+    tiny_params(tmp_path / "params.yaml")
+    assert train_ctcvr.main([]) == 2  # eval day 01-02 has no conversions
+    assert "no conversions" in caplog.text
+
+
+def test_evaluate_stage_rejects_missing_predictions(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    tiny_params(tmp_path / "params.yaml")
+    assert evaluate_ctcvr.main([]) == 2
+    assert "heldout_predictions.parquet missing" in caplog.text

@@ -1,0 +1,239 @@
+"""SFT -> GRPO on a tiny synthetic log: policy factory, trainer, stages, save/load, bad config."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from relate_models.tokenizer import save_tokenizer, train_tokenizer
+
+VERTICALS = {"travel": ["cheap flights", "city breaks"], "fashion": ["running shoes", "rain jackets"],
+             "finance": ["credit card", "savings account"], "health": ["vitamin d", "yoga mats"]}
+OPENERS = ["Find", "Shop", "Compare", "Discover", "Get"]
+CLOSERS = ["with free delivery", "and save big", "for every budget", "in minutes", "guaranteed results",
+           "from top brands", "act now", "rated by customers"]
+SEGMENTS = ["students", "families", "professionals"]
+torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared 2-core machine
+
+
+def synthetic_texts(rng: random.Random) -> pd.DataFrame:
+    rows = []
+    for vertical, keywords in VERTICALS.items():
+        for keyword in keywords:
+            for i in range(12):
+                text = f"{rng.choice(OPENERS)} {keyword} {rng.choice(CLOSERS)}"
+                rows.append({"ad_id": f"{vertical}-{i % 3}", "text_id": f"t{abs(hash(text)) % 10**8}", "ad_text": text,
+                             "keyword": keyword, "vertical": vertical, "impressions": rng.randint(10, 100)})
+    frame = pd.DataFrame(rows).drop_duplicates(["ad_id", "text_id"])
+    frame["clicks"] = frame["impressions"] // 10
+    frame["conversions"] = frame["clicks"] // 3
+    frame["ctr"] = frame["clicks"] / frame["impressions"]
+    frame["cvr"] = frame["conversions"] / frame["clicks"].clip(lower=1)
+    frame["ctcvr"] = frame["conversions"] / frame["impressions"]
+    return frame
+
+
+@pytest.fixture
+def world(tiny_params: Path) -> Path:
+    """Curated search logs, the shared tokenizer and an (untrained, real) CTCVR artifact in the cwd."""
+    from relate_models.ctcvr import CTCVRConfig, CTCVRModel, CTCVRScorer
+
+    rng = random.Random(5)
+    root = tiny_params.parent
+    texts = synthetic_texts(rng)
+    for day in ("2026-01-01", "2026-01-02"):
+        part = root / "data/curated/text_stats" / f"dt={day}"
+        part.mkdir(parents=True)
+        texts.to_parquet(part / "part-00000.parquet", index=False)
+        imps = pd.DataFrame([{"placement": rng.choice(["search", "feed"]), "vertical": v, "keyword": k,
+                              "user_segment": rng.choice(SEGMENTS)} for v, ks in VERTICALS.items() for k in ks
+                             for _ in range(10)])
+        part = root / "data/curated/labeled_impressions" / f"dt={day}"
+        part.mkdir(parents=True)
+        imps.to_parquet(part / "part-00000.parquet", index=False)
+    tokenizer = train_tokenizer(list(texts["ad_text"]) * 3 + list(VERTICALS) + [k for ks in VERTICALS.values() for k in ks],
+                                vocab_size=500)
+    save_tokenizer(tokenizer, root / "models/tokenizer")
+    torch.manual_seed(0)
+    config = CTCVRConfig(vocab_size=len(tokenizer), vocabs={"keyword": sorted(texts["keyword"].unique()),
+                                                            "vertical": sorted(VERTICALS), "user_segment": SEGMENTS})
+    CTCVRScorer(CTCVRModel(config).eval(), tokenizer).save(root / "models/ctcvr")
+    return root
+
+
+def flat_params(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_sft_grpo_generate_pipeline(world, capsys):
+    from pipelines import generate, grpo, sft
+    from relate_models.policy import load_policy
+
+    assert sft.main([]) == 0
+    first = (world / "models/sft/model.safetensors").read_bytes()
+    assert sft.main([]) == 0  # a rerun gives the same weights (deterministic given the seeds)
+    assert (world / "models/sft/model.safetensors").read_bytes() == first
+    metrics = json.loads((world / "metrics/sft.json").read_text())
+    assert metrics["val_loss"] < metrics["initial_val_loss"]  # it learned something
+    assert (world / "plots/sft/loss.png").stat().st_size > 0
+    sft_model, _ = load_policy(world / "models/sft")
+
+    assert grpo.main([]) == 0
+    first = (world / "models/relate/model.safetensors").read_bytes()
+    assert grpo.main([]) == 0
+    assert (world / "models/relate/model.safetensors").read_bytes() == first  # deterministic rerun
+    relate_model, tokenizer = load_policy(world / "models/relate")
+    assert (world / "models/relate/model.safetensors").is_file()
+    assert not torch.equal(flat_params(sft_model), flat_params(relate_model))  # GRPO steps moved the policy
+    metrics = json.loads((world / "metrics/grpo.json").read_text())
+    assert metrics["steps"] == 3
+    assert set(metrics["held_out"]["relate"]) >= {"ctcvr", "quality_structural", "quality_compliance", "diversity"}
+    curves = pd.read_csv(world / "plots/grpo/rewards.csv")
+    assert list(curves["step"]) == [1, 2, 3]
+    assert {"ctcvr", "quality_structural", "quality_compliance", "diversity", "kl"} <= set(curves.columns)
+    assert (world / "plots/grpo/rewards.png").stat().st_size > 0
+    train = [json.loads(x) for x in (world / "data/prompts/train.jsonl").read_text().splitlines()]
+    held = [json.loads(x) for x in (world / "data/prompts/eval.jsonl").read_text().splitlines()]
+    assert held and train and not {r["prompt_id"] for r in train} & {r["prompt_id"] for r in held}
+    assert all(r["user_segment"] in SEGMENTS for r in train + held)
+
+    capsys.readouterr()
+    assert generate.main(["--policy", str(world / "models/relate"), "--vertical", "travel", "--keyword",
+                          "cheap flights", "-n", "3", "--seed", "1"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(out) == 1 and len(out[0]["texts"]) == 3 and all(isinstance(t, str) for t in out[0]["texts"])
+    assert generate.main(["--policy", str(world / "models/nope"), "--vertical", "a", "--keyword", "b"]) == 2
+
+
+def test_trainer_steps_change_policy_and_ablation_runs(world):
+    """A few steps of the subclass with credit assignment off (the ablation), beta 0 (no reference)."""
+    from datasets import Dataset
+
+    from relate_models.compliance import ComplianceChecker
+    from relate_models.ctcvr import CTCVRScorer
+    from relate_models.grpo_trainer import GRPOStageConfig, RelateGRPOTrainer, trl_config
+    from relate_models.policy import PolicyConfig, build_policy, prompt_text
+    from relate_models.rewards import RewardContext, build_rewards
+    from relate_models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(world / "models/tokenizer")
+    model = build_policy(PolicyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
+    cfg = GRPOStageConfig(max_steps=2, prompts_per_step=2, num_generations=3, max_completion_length=10, beta=0.0,
+                          credit_assignment=False, learning_rate=1e-3, logging_steps=1)
+    ctx = RewardContext(scorer=CTCVRScorer.load(world / "models/ctcvr"), compliance=ComplianceChecker.load(),
+                        historical_texts=["Find cheap flights with free delivery"])
+    rows = [{"prompt_id": f"{v}|{k}", "prompt": prompt_text(v, k), "vertical": v, "keyword": k, "user_segment": None}
+            for v, ks in VERTICALS.items() for k in ks]
+    trainer = RelateGRPOTrainer(model=model, processing_class=tokenizer, args=trl_config(cfg, str(world / "tmp")),
+                                train_dataset=Dataset.from_list(rows), relate_rewards=build_rewards(list(cfg.rewards), ctx),
+                                credit_assignment=False)
+    before = flat_params(model).clone()
+    trainer.train()
+    assert not torch.equal(before, flat_params(trainer.model))
+    logged = [e for e in trainer.state.log_history if "rewards/ctcvr/mean" in e]
+    assert len(logged) == 2 and all("relate/violation_rate" in e for e in logged)
+
+
+def test_advantages_are_2d_and_token_level(world):
+    """The subclass hands TRL a (batch, tokens) advantage whose span tokens differ from the rest."""
+    from relate_models.grpo_trainer import RelateGRPOTrainer
+    from relate_models.rewards import Reward
+    from relate_models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(world / "models/tokenizer")
+    texts = [" Get cheap flights guaranteed results", " Get cheap flights in minutes"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+
+    def spans(completions, **kwargs):
+        return [[(c.find("guaranteed results"), c.find("guaranteed results") + 18)] if "guaranteed" in c else []
+                for c in completions]
+
+    fake = RelateGRPOTrainer.__new__(RelateGRPOTrainer)  # only the advantage logic, no model needed
+    fake.relate_rewards = [Reward("seq", "sequence", lambda c, **k: [0.0] * len(c)),
+                           Reward("comp", "token", lambda c, **k: [0.0] * len(c), spans, constraint=True)]
+    fake.credit_assignment, fake._tokenizer = True, tokenizer
+    fake.accelerator = __import__("types").SimpleNamespace(num_processes=1)
+    fake.reward_weights = torch.tensor([1.0, 1.0])
+    fake._metrics = {"train": __import__("collections").defaultdict(list)}
+    rewards = torch.tensor([[1.0, -5.0], [0.0, 0.0]])
+    inputs = [{"prompt": "p", "prompt_id": "p"}] * 2
+    width = max(map(len, ids)) + 1
+    adv = fake.relate_advantages(inputs, ["p", "p"], texts, ids, rewards, width, 2, "train")
+    assert adv.shape == (2, width)
+    row = adv[0, : len(ids[0])]
+    assert row.max() <= 0  # the violator gains nothing anywhere
+    n_span = int((row < row.max()).sum())
+    assert 0 < n_span < len(ids[0])  # the span tokens carry the extra penalty, the others do not
+    assert adv[1, : len(ids[1])].min() > 0 and adv[1, len(ids[1]) :].abs().sum() == 0
+
+
+def test_policy_save_load_round_trip(tmp_path, world):
+    from relate_models.policy import PolicyConfig, build_policy, load_policy, save_policy
+    from relate_models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(world / "models/tokenizer")
+    model = build_policy(PolicyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer).eval()
+    save_policy(model, tokenizer, tmp_path / "policy")
+    assert (tmp_path / "policy/model.safetensors").is_file() and not list(tmp_path.glob(".policy*"))
+    loaded, loaded_tok = load_policy(tmp_path / "policy")
+    ids = torch.tensor([tokenizer("travel | cheap flights | Find", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, loaded(ids).logits, atol=1e-6)
+    assert loaded_tok("Find cheap flights")["input_ids"] == tokenizer("Find cheap flights")["input_ids"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # any HF consumer loads it with the Auto classes
+
+    auto = AutoModelForCausalLM.from_pretrained(str(tmp_path / "policy"), local_files_only=True).eval()
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "policy")).eos_token == tokenizer.eos_token
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, auto(ids).logits, atol=1e-6)
+
+
+@pytest.fixture
+def relate_log():
+    """Messages of the project's `relate` logger (it does not propagate to pytest's caplog)."""
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+        @property
+        def text(self):
+            return "\n".join(self.messages)
+
+    from pipelines.logs import get_logger
+
+    get_logger("test")
+    handler = Collect()
+    logging.getLogger("relate").addHandler(handler)
+    yield handler
+    logging.getLogger("relate").removeHandler(handler)
+
+
+def test_stages_reject_bad_config_and_missing_artifacts(world, relate_log):
+    from pipelines import grpo, sft
+
+    caplog = relate_log
+
+    params = world / "params.yaml"
+    text = params.read_text()
+    params.write_text(text.replace("    diversity: 0.3\n  credit_assignment", "    diversity: -0.3\n  credit_assignment"))
+    assert grpo.main([]) == 2
+    assert "grpo.rewards.diversity: weight must be >= 0" in caplog.text
+    params.write_text(text.replace("grpo:\n  rewards:\n    ctcvr: 1.0", "grpo:\n  rewards:\n    ctr_magic: 1.0"))
+    assert grpo.main([]) == 2
+    assert "grpo.rewards.ctr_magic: unknown reward" in caplog.text
+    params.write_text(text.replace("sft:\n  epochs: 2", "sft:\n  epochs: 0"))
+    assert sft.main([]) == 2
+    assert "sft.epochs" in caplog.text
+    params.write_text(text)
+    assert grpo.main([]) == 2  # no models/sft yet
+    assert "models/sft" in caplog.text
