@@ -4,8 +4,9 @@
 
 Generates (or reuses) raw logs per docs/data_contract.md in --workdir (default >= 5M events:
 impressions, clicks, late conversions, duplicates, corrupt lines), then times
-1. Spark: pipelines.ingest `--all` logic with master local[2] (parse, validate, dedupe,
-   link, label, aggregate, write Parquet for every day), and
+1. Spark: pipelines.ingest `--all` (run_days: one pass that gives the final state of the
+   daily runs; parse, validate, dedupe, link, label, aggregate, write Parquet for every
+   day) with master local[2], and
 2. DuckDB: the same rules in one SQL pass over all files (parse, validate, dedupe, link,
    label, aggregate, write Parquet),
 checks that both keep and quarantine the same number of rows, and prints events/s for both

@@ -2,25 +2,47 @@
 ### RELATE daily retraining
 
 For the run's `ds`: land the raw logs (the simulator, when it is the source), ingest them
-with Spark, gate them with Great Expectations, then retrain the reward models on the
-rolling window ending at `ds` and score them against the oracle. Every task runs the
-same `python -m pipelines.<stage>` entry point as `dvc.yaml`; see `pipelines/orchestration.py`.
+with Spark, gate them with Great Expectations, retrain the reward models on the rolling
+window ending at `ds` and score them against the oracle, retrain the policies (SFT, GRPO,
+combo generator), evaluate, and publish through the gates. Every task runs the same
+`python -m pipelines.<stage>` entry point as `dvc.yaml`; see `pipelines/orchestration.py`.
+
+- A failed validation suite fails `data.validate` (no retries: it is a fact about the
+  data); nothing downstream runs and nothing is published.
+- A gate refusal marks `release.publish` **skipped** (pink): the champion stays, no
+  published-model Asset event; `reports/publish.md` says which gate failed by how much.
+- sft, grpo, combo_policy and evaluate take no `--ds` yet: in a backfill they read every
+  curated partition present, not only the window ending at the run's day.
 
 Backfill: `airflow backfill create --dag-id relate_daily --from-date 2026-01-04 --to-date 2026-01-10`.
-Re-running a day is idempotent: each stage overwrites exactly the partitions it owns.
+Re-running a day is idempotent: each stage overwrites exactly the partitions it owns, and
+publishing the same models again resolves to the same registry version.
 """
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task, task_group
 
-from pipelines.orchestration import PROJECT_ROOT, ensure_raw_partition, on_task_failure, stage_command, stage_env
+from pipelines.orchestration import (
+    PROJECT_ROOT,
+    PUBLISH_REFUSED_EXIT_CODE,
+    ensure_raw_partition,
+    on_publish_refused,
+    on_task_failure,
+    stage_available,
+    stage_command,
+    stage_env,
+)
+from pipelines.paths import CURATED_TABLES as TABLE_NAMES
 
-CURATED_TABLES = Asset(name="relate_curated_tables", uri=f"file://{PROJECT_ROOT}/data/curated")
+CURATED_TABLES = [Asset(name=f"relate_curated_{t}", uri=f"file://{PROJECT_ROOT}/data/curated/{t}")
+                  for t in TABLE_NAMES]
 VALIDATED_DAY = Asset(name="relate_validated_day", uri=f"file://{PROJECT_ROOT}/data/validation")
 REWARD_MODELS = Asset(name="relate_reward_models", uri=f"file://{PROJECT_ROOT}/models")
+PUBLISHED_MODEL = Asset(name="relate_published_model", uri=f"file://{PROJECT_ROOT}/registry/champion.json")
 
 STAGE_TASK = dict(cwd=str(PROJECT_ROOT), env=stage_env(), append_env=True)
 
@@ -31,15 +53,18 @@ STAGE_TASK = dict(cwd=str(PROJECT_ROOT), env=stage_env(), append_env=True)
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    max_active_tasks=2,  # Spark and torch each want the machine's cores
     tags=["relate", "retraining"],
     doc_md=__doc__,
     params={"source": Param("simulator", enum=["simulator", "logs"], description="where raw logs come from")},
     default_args={
         "owner": "relate",
-        "retries": 2,
+        # RELATE_DAG_RETRIES: tests running dag.test() set 0, so a broken stage fails fast
+        "retries": int(os.environ.get("RELATE_DAG_RETRIES", "2")),
         "retry_delay": timedelta(minutes=1),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=20),
+        "execution_timeout": timedelta(hours=6),
         "on_failure_callback": on_task_failure,
     },
 )
@@ -50,7 +75,7 @@ def relate_daily():
         def land_raw_logs(ds=None, params=None):
             return ensure_raw_partition(ds, params["source"])
 
-        @task.bash(outlets=[CURATED_TABLES], **STAGE_TASK)
+        @task.bash(outlets=CURATED_TABLES, **STAGE_TASK)
         def ingest(ds=None):
             return stage_command("ingest", ds)
 
@@ -82,7 +107,42 @@ def relate_daily():
         train_ctcvr() >> evaluate_ctcvr()
         train_attribution() >> evaluate_attribution()
 
-    data() >> reward_models()
+    @task_group(group_id="policies")
+    def policies():
+        @task.bash(**STAGE_TASK)
+        def sft():
+            return stage_command("sft")
+
+        @task.bash(**STAGE_TASK)
+        def grpo():
+            return stage_command("grpo")
+
+        sft() >> grpo()
+        if stage_available("combo_policy"):
+            @task.bash(**STAGE_TASK)
+            def combo_policy():
+                return stage_command("combo_policy")
+
+            combo_policy()
+
+    @task_group(group_id="release")
+    def release():
+        # A refusal is a verdict, not a transient error: no retries, shown as skipped.
+        @task.bash(outlets=[PUBLISHED_MODEL], retries=0, skip_on_exit_code=PUBLISH_REFUSED_EXIT_CODE,
+                   on_skipped_callback=on_publish_refused, **STAGE_TASK)
+        def publish(ds=None):
+            return stage_command("publish", ds)
+
+        if stage_available("evaluate"):
+            @task.bash(**STAGE_TASK)
+            def evaluate():
+                return stage_command("evaluate")
+
+            evaluate() >> publish()
+        else:
+            publish()
+
+    data() >> reward_models() >> policies() >> release()
 
 
 relate_daily()

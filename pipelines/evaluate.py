@@ -48,7 +48,7 @@ CONTEXT_COLUMNS = ["impression_id", "user_id", "user_segment", "ad_id", "vertica
 class EvaluateConfig:
     """The `evaluate:` params section."""
 
-    n_impressions: int = 200_000  # simulated impressions per arm (the same ones for every arm)
+    n_impressions: int = 100_000  # simulated impressions per arm (the same ones for every arm)
     seed: int = 20260301  # traffic sample, serving draws and outcome draws
     texts_per_prompt: int = 8  # N texts sampled per held-out prompt from each policy
     temperature: float = 1.0
@@ -445,7 +445,7 @@ def bar_chart(arms: dict[str, dict], path: Path, title: str) -> None:
         est = np.array([arms[n][key] for n in names]) * 1e3
         lo = np.array([arms[n][f"{key}_ci95"][0] for n in names]) * 1e3
         hi = np.array([arms[n][f"{key}_ci95"][1] for n in names]) * 1e3
-        ax.bar(x + offset, est, 0.4, yerr=[est - lo, hi - est], capsize=3, label=label)
+        ax.bar(x + offset, est, 0.4, yerr=_yerr(est, lo, hi), capsize=3, label=label)
     ax.set_title("CTCVR (per mille), 95% CI", fontsize=9)
     ax.legend(fontsize=7)
     for ax, key, label in ((axes[1], "compliance_rate", "compliance rate, 95% CI"), (axes[2], "distinct_2", "distinct-2")):
@@ -453,7 +453,7 @@ def bar_chart(arms: dict[str, dict], path: Path, title: str) -> None:
         if f"{key}_ci95" in arms[names[0]]:
             lo = np.array([arms[n][f"{key}_ci95"][0] for n in names])
             hi = np.array([arms[n][f"{key}_ci95"][1] for n in names])
-            ax.bar(x, est, 0.6, yerr=[est - lo, hi - est], capsize=3, color="tab:green")
+            ax.bar(x, est, 0.6, yerr=_yerr(est, lo, hi), capsize=3, color="tab:green")
             ax.set_ylim(max(0.0, float(lo.min()) - 0.05), 1.0)
         else:
             ax.bar(x, est, 0.6, color="tab:purple")
@@ -471,6 +471,11 @@ def bar_chart(arms: dict[str, dict], path: Path, title: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
+
+
+def _yerr(est, lo, hi) -> list:
+    """Error-bar lengths; clipped at 0 (a Wilson bound at p = 0 can sit a rounding error above it)."""
+    return [np.maximum(est - lo, 0.0), np.maximum(hi - est, 0.0)]
 
 
 def goals(arms: dict[str, dict], cfg: EvaluateConfig) -> dict:

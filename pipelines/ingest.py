@@ -10,7 +10,12 @@ first minutes of `ds-W` is linked exactly as its own run linked it). A run reads
 newer than `ds`: it is a pure function of its raw inputs and a rerun is identical.
 
     python -m pipelines.ingest --ds 2026-01-05 [--master local[2]] [--params params.yaml]
-    python -m pipelines.ingest --all          # every raw partition in date order, one session
+    python -m pipelines.ingest --all          # every raw partition, one pass
+
+`--all` writes the final state that the daily runs for every raw partition, in date
+order, would leave, but in one pass: each table is written once, each partition labeled
+as of the last daily run that would relabel it (`labels_as_of` = the latest run in
+dt .. dt+W), instead of W+1 relabels per day.
 
 On a cluster (run from the project root; the SQL files are read next to this module on
 the driver, and the job has no Python UDFs, so executors need no Python code):
@@ -107,48 +112,57 @@ def raw_files(raw_dir: Path, ds: str) -> list[str]:
 def materialize(df):
     """Compute df once and keep it (memory, spilling to disk) with its lineage cut.
 
-    A plain persist() of a parameterised spark.sql() result is not matched by the cache
-    manager in later queries (they recompute the whole parse), so checkpoint locally.
+    A persist()ed frame keeps its whole plan, and the optimizer then chokes on the link
+    and label queries built over the parse; a local checkpoint is a plain leaf. Its rows
+    are kept as objects (the _DESER level): from Python, MEMORY_AND_DISK is a serialized
+    level, which stores every row with the Java serializer, slower than computing it.
     """
     from pyspark import StorageLevel
 
-    return df.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
+    return df.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK_DESER)
 
 
 class IngestJob:
-    """Runs ingest for one ds at a time in one Spark session.
+    """Ingest in one Spark session: `run(ds)` is the daily run (the contract); `run_all(days)`
+    gives in one pass the final state of running `days` in order, day by day.
 
-    Parsed raw partitions are cached and reused by the next runs' relabel windows (--all):
-    a partition's parse depends on that partition alone, so reuse gives the same rows as
-    an independent run.
+    Both go through `ingest()` and the same SQL; they differ only in what they read, own
+    and label: a daily run reads ds-W-1 .. ds, owns events/quarantine/quality of ds and
+    labels ds-W .. ds as of ds; run_all reads the union of those windows, owns every day
+    and labels each partition as of the last run that relabels it (link_events.sql says
+    why one link pass over a longer window gives every event its own run's link).
     """
 
     def __init__(self, spark, cfg: IngestConfig, raw_dir: Path = paths.RAW_EVENTS, curated_dir: Path = paths.CURATED):
         self.spark, self.cfg = spark, cfg
         self.raw_dir, self.curated_dir = Path(raw_dir), Path(curated_dir)
-        self.parsed: dict[str, object] = {}
         self.sql = {name: read_sql(name) for name in
-                    ("parse_day", "link_events", "labeled_impressions", "text_stats", "combo_stats")}
+                    ("parse_day", "link_events", "line_outcomes", "labeled_impressions", "text_stats", "combo_stats")}
+        # few, small shuffles on a few cores: let AQE coalesce them and pick broadcast joins
+        spark.conf.set("spark.sql.adaptive.enabled", "true")
+        spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "true")
 
     # -- parsing ---------------------------------------------------------------------------
-    def parse_day(self, ds: str):
-        """All lines of raw partition ds with typed fields and their row-level reason (cached)."""
-        if ds not in self.parsed:
-            files = raw_files(self.raw_dir, ds)
-            lines = self.spark.read.text(files).withColumnRenamed("value", "raw_line")
-            # gzip files are not splittable: spread lines over the cores before parsing
-            lines.repartition(self.cfg.shuffle_partitions).createOrReplaceTempView("raw_lines")
-            start_ms, end_ms = day_bounds_ms(ds)
-            parsed = self.spark.sql(
-                self.sql["parse_day"], args={"ds": ds, "day_start_ms": start_ms, "day_end_ms": end_ms}
-            )
-            self.parsed[ds] = materialize(parsed)
-        return self.parsed[ds]
+    def parse(self, days: list[str]):
+        """All lines of raw partitions `days` with typed fields, dt and row-level reason (materialized)."""
+        from pyspark.sql import functions as F
 
-    def forget_before(self, ds: str) -> None:
-        """Drop parsed partitions no later run needs (their checkpoint blocks are then unreferenced)."""
-        for day in [d for d in self.parsed if d < ds]:
-            self.parsed.pop(day)
+        files, frames = 0, []
+        for d in days:
+            day_files = raw_files(self.raw_dir, d)
+            files += len(day_files)
+            start_ms, end_ms = day_bounds_ms(d)
+            frames.append(self.spark.read.text(day_files).select(
+                F.col("value").alias("raw_line"), F.lit(d).alias("dt"),
+                F.lit(start_ms).alias("day_start_ms"), F.lit(end_ms).alias("day_end_ms")))
+        lines = frames[0]
+        for frame in frames[1:]:
+            lines = lines.unionByName(frame)
+        # gzip files are not splittable: with fewer files than cores, spread lines before parsing
+        if files < self.spark.sparkContext.defaultParallelism:
+            lines = lines.repartition(self.cfg.shuffle_partitions)
+        lines.createOrReplaceTempView("raw_lines")
+        return materialize(self.spark.sql(self.sql["parse_day"]))
 
     def window_days(self, ds: str) -> list[str]:
         """Raw partitions a run for ds reads (ds-W-1 .. ds), those that exist; ds must."""
@@ -156,95 +170,139 @@ class IngestJob:
         days = [shift_ds(ds, -k) for k in range(w + 1, 0, -1)]
         return [d for d in days if paths.partition(self.raw_dir, d).is_dir()] + [ds]
 
-    # -- one run ---------------------------------------------------------------------------
+    # -- runs ------------------------------------------------------------------------------
     def run(self, ds: str) -> dict[str, int]:
-        """Ingest ds; return its ingest_quality row as a dict."""
+        """The daily run for ds; return its ingest_quality row as a dict."""
+        return self.run_all([ds])[ds]
+
+    def run_all(self, days: list[str]) -> dict[str, dict[str, int]]:
+        """The final state of the daily runs for `days` in date order, in one pass.
+
+        Reads the union of their windows; partition d is labeled as of the last run that
+        relabels it (the latest run in d .. d+W), from what that run sees. Returns the
+        ingest_quality rows per day. For one day this is exactly the daily run.
+        """
+        for ds in days:
+            parse_ds(ds)
+        days = sorted(set(days))
+        w = self.cfg.attribution_window_days
+        read = sorted({d for ds in days for d in self.window_days(ds)})
+        labels_as_of = {}
+        for d in read:
+            runs = [ds for ds in days if d <= ds <= shift_ds(d, w)]
+            if runs:
+                labels_as_of[d] = runs[-1]
+        return self.ingest(days, read, labels_as_of)
+
+    def ingest(self, owned: list[str], read: list[str], labels_as_of: dict[str, str]) -> dict[str, dict[str, int]]:
+        """Parse `read`; write events/quarantine/quality of `owned` and the labels of each
+        partition in `labels_as_of` as of its value. Return the quality rows of `owned`."""
         from pyspark.sql import functions as F
 
-        parse_ds(ds)
         started = time.monotonic()
-        w = self.cfg.attribution_window_days
-        first_label_dt = shift_ds(ds, -w)
-        day = self.parse_day(ds)
-        rows_in = day.count()
-        if rows_in == 0:
-            raise IngestError(f"raw partition for ds={ds} has no lines: {paths.partition(self.raw_dir, ds)}")
-
-        # impressions of ds-W-1 only judge clicks of ds-W; its clicks/conversions never matter here
-        window = None
-        for d in self.window_days(ds):
-            valid = self.parse_day(d).where("reason IS NULL").drop("reason")
-            if d != ds:  # raw lines are only needed to quarantine ds's orphans
-                valid = valid.withColumn("raw_line", F.lit(None).cast("string"))
-            if d < first_label_dt:
-                valid = valid.where("event_type = 'impression'")
-            window = valid if window is None else window.unionByName(valid)
+        parsed = self.parse(read)
+        log.info("parsed %d raw partition(s) %s..%s (%.1fs)", len(read), read[0], read[-1], time.monotonic() - started)
+        # A day read only for its impressions (a daily run's ds-W-1) judges clicks of the
+        # next day; its own clicks/conversions never matter. Raw lines are needed only to
+        # quarantine the owned days' orphans.
+        window = (
+            parsed.where("reason IS NULL").drop("reason")
+            .where(F.col("dt").isin(list(labels_as_of)) | (F.col("event_type") == "impression"))
+            .withColumn("raw_line", F.when(F.col("dt").isin(owned), F.col("raw_line")))
+        )
         window.createOrReplaceTempView("window_events")
         params = {
             "click_window_ms": self.cfg.click_window_minutes * 60_000,
-            "attribution_window_ms": w * 86_400_000,
+            "attribution_window_ms": self.cfg.attribution_window_days * 86_400_000,
         }
         linked = materialize(self.spark.sql(self.sql["link_events"], args=params))
         linked.createOrReplaceTempView("linked_events")
+        owned_lines = parsed.where(F.col("dt").isin(owned))
+        owned_linked = linked.where(F.col("dt").isin(owned))
+        quality = self.quality_rows(owned_lines, owned_linked, owned)
+        log.info("linked clicks and conversions (%.1fs)", time.monotonic() - started)
 
-        today = linked.where(F.col("dt") == ds)
-        events = today.where("link_reason IS NULL").select(*EVENT_COLUMNS, "dt")
+        events = owned_linked.where("link_reason IS NULL").select(*EVENT_COLUMNS, "dt")
         quarantine = (
-            day.where("reason IS NOT NULL").select("raw_line", "reason", "event_id", "dt")
-            .unionByName(today.where("link_reason IS NOT NULL")
+            owned_lines.where("reason IS NOT NULL").select("raw_line", "reason", "event_id", "dt")
+            .unionByName(owned_linked.where("link_reason IS NOT NULL")
                          .selectExpr("raw_line", "link_reason AS reason", "event_id", "dt"))
         )
+        self.write("events", events, owned, {d for d in owned if quality[d]["rows_kept"]})
+        self.write("quarantine", quarantine, owned, {d for d in owned if quality[d]["rows_quarantined"]})
+        self.write("ingest_quality", self.quality_frame(quality), owned, set(owned))
+
+        self.spark.createDataFrame(sorted(labels_as_of.items()), "dt STRING, labels_as_of STRING") \
+            .createOrReplaceTempView("label_days")
         labeled = materialize(self.spark.sql(self.sql["labeled_impressions"], args={
-            **params, "first_dt": first_label_dt, "labels_as_of": ds, "attribution_window_days": w,
+            **params, "attribution_window_days": self.cfg.attribution_window_days,
         }))
         labeled.createOrReplaceTempView("labeled_window")
-        label_days = sorted(d for d in self.window_days(ds) if d >= first_label_dt)
+        placements = {(dt, placement): n for dt, placement, n in labeled.groupBy("dt", "placement").count().collect()}
+        label_days = sorted(labels_as_of)
+        self.write("labeled_impressions", labeled, label_days, {dt for dt, _ in placements})
+        self.write("text_stats", self.spark.sql(self.sql["text_stats"]), label_days,
+                   {dt for dt, placement in placements if placement == "search"})
+        self.write("combo_stats", self.spark.sql(self.sql["combo_stats"]), label_days,
+                   {dt for dt, placement in placements if placement == "feed"})
 
-        rows_kept = sum(self.write("events", events, [ds]).values())
-        by_reason = {r: n for r, n in quarantine.groupBy("reason").count().collect()}
-        rows_quarantined = sum(self.write("quarantine", quarantine, [ds]).values())
-        if rows_kept + rows_quarantined != rows_in:  # an internal bug, never bad input
-            raise RuntimeError(f"ds={ds}: rows_in {rows_in} != kept {rows_kept} + quarantined {rows_quarantined}")
-        quality = {"rows_in": rows_in, "rows_kept": rows_kept, "rows_quarantined": rows_quarantined}
-        quality.update({f"q_{r}": by_reason.get(r, 0) for r in QUARANTINE_REASONS})
-        self.write("ingest_quality", self.quality_frame(ds, quality), [ds])
-        labeled_rows = sum(self.write("labeled_impressions", labeled, label_days).values())
-        self.write("text_stats", self.spark.sql(self.sql["text_stats"]), label_days)
-        self.write("combo_stats", self.spark.sql(self.sql["combo_stats"]), label_days)
-
-        self.forget_before(shift_ds(ds, -w))
-        log.info(
-            "ds=%s: %d lines in, %d kept, %d quarantined %s; %d impressions relabeled for %s..%s; %.1fs",
-            ds, rows_in, rows_kept, rows_quarantined,
-            {r: n for r, n in sorted(by_reason.items())}, labeled_rows, label_days[0], ds,
-            time.monotonic() - started,
-        )
+        for ds in owned:
+            q = quality[ds]
+            log.info("ds=%s: %d lines in, %d kept, %d quarantined %s", ds, q["rows_in"], q["rows_kept"],
+                     q["rows_quarantined"], {r: q[f"q_{r}"] for r in QUARANTINE_REASONS if q[f"q_{r}"]})
+        log.info("wrote %d owned partition(s) and %d impressions relabeled in %s..%s; %.1fs", len(owned),
+                 sum(placements.values()), label_days[0], label_days[-1], time.monotonic() - started)
+        parsed.unpersist()
+        linked.unpersist()
+        labeled.unpersist()
         return quality
 
-    def quality_frame(self, ds: str, quality: dict[str, int]):
-        schema = ", ".join(f"{c} BIGINT" for c in QUALITY_COLUMNS) + ", dt STRING"
-        return self.spark.createDataFrame([tuple(quality[c] for c in QUALITY_COLUMNS) + (ds,)], schema)
+    def quality_rows(self, owned_lines, owned_linked, owned: list[str]) -> dict[str, dict[str, int]]:
+        """ingest_quality row per owned day; IngestError for a day with no lines."""
+        owned_lines.createOrReplaceTempView("parsed_lines")
+        owned_linked.createOrReplaceTempView("linked_lines")
+        counts: dict[str, dict[str, int]] = {d: {} for d in owned}
+        for dt, outcome, n in self.spark.sql(self.sql["line_outcomes"]).collect():
+            counts[dt][outcome] = n
+        quality = {}
+        for ds in owned:
+            by_outcome = counts[ds]
+            rows_in = by_outcome.pop("in", 0)
+            if rows_in == 0:
+                raise IngestError(f"raw partition for ds={ds} has no lines: {paths.partition(self.raw_dir, ds)}")
+            rows_kept = by_outcome.pop("kept", 0)
+            if set(by_outcome) - set(QUARANTINE_REASONS):  # an internal bug, never bad input
+                raise RuntimeError(f"ds={ds}: unknown quarantine reasons {sorted(set(by_outcome) - set(QUARANTINE_REASONS))}")
+            rows_quarantined = sum(by_outcome.values())
+            if rows_kept + rows_quarantined != rows_in:  # an internal bug, never bad input
+                raise RuntimeError(f"ds={ds}: rows_in {rows_in} != kept {rows_kept} + quarantined {rows_quarantined}")
+            quality[ds] = {"rows_in": rows_in, "rows_kept": rows_kept, "rows_quarantined": rows_quarantined}
+            quality[ds].update({f"q_{r}": by_outcome.get(r, 0) for r in QUARANTINE_REASONS})
+        return quality
 
-    def write(self, table: str, df, owned_days: list[str]) -> dict[str, int]:
-        """Replace partitions `owned_days` of a curated table with df; return rows per dt.
+    def quality_frame(self, quality: dict[str, dict[str, int]]):
+        schema = ", ".join(f"{c} BIGINT" for c in QUALITY_COLUMNS) + ", dt STRING"
+        rows = [tuple(q[c] for c in QUALITY_COLUMNS) + (ds,) for ds, q in sorted(quality.items())]
+        return self.spark.createDataFrame(rows, schema)
+
+    def write(self, table: str, df, owned_days: list[str], nonempty_days: set[str]) -> None:
+        """Replace partitions `owned_days` of a curated table with df (rows of `nonempty_days` only).
 
         Dynamic overwrite replaces only the partitions df has rows for, so an owned
         partition that is now empty is deleted explicitly (a rerun must not keep stale rows).
+        The caller knows which days have rows (from counts it needs anyway), so df is
+        computed once, by the write itself.
         """
-        from pyspark import StorageLevel
-
-        df = df.repartition("dt").sortWithinPartitions("dt", *SORT_KEYS[table]).persist(StorageLevel.MEMORY_AND_DISK)
-        counts = {dt: n for dt, n in df.groupBy("dt").count().collect()}
-        if set(counts) - set(owned_days):  # an internal bug: never write a partition we do not own
-            raise RuntimeError(f"{table}: rows for partitions {sorted(set(counts) - set(owned_days))} not owned by this run")
+        if nonempty_days - set(owned_days):  # an internal bug: never write a partition we do not own
+            raise RuntimeError(f"{table}: rows for partitions {sorted(nonempty_days - set(owned_days))} not owned by this run")
         table_dir = self.curated_dir / paths.curated(table).name
-        if counts:
-            df.write.mode("overwrite").partitionBy("dt").parquet(str(table_dir.resolve()))
+        if nonempty_days:
+            # one file per partition, rows in a fixed order: reproducible files
+            (df.repartition("dt").sortWithinPartitions("dt", *SORT_KEYS[table])
+             .write.mode("overwrite").partitionBy("dt").parquet(str(table_dir.resolve())))
         for d in owned_days:
-            if d not in counts:
+            if d not in nonempty_days:
                 self.drop_partition(paths.partition(table_dir, d))
-        df.unpersist()
-        return counts
 
     def drop_partition(self, part: Path) -> None:
         jvm = self.spark.sparkContext._jvm
@@ -275,13 +333,12 @@ def quality_metrics(spark, curated_dir: Path = paths.CURATED) -> dict:
 
 def run_days(spark, cfg: IngestConfig, days: list[str], metrics_path: Path | None = paths.METRICS / "ingest.json",
              raw_dir: Path = paths.RAW_EVENTS, curated_dir: Path = paths.CURATED) -> dict:
-    """Ingest `days` in order in one session; write and return the metrics."""
+    """Ingest `days` (the final state of their daily runs in date order, in one pass); write and return the metrics."""
     job = IngestJob(spark, cfg, raw_dir, curated_dir)
     for ds in days:
         raw_files(job.raw_dir, ds)  # fail before any work when a named partition is missing
     started = time.monotonic()
-    for ds in days:
-        job.run(ds)
+    job.run_all(days)
     metrics = quality_metrics(spark, curated_dir)
     if metrics_path is not None:
         write_json(metrics_path, metrics)

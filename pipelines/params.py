@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None

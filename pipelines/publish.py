@@ -36,7 +36,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -85,6 +85,8 @@ GATES = (
          "min_combo_ratio_to_oracle", "true CTR of the combo generator / the oracle's best combination"),
     Gate("ctcvr_auc_ratio", "ctcvr.json", "auc_ratio_ctcvr",
          "min_ctcvr_auc_ratio", "CTCVR model AUC / oracle AUC on the held-out day"),
+    Gate("attribution_auc_ratio", "attribution.json", "holdout_auc/oracle_auc",
+         "min_attribution_auc_ratio", "MIL attribution model holdout AUC / oracle AUC (same impressions)"),
 )
 
 
@@ -97,11 +99,13 @@ class PublishConfig:
     remote_url: str = "../relate-dvc-remote"  # relative paths: to the project root
     push: bool = True
     artifacts: list[str] = field(default_factory=lambda: list(ARTIFACTS))
-    min_true_ctcvr_uplift_vs_sft: float | None = 0.0
-    min_compliance_rate: float | None = 0.9
-    min_combo_ratio_to_oracle: float | None = 0.5
-    min_ctcvr_auc_ratio: float | None = 0.9
-    max_regression: float | None = 0.0  # allowed drop below the champion per gated metric; null: no check
+    # Optional[...] not `float | None`: pipelines.params checks typing.Union only (see the report)
+    min_true_ctcvr_uplift_vs_sft: Optional[float] = 0.0
+    min_compliance_rate: Optional[float] = 0.9
+    min_combo_ratio_to_oracle: Optional[float] = 0.5
+    min_ctcvr_auc_ratio: Optional[float] = 0.9
+    min_attribution_auc_ratio: Optional[float] = 0.9
+    max_regression: Optional[float] = 0.0  # allowed drop below the champion per gated metric; null: no check
 
     def __post_init__(self) -> None:
         p = SECTION
@@ -112,7 +116,8 @@ class PublishConfig:
         unknown = sorted(set(self.artifacts) - set(ARTIFACTS))
         require(not unknown, f"{p}.artifacts", f"unknown artifact(s) {unknown}; known: {', '.join(ARTIFACTS)}")
         require(len(self.artifacts) > 0, f"{p}.artifacts", "must name at least one artifact")
-        for name in ("min_compliance_rate", "min_combo_ratio_to_oracle", "min_ctcvr_auc_ratio"):
+        for name in ("min_compliance_rate", "min_combo_ratio_to_oracle", "min_ctcvr_auc_ratio",
+                     "min_attribution_auc_ratio"):
             value = getattr(self, name)
             require(value is None or 0 <= value <= 1.5, f"{p}.{name}", f"must be in [0, 1.5] or null, got {value}")
         require(self.max_regression is None or self.max_regression >= 0, f"{p}.max_regression",
@@ -131,6 +136,11 @@ class PublishError(RuntimeError):
 # ---------------------------------------------------------------- gates
 
 def _lookup(obj: Any, dotted: str) -> Any:
+    """`a.b` is a nested key; `x/y` the ratio of two keys (None when either is missing or y is 0)."""
+    if "/" in dotted:
+        num, den = (_lookup(obj, part) for part in dotted.split("/", 1))
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (num, den))
+        return num / den if ok and den else None
     for part in dotted.split("."):
         if not isinstance(obj, dict) or part not in obj:
             return None
@@ -157,6 +167,14 @@ def candidate_metrics(metrics_dir: Path = METRICS) -> dict[str, float | None]:
         value = _lookup(files[gate.metrics_file], gate.key)
         values[gate.name] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     return values
+
+
+def latest_ingested_day() -> str:
+    """The version's day when no --ds is given (dvc repro): the newest curated partition."""
+    days = partitions(curated("labeled_impressions"))
+    if not days:
+        raise ConfigError("no --ds given and no curated partitions to take the day from")
+    return days[-1]
 
 
 def eval_day(metrics_dir: Path = METRICS) -> str | None:
@@ -477,7 +495,7 @@ def write_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.publish", description=__doc__.splitlines()[0])
-    parser.add_argument("--ds", help="run date YYYY-MM-DD (the version's day)")
+    parser.add_argument("--ds", help="run date YYYY-MM-DD (the version's day; default: the newest curated day)")
     parser.add_argument("--rollback", action="store_true", help="move the champion back to the previous version")
     parser.add_argument("--to", help="with --rollback: the version to point the champion at")
     parser.add_argument("--refused-exit-code", type=int, default=0,
@@ -491,10 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             pointer = rollback(cfg, args.to, root)
             log.info("rolled back: champion %s -> %s", pointer["rolled_back_from"], pointer["version"])
             return 0
-        if not args.ds:
-            raise ConfigError("--ds is required to publish (or pass --rollback)")
-        parse_ds(args.ds)
-        report = publish(args.ds, cfg, params_path(args.params), root)
+        ds = args.ds or latest_ingested_day()
+        parse_ds(ds)
+        report = publish(ds, cfg, params_path(args.params), root)
         write_report(report)
     except (ConfigError, ValueError, PublishError, yaml.YAMLError) as err:
         log.error("publish stopped: %s", err)

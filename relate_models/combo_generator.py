@@ -20,14 +20,18 @@ ad, each scored by a reward model that returns a scalar reward and its per-slot 
 contributions (the MIL attribution model's logit and element contributions). The
 advantage of slot s of sample i (`slot_advantages`) is
 
-    A_is = [(c_is - mean_group c_.s) + (e_i - mean_group e_.) / n_present_i] / (std_group R + eps)
+    A_is = [(c_is - mean_group c_.s) + (e_i - mean_group e_.) / n_present_i] / scale
 
-where e_i = R_i - sum_s c_is is the part of the reward no element claims (spread evenly).
-So the slot advantages of a sample sum to its sequence advantage (R_i - mean R) / std R,
+where e_i = R_i - sum_s c_is is the part of the reward no element claims (spread evenly)
+and scale = max(std_group R, RMS over slots of std_group c_.s) + eps (the second term only
+matters when the slots' contributions cancel out, which would otherwise blow up the ratio).
+So, in the usual case, the slot advantages of a sample sum to its sequence advantage,
 and each slot is credited for its own element's contribution, not for the luck of the
 other slots: the per-slot analogue of token-level credit in `credit.py`. With
-credit_assignment off every slot gets the full sequence advantage (the ablation). An
-entropy bonus keeps the policy from collapsing onto one combination per ad.
+credit_assignment off every slot gets the full sequence advantage (the ablation).
+Diversity control: a cross-entropy-from-uniform regulariser (label smoothing) whose weight
+adapts to hold a target entropy per slot keeps the policy from collapsing onto one
+combination per ad (`diversity_metrics` measures distinct combinations per ad).
 
 Serving decodes the top-k combinations per ad with beam search under the policy.
 Artifacts (no pickle): `generator.safetensors` + `config.json` (architecture, the
@@ -138,7 +142,26 @@ class ComboProblem:
                     if ja is not None and jb is not None:
                         compat[a, ia, ja, ib, jb] = False
                         compat[a, ib, jb, ia, ja] = False
-        return ProblemTensors(element=element, valid=element > 0, compat=compat)
+        valid = element > 0
+        if compat is not None:
+            valid = self._arc_consistent(valid, compat)
+        return ProblemTensors(element=element, valid=valid, compat=compat)
+
+    def _arc_consistent(self, valid: torch.Tensor, compat: torch.Tensor) -> torch.Tensor:
+        """Drop candidates that no candidate of some other slot goes with (repeated to a fixed point),
+        so slot-by-slot decoding never walks into a slot with nothing left to pick."""
+        present = valid.any(-1)  # [A, S]
+        while True:
+            supported = (compat & valid[:, None, None, :, :]).any(-1)  # [A, S, C, S]
+            narrowed = valid & (supported | ~present[:, None, None, :]).all(-1)
+            if torch.equal(narrowed, valid):
+                break
+            valid = narrowed
+        emptied = present & ~valid.any(-1)
+        if emptied.any():
+            a, s = (int(x) for x in torch.nonzero(emptied)[0])
+            raise ValueError(f"ad {self.ad_ids[a]!r}: the forbidden pairs leave no candidate for slot {self.slots[s]!r}")
+        return valid
 
     def picks_to_ids(self, ad: int, picks: Sequence[int]) -> list[str | None]:
         return [self.candidates[ad][s][j] if j >= 0 else None for s, j in enumerate(picks)]
@@ -179,6 +202,7 @@ class Decoded:
     logp: torch.Tensor  # [B, S] log-prob of each pick (0 where absent)
     entropy: torch.Tensor  # [B, S] entropy of each slot's distribution (0 where absent)
     present: torch.Tensor  # [B, S] bool
+    uniform_ce: torch.Tensor | None = None  # [B, S] cross-entropy from uniform over the allowed candidates
 
 
 class ComboGenerator(nn.Module):
@@ -228,7 +252,7 @@ class ComboGenerator(nn.Module):
         element = tensors.element[ads]  # [B, S, C]
         allowed_all = tensors.valid[ads]
         present = allowed_all.any(-1)  # [B, S]
-        out_picks, out_logp, out_ent = [], [], []
+        out_picks, out_logp, out_ent, out_ce = [], [], [], []
         for s in range(n_slots):
             allowed = allowed_all[:, s]
             if tensors.compat is not None:
@@ -248,8 +272,9 @@ class ComboGenerator(nn.Module):
             allowed_safe = allowed | (~present[:, s]).unsqueeze(1) & (torch.arange(allowed.shape[1]) == 0)
             logp_all = torch.log_softmax(logits.masked_fill(~allowed_safe, float("-inf")), dim=-1)
             if picks is not None:
-                pick = picks[:, s].clamp(min=0)
-                bad = present[:, s] & ~allowed.gather(1, pick.unsqueeze(1)).squeeze(1)
+                pick = picks[:, s].clamp(min=0, max=allowed.shape[1] - 1)
+                out_of_range = (picks[:, s] < 0) | (picks[:, s] >= allowed.shape[1])
+                bad = present[:, s] & (out_of_range | ~allowed.gather(1, pick.unsqueeze(1)).squeeze(1))
                 if bad.any():
                     raise ValueError(f"slot {s}: a given pick is not an allowed candidate")
             elif greedy:
@@ -257,15 +282,19 @@ class ComboGenerator(nn.Module):
             else:
                 pick = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
             p_all = logp_all.exp()
-            entropy = -(p_all * logp_all.masked_fill(~allowed_safe, 0.0)).sum(-1)
+            masked_logp = logp_all.masked_fill(~allowed_safe, 0.0)
+            entropy = -(p_all * masked_logp).sum(-1)
+            uniform_ce = -masked_logp.sum(-1) / allowed_safe.sum(-1)
             logp = logp_all.gather(1, pick.unsqueeze(1)).squeeze(1)
             here = present[:, s]
             out_picks.append(torch.where(here, pick, torch.full_like(pick, -1)))
             out_logp.append(torch.where(here, logp, torch.zeros_like(logp)))
             out_ent.append(torch.where(here, entropy, torch.zeros_like(entropy)))
+            out_ce.append(torch.where(here, uniform_ce, torch.zeros_like(uniform_ce)))
             step_in = self.element_emb(element[:, s].gather(1, pick.unsqueeze(1)).squeeze(1)) + self.slot_input[s]
             h = torch.where(here.unsqueeze(1), self.cell(step_in, h), h)
-        return Decoded(torch.stack(out_picks, 1), torch.stack(out_logp, 1), torch.stack(out_ent, 1), present)
+        return Decoded(torch.stack(out_picks, 1), torch.stack(out_logp, 1), torch.stack(out_ent, 1), present,
+                       torch.stack(out_ce, 1))
 
     @torch.no_grad()
     def beam_search(self, tensors: ProblemTensors, context: torch.Tensor, ads: torch.Tensor, k: int
@@ -295,7 +324,7 @@ class ComboGenerator(nn.Module):
             logits = self.slot_logits(h, s, keys, self.element_bias(element[:, s]).squeeze(-1))
             logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
             # rows whose constraints leave nothing: the beam dies instead of producing NaN
-            logp = torch.nan_to_num(logp, nan=float("-inf"))
+            logp = torch.where(torch.isnan(logp), float("-inf"), logp)
             logp = torch.where(here.unsqueeze(1), logp, torch.where(allowed, 0.0, float("-inf")))
             total = (score.reshape(-1, 1) + logp).reshape(b, k * width)
             score, flat = total.topk(k, dim=1)
@@ -329,10 +358,9 @@ def slot_advantages(
     present_f = present.float()
     grouped = reward.float().view(-1, group_size)
     std = grouped.std(dim=1, keepdim=True, unbiased=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
-    scale = (std + EPS).expand(-1, group_size).reshape(n, 1)
     if not credit_assignment or contribution is None:
         centred = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(n, 1)
-        return centred / scale * present_f
+        return centred / (std + EPS).expand(-1, group_size).reshape(n, 1) * present_f
     contribution = contribution.float() * present_f
     residual = reward.float() - contribution.sum(1)
     n_present = present_f.sum(1).clamp(min=1)
@@ -341,8 +369,14 @@ def slot_advantages(
         g = x.reshape(-1, group_size, *x.shape[1:])
         return (g - g.mean(dim=1, keepdim=True)).reshape(x.shape)
 
-    parts = centre(contribution) * present_f + (centre(residual) / n_present).unsqueeze(1) * present_f
-    return parts / scale
+    slot_parts = centre(contribution) * present_f
+    parts = slot_parts + (centre(residual) / n_present).unsqueeze(1) * present_f
+    # when the slots' contributions cancel, std(R) understates how much the picks differ:
+    # the scale never drops below the root-mean-square spread of one slot's contribution
+    slot_var = slot_parts.reshape(-1, group_size, slot_parts.shape[1]).pow(2).sum(1) / max(group_size - 1, 1)
+    rms = (slot_var.sum(1, keepdim=True) / n_present.reshape(-1, group_size)[:, :1]).sqrt()
+    scale = torch.maximum(std, rms) + EPS
+    return parts / scale.expand(-1, group_size).reshape(n, 1)
 
 
 # --------------------------------------------------------------------------- reward: the MIL model
@@ -402,7 +436,8 @@ class TrainSettings:
     group_size: int = 16
     ads_per_step: int = 0  # 0 = every ad every step
     learning_rate: float = 0.02
-    entropy_coef: float = 0.01
+    entropy_coef: float = 0.01  # initial weight of the entropy bonus
+    entropy_target: float = 0.0  # nats per slot; > 0: the weight adapts to hold the entropy there (0: fixed)
     temperature: float = 1.0
     credit_assignment: bool = True
     seed: int = 0
@@ -503,6 +538,13 @@ def train_grpo(policy: ComboPolicy, reward_fn: RewardFn, settings: TrainSettings
     gen = torch.Generator().manual_seed(settings.seed)
     model = policy.model
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    # diversity control: the regulariser is the cross-entropy from the uniform distribution over
+    # the allowed candidates (label smoothing), not the entropy itself: the entropy's gradient
+    # vanishes once a softmax saturates, and group-normalised advantages saturate it within a
+    # few dozen steps. Its weight adapts to hold a target entropy per slot (as SAC's temperature),
+    # so the policy keeps alternatives without giving up its top choice
+    log_alpha = torch.tensor(math.log(max(settings.entropy_coef, 1e-8)), requires_grad=True)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=0.05)
     n_ads = len(policy.problem.ad_ids)
     per_step = n_ads if settings.ads_per_step <= 0 else min(settings.ads_per_step, n_ads)
     history = []
@@ -521,19 +563,28 @@ def train_grpo(policy: ComboPolicy, reward_fn: RewardFn, settings: TrainSettings
         scored = policy.log_prob(ads, sampled.picks, settings.temperature)
         pg = -(adv * scored.logp).sum(1).mean()
         entropy = scored.entropy.sum(1).mean()
-        loss = pg - settings.entropy_coef * entropy
+        alpha = log_alpha.exp().detach()
+        loss = pg + alpha * scored.uniform_ce.sum(1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if settings.entropy_target > 0:
+            per_slot = float(scored.entropy.detach().sum() / scored.present.sum().clamp(min=1))
+            alpha_loss = log_alpha * (per_slot - settings.entropy_target)
+            alpha_opt.zero_grad()
+            alpha_loss.backward()
+            alpha_opt.step()
         if step == 1 or step % settings.log_every == 0 or step == settings.steps:
             grouped = sampled.picks.view(per_step, settings.group_size, -1)
             distinct = float(np.mean([len({tuple(r) for r in g.tolist()}) for g in grouped]))
             point = {"step": step, "mean_reward": float(reward.mean()), "entropy_per_ad": float(entropy.detach()),
+                     "entropy_weight": float(alpha),
                      "distinct_in_group": distinct, "loss": float(loss.detach()),
                      "seconds": round(time.monotonic() - start, 2)}
             history.append(point)
-            log.info("step %d/%d reward %.4f entropy %.3f distinct/group %.1f (%.1fs)", step, settings.steps,
-                     point["mean_reward"], point["entropy_per_ad"], distinct, point["seconds"])
+            log.info("step %d/%d reward %.4f entropy %.3f (weight %.4f) distinct/group %.1f (%.1fs)", step,
+                     settings.steps, point["mean_reward"], point["entropy_per_ad"], point["entropy_weight"], distinct,
+                     point["seconds"])
     model.eval()
     return history
 

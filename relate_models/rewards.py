@@ -20,7 +20,9 @@ from relate_models.compliance import ComplianceChecker, merge_spans
 
 Span = tuple[int, int]
 SEQUENCE, TOKEN = "sequence", "token"
-_WORD = re.compile(r"\w+(?:'\w+)?")
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# a CJK character is a word of its own (Chinese has no spaces); other text: \w+ runs as before
+_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+(?:'[^\W{_CJK}]+)?")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class RewardContext:
     default_position: int = 1
     default_user_segment: str | None = None
     eos_token_id: int | None = None  # set: a completion that never emitted <eos> (truncated) fails a format check
+    latin_script: bool = True  # False (e.g. Chinese copy): the structural reward skips its mostly-ASCII check
     _history: set = field(default_factory=set, repr=False)
 
     def history_ngrams(self) -> set:
@@ -119,7 +122,8 @@ _FORBIDDEN_CHARS = re.compile(r"[|<>{}\[\]\\^~`]|https?://|www\.")
 _GARBAGE = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def structural_score(text: str, keyword: str | None, min_chars: int, max_chars: int, terminated: bool = True) -> float:
+def structural_score(text: str, keyword: str | None, min_chars: int, max_chars: int, terminated: bool = True,
+                     latin_script: bool = True) -> float:
     """0.4 keyword present + 0.3 length within bounds (linear decay outside) + 0.3 format checks.
 
     Format checks: no repeated punctuation, no shouting, no markup/URL/prompt separators,
@@ -144,7 +148,7 @@ def structural_score(text: str, keyword: str | None, min_chars: int, max_chars: 
         not _FORBIDDEN_CHARS.search(text),  # prompt separators, markup, URLs leaking into the ad
         text[0].isalnum() and text[0] == text[0].upper(),  # starts like a sentence
         not _GARBAGE.search(text),
-        sum(c.isascii() for c in text) >= 0.95 * len(text),
+        not latin_script or sum(c.isascii() for c in text) >= 0.95 * len(text),
         terminated,
     ]
     format_ok = sum(checks) / len(checks)
@@ -160,7 +164,7 @@ def build_quality_structural(ctx: RewardContext) -> Reward:
         else:
             terminated = [True] * len(completions)
         return [
-            structural_score(as_text(c), k, ctx.min_chars, ctx.max_chars, t)
+            structural_score(as_text(c), k, ctx.min_chars, ctx.max_chars, t, ctx.latin_script)
             for c, k, t in zip(completions, keywords, terminated)
         ]
 

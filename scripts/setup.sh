@@ -18,6 +18,13 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
+# Debian's chromium for tests/test_browser.py (Playwright drives it; its own browser download is not used)
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing chromium for the Airflow UI test (apt-get)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || echo "setup: chromium could not be installed; tests/test_browser.py will be skipped" >&2
+fi
+
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f .venv/.installed ] || [ "$(cat .venv/.installed)" != "$want" ]; then
   echo "setup: installing the pinned stack into .venv (first time: several minutes)" >&2

@@ -1,12 +1,14 @@
--- Parse one raw partition (view `raw_lines`, one column `raw_line`) into typed events.
+-- Parse raw partitions (view `raw_lines`: `raw_line`, and the partition it came from as
+-- `dt`, `day_start_ms`, `day_end_ms` = [start, end) of dt in epoch ms UTC, set in Python
+-- from the validated ds) into typed events. Each partition is judged on its own (bounds
+-- and dedupe are per dt), so parsing many days at once equals parsing each alone.
 -- Every line comes out once, with `reason` = its first row-level quarantine reason, or
 -- NULL when the line is a valid, first-seen event (links to impressions/clicks are
 -- checked later, in link_events.sql).
--- Parameters (validated in Python): :ds (YYYY-MM-DD), :day_start_ms, :day_end_ms ([start, end) of ds, UTC).
 -- Fields are parsed as strings first so that an absent field (missing_field) is told
 -- apart from a present field of the wrong type (bad_type); then cast with try_cast.
 WITH parsed AS (
-  SELECT raw_line,
+  SELECT raw_line, dt, day_start_ms, day_end_ms,
          from_json(
            raw_line,
            'event_id STRING, event_type STRING, ts STRING, impression_id STRING, click_id STRING,
@@ -20,7 +22,7 @@ WITH parsed AS (
   FROM raw_lines
 ),
 typed AS (
-  SELECT raw_line,
+  SELECT raw_line, dt, day_start_ms, day_end_ms,
          -- a JSON object parses with _corrupt_record NULL; anything else (truncated
          -- text, arrays, bare scalars, empty lines) does not
          (j IS NULL OR j._corrupt_record IS NOT NULL) AS malformed,
@@ -55,7 +57,7 @@ checked AS (
              OR propensity IS NULL OR NOT (propensity > 0 AND propensity <= 1))
         THEN 'bad_type'
       WHEN event_type = 'conversion' AND (value IS NULL OR NOT (value >= 0 AND value < 1e12)) THEN 'bad_type'
-      WHEN ts < :day_start_ms OR ts >= :day_end_ms THEN 'ts_outside_partition'
+      WHEN ts < day_start_ms OR ts >= day_end_ms THEN 'ts_outside_partition'
     END AS reason
   FROM typed
 ),
@@ -64,14 +66,16 @@ ranked AS (
          -- keep the first delivery by (ts, raw_line): redeliveries are byte-identical, so the
          -- choice is deterministic and the kept row does not depend on file order
          CASE WHEN reason IS NULL
-              THEN row_number() OVER (PARTITION BY reason IS NULL, event_id ORDER BY ts, raw_line)
+              THEN row_number() OVER (PARTITION BY dt, reason IS NULL, event_id ORDER BY ts, raw_line)
          END AS delivery
   FROM checked
 )
-SELECT raw_line,
+SELECT -- a kept impression is never quarantined later (only clicks and conversions can be
+       -- orphans), so its raw line, most of the bytes, is dropped here
+       CASE WHEN reason IS NULL AND delivery = 1 AND event_type = 'impression' THEN NULL ELSE raw_line END AS raw_line,
        CASE WHEN reason IS NULL AND delivery > 1 THEN 'duplicate_event_id' ELSE reason END AS reason,
        event_id, event_type, ts, impression_id, click_id, user_id, user_segment, placement,
        vertical, advertiser_id, product_id, ad_id, position, query, keyword, text_id, ad_text,
        title_id, image_id, highlight_id, propensity, value,
-       :ds AS dt
+       dt
 FROM ranked

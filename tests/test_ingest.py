@@ -142,7 +142,9 @@ def caplog(caplog):
 def spark():
     from pipelines.spark import get_spark
 
-    session = get_spark("local[1]", "test-ingest", 2)
+    # one session for the module (stage main()s reuse the active one); two cores run the
+    # two shuffle partitions side by side
+    session = get_spark("local[2]", "test-ingest", 2)
     yield session
     session.stop()
 
@@ -240,6 +242,7 @@ def test_rerun_is_idempotent_and_leaves_other_partitions_alone(day_by_day):
 
 
 def test_all_equals_day_by_day(day_by_day, tmp_path, monkeypatch):
+    """--all computes the day-by-day final state in one pass (no per-day relabels): its guard."""
     _, after = day_by_day
     write_raw(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -55,6 +55,9 @@ def test_build_config_checks_keys_types_and_ranges():
         build_config(_Cfg, "demo", {"days": True})
     with pytest.raises(ConfigError, match=r"demo.names\[1\]: expected str"):
         build_config(_Cfg, "demo", {"days": 1, "names": ["a", 2]})
+    assert build_config(_Cfg, "demo", {"days": 1, "master": None}).master is None
+    with pytest.raises(ConfigError, match=r"demo.master: expected str \| None, got 3"):
+        build_config(_Cfg, "demo", {"days": 1, "master": 3})
     with pytest.raises(ConfigError, match=r"demo.days: must be >= 1"):
         build_config(_Cfg, "demo", {"days": 0})
 

@@ -1,0 +1,1 @@
+"""External checks of the pipeline against real public data (../shared/data)."""

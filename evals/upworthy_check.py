@@ -1,0 +1,119 @@
+"""External check on real randomized A/B tests: the Upworthy Research Archive.
+
+    python -m evals.upworthy_check [--params configs/real_corpus.yaml] [--max-tests N]
+
+Adapts the archive's CSV into curated combo_stats/text_stats partitions under
+`upworthy.workdir` (validated by the validate stage's GX suites), then
+1. attribution: K-fold-within-test prediction of each combination's CTR with the MIL model
+   (relate_models.attribution, as train_attribution fits it), an additive logistic model
+   and the per-test mean: log loss per impression and pairwise rank accuracy;
+2. text CTR: which headline of a test wins, from the headline alone (tests split by id),
+   with the CTCVR model's CTR tower and a bag-of-words logistic regression.
+Tests in the broken-randomization weeks are excluded (or kept and flagged). Prints the
+figures and writes metrics/real_upworthy.json. Exit 2 when the data or config is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pipelines import atomic
+from pipelines.logs import get_logger
+from pipelines.params import ConfigError, load_config
+from relate_real import upworthy as uw
+
+log = get_logger("evals.upworthy_check")
+METRICS_FILE = Path("metrics") / "real_upworthy.json"
+
+
+def run(cfg: uw.UpworthyConfig, csv: Path) -> dict:
+    started = time.monotonic()
+    with uw.working_dir(Path(cfg.workdir)):
+        packages, tables, report = uw.adapt(cfg, csv)
+    if not report["success"]:
+        failed = [f"{f['suite']}.{f['expectation']}" for s in report["suites"].values() for f in s["failed"]]
+        raise ValueError(f"the adapter's curated tables failed validation: {', '.join(failed)}")
+    week_of_test = packages.kept.groupby("test_id")["test_week"].first()
+    combos, stats = tables["combo_stats"], tables["text_stats"]
+    combos = combos.assign(test_week=combos["ad_id"].map(week_of_test))
+    stats = stats.assign(test_week=stats["ad_id"].map(week_of_test))
+    broken_combos, broken_stats = uw.broken_tests(combos, cfg), uw.broken_tests(stats, cfg)
+    excluded_tests = int(combos.loc[broken_combos, "ad_id"].nunique())
+    if cfg.exclude_broken:
+        combos, stats = combos[~broken_combos], stats[~broken_stats]
+    combos = combos.sort_values(["ad_id", "title_id", "image_id", "highlight_id"]).reset_index(drop=True)
+    stats = stats.sort_values(["ad_id", "text_id"]).reset_index(drop=True)
+    adapter_seconds = time.monotonic() - started
+    attribution = uw.attribution_check(combos, cfg)
+    attribution_seconds = time.monotonic() - started - adapter_seconds
+    text = uw.text_check(stats, cfg)
+    return {
+        "source": str(csv),
+        "adapter": {**packages.counts, "combinations": len(tables["combo_stats"]),
+                    "headlines": len(tables["text_stats"]),
+                    "partitions": int(tables["combo_stats"]["dt"].nunique()),
+                    "validation_success": report["success"]},
+        "broken_randomization": {"weeks": list(cfg.broken_weeks), "tests": excluded_tests,
+                                 "excluded": cfg.exclude_broken},
+        "attribution": attribution,
+        "text": text,
+        "seconds": {"adapter": round(adapter_seconds, 1), "attribution": round(attribution_seconds, 1),
+                    "total": round(time.monotonic() - started, 1)},
+    }
+
+
+def summary(m: dict) -> str:
+    a, t = m["attribution"], m["text"]
+    lines = [
+        f"Upworthy: {m['adapter']['rows_in']} rows in, {m['adapter']['rows_kept']} kept, "
+        f"{m['adapter']['rows_quarantined']} quarantined; {m['adapter']['combinations']} combinations in "
+        f"{m['adapter']['partitions']} weekly partitions (GX suites passed: {m['adapter']['validation_success']})",
+        f"broken-randomization weeks {m['broken_randomization']['weeks']}: {m['broken_randomization']['tests']} tests "
+        f"{'excluded' if m['broken_randomization']['excluded'] else 'kept (flagged)'}",
+        f"attribution ({a['protocol']}): {a['tests']} tests, {a['combinations']} combinations, {a['pairs']} pairs "
+        f"({a['significant_pairs']} significant at 5%)",
+        f"  {'model':<12} {'log loss':>10} {'rank acc':>9} {'rank acc (sig.)':>16}",
+    ]
+    for name, r in a["models"].items():
+        lines.append(f"  {name:<12} {r['log_loss']:>10.6f} {r['rank_accuracy']:>9.4f} "
+                     f"{r['rank_accuracy_significant_pairs']:>16.4f}")
+    lines += [
+        f"text: {t['test_headlines']} held-out headlines in {t['test_tests']} tests, {t['pairs']} pairs "
+        f"({t['significant_pairs']} significant)",
+        f"  {'model':<22} {'pairwise acc':>13} {'pairwise acc (sig.)':>20}",
+    ]
+    for name, r in t["models"].items():
+        lines.append(f"  {name:<22} {r['pairwise_accuracy']:>13.4f} {r['pairwise_accuracy_significant_pairs']:>20.4f}")
+    lines.append(f"seconds: {m['seconds']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="configs/real_corpus.yaml", help="config with an `upworthy:` section")
+    parser.add_argument("--csv", help="the archive's CSV (default: upworthy.csv)")
+    parser.add_argument("--max-tests", type=int, help="a seeded sample of this many tests (default: upworthy.max_tests)")
+    parser.add_argument("--out", default=str(METRICS_FILE), help="metrics JSON to write")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(uw.UpworthyConfig, "upworthy", args.params)
+        if args.max_tests is not None:
+            cfg.max_tests = args.max_tests
+            cfg.__post_init__()
+        csv = Path(args.csv or cfg.csv).resolve()
+        if not csv.is_file():
+            raise FileNotFoundError(f"Upworthy CSV not found: {csv} (see docs/real_data.md)")
+        metrics = run(cfg, csv)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        log.error("upworthy_check: %s", err)
+        return 2
+    atomic.write_json(args.out, metrics)
+    print(summary(metrics))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Evaluate the combination generator against the simulator's truth (an evaluate* stage: it may).
+
+Simulated A/B test (`Oracle.ab_test_combos`: the same feed traffic and random draws for
+every arm, fatigue on) of these arms, each one combination per ad unless noted:
+- generator_top1: rank 1 of models/combo_policy/serving.parquet (the arm under test)
+- generator_top_k: the top-k of the serving table, one drawn uniformly per impression
+- oracle_best: the combination with the highest true CTR (the ceiling)
+- logging: the logging policy as logged (the ad's logged combinations drawn in proportion
+  to their impressions over the reward model's training days)
+- greedy_marginal: per slot, the element with the highest logged marginal CTR
+- mil_argmax: exhaustive argmax of the MIL model's CTR (ads small enough to enumerate)
+Each arm reports its CTR with a 95% Wilson interval and `expected_ctr` (the mean true click
+probability over the served impressions: the noise-free value of the same traffic). The
+headline `true_ctr_ratio_to_oracle` is expected_ctr(generator_top1) / expected_ctr(oracle_best);
+`true_ctr_uplift_vs_logging` is the relative expected-CTR gain over the logging arm, with the
+observed CTR difference and its 95% CI beside it. `learned_vs_true` puts the MIL model's
+predicted CTR of the generator's picks next to their true CTR (the gap is reward hacking).
+
+`evaluate_combos(params_path)` returns the dict (the evaluate stage merges it under "combo");
+`main()` also writes metrics/evaluate_combo.json.
+
+    python -m pipelines.evaluate_combo [--params params.yaml]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines import atomic, paths
+from pipelines.combo_policy import ATTRIBUTION_DIR, SERVING_FILE, mil_argmax
+from pipelines.logs import get_logger
+from pipelines.params import ConfigError, load_config, require
+from pipelines.train_attribution import read_partition
+from relate_models import attribution as attr
+from relate_models import combo_generator as cg
+
+log = get_logger(__name__)
+METRICS_FILE = paths.METRICS / "evaluate_combo.json"
+COLS = list(attr.ELEMENT_COLUMNS)
+
+
+@dataclass
+class EvaluateComboConfig:
+    n_impressions: int = 100_000  # simulated feed impressions per arm
+    seed: int = 4242
+    goal_ratio: float = 0.95  # recorded as meets_goal: generator_top1 / oracle_best true CTR
+    max_enumerate: int = 4096  # the mil_argmax arm covers ads with at most this many combinations
+
+    def __post_init__(self):
+        require(self.n_impressions >= 100, "evaluate_combo.n_impressions", "must be >= 100")
+        require(0 < self.goal_ratio <= 1.5, "evaluate_combo.goal_ratio", "must be in (0, 1.5]")
+        require(self.max_enumerate >= 1, "evaluate_combo.max_enumerate", "must be >= 1")
+
+
+def logged_rows(scorer: attr.AttributionScorer) -> pd.DataFrame:
+    days = list(scorer.meta.get("train_days") or [])
+    if not days:
+        raise ValueError(f"{ATTRIBUTION_DIR}/config.json has no train_days")
+    cols = ["ad_id", *COLS, "impressions", "clicks"]
+    rows = pd.concat([read_partition("combo_stats", d, cols) for d in days], ignore_index=True)
+    return rows.dropna(subset=COLS).groupby(["ad_id", *COLS], sort=True)[["impressions", "clicks"]].sum().reset_index()
+
+
+def greedy_marginal(rows: pd.DataFrame) -> dict[str, tuple]:
+    naive = attr.naive_marginal_ctr(rows).sort_values(["ad_id", "slot", "naive_ctr", "element_id"],
+                                                      ascending=[True, True, False, True])
+    best = naive.drop_duplicates(["ad_id", "slot"]).set_index(["ad_id", "slot"])["element_id"]
+    return {ad: tuple(best.get((ad, s)) for s in attr.SLOTS) for ad in rows["ad_id"].unique()}
+
+
+def logging_policy(rows: pd.DataFrame, seed: int):
+    """fn(context) -> a logged combination of the ad, drawn in proportion to its logged impressions."""
+    rng = np.random.default_rng(seed)
+    table = {ad: (list(map(tuple, g[COLS].to_numpy())), g["impressions"].to_numpy(np.float64) / g["impressions"].sum())
+             for ad, g in rows.groupby("ad_id", sort=True)}
+
+    def choose(ctx: dict) -> tuple:
+        combos, p = table[ctx["ad_id"]]
+        return combos[int(rng.choice(len(combos), p=p))]
+
+    return choose
+
+
+def with_fallback(choices: dict, fallback):
+    """Arms cover the ads they know; any other ad is served as logged (counted in ads_fallback)."""
+    def choose(ctx: dict):
+        choice = choices.get(ctx["ad_id"])
+        if choice is None:
+            return fallback(ctx)
+        if isinstance(choice, list):
+            return choice[int(ctx["impression"]) % len(choice)]
+        return choice
+    return choose
+
+
+def arm_summary(result) -> dict:
+    est, lo, hi = result.ctr
+    return {"ctr": est, "ctr_ci95": [lo, hi], "expected_ctr": result.expected_ctr,
+            "impressions": result.impressions, "clicks": result.clicks, "repeat_exposures": result.repeat_exposures}
+
+
+def load_oracle():
+    """The simulator's truth (a function, so tests can stand a synthetic world in for it)."""
+    from relate_sim.oracle import Oracle
+
+    return Oracle.load()
+
+
+def run(cfg: EvaluateComboConfig) -> dict:
+    from relate_sim.oracle import diff_ci
+
+    if not SERVING_FILE.is_file():
+        raise FileNotFoundError(f"missing {SERVING_FILE} (run pipelines.combo_policy first)")
+    serving = pd.read_parquet(SERVING_FILE)
+    missing = [c for c in ("ad_id", "rank", *COLS, "score") if c not in serving.columns]
+    if missing or serving.empty:
+        raise ValueError(f"{SERVING_FILE}: empty or lacks column(s) {missing}")
+    scorer = attr.AttributionScorer.load(ATTRIBUTION_DIR)
+    oracle = load_oracle()
+    rows = logged_rows(scorer)
+    logged = logging_policy(rows, cfg.seed)
+
+    serving = serving.sort_values(["ad_id", "rank"])
+    top1 = {ad: tuple(g.iloc[0][COLS]) for ad, g in serving.groupby("ad_id")}
+    top_k = {ad: [tuple(r) for r in g[COLS].to_numpy()] for ad, g in serving.groupby("ad_id")}
+    best = {ad: oracle.oracle_best_combo(ad) for ad in oracle.ad_ids}
+    problem = cg.ComboProblem(ad_ids=list(scorer.vocab.ads), slots=list(attr.SLOTS),
+                              candidates=[[scorer.vocab.ad_elements(a)[s] for s in attr.SLOTS] for a in scorer.vocab.ads])
+    arms = {
+        "generator_top1": top1,
+        "generator_top_k": top_k,
+        "oracle_best": {ad: tuple(b[c] for c in COLS) for ad, b in best.items()},
+        "greedy_marginal": greedy_marginal(rows),
+        "mil_argmax": {ad: b[:3] for ad, b in mil_argmax(scorer, problem, cfg.max_enumerate).items()},
+    }
+    results = {"logging": oracle.ab_test_combos(logged, cfg.n_impressions, cfg.seed)}
+    for name, choices in arms.items():
+        log.info("simulated A/B: %s (%d impressions)", name, cfg.n_impressions)
+        results[name] = oracle.ab_test_combos(with_fallback(choices, logged), cfg.n_impressions, cfg.seed)
+
+    world_ads = set(oracle.ad_ids)
+    out = {"arms": {k: {**arm_summary(v), "ads_fallback": len(world_ads - set(arms.get(k, world_ads)))}
+                    for k, v in results.items()}}
+    gen, ora, logg = results["generator_top1"], results["oracle_best"], results["logging"]
+    out["true_ctr_ratio_to_oracle"] = gen.expected_ctr / ora.expected_ctr
+    out["true_ctr_ratio_to_oracle_observed"] = gen.ctr[0] / ora.ctr[0] if ora.clicks else float("nan")
+    out["true_ctr_uplift_vs_logging"] = gen.expected_ctr / logg.expected_ctr - 1
+    diff, lo, hi = diff_ci((logg.clicks, logg.impressions), (gen.clicks, gen.impressions))
+    out["observed_ctr_diff_vs_logging"] = {"estimate": diff, "ci95": [lo, hi]}
+    for name in arms:
+        out["arms"][name]["ratio_to_oracle"] = results[name].expected_ctr / ora.expected_ctr
+    # per ad, without traffic or fatigue: how close each pick is to the ad's own best
+    per_ad = [oracle.true_combo_ctr(ad, *c) / best[ad]["ctr"] for ad, c in top1.items() if ad in world_ads]
+    learned = serving[serving["rank"] == 1]
+    true_top1 = np.array([oracle.true_combo_ctr(ad, *top1[ad]) for ad in learned["ad_id"]])
+    out["per_ad_ratio_to_oracle_mean"] = float(np.mean(per_ad))
+    out["per_ad_ratio_to_oracle_min"] = float(np.min(per_ad))
+    out["top1_is_oracle_best_share"] = float(np.mean([top1[ad] == tuple(best[ad][c] for c in COLS) for ad in top1]))
+    out["learned_vs_true"] = {"top1_mil_predicted_ctr": float(learned["score"].mean()),
+                              "top1_true_ctr": float(true_top1.mean())}
+    out["goal_ratio"] = cfg.goal_ratio
+    out["meets_goal"] = bool(out["true_ctr_ratio_to_oracle"] >= cfg.goal_ratio)
+    out["n_impressions_per_arm"] = cfg.n_impressions
+    log.info("generator top-1 true CTR %.5f = %.3f of oracle best (%.5f); %+.1f%% vs logging (%.5f)",
+             gen.expected_ctr, out["true_ctr_ratio_to_oracle"], ora.expected_ctr,
+             100 * out["true_ctr_uplift_vs_logging"], logg.expected_ctr)
+    return out
+
+
+def evaluate_combos(params_path=None) -> dict:
+    """The combination metrics for the evaluate stage (merged under "combo")."""
+    return run(load_config(EvaluateComboConfig, "evaluate_combo", params_path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate_combos(args.params)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
+        log.error("evaluate_combo failed: %s", err)
+        return 2
+    atomic.write_json(METRICS_FILE, metrics)
+    log.info("wrote %s", METRICS_FILE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Adapters from public real data sets to the pipeline's own inputs (external checks, not the product)."""

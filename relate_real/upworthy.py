@@ -1,0 +1,721 @@
+"""The Upworthy Research Archive as the pipeline's own curated inputs, and the checks run on them.
+
+The archive (Matias et al., Scientific Data 2021) holds real randomized headline x image
+tests. One CSV row is a *package* (one arm of a test). The adapter maps it onto the
+data contract's feed placement:
+
+    ad_id = product_id = clickability_test_id   (the product bias is the test effect)
+    title_id = sha1(headline)[:16], image_id = eyecatcher_id,
+    highlight_id = sha1(excerpt + lede)[:16]    (constant in most tests)
+    dt = the Monday of ISO week test_week, conversions = 0, mean_propensity = 1 / arms
+
+and writes curated `combo_stats` (one row per distinct combination of a test: arms that
+show the same three elements are summed, which leaves the binomial likelihood unchanged),
+`text_stats` (one row per headline of a test), `quarantine` and `ingest_quality`
+partitions, relative to the working directory like every stage. Rows the archive's
+columns cannot support are quarantined with a reason and counted:
+rows_in = rows_kept + rows_quarantined.
+
+    python -m relate_real.upworthy --csv PATH --workdir runs/upworthy   # adapt + validate
+
+The checks (`attribution_check`, `text_check`) are what `python -m evals.upworthy_check`
+prints.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import atomic, paths
+from pipelines.logs import get_logger
+from pipelines.params import ConfigError, load_config, require
+
+log = get_logger("real.upworthy")
+
+REQUIRED_COLUMNS = ("clickability_test_id", "test_week", "headline", "eyecatcher_id", "excerpt", "lede",
+                    "impressions", "clicks")
+CONTRACT_REASONS = ("malformed_json", "missing_field", "bad_type", "unknown_event_type", "ts_outside_partition",
+                    "duplicate_event_id", "orphan_click", "orphan_conversion")
+# reasons of this adapter beyond the contract's (ingest_quality carries one q_ column per reason)
+EXTRA_REASONS = ("invalid_counts", "duplicate_row")
+VERTICAL = "upworthy"
+
+
+@dataclass
+class UpworthyConfig:
+    """The `upworthy:` section of configs/real_corpus.yaml."""
+
+    csv: str = "../shared/data/upworthy/packages_dev.csv.gz"  # relative to the project root
+    workdir: str = "runs/upworthy"  # the stages' cwd: its own data/, models/, metrics/
+    broken_weeks: list[int] = field(default_factory=lambda: [201325, 201402])  # first, last test_week (inclusive)
+    exclude_broken: bool = True  # False: keep those tests in, flagged in the metrics
+    max_tests: int = 0  # 0 = every test; else a seeded sample of tests (fast tests)
+    seed: int = 0
+    folds: int = 2  # K-fold over the combinations inside each test; rank pairs need two arms in one fold
+    mil_steps: int = 150
+    mil_learning_rate: float = 0.05
+    mil_l2: float = 100.0
+    mil_l2_bias: float = 1.0
+    mil_embed_dim: int = 8
+    additive_l2: float = 1.0  # prior precision of headline/image/highlight effects, in impressions
+    additive_test_l2: float = 0.01  # of the test effects (nearly free: every test has thousands of impressions)
+    text_test_fraction: float = 0.2  # share of tests (by id) held out for the text check
+    text_val_fraction: float = 0.1  # share of the training tests used to pick the epoch / C
+    text_epochs: int = 8
+    text_batch_size: int = 256
+    text_learning_rate: float = 1e-2
+    text_weight_decay: float = 1e-4
+    tokenizer_vocab: int = 4000
+    bow_c_grid: list[float] = field(default_factory=lambda: [0.03, 0.3, 3.0])
+    torch_threads: int = 1  # the models are tiny: more threads only contend
+
+    def __post_init__(self) -> None:
+        p = "upworthy"
+        require(bool(self.csv.strip()), f"{p}.csv", "must be a path")
+        require(bool(self.workdir.strip()), f"{p}.workdir", "must be a path")
+        require(len(self.broken_weeks) == 2 and self.broken_weeks[0] <= self.broken_weeks[1], f"{p}.broken_weeks",
+                f"must be [first, last] test_week, got {self.broken_weeks}")
+        require(self.max_tests >= 0, f"{p}.max_tests", "must be >= 0")
+        require(self.folds >= 2, f"{p}.folds", f"must be >= 2, got {self.folds}")
+        for name in ("mil_steps", "mil_embed_dim", "text_epochs", "text_batch_size", "tokenizer_vocab"):
+            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        for name in ("mil_learning_rate", "additive_l2", "additive_test_l2", "text_learning_rate"):
+            require(getattr(self, name) > 0, f"{p}.{name}", f"must be > 0, got {getattr(self, name)}")
+        for name in ("mil_l2", "mil_l2_bias", "text_weight_decay"):
+            require(getattr(self, name) >= 0, f"{p}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        require(0 < self.text_test_fraction < 0.5, f"{p}.text_test_fraction", "must be in (0, 0.5)")
+        require(0 < self.text_val_fraction < 0.5, f"{p}.text_val_fraction", "must be in (0, 0.5)")
+        require(bool(self.bow_c_grid) and all(c > 0 for c in self.bow_c_grid), f"{p}.bow_c_grid",
+                "must be a non-empty list of positive numbers")
+        require(self.torch_threads >= 0, f"{p}.torch_threads", "must be >= 0")
+
+
+def short_hash(text: str) -> str:
+    """The contract's text_id: the first 16 hex characters of the SHA-1 of the text."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def week_monday(test_week: int) -> str:
+    """test_week YYYYWW -> the date of that week's Monday; ValueError if no such week.
+
+    The archive numbers weeks like strftime's %W (Monday-based, 00..53: week 00 holds the days
+    before the year's first Monday, e.g. 201500), not ISO weeks, so week 00's Monday can fall
+    in December of the year before.
+    """
+    year, week = divmod(int(test_week), 100)
+    if not (1970 <= year <= 9998 and 0 <= week <= 53):
+        raise ValueError(f"test_week {test_week}: not YYYYWW with week 00..53")
+    monday = dt.datetime.strptime(f"{year} {week} 1", "%Y %W %w").date()
+    if monday.year > year:
+        raise ValueError(f"test_week {test_week}: week {week} starts after {year}")
+    return monday.isoformat()
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+@dataclass
+class Packages:
+    kept: pd.DataFrame  # typed rows, with dt
+    quarantine: pd.DataFrame  # raw_line, reason, event_id (null), dt
+    rows_in: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        reasons = self.quarantine["reason"].value_counts()
+        return {
+            "rows_in": self.rows_in,
+            "rows_kept": len(self.kept),
+            "rows_quarantined": len(self.quarantine),
+            **{f"q_{r}": int(reasons.get(r, 0)) for r in CONTRACT_REASONS + EXTRA_REASONS},
+        }
+
+
+def _as_int(series: pd.Series) -> pd.Series:
+    """Integers where the text is an integer (e.g. '12', '12.0'), NaN elsewhere."""
+    num = pd.to_numeric(series.str.strip(), errors="coerce")
+    return num.where(num.notna() & (num == np.floor(num)))
+
+
+def read_packages(source: str | os.PathLike | pd.DataFrame, max_tests: int = 0, seed: int = 0) -> Packages:
+    """The archive's CSV (as published; extra columns ignored) -> typed packages + quarantine.
+
+    A file without the archive's columns is rejected (ValueError naming them); a bad row is
+    quarantined with one reason, checked in this order: missing_field (test id, headline,
+    image, week or counts empty), bad_type (week not an ISO week, counts not integers),
+    invalid_counts (impressions < 1, clicks < 0 or clicks > impressions), duplicate_row
+    (an exact repeat of an earlier row). `max_tests` > 0 reads a seeded sample of that many
+    test ids (every row of a sampled test, bad rows included, so the counts still conserve).
+    """
+    if isinstance(source, pd.DataFrame):
+        raw = source.astype(object).where(source.notna(), None)
+        raw = raw.apply(lambda c: c.map(lambda v: None if v is None else str(v)))
+    else:
+        try:
+            raw = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], compression="infer")
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError) as err:
+            raise ValueError(f"upworthy: cannot read {source}: {err}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ValueError(f"upworthy: input lacks column(s) {', '.join(missing)}; expected the archive's "
+                         f"{', '.join(REQUIRED_COLUMNS)}")
+    raw = raw[list(REQUIRED_COLUMNS)]
+    if max_tests:
+        tests = np.sort(raw["clickability_test_id"].dropna().unique())
+        if len(tests) > max_tests:
+            chosen = set(np.random.default_rng(seed).choice(tests, size=max_tests, replace=False))
+            raw = raw[raw["clickability_test_id"].isin(chosen)]
+    raw = raw.reset_index(drop=True)
+    text = raw.astype(object).where(raw.notna(), None)
+    stripped = {c: text[c].map(lambda v: v.strip() if isinstance(v, str) else None) for c in REQUIRED_COLUMNS}
+    reason = pd.Series(None, index=raw.index, dtype=object)
+
+    def mark(mask: pd.Series, why: str) -> None:
+        reason[mask & reason.isna()] = why
+
+    for c in ("clickability_test_id", "headline", "eyecatcher_id", "test_week", "impressions", "clicks"):
+        mark(stripped[c].map(lambda v: not v), "missing_field")
+    impressions = _as_int(stripped["impressions"].fillna(""))
+    clicks = _as_int(stripped["clicks"].fillna(""))
+    weeks = _as_int(stripped["test_week"].fillna(""))
+
+    def monday(w):
+        try:
+            return week_monday(int(w))
+        except (ValueError, OverflowError):
+            return None
+
+    dts = weeks.map(lambda w: None if pd.isna(w) else monday(w))
+    mark(impressions.isna() | clicks.isna() | dts.isna(), "bad_type")
+    mark((impressions < 1) | (clicks < 0) | (clicks > impressions), "invalid_counts")
+    mark(text.fillna("\x00").duplicated(keep="first"), "duplicate_row")
+
+    bad = reason.notna()
+    run_ds = max((d for d in dts[~bad] if d), default=None) or dt.date.today().isoformat()
+    quarantine = pd.DataFrame({
+        "raw_line": [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in text[bad].to_dict("records")],
+        "reason": reason[bad].astype(str).to_numpy(),
+        "event_id": pd.Series([None] * int(bad.sum()), dtype=object),
+        "dt": run_ds,
+    })
+    kept = pd.DataFrame({
+        "test_id": stripped["clickability_test_id"][~bad],
+        "test_week": weeks[~bad].astype(np.int64),
+        "headline": stripped["headline"][~bad],
+        "eyecatcher_id": stripped["eyecatcher_id"][~bad],
+        "excerpt": stripped["excerpt"][~bad].fillna(""),
+        "lede": stripped["lede"][~bad].fillna(""),
+        "impressions": impressions[~bad].astype(np.int64),
+        "clicks": clicks[~bad].astype(np.int64),
+        "dt": dts[~bad].astype(str),
+    }).reset_index(drop=True)
+    return Packages(kept=kept, quarantine=quarantine, rows_in=len(raw))
+
+
+# ------------------------------------------------------------------------------ curated tables
+
+
+def combo_stats(kept: pd.DataFrame) -> pd.DataFrame:
+    """combo_stats rows (docs/data_contract.md): one per (dt, test, headline, image, excerpt+lede)."""
+    frame = pd.DataFrame({
+        "dt": kept["dt"],
+        "ad_id": kept["test_id"],
+        "title_id": kept["headline"].map(short_hash),
+        "image_id": kept["eyecatcher_id"],
+        "highlight_id": (kept["excerpt"] + "\x1f" + kept["lede"]).map(short_hash),
+        "impressions": kept["impressions"],
+        "clicks": kept["clicks"],
+    })
+    arms = frame.groupby(["dt", "ad_id"])["impressions"].transform("size")
+    frame["propensity"] = 1.0 / arms  # arms of a test are randomized uniformly
+    keys = ["dt", "ad_id", "title_id", "image_id", "highlight_id"]
+    out = frame.groupby(keys, sort=True).agg(
+        impressions=("impressions", "sum"), clicks=("clicks", "sum"), mean_propensity=("propensity", "sum"),
+    ).reset_index()
+    out["product_id"] = out["ad_id"]
+    out["vertical"] = VERTICAL
+    out["conversions"] = np.int64(0)
+    out["ctr"] = out["clicks"] / out["impressions"]
+    from pipelines.expectations import COMBO_STATS_COLUMNS
+
+    return out[list(COMBO_STATS_COLUMNS)]
+
+
+def text_stats(kept: pd.DataFrame) -> pd.DataFrame:
+    """text_stats rows: one per (dt, test, headline), summed over the images it was shown with."""
+    frame = kept.assign(ad_id=kept["test_id"], text_id=kept["headline"].map(short_hash))
+    out = frame.groupby(["dt", "ad_id", "text_id"], sort=True).agg(
+        ad_text=("headline", "first"), impressions=("impressions", "sum"), clicks=("clicks", "sum"),
+    ).reset_index()
+    out["keyword"] = None  # the archive has no search keyword
+    out["vertical"] = VERTICAL
+    out["conversions"] = np.int64(0)
+    out["ctr"] = out["clicks"] / out["impressions"]
+    out["cvr"] = 0.0  # no conversions are logged: 0 / clicks (0 also where clicks = 0)
+    out["ctcvr"] = 0.0
+    from pipelines.expectations import TEXT_STATS_COLUMNS
+
+    out["keyword"] = out["keyword"].astype(object)
+    return out[list(TEXT_STATS_COLUMNS)]
+
+
+def ingest_quality(packages: Packages) -> pd.DataFrame:
+    """One row for the adapter run, dated like the quarantine (the latest test week)."""
+    return pd.DataFrame([{"dt": packages.quarantine["dt"].iloc[0] if len(packages.quarantine)
+                          else max(packages.kept["dt"], default=dt.date.today().isoformat()),
+                          **packages.counts}])
+
+
+def _write_partitioned(table: str, frame: pd.DataFrame) -> None:
+    """Replace the whole table directory (this adapter owns the work dir) with dt= partitions."""
+    with atomic.directory(paths.curated(table)) as staging:
+        for ds, part in frame.groupby("dt", sort=True):
+            target = paths.partition(staging, ds)
+            target.mkdir(parents=True)
+            part.drop(columns=["dt"]).to_parquet(target / "part-00000.parquet", index=False)
+
+
+def write_curated(packages: Packages) -> dict[str, pd.DataFrame]:
+    """Write combo_stats, text_stats, quarantine and ingest_quality under data/curated/ (cwd-relative)."""
+    tables = {
+        "combo_stats": combo_stats(packages.kept),
+        "text_stats": text_stats(packages.kept),
+        "quarantine": packages.quarantine,
+        "ingest_quality": ingest_quality(packages),
+    }
+    for name, frame in tables.items():
+        if len(frame):
+            _write_partitioned(name, frame)
+    return tables
+
+
+def validate_curated(tables: dict[str, pd.DataFrame], max_quarantine_rate: float = 0.05) -> dict:
+    """Run the validate stage's GX suites (combo_stats, text_stats, ingest_quality) on the adapter's tables.
+
+    The suites are per table and hold across partitions, so each table is validated once
+    over all its partitions (one GX run per suite, not one per week). The events table
+    does not exist here: the ingest_quality suite's rows_kept check is made against the
+    kept package count.
+    """
+    from pipelines import validate
+
+    gate = validate.Gate(validate.ValidateConfig(volume_drift_tolerance=1.0, volume_history_days=0,
+                                                 max_quarantine_rate=max_quarantine_rate))
+    frames = {
+        "combo_stats": tables["combo_stats"].copy(),
+        "text_stats": tables["text_stats"].copy(),
+        "ingest_quality": validate.derive_quality_columns(tables["ingest_quality"],
+                                                          int(tables["ingest_quality"]["rows_kept"].iloc[0])),
+    }
+    report = {"success": True, "suites": {}}
+    for name, frame in frames.items():
+        result = gate.definitions[name].run(batch_parameters={"dataframe": frame},
+                                            result_format={"result_format": "SUMMARY"}).to_json_dict()
+        failures = [validate.failure_summary(name, r) for r in result["results"] if not r["success"]]
+        report["suites"][name] = {"success": bool(result["success"]), "evaluated": len(result["results"]),
+                                  "failed": failures}
+        report["success"] &= bool(result["success"])
+    return report
+
+
+def broken_tests(frame: pd.DataFrame, cfg: UpworthyConfig, week_col: str = "test_week") -> pd.Series:
+    first, last = cfg.broken_weeks
+    return frame[week_col].between(first, last)
+
+
+# ------------------------------------------------------------------------------ attribution check
+
+
+def fold_of_rows(combos: pd.DataFrame, folds: int) -> np.ndarray:
+    """Fold of each combination: its rank inside its test mod `folds` (a test of n >= 2 combinations
+    always keeps at least one in training, so its test effect is estimated)."""
+    rank = combos.groupby("ad_id", sort=False).cumcount().to_numpy()
+    return rank % folds
+
+
+def binomial_nll_per_impression(p: np.ndarray, clicks: np.ndarray, impressions: np.ndarray) -> float:
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return float(-(clicks * np.log(p) + (impressions - clicks) * np.log1p(-p)).sum() / impressions.sum())
+
+
+def pairwise_accuracy(groups: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
+                      mask_pair=None) -> tuple[float, int]:
+    """Share of pairs inside a group, with different observed values, ordered like the observation
+    (a predicted tie counts 1/2). `mask_pair(i, j)` filters pairs. Returns (accuracy, pairs)."""
+    order = np.argsort(groups, kind="stable")
+    g, o, p = groups[order], observed[order], predicted[order]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+    hits, n = 0.0, 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for i in range(a, b):
+            for j in range(i + 1, b):
+                if o[i] == o[j] or (mask_pair is not None and not mask_pair(order[i], order[j])):
+                    continue
+                n += 1
+                d = (p[i] - p[j]) * (o[i] - o[j])
+                hits += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+    return (hits / n if n else float("nan")), n
+
+
+def significant_pair(clicks: np.ndarray, impressions: np.ndarray, z: float = 1.96):
+    """A pair filter: the two CTRs differ by more than z standard errors (two-proportion test)."""
+    rate = clicks / impressions
+
+    def ok(i, j) -> bool:
+        pooled = (clicks[i] + clicks[j]) / (impressions[i] + impressions[j])
+        se = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / impressions[i] + 1 / impressions[j]))
+        return abs(rate[i] - rate[j]) > z * se
+
+    return ok
+
+
+def fit_additive(train: pd.DataFrame, cfg: UpworthyConfig):
+    """Regularised logistic model: logit = test effect + headline + image + highlight effects.
+
+    Binomial likelihood on (clicks, impressions) with Gaussian priors (precision in units of
+    one impression, as the MIL model's l2_bias), fitted by L-BFGS. Returns a predict(frame) function.
+    """
+    import scipy.optimize as so
+    import scipy.sparse as sp
+
+    slots = ("title_id", "image_id", "highlight_id")
+    vocab: dict[str, int] = {}
+    keys_train = _additive_keys(train, slots)
+    for col in keys_train:
+        for k in col:
+            vocab.setdefault(k, len(vocab))
+    n_feat = len(vocab)
+    is_test = np.array([k.startswith("t\x1f") for k in vocab], dtype=bool)
+    precision = np.where(is_test, cfg.additive_test_l2, cfg.additive_l2)
+
+    def design(frame, keys):
+        rows, cols = [], []
+        for col in keys:
+            for i, k in enumerate(col):
+                j = vocab.get(k)
+                if j is not None:
+                    rows.append(i)
+                    cols.append(j)
+        return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(frame), n_feat))
+
+    x = design(train, keys_train)
+    c = train["clicks"].to_numpy(np.float64)
+    n = train["impressions"].to_numpy(np.float64)
+    ctr = c.sum() / n.sum()
+    b0 = math.log(ctr / (1 - ctr))
+
+    def objective(w):
+        z = b0 + w[-1] + x @ w[:-1]
+        # binomial NLL: n log(1 + e^z) - c z
+        nll = (n * np.logaddexp(0, z) - c * z).sum()
+        grad_z = n / (1 + np.exp(-z)) - c
+        grad = np.r_[x.T @ grad_z + precision * w[:-1], grad_z.sum()]
+        return nll + 0.5 * (precision * w[:-1] ** 2).sum(), grad
+
+    res = so.minimize(objective, np.zeros(n_feat + 1), jac=True, method="L-BFGS-B", options={"maxiter": 200})
+    w = res.x
+
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        z = b0 + w[-1] + design(frame, _additive_keys(frame, slots)) @ w[:-1]
+        return 1 / (1 + np.exp(-z))
+
+    return predict
+
+
+def _additive_keys(frame: pd.DataFrame, slots) -> list[list[str]]:
+    test = frame["ad_id"].astype(str)
+    keys = [("t\x1f" + test).tolist()]
+    for s in slots:
+        keys.append((s + "\x1f" + test + "\x1f" + frame[s].astype(str)).tolist())
+    return keys
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
+    """K-fold-within-test prediction of each combination's CTR: per-test mean, additive, MIL.
+
+    Every model sees, for a held-out combination, the other folds' combinations of its own
+    test (and every other test); metrics pool the held-out predictions of all folds.
+
+    Log loss is on every held-out p_click. Rank accuracy is over pairs of arms of one test that
+    were held out *together* (same fold), so neither arm's outcome entered the other's
+    prediction and both share one estimate of the test effect. Pairs across folds would leak:
+    arm A's test effect is fitted on arm B and vice versa (the better arm then always gets the
+    worse reference, and any within-test contrast gets the partner's outcome back). The
+    per-test mean gives both arms of a pair the same value: 0.5 by ties.
+    """
+    import torch
+
+    from relate_models import attribution as attr
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    combos = combos[combos.groupby("ad_id")["ad_id"].transform("size") >= 2].reset_index(drop=True)
+    folds = fold_of_rows(combos, cfg.folds)
+    pred = {name: np.full(len(combos), np.nan) for name in ("test_mean", "additive", "mil")}
+    settings = attr.FitSettings(steps=cfg.mil_steps, learning_rate=cfg.mil_learning_rate, l2=cfg.mil_l2,
+                                l2_bias=cfg.mil_l2_bias, seed=cfg.seed, log_every=cfg.mil_steps)
+    model_cfg = {"embed_dim": cfg.mil_embed_dim, "attention_dim": cfg.mil_embed_dim, "hash_buckets": 1024}
+    quiet = get_logger("real.upworthy.mil")
+    for k in range(cfg.folds):
+        started = time.monotonic()
+        held = folds == k
+        if not held.any():
+            continue
+        train, test = combos[~held], combos[held]
+        sums = train.groupby("ad_id")[["clicks", "impressions"]].sum()
+        pred["test_mean"][held] = (test["ad_id"].map(sums["clicks"]) / test["ad_id"].map(sums["impressions"])).to_numpy()
+        pred["additive"][held] = fit_additive(train, cfg)(test)
+        scorer, _ = attr.fit(train, settings, model_cfg, log=quiet)
+        pred["mil"][held] = scorer.score_frame(test, on_unknown="fallback").p_click
+        log.info("attribution fold %d/%d: %d held-out combinations, %.1fs", k + 1, cfg.folds, int(held.sum()),
+                 time.monotonic() - started)
+    clicks = combos["clicks"].to_numpy(np.float64)
+    imps = combos["impressions"].to_numpy(np.float64)
+    # rank pairs: two arms of one test held out by the same fit (see the docstring)
+    groups = (combos["ad_id"].astype(str) + "\x1f" + pd.Series(folds).astype(str)).to_numpy()
+    observed = clicks / imps
+    significant = significant_pair(clicks, imps)
+    out = {
+        "protocol": f"{cfg.folds}-fold over combinations within each test (fold = rank in test mod {cfg.folds}); "
+                    "each held-out combination is predicted by models fitted on the other folds; rank pairs: "
+                    "two arms of one test held out together",
+        "tests": int(combos["ad_id"].nunique()),
+        "combinations": len(combos),
+        "impressions": int(imps.sum()),
+        "clicks": int(clicks.sum()),
+        "models": {},
+    }
+    for name, p in pred.items():
+        acc, pairs = pairwise_accuracy(groups, observed, p)
+        acc_sig, pairs_sig = pairwise_accuracy(groups, observed, p, significant)
+        out["models"][name] = {
+            "log_loss": binomial_nll_per_impression(p, clicks, imps),
+            "rank_accuracy": acc,
+            "rank_accuracy_significant_pairs": acc_sig,
+        }
+    out["pairs"], out["significant_pairs"] = pairs, pairs_sig
+    return out
+
+
+# ------------------------------------------------------------------------------ text check
+
+
+def split_tests(test_ids: pd.Series, fraction: float, salt: str) -> pd.Series:
+    from relate_models.policy import stable_fraction
+
+    return test_ids.map(lambda t: stable_fraction(salt, str(t)) < fraction)
+
+
+def _text_frame(stats: pd.DataFrame) -> pd.DataFrame:
+    """NgramBaseline / CTCVR feature columns; the test id rides in `vertical` (a per-test effect in training,
+    unknown - one constant - at prediction, which pairwise comparisons inside a test ignore)."""
+    return pd.DataFrame({
+        "ad_text": stats["ad_text"].to_numpy(), "keyword": "", "vertical": stats["ad_id"].to_numpy(),
+        "user_segment": "", "position": 1, "query": "",
+    })
+
+
+def fit_bow(train: pd.DataFrame, val: pd.DataFrame, cfg: UpworthyConfig) -> tuple[object, float, dict]:
+    """Bag-of-words (hashed word 1-2-grams) logistic regression with a per-test effect, on click counts.
+
+    Features are relate_models.ngram_baseline's; each row enters twice (clicked / not clicked)
+    weighted by its counts (scaled to mean 1 per row, so C means the same at any data size).
+    C is picked on the validation tests' pairwise accuracy.
+    """
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+
+    from relate_models.ngram_baseline import NgramBaseline
+
+    feats = NgramBaseline(n_features=2**18)
+    x = feats.features(_text_frame(train))
+    x2 = sp.vstack([x, x], format="csr")
+    y2 = np.r_[np.ones(len(train)), np.zeros(len(train))]
+    w2 = np.r_[train["clicks"].to_numpy(np.float64), (train["impressions"] - train["clicks"]).to_numpy(np.float64)]
+    w2 = w2 / w2.mean()
+    xv = feats.features(_text_frame(val))
+    scores, best = {}, None
+    for c in cfg.bow_c_grid:
+        model = LogisticRegression(C=c, max_iter=300, solver="lbfgs", random_state=cfg.seed).fit(x2, y2, sample_weight=w2)
+        acc, _ = pairwise_accuracy(val["ad_id"].to_numpy(), val["ctr"].to_numpy(), model.decision_function(xv))
+        scores[str(c)] = acc
+        if best is None or acc > best[0]:
+            best = (acc, c, model)
+    _, c, model = best
+
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        return model.decision_function(feats.features(_text_frame(frame)))
+
+    return predict, c, scores
+
+
+def fit_ctr_tower(train: pd.DataFrame, val: pd.DataFrame, cfg: UpworthyConfig):
+    """The CTCVR model's CTR tower (relate_models.ctcvr) fitted on headline click counts.
+
+    Binomial loss on (clicks, impressions) per headline with the test's pooled CTR as a fixed
+    logit offset; the pCVR tower is unused (no conversions). Tokenizer: the project's byte-level BPE trained on the training headlines. The epoch is
+    picked on the validation tests' pairwise accuracy.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from relate_models import ctcvr
+    from relate_models.tokenizer import train_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = train_tokenizer(train["ad_text"].tolist(), vocab_size=cfg.tokenizer_vocab)
+    config = ctcvr.CTCVRConfig(vocab_size=len(tokenizer), max_tokens=40, bos_id=tokenizer.bos_token_id,
+                               eos_id=tokenizer.eos_token_id)  # no context vocabularies: every context is unknown
+    encoder = ctcvr.FeatureEncoder(config, tokenizer)
+    model = ctcvr.CTCVRModel(config)
+
+    def batch_of(frame: pd.DataFrame) -> dict:
+        f = _text_frame(frame)
+        return encoder.encode(f["ad_text"].tolist(), f[["keyword", "vertical", "user_segment", "position"]]
+                              .to_dict("records"))
+
+    train_batch, val_batch = batch_of(train), batch_of(val)
+    clicks = torch.tensor(train["clicks"].to_numpy(np.float32))
+    imps = torch.tensor(train["impressions"].to_numpy(np.float32))
+    # the test effect as a fixed offset (logit of the test's pooled CTR): the text features then
+    # only have to explain how a headline moves CTR inside its test, which is what is asked of them
+    pooled = train.groupby("ad_id")[["clicks", "impressions"]].transform("sum")
+    offset = torch.tensor(_logit(((pooled["clicks"] + 0.5) / (pooled["impressions"] + 1.0)).to_numpy()),
+                          dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.text_learning_rate, weight_decay=cfg.text_weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    best, curve = None, []
+    for epoch in range(1, cfg.text_epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        for s in range(0, len(order), cfg.text_batch_size):
+            rows = order[s : s + cfg.text_batch_size]
+            logit, _ = model({k: v[rows] for k, v in train_batch.items()})
+            logit = logit + offset[rows]
+            loss = (clicks[rows] * F.softplus(-logit) + (imps[rows] - clicks[rows]) * F.softplus(logit)).sum()
+            loss = loss / imps[rows].sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(rows)
+        model.eval()
+        with torch.no_grad():
+            val_logit = model(val_batch)[0].numpy()
+        acc, _ = pairwise_accuracy(val["ad_id"].to_numpy(), val["ctr"].to_numpy(), val_logit)
+        curve.append({"epoch": epoch, "train_nll": total / len(train), "val_pairwise_accuracy": acc})
+        log.info("ctr tower epoch %d/%d: train nll %.5f, val pairwise acc %.4f", epoch, cfg.text_epochs,
+                 total / len(train), acc)
+        if best is None or acc > best[0]:
+            best = (acc, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    model.eval()
+
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        with torch.no_grad():
+            return model(batch_of(frame))[0].numpy()
+
+    return predict, best[1], curve
+
+
+def text_check(stats: pd.DataFrame, cfg: UpworthyConfig) -> dict:
+    """Which headline of a test wins, from the headline text alone; tests split by id."""
+    stats = stats[stats.groupby("ad_id")["ad_id"].transform("size") >= 2].reset_index(drop=True)
+    is_test = split_tests(stats["ad_id"], cfg.text_test_fraction, "upworthy-text-test")
+    train_all, test = stats[~is_test], stats[is_test].reset_index(drop=True)
+    is_val = split_tests(train_all["ad_id"], cfg.text_val_fraction, "upworthy-text-val")
+    train, val = train_all[~is_val].reset_index(drop=True), train_all[is_val].reset_index(drop=True)
+    log.info("text check: %d/%d/%d headlines in %d/%d/%d train/val/test tests", len(train), len(val), len(test),
+             train["ad_id"].nunique(), val["ad_id"].nunique(), test["ad_id"].nunique())
+    bow_predict, bow_c, bow_grid = fit_bow(train, val, cfg)
+    tower_predict, tower_epoch, tower_curve = fit_ctr_tower(train, val, cfg)
+    groups, observed = test["ad_id"].to_numpy(), test["ctr"].to_numpy()
+    significant = significant_pair(test["clicks"].to_numpy(np.float64), test["impressions"].to_numpy(np.float64))
+    out = {"train_headlines": len(train), "val_headlines": len(val), "test_headlines": len(test),
+           "test_tests": int(test["ad_id"].nunique()), "models": {}}
+    rng = np.random.default_rng(cfg.seed)
+    predictions = {
+        "ctcvr_ctr_tower": tower_predict(test),
+        "bag_of_words_logreg": bow_predict(test),
+        "length_longer_wins": test["ad_text"].str.len().to_numpy(np.float64),
+        "random": rng.random(len(test)),
+    }
+    for name, p in predictions.items():
+        acc, pairs = pairwise_accuracy(groups, observed, p)
+        acc_sig, pairs_sig = pairwise_accuracy(groups, observed, p, significant)
+        out["models"][name] = {"pairwise_accuracy": acc, "pairwise_accuracy_significant_pairs": acc_sig}
+    out["pairs"], out["significant_pairs"] = pairs, pairs_sig
+    out["bow_c"], out["bow_val_accuracy_by_c"] = bow_c, bow_grid
+    out["ctr_tower_epoch"], out["ctr_tower_curve"] = tower_epoch, tower_curve
+    return out
+
+
+# ------------------------------------------------------------------------------ wiring
+
+
+def adapt(cfg: UpworthyConfig, csv: Path) -> tuple[Packages, dict[str, pd.DataFrame], dict]:
+    """Read, quarantine, write curated tables and validate them (cwd = the work dir)."""
+    packages = read_packages(csv, cfg.max_tests, cfg.seed)
+    tables = write_curated(packages)
+    report = validate_curated(tables)
+    atomic.write_json(paths.METRICS / "upworthy_adapter.json", {
+        **packages.counts,
+        "validation": {k: {"success": v["success"], "failed": len(v["failed"])} for k, v in report["suites"].items()},
+        "partitions": int(tables["combo_stats"]["dt"].nunique()),
+        "combinations": len(tables["combo_stats"]),
+        "headlines": len(tables["text_stats"]),
+    })
+    return packages, tables, report
+
+
+@contextlib.contextmanager
+def working_dir(path: Path):
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(path):
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="configs/real_corpus.yaml")
+    parser.add_argument("--csv", help="the archive's CSV (default: upworthy.csv of the params)")
+    parser.add_argument("--workdir", help="where data/curated is written (default: upworthy.workdir)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(UpworthyConfig, "upworthy", args.params)
+        csv = Path(args.csv or cfg.csv).resolve()
+        if not csv.is_file():
+            raise FileNotFoundError(f"upworthy CSV not found: {csv}")
+        with working_dir(Path(args.workdir or cfg.workdir)):
+            packages, tables, report = adapt(cfg, csv)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        log.error("upworthy adapter failed: %s", err)
+        return 2
+    log.info("upworthy: %s", json.dumps(packages.counts))
+    if not report["success"]:
+        for suite in report["suites"].values():
+            for f in suite["failed"]:
+                log.error("FAILED %s.%s %s: %s", f["suite"], f["expectation"], f["columns"], f["observed"])
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

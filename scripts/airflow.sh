@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# A local Airflow for the project: `airflow standalone` (scheduler, DAG processor, triggerer,
+# API server + UI) bound to 127.0.0.1, reading the project's dags/, state under .airflow/.
+#
+#   ./scripts/airflow.sh start     # starts it in its own process group, prints the UI URL and login
+#   ./scripts/airflow.sh status    # running or not, and the URL
+#   ./scripts/airflow.sh stop      # stops that process group (TERM, then KILL after 30 s)
+#
+# Environment: AIRFLOW_PORT (default 8080), AIRFLOW_LOG_PORT / AIRFLOW_TRIGGER_LOG_PORT (8793 /
+# 8794), AIRFLOW_PARALLELISM (default 4), AIRFLOW_HOME (default <project>/.airflow),
+# AIRFLOW_DAGS_FOLDER (default <project>/dags). Login: user `admin`; the simple auth manager writes the
+# generated password to $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated.
+# Backfill from the command line while it runs:
+#   AIRFLOW_HOME=.airflow .venv/bin/airflow backfill create --dag-id relate_daily \
+#       --from-date 2026-01-04 --to-date 2026-01-07
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+export AIRFLOW_HOME=${AIRFLOW_HOME:-$ROOT/.airflow}
+export AIRFLOW__CORE__DAGS_FOLDER=${AIRFLOW_DAGS_FOLDER:-$ROOT/dags}
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__PARALLELISM=${AIRFLOW_PARALLELISM:-4}
+export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=${AIRFLOW_PARALLELISM:-4}
+export AIRFLOW__API__HOST=127.0.0.1
+export AIRFLOW__API__PORT=${AIRFLOW_PORT:-8080}
+export AIRFLOW__API__WORKERS=1
+# The log servers of the scheduler and triggerer: Airflow binds them on every interface (not
+# configurable; they only answer requests signed with this instance's secret key); ports are.
+export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=${AIRFLOW_LOG_PORT:-8793}
+export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=${AIRFLOW_TRIGGER_LOG_PORT:-8794}
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS:-admin:admin}
+export RELATE_HOME=$ROOT
+[ -f scripts/env.sh ] && source scripts/env.sh
+
+PIDFILE=$AIRFLOW_HOME/standalone.pid
+LOGFILE=$AIRFLOW_HOME/standalone.log
+PASSWORDS=$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated
+URL=http://127.0.0.1:$AIRFLOW__API__PORT
+
+running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+case "${1:-}" in
+  start)
+    if running; then echo "airflow: already running (process group $(cat "$PIDFILE")) at $URL"; exit 0; fi
+    mkdir -p "$AIRFLOW_HOME"
+    AIRFLOW=$(command -v airflow || echo "$ROOT/.venv/bin/airflow")
+    "$AIRFLOW" db migrate >>"$LOGFILE" 2>&1
+    # setsid: its own session and process group, so stop can end every child it spawns
+    setsid "$AIRFLOW" standalone >>"$LOGFILE" 2>&1 < /dev/null &
+    echo $! > "$PIDFILE"
+    echo "airflow: starting (process group $!), log $LOGFILE"
+    for _ in $(seq 1 120); do
+      if curl -fsS "$URL/api/v2/monitor/health" >/dev/null 2>&1; then
+        echo "airflow: UI at $URL  (user admin, password in $PASSWORDS)"
+        exit 0
+      fi
+      running || { echo "airflow: standalone exited; see $LOGFILE" >&2; tail -20 "$LOGFILE" >&2; exit 1; }
+      sleep 2
+    done
+    echo "airflow: not healthy after 240 s; see $LOGFILE (still starting? ./scripts/airflow.sh status)" >&2
+    exit 1
+    ;;
+  stop)
+    if ! running; then echo "airflow: not running"; rm -f "$PIDFILE"; exit 0; fi
+    pgid=$(cat "$PIDFILE")
+    kill -TERM -- "-$pgid" 2>/dev/null || true
+    for _ in $(seq 1 30); do
+      kill -0 -- "-$pgid" 2>/dev/null || { rm -f "$PIDFILE"; echo "airflow: stopped"; exit 0; }
+      sleep 1
+    done
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+    rm -f "$PIDFILE"
+    echo "airflow: killed (did not stop within 30 s)"
+    ;;
+  status)
+    if running; then
+      health=$(curl -fsS "$URL/api/v2/monitor/health" 2>/dev/null || echo "not answering yet")
+      echo "airflow: running (process group $(cat "$PIDFILE")) at $URL; health: $health"
+      echo "airflow: user admin, password in $PASSWORDS"
+    else
+      echo "airflow: not running"; exit 3
+    fi
+    ;;
+  *)
+    echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

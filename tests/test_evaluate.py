@@ -1,0 +1,268 @@
+"""The evaluate stage: the simulated A/B harness, its intervals, and a tiny end-to-end run.
+
+The end-to-end fixture builds the tiny upstream once for the module with the real stages
+(simulate, train_ctcvr, sft, grpo with 3 steps) except two clearly named fakes:
+- `curated_without_spark`: labeled_impressions and text_stats built with pandas from the raw
+  logs instead of the Spark ingest (Spark start-up alone would blow this file's time budget;
+  ingest has its own tests);
+- `fake_evaluate_combos`: the GenCO combination evaluation (another stage's artifacts), replaced
+  by a stub module so this file tests only what evaluate itself does with its result.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pipelines.params import build_config
+from relate_sim.config import SimulateConfig
+from relate_sim.oracle import Oracle
+from relate_sim.world import build_world
+from tests.conftest import TINY_PARAMS
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def oracle() -> Oracle:
+    values = yaml.safe_load(TINY_PARAMS.read_text())["simulate"]
+    return Oracle(build_world(build_config(SimulateConfig, "simulate", values)))
+
+
+def contexts_for(oracle: Oracle, n: int, seed: int) -> list[dict]:
+    return [{**c, "prompt_id": f"{c['vertical']}|{c['keyword']}"} for c in oracle.sample_contexts(n, seed)]
+
+
+def clean_text(ctx: dict) -> str:
+    return f"Shop {ctx['keyword']}. Free shipping. Book today"
+
+
+# ------------------------------------------------------------------------ A/B harness
+def test_ab_same_seed_same_result_and_arms_share_draws(oracle):
+    from pipelines.evaluate import ABTest
+
+    contexts = contexts_for(oracle, 4000, seed=3)
+    texts = [clean_text(c) for c in contexts]
+    first = ABTest(oracle, contexts, seed=9).run("a", texts)
+    again = ABTest(oracle, contexts, seed=9).run("a", texts)
+    assert np.array_equal(first.clicked, again.clicked) and np.array_equal(first.converted, again.converted)
+    assert np.array_equal(first.p_click, again.p_click)
+    other_seed = ABTest(oracle, contexts, seed=10).run("a", texts)
+    assert not np.array_equal(first.clicked, other_seed.clicked)
+    # a non-compliant arm on the same traffic: violations earn nothing, counted per impression
+    bad = ABTest(oracle, contexts, seed=9).run("bad", [f"Guaranteed results. {t}" for t in texts])
+    assert bad.clicked.sum() == 0 and not bad.compliant.any()
+    assert first.compliant.all()
+
+
+def test_ab_intervals_contain_the_true_rate_for_large_n(oracle):
+    from pipelines.evaluate import ABTest, summarize
+
+    contexts = contexts_for(oracle, 60_000, seed=4)
+    texts = [clean_text(c) for c in contexts]
+    outcome = ABTest(oracle, contexts, seed=5, fatigue=False).run("clean", texts)
+    m = summarize(outcome, contexts, None, per_prompt=4)
+    true_ctr = float(outcome.p_click.mean())
+    true_ctcvr = float(outcome.true_ctcvr.mean())
+    assert m["ctr_ci95"][0] <= true_ctr <= m["ctr_ci95"][1]
+    assert m["ctcvr_ci95"][0] <= true_ctcvr <= m["ctcvr_ci95"][1]
+    assert m["ctr_ci95"][1] - m["ctr_ci95"][0] < 0.01  # and the interval is informative at this N
+    assert m["compliance_rate"] == 1.0 and m["true_ctcvr"] == pytest.approx(true_ctcvr)
+    # the true-rate interval (over traffic) contains the world's rate on a fresh, larger traffic sample
+    fresh = contexts_for(oracle, 120_000, seed=44)
+    world_rate = np.mean([np.prod(oracle.true_text_probs(c, clean_text(c))[:2]) for c in fresh])
+    assert m["true_ctcvr_ci95"][0] <= world_rate <= m["true_ctcvr_ci95"][1]
+
+
+def test_paired_uplift_and_fatigue(oracle):
+    from pipelines.evaluate import ABTest, paired_uplift, summarize
+
+    contexts = contexts_for(oracle, 20_000, seed=6)
+    ab = ABTest(oracle, contexts, seed=7)
+    base = ab.run("base", [clean_text(c) for c in contexts])
+    same = ab.run("same", [clean_text(c) for c in contexts])
+    assert paired_uplift(base.true_ctcvr, same.true_ctcvr) == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
+    # no call to action and no keyword: truly worse, and the paired interval says so
+    worse = ab.run("worse", ["Discover something nice" for _ in contexts])
+    up, lo, hi = paired_uplift(base.true_ctcvr, worse.true_ctcvr)
+    assert hi < 0 and lo <= up <= hi
+    m = summarize(worse, contexts, base, per_prompt=4)
+    assert m["true_ctcvr_uplift_vs_sft"] == pytest.approx(up)
+    assert m["distinct_2"] < summarize(base, contexts, None, per_prompt=4)["distinct_2"] + 1e-9
+    # fatigue: one text for every impression makes repeat exposures that cost clicks
+    no_fatigue = ABTest(oracle, contexts, seed=7, fatigue=False).run("base", [clean_text(c) for c in contexts])
+    assert base.repeat_exposures > 0 and no_fatigue.repeat_exposures == 0
+    assert base.p_click.sum() < no_fatigue.p_click.sum()
+
+
+def test_serving_rules():
+    from pipelines.evaluate import serve_sampled, serve_top_ranked
+
+    class LengthScorer:  # "pCTR" = text length; context-free
+        def score(self, texts, contexts):
+            assert all({"keyword", "vertical", "user_segment", "position"} <= set(c) for c in contexts)
+            p = np.array([len(t) / 100 for t in texts])
+            return {"p_ctr": p, "p_cvr": p, "p_ctcvr": p * p}
+
+    ctx = {"vertical": "travel", "keyword": "flights", "query": "flights", "user_segment": "students", "position": 1}
+    contexts = [{**ctx, "prompt_id": "p1"}, {**ctx, "prompt_id": "p2"}, {**ctx, "prompt_id": "p1", "position": 2}]
+    candidates = {"p1": ["short", "a much longer text"], "p2": ["mid text", "x"]}
+    assert serve_sampled(candidates, contexts, np.array([0.1, 0.9, 0.6])) == ["short", "x", "a much longer text"]
+    assert serve_top_ranked(candidates, contexts, LengthScorer()) == ["a much longer text", "mid text",
+                                                                     "a much longer text"]
+
+
+def test_bad_config_is_rejected_with_the_field_name():
+    from pipelines.evaluate import EvaluateConfig
+    from pipelines.params import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluate.n_impressions"):
+        build_config(EvaluateConfig, "evaluate", {"n_impressions": 0})
+    with pytest.raises(ConfigError, match="evaluate.goals"):
+        build_config(EvaluateConfig, "evaluate", {"goals": {"nonsense": 1}})
+    with pytest.raises(ConfigError, match="evaluate.top_p"):
+        build_config(EvaluateConfig, "evaluate", {"top_p": 1.5})
+
+
+# ---------------------------------------------------------------------- end to end
+def curated_without_spark(root: Path) -> None:
+    """FAKE of the Spark ingest: labeled_impressions and text_stats from the raw logs, in pandas.
+
+    Keeps the contract's columns the downstream stages read; corrupt lines are skipped,
+    redeliveries dropped by event_id, and every label marked complete.
+    """
+    events = []
+    for path in sorted((root / "data/raw/events").glob("dt=*/*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(event, dict) and isinstance(event.get("ts"), int) and event.get("event_id"):
+                    events.append(event)
+    frame = pd.DataFrame(events).drop_duplicates("event_id")
+    frame["dt"] = pd.to_datetime(frame["ts"], unit="ms", utc=True).dt.strftime("%Y-%m-%d")
+    imps = frame[(frame["event_type"] == "impression") & frame["impression_id"].notna()].copy()
+    clicks = frame[frame["event_type"] == "click"]
+    converted_clicks = set(frame.loc[frame["event_type"] == "conversion", "click_id"].dropna())
+    click_of = dict(zip(clicks["impression_id"], clicks["click_id"]))
+    imps["clicked"] = imps["impression_id"].map(lambda i: int(i in click_of))
+    imps["converted"] = imps["impression_id"].map(lambda i: int(click_of.get(i) in converted_clicks))
+    imps["conversion_value"] = 0.0
+    imps["labels_as_of"] = imps["dt"].max()
+    imps["label_complete"] = True
+    imps["position"] = imps["position"].astype("int64")
+    keep = ["impression_id", "ts", "user_id", "user_segment", "placement", "vertical", "advertiser_id", "product_id",
+            "ad_id", "position", "query", "keyword", "text_id", "ad_text", "clicked", "converted", "conversion_value",
+            "labels_as_of", "label_complete"]
+    for dt, part in imps.groupby("dt"):
+        out = root / "data/curated/labeled_impressions" / f"dt={dt}"
+        out.mkdir(parents=True, exist_ok=True)
+        part[keep].to_parquet(out / "part-00000.parquet", index=False)
+        search = part[part["placement"] == "search"]
+        stats = search.groupby(["ad_id", "text_id"], as_index=False).agg(
+            ad_text=("ad_text", "first"), keyword=("keyword", "first"), vertical=("vertical", "first"),
+            impressions=("impression_id", "size"), clicks=("clicked", "sum"), conversions=("converted", "sum"))
+        stats["ctr"] = stats["clicks"] / stats["impressions"]
+        stats["cvr"] = stats["conversions"] / stats["clicks"].clip(lower=1)
+        stats["ctcvr"] = stats["conversions"] / stats["impressions"]
+        out = root / "data/curated/text_stats" / f"dt={dt}"
+        out.mkdir(parents=True, exist_ok=True)
+        stats.to_parquet(out / "part-00000.parquet", index=False)
+
+
+def fake_evaluate_combos(params_path=None) -> dict:
+    """FAKE of pipelines.evaluate_combo.evaluate_combos (GenCO's own stage and artifacts)."""
+    return {"fake": True, "genco": {"true_ctr_uplift_vs_logging": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    from pipelines import grpo, sft, simulate, train_ctcvr
+
+    root = tmp_path_factory.mktemp("evaluate_e2e")
+    params = root / "params.yaml"
+    params.write_text(TINY_PARAMS.read_text())
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("RELATE_PARAMS", str(params))
+    combo_module = types.ModuleType("pipelines.evaluate_combo")
+    combo_module.evaluate_combos = fake_evaluate_combos
+    mp.setitem(sys.modules, "pipelines.evaluate_combo", combo_module)
+    try:
+        assert simulate.main([]) == 0
+        curated_without_spark(root)
+        assert train_ctcvr.main([]) == 0
+        assert sft.main([]) == 0
+        assert grpo.main([]) == 0
+        yield root
+    finally:
+        mp.undo()
+
+
+def test_evaluate_end_to_end_writes_required_keys(tiny_pipeline):
+    from pipelines import evaluate
+
+    assert evaluate.main([]) == 0
+    metrics = json.loads((tiny_pipeline / "metrics/evaluate.json").read_text())
+    for arm in ("sft", "two_stage", "relate"):
+        m = metrics[arm]
+        for key in ("true_ctcvr", "true_ctcvr_ci95", "ctr", "ctr_ci95", "cvr", "ctcvr", "ctcvr_ci95",
+                    "compliance_rate", "compliance_rate_ci95", "distinct_2", "self_bleu", "learned_ctcvr",
+                    "true_ctcvr_uplift_vs_sft", "learned_ctcvr_uplift_vs_sft", "reward_hacking_gap"):
+            assert key in m, (arm, key)
+        assert m["impressions"] == 3000
+        assert m["ctcvr_ci95"][0] <= m["ctcvr"] <= m["ctcvr_ci95"][1]
+        assert 0.0 <= m["compliance_rate"] <= 1.0
+    assert metrics["sft"]["true_ctcvr_uplift_vs_sft"] == 0.0
+    assert isinstance(metrics["relate"]["distinct_2"], float) and isinstance(metrics["sft"]["distinct_2"], float)
+    assert isinstance(metrics["two_stage"]["true_ctcvr_uplift_vs_sft"], float)
+    assert metrics["combo"] == fake_evaluate_combos()
+    assert set(metrics["goals"]) and all(isinstance(v, bool) for v in metrics["goals"].values())
+    report = (tiny_pipeline / "reports/evaluate.md").read_text()
+    assert "| true CTCVR (95% CI) |" in report and "two_stage" in report
+    assert (tiny_pipeline / "plots/evaluate/ab.png").stat().st_size > 0
+    first = (tiny_pipeline / "metrics/evaluate.json").read_text()
+    assert evaluate.main([]) == 0  # a rerun with the same seeds gives the same numbers
+    again = json.loads((tiny_pipeline / "metrics/evaluate.json").read_text())
+    again.pop("seconds")
+    previous = json.loads(first)
+    previous.pop("seconds")
+    assert again == previous
+
+
+def test_ablation_trains_and_evaluates_each_rung(tiny_pipeline):
+    from pipelines import ablation
+
+    assert ablation.main([]) == 0  # tiny: rungs structural and credit
+    metrics = json.loads((tiny_pipeline / "metrics/ablation.json").read_text())
+    assert metrics["rungs"] == ["structural", "credit"]
+    assert set(metrics["arms"]) == {"sft", "structural", "credit"}
+    assert metrics["arms"]["structural"]["rewards"] == ["quality_structural"]
+    assert metrics["arms"]["credit"]["credit_assignment"] is True
+    assert (tiny_pipeline / "models/ablation/structural/model.safetensors").is_file()
+    assert "structural" in (tiny_pipeline / "reports/ablation.md").read_text()
+    assert ablation.main(["--skip-training"]) == 0
+
+
+def test_evaluate_fails_loudly_without_upstream(tmp_path, monkeypatch, caplog):
+    from pipelines import evaluate
+
+    params = tmp_path / "params.yaml"
+    params.write_text(TINY_PARAMS.read_text())
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.main(["--params", str(params)]) == 2
+    assert "run `python -m pipelines.simulate` first" in caplog.text or "no simulated world" in caplog.text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_PARAMS.read_text().replace("n_impressions: 3000", "n_impressions: -1"))
+    assert evaluate.main(["--params", str(bad)]) == 2
+    assert "evaluate.n_impressions" in caplog.text

@@ -1,0 +1,176 @@
+"""Publishing: gates, the versioned artifact set, DVC add + push, the champion pointer, rollback.
+
+Runs `pipelines.publish` on small stand-in artifacts and metrics files (the gate logic and the
+registry do not care how big the models are); tests/test_dags.py publishes real ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_PARAMS
+
+ARTIFACT_DIRS = {"policy": "models/relate", "tokenizer": "models/tokenizer", "ctcvr": "models/ctcvr",
+                 "attribution": "models/attribution", "combo_policy": "models/combo_policy"}
+
+
+def _metrics(uplift=0.05, compliance=0.99, combo=0.8, ctcvr=0.95, attr_auc=0.70, oracle_auc=0.72, day="2026-01-04"):
+    return {
+        "evaluate.json": {"relate": {"true_ctcvr_uplift_vs_sft": uplift, "compliance_rate": compliance},
+                          "sft": {"distinct_2": 0.5}, "combo": {"true_ctr_ratio_to_oracle": combo}},
+        "ctcvr.json": {"auc_ratio_ctcvr": ctcvr, "eval_day": day},
+        "attribution.json": {"holdout_auc": attr_auc, "oracle_auc": oracle_auc},
+    }
+
+
+def _write_run(root: Path, seed: str, **metrics) -> None:
+    """Stand-in models (content varies with `seed`) and the metrics files publish gates on."""
+    for name, rel in ARTIFACT_DIRS.items():
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps({"name": name, "seed": seed}))
+        (d / "model.safetensors").write_bytes((name + seed).encode() * 100)
+    (root / "metrics").mkdir(exist_ok=True)
+    for name, obj in _metrics(**metrics).items():
+        (root / "metrics" / name).write_text(json.dumps(obj))
+    (root / "data" / "validation").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "validation" / "_SUCCESS").write_text("2026-01-06\n2026-01-07\n")
+
+
+@pytest.fixture
+def project(tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["publish"].update(min_true_ctcvr_uplift_vs_sft=0.0, min_compliance_rate=0.95, min_combo_ratio_to_oracle=0.5,
+                             min_ctcvr_auc_ratio=0.9, min_attribution_auc_ratio=0.9, max_regression=0.0,
+                             remote_url=str(tmp_path / "remote"))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def publish(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env.pop("RELATE_PARAMS", None)
+    return subprocess.run([sys.executable, "-m", "pipelines.publish", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def champion(root: Path) -> dict:
+    return json.loads((root / "registry" / "champion.json").read_text())
+
+
+def versions(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "registry").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_pass_publishes_a_tracked_pushed_versioned_set_and_moves_the_champion(project, tmp_path):
+    _write_run(project, "a")
+    proc = publish(project, "--ds", "2026-01-07")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((project / "metrics" / "publish.json").read_text())
+    assert report["published"] is True and report["failed_gates"] == []
+    version = report["version"]
+    assert version.startswith("2026-01-07-") and versions(project) == [version]
+    vdir = project / "registry" / version
+    for name in ARTIFACT_DIRS:
+        assert (vdir / name / "model.safetensors").is_file()
+    assert (vdir / "evaluation" / "evaluate.json").is_file()
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["data"]["validated_days"] == ["2026-01-06", "2026-01-07"]
+    assert len(manifest["params_sha256"]) == 64 and "commit" in manifest["git"]
+    assert manifest["metrics"]["attribution_auc_ratio"] == pytest.approx(0.70 / 0.72)
+    card = (vdir / "MODEL_CARD.md").read_text()
+    assert version in card and "relate.true_ctcvr_uplift_vs_sft" in card
+    # tracked by DVC and pushed: the remote holds the objects of the .dvc file's directory hash
+    dvc_file = yaml.safe_load((project / "registry" / f"{version}.dvc").read_text())
+    md5 = dvc_file["outs"][0]["md5"]
+    assert md5.endswith(".dir")
+    remote_files = [p.name for p in (tmp_path / "remote").rglob("*") if p.is_file()]
+    assert md5.split(".")[0][2:] + ".dir" in remote_files
+    assert len(remote_files) >= 2 * len(ARTIFACT_DIRS)
+    assert champion(project)["version"] == version
+    assert "Published" in (project / "reports" / "publish.md").read_text()
+
+
+def test_rerun_of_the_same_day_is_idempotent(project):
+    _write_run(project, "a")
+    assert publish(project, "--ds", "2026-01-07").returncode == 0
+    first = champion(project)
+    proc = publish(project, "--ds", "2026-01-07")
+    assert proc.returncode == 0, proc.stderr
+    assert champion(project) == first
+    assert versions(project) == [first["version"]]
+
+
+def test_failed_threshold_publishes_nothing_and_says_by_how_much(project):
+    _write_run(project, "a", compliance=0.90)
+    proc = publish(project, "--ds", "2026-01-07")
+    assert proc.returncode == 0, "a refusal is a verdict, not a crash (dvc repro goes on)"
+    report = json.loads((project / "metrics" / "publish.json").read_text())
+    assert report["published"] is False and report["failed_gates"] == ["relate_compliance"]
+    gate = next(g for g in report["gates"] if g["gate"] == "relate_compliance")
+    assert gate["margin"] == pytest.approx(-0.05)
+    assert not (project / "registry" / "champion.json").exists()
+    assert versions(project) == []
+    text = (project / "reports" / "publish.md").read_text()
+    assert "Refused" in text and "relate_compliance" in text and "-0.05" in text
+    assert publish(project, "--ds", "2026-01-07", "--refused-exit-code", "99").returncode == 99
+
+
+def test_regression_against_the_champion_is_refused_then_rollback(project):
+    _write_run(project, "a", uplift=0.10)
+    assert publish(project, "--ds", "2026-01-06").returncode == 0
+    v1 = champion(project)["version"]
+    _write_run(project, "b", uplift=0.04)  # passes the threshold, but worse than the champion
+    assert publish(project, "--ds", "2026-01-07").returncode == 0
+    report = json.loads((project / "metrics" / "publish.json").read_text())
+    assert report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"]
+    assert next(g for g in report["gates"] if g["kind"] == "no_regression" and not g["passed"])["margin"] == \
+        pytest.approx(-0.06)
+    assert champion(project)["version"] == v1 and versions(project) == [v1]
+
+    _write_run(project, "c", uplift=0.12)
+    assert publish(project, "--ds", "2026-01-07").returncode == 0
+    v2 = champion(project)["version"]
+    assert v2 != v1 and champion(project)["history"] == [v1, v2]
+
+    proc = publish(project, "--rollback")
+    assert proc.returncode == 0, proc.stderr
+    assert champion(project)["version"] == v1 and champion(project)["rolled_back_from"] == v2
+    # a second rollback has nowhere to go: a clear error, the champion stays
+    proc = publish(project, "--rollback")
+    assert proc.returncode == 2 and "nothing to roll back" in proc.stderr
+    assert champion(project)["version"] == v1
+
+
+def test_rollback_pulls_a_version_missing_locally_from_the_remote(project):
+    import shutil
+
+    _write_run(project, "a", uplift=0.10)
+    assert publish(project, "--ds", "2026-01-06").returncode == 0
+    v1 = champion(project)["version"]
+    _write_run(project, "b", uplift=0.20)
+    assert publish(project, "--ds", "2026-01-07").returncode == 0
+    shutil.rmtree(project / "registry" / v1)
+    shutil.rmtree(project / ".dvc" / "cache")
+    proc = publish(project, "--rollback")
+    assert proc.returncode == 0, proc.stderr
+    assert (project / "registry" / v1 / "policy" / "model.safetensors").read_bytes() == b"policya" * 100
+
+
+def test_bad_config_is_refused_naming_the_field(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["publish"]["min_compliance_rate"] = "high"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = publish(project, "--ds", "2026-01-07")
+    assert proc.returncode == 2 and "publish.min_compliance_rate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = publish(project, "--ds", "2026-13-01")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
