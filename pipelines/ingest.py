@@ -122,6 +122,17 @@ def materialize(df):
     return df.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK_DESER)
 
 
+def last_relabels(runs: list[str], read: list[str], window_days: int) -> dict[str, str]:
+    """labels_as_of per partition of `read` that the daily `runs` relabel: the last run
+    that relabels it (a run for ds relabels ds-W .. ds), so the latest run in d .. d+W."""
+    labels_as_of = {}
+    for d in read:
+        relabeling = [ds for ds in sorted(runs) if d <= ds <= shift_ds(d, window_days)]
+        if relabeling:
+            labels_as_of[d] = relabeling[-1]
+    return labels_as_of
+
+
 class IngestJob:
     """Ingest in one Spark session: `run(ds)` is the daily run (the contract); `run_all(days)`
     gives in one pass the final state of running `days` in order, day by day.
@@ -185,14 +196,8 @@ class IngestJob:
         for ds in days:
             parse_ds(ds)
         days = sorted(set(days))
-        w = self.cfg.attribution_window_days
         read = sorted({d for ds in days for d in self.window_days(ds)})
-        labels_as_of = {}
-        for d in read:
-            runs = [ds for ds in days if d <= ds <= shift_ds(d, w)]
-            if runs:
-                labels_as_of[d] = runs[-1]
-        return self.ingest(days, read, labels_as_of)
+        return self.ingest(days, read, last_relabels(days, read, self.cfg.attribution_window_days))
 
     def ingest(self, owned: list[str], read: list[str], labels_as_of: dict[str, str]) -> dict[str, dict[str, int]]:
         """Parse `read`; write events/quarantine/quality of `owned` and the labels of each

@@ -51,6 +51,9 @@ checked AS (
       WHEN event_type = 'click' AND (impression_id IS NULL OR click_id IS NULL) THEN 'missing_field'
       WHEN event_type = 'conversion' AND (click_id IS NULL OR value_raw IS NULL) THEN 'missing_field'
       WHEN ts IS NULL THEN 'bad_type'
+      -- a number sent as a JSON string ("ts": "1767225600000") is a schema break of the
+      -- producer, not a value to coerce: fields are read as strings above, so look at the line
+      WHEN raw_line RLIKE '"(ts|position|propensity|value)"\\s*:\\s*"' THEN 'bad_type'
       -- NaN compares greater than every number in Spark, so BETWEEN rejects it too
       WHEN event_type = 'impression' AND (
              position IS NULL OR position < 1 OR placement NOT IN ('search', 'feed')

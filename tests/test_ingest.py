@@ -66,6 +66,7 @@ def raw_days() -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
             j({"event_id": "x2", "event_type": "click"}),             # missing_field (ts)
             j(impression("x3", "soon")),                              # bad_type (ts)
             j(impression("x4", at(D1, HOUR), position="first")),      # bad_type (position)
+            j(impression("x4s", str(at(D1, HOUR)))),                  # bad_type (ts as a JSON string)
             j({"event_id": "x5", "event_type": "hover", "ts": at(D1, HOUR)}),  # unknown_event_type
             j(impression("x6", at(D2, HOUR))),                        # ts_outside_partition
             j(click("x7", at(D1, 12 * HOUR), "nope")),                # orphan_click: no impression
@@ -89,7 +90,7 @@ def raw_days() -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
         ],
     }
     planted = {
-        D1: {"duplicate_event_id": 2, "malformed_json": 2, "missing_field": 2, "bad_type": 2,
+        D1: {"duplicate_event_id": 2, "malformed_json": 2, "missing_field": 2, "bad_type": 3,
              "unknown_event_type": 1, "ts_outside_partition": 1, "orphan_click": 2, "orphan_conversion": 1},
         D2: {"duplicate_event_id": 1},
         D3: {},
@@ -249,6 +250,14 @@ def test_all_equals_day_by_day(day_by_day, tmp_path, monkeypatch):
     assert ingest.main(["--all", "--params", "params.yaml"]) == 0
     for name in TABLES:
         pd.testing.assert_frame_equal(table(name), after[D4][name], obj=name)
+
+
+def test_last_relabels_is_the_latest_run_within_the_window():
+    # runs D1, D2, D4 with W = 1; D0 is read (as D1's ds-W) but D3 has no run
+    d0 = "2026-02-28"
+    got = ingest.last_relabels([D4, D1, D2], [d0, D1, D2, D3, D4], 1)
+    assert got == {d0: D1, D1: D2, D2: D2, D3: D4, D4: D4}
+    assert ingest.last_relabels([D1], [D1], 3) == {D1: D1}
 
 
 @pytest.mark.parametrize("argv, message", [

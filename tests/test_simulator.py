@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy.stats import spearmanr
 
-from pipelines.dates import day_bounds_ms
+from pipelines.dates import day_bounds_ms, ds_range, shift_ds
 from pipelines.params import ConfigError, build_config
 from relate_sim.config import SimulateConfig
 from relate_sim.oracle import Oracle
@@ -98,7 +98,7 @@ def test_same_seed_same_bytes_other_seed_differs(tiny_run, tmp_path):
 
 def test_partitions_and_event_schema_per_contract(tiny_run):
     cfg, _, root, lines_by_day = tiny_run
-    assert sorted(lines_by_day) == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
+    assert sorted(lines_by_day) == ds_range(cfg.start_date, shift_ds(cfg.start_date, cfg.days - 1))
     assert sorted(p.name for p in (root / "truth" / "impressions").iterdir()) == [f"dt={d}" for d in lines_by_day]
     per_type = collections.Counter()
     for ds, lines in lines_by_day.items():
@@ -273,10 +273,12 @@ def test_config_rejects_bad_values_naming_the_field():
 def test_main_writes_partitions_and_exits_2_on_bad_config(tiny_params, tmp_path):
     from pipelines import simulate as stage
 
+    cfg = tiny_config()
     assert stage.main([]) == 0
-    assert sorted(p.name for p in Path("data/raw/events").iterdir())[-1] == "dt=2026-01-04"
+    last = shift_ds(cfg.start_date, cfg.days - 1)
+    assert sorted(p.name for p in Path("data/raw/events").iterdir())[-1] == f"dt={last}"
     metrics = json.loads(Path("metrics/simulate.json").read_text())
-    assert metrics["totals"]["impression"] == 4 * 3000
+    assert metrics["totals"]["impression"] == cfg.days * cfg.impressions_per_day
     bad = tmp_path / "bad.yaml"
     values = yaml.safe_load(tiny_params.read_text())
     values["simulate"]["exploration"] = -0.1
