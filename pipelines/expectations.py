@@ -12,26 +12,13 @@ from __future__ import annotations
 import great_expectations as gx
 from great_expectations.expectations.row_conditions import Column
 
+from pipelines.schema import QUARANTINE_REASONS, RAW_EVENT_FIELDS
+
 EVENT_TYPES = ("impression", "click", "conversion")
 PLACEMENTS = ("search", "feed")
-QUARANTINE_REASONS = (
-    "malformed_json",
-    "missing_field",
-    "bad_type",
-    "unknown_event_type",
-    "ts_outside_partition",
-    "duplicate_event_id",
-    "orphan_click",
-    "orphan_conversion",
-)
 
 # The parsed events table: every raw field, typed, plus the partition column.
-EVENT_COLUMNS = (
-    "event_id", "event_type", "ts", "impression_id", "click_id", "user_id", "user_segment",
-    "placement", "vertical", "advertiser_id", "product_id", "ad_id", "position", "query",
-    "keyword", "text_id", "ad_text", "title_id", "image_id", "highlight_id", "propensity",
-    "value", "dt",
-)
+EVENT_COLUMNS = RAW_EVENT_FIELDS + ("dt",)
 IMPRESSION_FIELDS = (
     "impression_id", "user_id", "user_segment", "placement", "vertical", "advertiser_id",
     "product_id", "ad_id", "position", "propensity",

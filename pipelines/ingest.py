@@ -42,25 +42,12 @@ from pipelines.atomic import write_json
 from pipelines.dates import day_bounds_ms, parse_ds, shift_ds
 from pipelines.logs import get_logger
 from pipelines.params import ConfigError, load_config, require
+from pipelines.schema import QUARANTINE_REASONS, RAW_EVENT_FIELDS
 
 log = get_logger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-QUARANTINE_REASONS = (
-    "malformed_json",
-    "missing_field",
-    "bad_type",
-    "unknown_event_type",
-    "ts_outside_partition",
-    "duplicate_event_id",
-    "orphan_click",
-    "orphan_conversion",
-)
-EVENT_COLUMNS = (
-    "event_id", "event_type", "ts", "impression_id", "click_id", "user_id", "user_segment",
-    "placement", "vertical", "advertiser_id", "product_id", "ad_id", "position", "query",
-    "keyword", "text_id", "ad_text", "title_id", "image_id", "highlight_id", "propensity", "value",
-)
+EVENT_COLUMNS = RAW_EVENT_FIELDS
 QUALITY_COLUMNS = ("rows_in", "rows_kept", "rows_quarantined") + tuple(f"q_{r}" for r in QUARANTINE_REASONS)
 RAW_PATTERNS = ("*.jsonl.gz", "*.jsonl")
 # Sort keys that make each written partition's row order (and so its file) reproducible.
