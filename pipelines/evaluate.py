@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pipelines.atomic import write_json, write_text
+from pipelines.atomic import save_figure, write_json, write_text
 from pipelines.logs import Progress, get_logger
 from pipelines.params import ConfigError, load_config, require
 from pipelines.paths import DATA, METRICS, MODELS, PLOTS, curated
@@ -429,9 +429,6 @@ def examples_table(harness: Harness, outcomes: dict[str, ArmOutcome], k: int = 3
 
 def bar_chart(arms: dict[str, dict], path: Path, title: str) -> None:
     """True CTCVR (oracle probabilities) and A/B CTCVR with 95% CIs, compliance and distinct-2 per arm."""
-    import io
-    import os
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -463,14 +460,7 @@ def bar_chart(arms: dict[str, dict], path: Path, title: str) -> None:
         ax.set_xticklabels(names, fontsize=7, rotation=20)
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _yerr(est, lo, hi) -> list:

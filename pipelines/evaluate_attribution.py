@@ -144,12 +144,7 @@ def plot_scatter(frame: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel(f"{title}, centred")
         ax.set_title(title)
         ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic.save_figure(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------- stage

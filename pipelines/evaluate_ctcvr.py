@@ -161,14 +161,7 @@ def write_plots(frame: pd.DataFrame, curve: dict | None, bins: int) -> None:
 
 
 def _save(fig, path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic.save_figure(fig, path)
 
 
 def run(cfg: EvaluateCTCVRConfig) -> dict:

@@ -199,12 +199,7 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     ax.set_ylabel("binomial NLL per impression")
     ax.set_title("MIL attribution training curve")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic.save_figure(fig, path, dpi=100)
 
 
 def run(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:

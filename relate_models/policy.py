@@ -278,14 +278,13 @@ def fit_sft(model, tokenizer, train, val, *, epochs, batch_size, lr, weight_deca
 
 def write_curves(rows: list[dict], csv_path, png_path, x: str, ys: Sequence[str], title: str) -> None:
     """Training curves as CSV (for `dvc plots`) and a PNG with one panel per series, written atomically."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines.atomic import write_text
+    from pipelines.atomic import save_figure, write_text
 
     frame = pd.DataFrame(rows)
     write_text(csv_path, frame.to_csv(index=False))
@@ -301,15 +300,7 @@ def write_curves(rows: list[dict], csv_path, png_path, x: str, ys: Sequence[str]
         ax.set_xlabel(x, fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, png_path)
+    save_figure(fig, png_path)
 
 
 # ------------------------------------------------------------------------------ prompts
