@@ -27,3 +27,14 @@ def tiny_params(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RELATE_PARAMS", str(params))
     return params
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: a second torch thread only adds contention on a shared 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,12 +15,7 @@ from relate_models import combo_generator as cg
 from tests.test_attribution import synthetic_curated_tree, synthetic_world, true_logit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grid_problem(n_ads: int, n_slots: int, n_candidates: int, forbidden=()) -> cg.ComboProblem:
