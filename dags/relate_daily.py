@@ -32,7 +32,6 @@ from pipelines.orchestration import (
     ensure_raw_partition,
     on_publish_refused,
     on_task_failure,
-    stage_available,
     stage_command,
     stage_env,
 )
@@ -117,13 +116,12 @@ def relate_daily():
         def grpo():
             return stage_command("grpo")
 
-        sft() >> grpo()
-        if stage_available("combo_policy"):
-            @task.bash(**STAGE_TASK)
-            def combo_policy():
-                return stage_command("combo_policy")
+        @task.bash(**STAGE_TASK)
+        def combo_policy():
+            return stage_command("combo_policy")
 
-            combo_policy()
+        sft() >> grpo()
+        combo_policy()
 
     @task_group(group_id="release")
     def release():
@@ -133,14 +131,11 @@ def relate_daily():
         def publish(ds=None):
             return stage_command("publish", ds)
 
-        if stage_available("evaluate"):
-            @task.bash(**STAGE_TASK)
-            def evaluate():
-                return stage_command("evaluate")
+        @task.bash(**STAGE_TASK)
+        def evaluate():
+            return stage_command("evaluate")
 
-            evaluate() >> publish()
-        else:
-            publish()
+        evaluate() >> publish()
 
     data() >> reward_models() >> policies() >> release()
 

@@ -6,7 +6,6 @@ the same entry points `dvc.yaml` runs, so nothing is implemented twice.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shlex
@@ -53,11 +52,6 @@ def stage_command(stage: str, ds: str | None = None) -> str:
     if stage == "publish":
         argv += ["--refused-exit-code", str(PUBLISH_REFUSED_EXIT_CODE)]
     return shlex.join(argv)
-
-
-def stage_available(stage: str) -> bool:
-    """Whether the stage's module exists (found without importing it: cheap at DAG parse time)."""
-    return stage in STAGES and importlib.util.find_spec(f"pipelines.{stage}") is not None
 
 
 def stage_env() -> dict[str, str]:
