@@ -200,6 +200,7 @@ def run_duckdb(raw_dir: Path, out: Path, threads: int) -> tuple[float, int, int]
     files = sorted(str(p) for p in raw_dir.glob("dt=*/*.jsonl.gz"))
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
+    con.execute(f"SET temp_directory = '{out.parent / 'duckdb_tmp'}'")  # not ./.tmp in the project
     sql = DUCKDB_SQL.format(files=files, out=out, click_window_ms=60 * 60_000, attribution_window_ms=3 * 86_400_000)
     started = time.monotonic()
     for statement in [s for s in sql.split(";") if s.strip()]:
