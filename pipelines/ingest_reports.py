@@ -125,18 +125,29 @@ class ReportIngestJob:
         rows.createOrReplaceTempView("report_rows")
         return materialize(self.spark.sql(self.sql["parse"]))
 
-    def quality(self, parsed) -> dict[str, int]:
-        """The delivery's ingest_quality counts; IngestError for a report with no rows."""
-        by_reason = {reason: n for reason, n in parsed.groupBy("reason").count().collect()}
+    def outcomes(self, parsed) -> tuple[dict[str, int], set[str], str]:
+        """One pass over the parsed rows: the ingest_quality counts, the days with kept rows, and
+        the run's partition (the latest kept day, else the latest valid day). IngestError for a
+        report with no rows or no valid date."""
+        by_reason: dict[str | None, int] = {}
+        kept_days, valid_days = set(), set()
+        for reason, day, n in parsed.groupBy("reason", "dt").count().collect():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+            if day is not None:
+                valid_days.add(day)
+                if reason is None:
+                    kept_days.add(day)
         rows_in = sum(by_reason.values())
         if rows_in == 0:
             raise IngestError(f"{self.source.name}: the report under {self.raw} has no rows")
+        if not valid_days:
+            raise IngestError(f"{self.source.name}: no row of the report under {self.raw} has a valid date")
         rows_kept = by_reason.pop(None, 0)
         if set(by_reason) - set(REPORT_REASONS):  # an internal bug, never bad input
             raise RuntimeError(f"unknown quarantine reasons {sorted(set(by_reason) - set(REPORT_REASONS))}")
-        rows_quarantined = sum(by_reason.values())
-        return {"rows_in": rows_in, "rows_kept": rows_kept, "rows_quarantined": rows_quarantined,
-                **{f"q_{r}": by_reason.get(r, 0) for r in REPORT_REASONS}}
+        quality = {"rows_in": rows_in, "rows_kept": rows_kept, "rows_quarantined": sum(by_reason.values()),
+                   **{f"q_{r}": by_reason.get(r, 0) for r in REPORT_REASONS}}
+        return quality, kept_days, max(kept_days or valid_days)
 
     def run(self) -> dict[str, int]:
         """Parse, quarantine, aggregate and write; return the ingest_quality row (with its dt)."""
@@ -144,14 +155,9 @@ class ReportIngestJob:
 
         started = time.monotonic()
         parsed = self.parse()
-        quality = self.quality(parsed)
-        # the run's partition (quarantine, ingest_quality): the latest week of the delivery
-        run_dt = parsed.where("reason IS NULL").agg(F.max("dt")).first()[0] or parsed.agg(F.max("dt")).first()[0]
-        if run_dt is None:
-            raise IngestError(f"{self.source.name}: no row of the report under {self.raw} has a valid date")
+        quality, kept_days, run_dt = self.outcomes(parsed)
         kept = parsed.where("reason IS NULL").drop("reason", "raw_line")
         kept.createOrReplaceTempView("kept_packages")
-        kept_days = {r[0] for r in kept.select("dt").distinct().collect()}
         for table in self.source.tables:
             self.write(table, self.spark.sql(self.sql[table]), kept_days)
         quarantine = (parsed.where("reason IS NOT NULL")

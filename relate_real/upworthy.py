@@ -151,7 +151,7 @@ def _sample_tests(csv: Path, max_tests: int, seed: int) -> pd.DataFrame | None:
         raise ValueError(f"upworthy: cannot read {csv}: {err}") from None
     if "clickability_test_id" not in raw.columns:
         return None
-    tests = np.sort(raw.loc[raw["clickability_test_id"].str.strip() != "", "clickability_test_id"].unique())
+    tests = np.sort(raw.loc[raw["clickability_test_id"] != "", "clickability_test_id"].unique())
     if len(tests) <= max_tests:
         return None
     chosen = set(np.random.default_rng(seed).choice(tests, size=max_tests, replace=False))
