@@ -2,8 +2,9 @@
 
     python -m evals.upworthy_check [--params configs/real_corpus.yaml] [--max-tests N]
 
-Adapts the archive's CSV into curated combo_stats/text_stats partitions under
-`upworthy.workdir` (validated by the validate stage's GX suites), then
+Lands the archive's CSV under `upworthy.workdir`, ingests it with the Spark report ingest
+(pipelines.ingest_reports) into curated combo_stats/text_stats partitions (validated by the
+validate stage's GX suites), then
 1. attribution: K-fold-within-test prediction of each combination's CTR with the MIL model
    (relate_models.attribution, as train_attribution fits it), an additive logistic model
    and the per-test mean: log loss per impression and pairwise rank accuracy;
@@ -31,14 +32,11 @@ METRICS_FILE = Path("metrics") / "real_upworthy.json"
 def run(cfg: uw.UpworthyConfig, csv: Path) -> dict:
     started = time.monotonic()
     with uw.working_dir(Path(cfg.workdir)):
-        packages, tables, report = uw.adapt(cfg, csv)
+        counts, tables, report = uw.adapt(cfg, csv)
     if not report["success"]:
         failed = [f"{f['suite']}.{f['expectation']}" for s in report["suites"].values() for f in s["failed"]]
         raise ValueError(f"the adapter's curated tables failed validation: {', '.join(failed)}")
-    week_of_test = packages.kept.groupby("test_id")["test_week"].first()
     combos, stats = tables["combo_stats"], tables["text_stats"]
-    combos = combos.assign(test_week=combos["ad_id"].map(week_of_test))
-    stats = stats.assign(test_week=stats["ad_id"].map(week_of_test))
     broken_combos, broken_stats = uw.broken_tests(combos, cfg), uw.broken_tests(stats, cfg)
     excluded_tests = int(combos.loc[broken_combos, "ad_id"].nunique())
     if cfg.exclude_broken:
@@ -51,7 +49,7 @@ def run(cfg: uw.UpworthyConfig, csv: Path) -> dict:
     text = uw.text_check(stats, cfg)
     return {
         "source": str(csv),
-        "adapter": {**packages.counts, "combinations": len(tables["combo_stats"]),
+        "adapter": {**counts, "combinations": len(tables["combo_stats"]),
                     "headlines": len(tables["text_stats"]),
                     "partitions": int(tables["combo_stats"]["dt"].nunique()),
                     "validation_success": report["success"]},

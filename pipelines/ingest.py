@@ -278,30 +278,36 @@ class IngestJob:
         return self.spark.createDataFrame(rows, schema)
 
     def write(self, table: str, df, owned_days: list[str], nonempty_days: set[str]) -> None:
-        """Replace partitions `owned_days` of a curated table with df (rows of `nonempty_days` only).
+        """Replace partitions `owned_days` of a curated table with df (see write_partitions)."""
+        write_partitions(self.spark, self.curated_dir, table, df, owned_days, nonempty_days)
 
-        Dynamic overwrite replaces only the partitions df has rows for, so an owned
-        partition that is now empty is deleted explicitly (a rerun must not keep stale rows).
-        The caller knows which days have rows (from counts it needs anyway), so df is
-        computed once, by the write itself.
-        """
-        if nonempty_days - set(owned_days):  # an internal bug: never write a partition we do not own
-            raise RuntimeError(f"{table}: rows for partitions {sorted(nonempty_days - set(owned_days))} not owned by this run")
-        table_dir = self.curated_dir / paths.curated(table).name
-        if nonempty_days:
-            # one file per partition, rows in a fixed order: reproducible files
-            (df.repartition("dt").sortWithinPartitions("dt", *SORT_KEYS[table])
-             .write.mode("overwrite").partitionBy("dt").parquet(str(table_dir.resolve())))
-        for d in owned_days:
-            if d not in nonempty_days:
-                self.drop_partition(paths.partition(table_dir, d))
 
-    def drop_partition(self, part: Path) -> None:
-        jvm = self.spark.sparkContext._jvm
-        hpath = jvm.org.apache.hadoop.fs.Path(str(part.resolve()) if not str(part).startswith(("hdfs:", "s3")) else str(part))
-        fs = hpath.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration())
-        if fs.exists(hpath):
-            fs.delete(hpath, True)
+def write_partitions(spark, curated_dir: Path, table: str, df, owned_days: list[str], nonempty_days: set[str]) -> None:
+    """Replace partitions `owned_days` of a curated table with df (rows of `nonempty_days` only).
+
+    Dynamic overwrite replaces only the partitions df has rows for, so an owned
+    partition that is now empty is deleted explicitly (a rerun must not keep stale rows).
+    The caller knows which days have rows (from counts it needs anyway), so df is
+    computed once, by the write itself.
+    """
+    if nonempty_days - set(owned_days):  # an internal bug: never write a partition we do not own
+        raise RuntimeError(f"{table}: rows for partitions {sorted(nonempty_days - set(owned_days))} not owned by this run")
+    table_dir = Path(curated_dir) / paths.curated(table).name
+    if nonempty_days:
+        # one file per partition, rows in a fixed order: reproducible files
+        (df.repartition("dt").sortWithinPartitions("dt", *SORT_KEYS[table])
+         .write.mode("overwrite").partitionBy("dt").parquet(str(table_dir.resolve())))
+    for d in owned_days:
+        if d not in nonempty_days:
+            drop_partition(spark, paths.partition(table_dir, d))
+
+
+def drop_partition(spark, part: Path) -> None:
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(str(part.resolve()) if not str(part).startswith(("hdfs:", "s3")) else str(part))
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
 
 
 def quality_metrics(spark, curated_dir: Path = paths.CURATED) -> dict:

@@ -1,22 +1,25 @@
 """The Upworthy Research Archive as the pipeline's own curated inputs, and the checks run on them.
 
 The archive (Matias et al., Scientific Data 2021) holds real randomized headline x image
-tests. One CSV row is a *package* (one arm of a test). The adapter maps it onto the
-data contract's feed placement:
+tests. One CSV row is a *package* (one arm of a test). The adapter lands the archive's
+CSV as is under `data/raw/upworthy/` and runs the Spark report ingest on it
+(`pipelines.ingest_reports`, SQL in `sql/upworthy_*.sql`), which maps it onto the data
+contract's feed placement:
 
     ad_id = product_id = clickability_test_id   (the product bias is the test effect)
     title_id = sha1(headline)[:16], image_id = eyecatcher_id,
     highlight_id = sha1(excerpt + lede)[:16]    (constant in most tests)
-    dt = the Monday of ISO week test_week, conversions = 0, mean_propensity = 1 / arms
+    dt = the Monday of %W week test_week, conversions = 0, mean_propensity = 1 / arms
 
 and writes curated `combo_stats` (one row per distinct combination of a test: arms that
 show the same three elements are summed, which leaves the binomial likelihood unchanged),
 `text_stats` (one row per headline of a test), `quarantine` and `ingest_quality`
 partitions, relative to the working directory like every stage. Rows the archive's
 columns cannot support are quarantined with a reason and counted:
-rows_in = rows_kept + rows_quarantined.
+rows_in = rows_kept + rows_quarantined. The tables are then checked by the validate
+stage's GX suites.
 
-    python -m relate_real.upworthy --csv PATH --workdir runs/upworthy   # adapt + validate
+    python -m relate_real.upworthy --csv PATH --workdir runs/upworthy   # land, ingest, validate
 
 The checks (`attribution_check`, `text_check`) are what `python -m evals.upworthy_check`
 prints.
@@ -26,10 +29,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import math
-import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,18 +40,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines import atomic, paths
+from pipelines import atomic, ingest_reports, paths
 from pipelines.logs import get_logger
 from pipelines.params import ConfigError, load_config, require
 
 log = get_logger("real.upworthy")
 
-REQUIRED_COLUMNS = ("clickability_test_id", "test_week", "headline", "eyecatcher_id", "excerpt", "lede",
-                    "impressions", "clicks")
-CONTRACT_REASONS = ("malformed_json", "missing_field", "bad_type", "unknown_event_type", "ts_outside_partition",
-                    "duplicate_event_id", "orphan_click", "orphan_conversion")
-# reasons of this adapter beyond the contract's (ingest_quality carries one q_ column per reason)
-EXTRA_REASONS = ("invalid_counts", "duplicate_row")
 VERTICAL = "upworthy"
 
 
@@ -80,6 +76,8 @@ class UpworthyConfig:
     tokenizer_vocab: int = 4000
     bow_c_grid: list[float] = field(default_factory=lambda: [0.03, 0.3, 3.0])
     torch_threads: int = 1  # the models are tiny: more threads only contend
+    spark_master: str = "local[2]"  # the report ingest's Spark session
+    spark_shuffle_partitions: int = 4
 
     def __post_init__(self) -> None:
         p = "upworthy"
@@ -100,11 +98,13 @@ class UpworthyConfig:
         require(bool(self.bow_c_grid) and all(c > 0 for c in self.bow_c_grid), f"{p}.bow_c_grid",
                 "must be a non-empty list of positive numbers")
         require(self.torch_threads >= 0, f"{p}.torch_threads", "must be >= 0")
-
-
-def short_hash(text: str) -> str:
-    """The contract's text_id: the first 16 hex characters of the SHA-1 of the text."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+        require(bool(self.spark_master.strip()), f"{p}.spark_master", "must be a Spark master URL such as local[2]")
+        require(self.spark_shuffle_partitions >= 1, f"{p}.spark_shuffle_partitions", "must be >= 1")
+        for name, week in zip(("first", "last"), self.broken_weeks):
+            try:
+                week_monday(week)
+            except (TypeError, ValueError) as err:
+                require(False, f"{p}.broken_weeks", f"{name} week: {err}")
 
 
 def week_monday(test_week: int) -> str:
@@ -123,181 +123,74 @@ def week_monday(test_week: int) -> str:
     return monday.isoformat()
 
 
-# ------------------------------------------------------------------------------ reading
+# ------------------------------------------------------------------------------ landing and ingest
 
 
-@dataclass
-class Packages:
-    kept: pd.DataFrame  # typed rows, with dt
-    quarantine: pd.DataFrame  # raw_line, reason, event_id (null), dt
-    rows_in: int
+def land(csv: Path, max_tests: int = 0, seed: int = 0) -> Path:
+    """Put the archive's CSV under data/raw/upworthy/ (replacing an earlier delivery) for the ingest.
 
-    @property
-    def counts(self) -> dict[str, int]:
-        reasons = self.quarantine["reason"].value_counts()
-        return {
-            "rows_in": self.rows_in,
-            "rows_kept": len(self.kept),
-            "rows_quarantined": len(self.quarantine),
-            **{f"q_{r}": int(reasons.get(r, 0)) for r in CONTRACT_REASONS + EXTRA_REASONS},
-        }
-
-
-def _as_int(series: pd.Series) -> pd.Series:
-    """Integers where the text is an integer (e.g. '12', '12.0'), NaN elsewhere."""
-    num = pd.to_numeric(series.str.strip(), errors="coerce")
-    return num.where(num.notna() & (num == np.floor(num)))
-
-
-def read_packages(source: str | os.PathLike | pd.DataFrame, max_tests: int = 0, seed: int = 0) -> Packages:
-    """The archive's CSV (as published; extra columns ignored) -> typed packages + quarantine.
-
-    A file without the archive's columns is rejected (ValueError naming them); a bad row is
-    quarantined with one reason, checked in this order: missing_field (test id, headline,
-    image, week or counts empty), bad_type (week not an ISO week, counts not integers),
-    invalid_counts (impressions < 1, clicks < 0 or clicks > impressions), duplicate_row
-    (an exact repeat of an earlier row). `max_tests` > 0 reads a seeded sample of that many
-    test ids (every row of a sampled test, bad rows included, so the counts still conserve).
+    The file is copied as is. `max_tests` > 0 lands a seeded sample of that many test ids
+    instead (every row of a sampled test, bad rows included, so the counts still conserve;
+    a file without a test id column is landed whole for the ingest to reject by name).
     """
-    if isinstance(source, pd.DataFrame):
-        raw = source.astype(object).where(source.notna(), None)
-        raw = raw.apply(lambda c: c.map(lambda v: None if v is None else str(v)))
-    else:
-        try:
-            raw = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], compression="infer")
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError) as err:
-            raise ValueError(f"upworthy: cannot read {source}: {err}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(f"upworthy: input lacks column(s) {', '.join(missing)}; expected the archive's "
-                         f"{', '.join(REQUIRED_COLUMNS)}")
-    raw = raw[list(REQUIRED_COLUMNS)]
-    if max_tests:
-        tests = np.sort(raw["clickability_test_id"].dropna().unique())
-        if len(tests) > max_tests:
-            chosen = set(np.random.default_rng(seed).choice(tests, size=max_tests, replace=False))
-            raw = raw[raw["clickability_test_id"].isin(chosen)]
-    raw = raw.reset_index(drop=True)
-    text = raw.astype(object).where(raw.notna(), None)
-    stripped = {c: text[c].map(lambda v: v.strip() if isinstance(v, str) else None) for c in REQUIRED_COLUMNS}
-    reason = pd.Series(None, index=raw.index, dtype=object)
-
-    def mark(mask: pd.Series, why: str) -> None:
-        reason[mask & reason.isna()] = why
-
-    for c in ("clickability_test_id", "headline", "eyecatcher_id", "test_week", "impressions", "clicks"):
-        mark(stripped[c].map(lambda v: not v), "missing_field")
-    impressions = _as_int(stripped["impressions"].fillna(""))
-    clicks = _as_int(stripped["clicks"].fillna(""))
-    weeks = _as_int(stripped["test_week"].fillna(""))
-
-    def monday(w):
-        try:
-            return week_monday(int(w))
-        except (ValueError, OverflowError):
-            return None
-
-    dts = weeks.map(lambda w: None if pd.isna(w) else monday(w))
-    mark(impressions.isna() | clicks.isna() | dts.isna(), "bad_type")
-    mark((impressions < 1) | (clicks < 0) | (clicks > impressions), "invalid_counts")
-    mark(text.fillna("\x00").duplicated(keep="first"), "duplicate_row")
-
-    bad = reason.notna()
-    run_ds = max((d for d in dts[~bad] if d), default=None) or dt.date.today().isoformat()
-    quarantine = pd.DataFrame({
-        "raw_line": [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in text[bad].to_dict("records")],
-        "reason": reason[bad].astype(str).to_numpy(),
-        "event_id": pd.Series([None] * int(bad.sum()), dtype=object),
-        "dt": run_ds,
-    })
-    kept = pd.DataFrame({
-        "test_id": stripped["clickability_test_id"][~bad],
-        "test_week": weeks[~bad].astype(np.int64),
-        "headline": stripped["headline"][~bad],
-        "eyecatcher_id": stripped["eyecatcher_id"][~bad],
-        "excerpt": stripped["excerpt"][~bad].fillna(""),
-        "lede": stripped["lede"][~bad].fillna(""),
-        "impressions": impressions[~bad].astype(np.int64),
-        "clicks": clicks[~bad].astype(np.int64),
-        "dt": dts[~bad].astype(str),
-    }).reset_index(drop=True)
-    return Packages(kept=kept, quarantine=quarantine, rows_in=len(raw))
+    target_dir = ingest_reports.raw_dir(VERTICAL)
+    with atomic.directory(target_dir) as staging:
+        sample = _sample_tests(csv, max_tests, seed) if max_tests else None
+        if sample is None:
+            shutil.copyfile(csv, staging / Path(csv).name)
+        else:
+            sample.to_csv(staging / "packages_sample.csv", index=False)
+    return target_dir
 
 
-# ------------------------------------------------------------------------------ curated tables
+def _sample_tests(csv: Path, max_tests: int, seed: int) -> pd.DataFrame | None:
+    """The rows of `max_tests` seeded test ids (every column, text as written), or None to land the whole file."""
+    try:
+        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, compression="infer")
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError) as err:
+        raise ValueError(f"upworthy: cannot read {csv}: {err}") from None
+    if "clickability_test_id" not in raw.columns:
+        return None
+    tests = np.sort(raw.loc[raw["clickability_test_id"] != "", "clickability_test_id"].unique())
+    if len(tests) <= max_tests:
+        return None
+    chosen = set(np.random.default_rng(seed).choice(tests, size=max_tests, replace=False))
+    return raw[raw["clickability_test_id"].isin(chosen)]
 
 
-def combo_stats(kept: pd.DataFrame) -> pd.DataFrame:
-    """combo_stats rows (docs/data_contract.md): one per (dt, test, headline, image, excerpt+lede)."""
-    frame = pd.DataFrame({
-        "dt": kept["dt"],
-        "ad_id": kept["test_id"],
-        "title_id": kept["headline"].map(short_hash),
-        "image_id": kept["eyecatcher_id"],
-        "highlight_id": (kept["excerpt"] + "\x1f" + kept["lede"]).map(short_hash),
-        "impressions": kept["impressions"],
-        "clicks": kept["clicks"],
-    })
-    arms = frame.groupby(["dt", "ad_id"])["impressions"].transform("size")
-    frame["propensity"] = 1.0 / arms  # arms of a test are randomized uniformly
-    keys = ["dt", "ad_id", "title_id", "image_id", "highlight_id"]
-    out = frame.groupby(keys, sort=True).agg(
-        impressions=("impressions", "sum"), clicks=("clicks", "sum"), mean_propensity=("propensity", "sum"),
-    ).reset_index()
-    out["product_id"] = out["ad_id"]
-    out["vertical"] = VERTICAL
-    out["conversions"] = np.int64(0)
-    out["ctr"] = out["clicks"] / out["impressions"]
-    from pipelines.expectations import COMBO_STATS_COLUMNS
+def ingest(cfg: UpworthyConfig) -> dict[str, int]:
+    """The Spark report ingest (pipelines.ingest_reports) on the landed delivery; its ingest_quality row."""
+    from pyspark.sql import SparkSession
 
-    return out[list(COMBO_STATS_COLUMNS)]
+    from pipelines.ingest import IngestConfig
+    from pipelines.spark import get_spark
+
+    spark_cfg = IngestConfig(master=cfg.spark_master, shuffle_partitions=cfg.spark_shuffle_partitions)
+    owns_session = SparkSession.getActiveSession() is None
+    spark = get_spark(spark_cfg.master, "relate-ingest-upworthy", spark_cfg.shuffle_partitions)
+    try:
+        return ingest_reports.run_source(spark, VERTICAL, spark_cfg)
+    finally:
+        if owns_session:
+            spark.stop()
 
 
-def text_stats(kept: pd.DataFrame) -> pd.DataFrame:
-    """text_stats rows: one per (dt, test, headline), summed over the images it was shown with."""
-    frame = kept.assign(ad_id=kept["test_id"], text_id=kept["headline"].map(short_hash))
-    out = frame.groupby(["dt", "ad_id", "text_id"], sort=True).agg(
-        ad_text=("headline", "first"), impressions=("impressions", "sum"), clicks=("clicks", "sum"),
-    ).reset_index()
-    out["keyword"] = None  # the archive has no search keyword
-    out["vertical"] = VERTICAL
-    out["conversions"] = np.int64(0)
-    out["ctr"] = out["clicks"] / out["impressions"]
-    out["cvr"] = 0.0  # no conversions are logged: 0 / clicks (0 also where clicks = 0)
-    out["ctcvr"] = 0.0
-    from pipelines.expectations import TEXT_STATS_COLUMNS
+def read_curated() -> dict[str, pd.DataFrame]:
+    """The four tables the ingest wrote (cwd-relative), dt as a string column, in contract column order."""
+    from pipelines.expectations import COMBO_STATS_COLUMNS, TEXT_STATS_COLUMNS
 
-    out["keyword"] = out["keyword"].astype(object)
-    return out[list(TEXT_STATS_COLUMNS)]
-
-
-def ingest_quality(packages: Packages) -> pd.DataFrame:
-    """One row for the adapter run, dated like the quarantine (the latest test week)."""
-    return pd.DataFrame([{"dt": packages.quarantine["dt"].iloc[0] if len(packages.quarantine)
-                          else max(packages.kept["dt"], default=dt.date.today().isoformat()),
-                          **packages.counts}])
-
-
-def _write_partitioned(table: str, frame: pd.DataFrame) -> None:
-    """Replace the whole table directory (this adapter owns the work dir) with dt= partitions."""
-    with atomic.directory(paths.curated(table)) as staging:
-        for ds, part in frame.groupby("dt", sort=True):
-            target = paths.partition(staging, ds)
-            target.mkdir(parents=True)
-            part.drop(columns=["dt"]).to_parquet(target / "part-00000.parquet", index=False)
-
-
-def write_curated(packages: Packages) -> dict[str, pd.DataFrame]:
-    """Write combo_stats, text_stats, quarantine and ingest_quality under data/curated/ (cwd-relative)."""
-    tables = {
-        "combo_stats": combo_stats(packages.kept),
-        "text_stats": text_stats(packages.kept),
-        "quarantine": packages.quarantine,
-        "ingest_quality": ingest_quality(packages),
-    }
-    for name, frame in tables.items():
-        if len(frame):
-            _write_partitioned(name, frame)
+    order = {"combo_stats": COMBO_STATS_COLUMNS, "text_stats": TEXT_STATS_COLUMNS,
+             "quarantine": ("dt", "raw_line", "reason", "event_id"),
+             "ingest_quality": ("dt",) + ingest_reports.QUALITY_COLUMNS}
+    tables = {}
+    for name, columns in order.items():
+        table = paths.curated(name)
+        if paths.partitions(table):
+            frame = pd.read_parquet(table)
+            frame["dt"] = frame["dt"].astype(str)
+        else:
+            frame = pd.DataFrame(columns=list(columns))
+        tables[name] = frame[list(columns)].sort_values(list(columns[:5]), kind="stable").reset_index(drop=True)
     return tables
 
 
@@ -330,9 +223,10 @@ def validate_curated(tables: dict[str, pd.DataFrame], max_quarantine_rate: float
     return report
 
 
-def broken_tests(frame: pd.DataFrame, cfg: UpworthyConfig, week_col: str = "test_week") -> pd.Series:
-    first, last = cfg.broken_weeks
-    return frame[week_col].between(first, last)
+def broken_tests(frame: pd.DataFrame, cfg: UpworthyConfig) -> pd.Series:
+    """Rows of tests in the broken-randomization weeks, by their dt (the Monday of their test week)."""
+    first, last = (week_monday(w) for w in cfg.broken_weeks)
+    return frame["dt"].between(first, last)
 
 
 # ------------------------------------------------------------------------------ attribution check
@@ -670,19 +564,24 @@ def text_check(stats: pd.DataFrame, cfg: UpworthyConfig) -> dict:
 # ------------------------------------------------------------------------------ wiring
 
 
-def adapt(cfg: UpworthyConfig, csv: Path) -> tuple[Packages, dict[str, pd.DataFrame], dict]:
-    """Read, quarantine, write curated tables and validate them (cwd = the work dir)."""
-    packages = read_packages(csv, cfg.max_tests, cfg.seed)
-    tables = write_curated(packages)
+def adapt(cfg: UpworthyConfig, csv: Path) -> tuple[dict[str, int], dict[str, pd.DataFrame], dict]:
+    """Land the CSV, ingest it with Spark, read back and validate the curated tables (cwd = the work dir).
+
+    Returns the ingest_quality counts, the curated tables and the GX report.
+    """
+    land(csv, cfg.max_tests, cfg.seed)
+    quality = ingest(cfg)
+    counts = {c: quality[c] for c in ingest_reports.QUALITY_COLUMNS}
+    tables = read_curated()
     report = validate_curated(tables)
     atomic.write_json(paths.METRICS / "upworthy_adapter.json", {
-        **packages.counts,
+        **counts,
         "validation": {k: {"success": v["success"], "failed": len(v["failed"])} for k, v in report["suites"].items()},
         "partitions": int(tables["combo_stats"]["dt"].nunique()),
         "combinations": len(tables["combo_stats"]),
         "headlines": len(tables["text_stats"]),
     })
-    return packages, tables, report
+    return counts, tables, report
 
 
 @contextlib.contextmanager
@@ -704,11 +603,11 @@ def main(argv: list[str] | None = None) -> int:
         if not csv.is_file():
             raise FileNotFoundError(f"upworthy CSV not found: {csv}")
         with working_dir(Path(args.workdir or cfg.workdir)):
-            packages, tables, report = adapt(cfg, csv)
+            counts, tables, report = adapt(cfg, csv)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         log.error("upworthy adapter failed: %s", err)
         return 2
-    log.info("upworthy: %s", json.dumps(packages.counts))
+    log.info("upworthy: %s", json.dumps(counts))
     if not report["success"]:
         for suite in report["suites"].values():
             for f in suite["failed"]:

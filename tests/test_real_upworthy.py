@@ -1,6 +1,9 @@
-"""The Upworthy adapter on hand-made rows, and the check's figures on a small sample of the real file."""
+"""The Upworthy adapter and Spark report ingest on hand-made rows, and the check's figures on a small sample of the real file."""
 from __future__ import annotations
 
+import contextlib
+import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -30,55 +33,129 @@ ROWS = [
 ]
 
 
-@pytest.fixture
-def csv(tmp_path) -> Path:
-    path = tmp_path / "packages.csv"
-    path.write_text(HEADER + "\n".join(ROWS) + "\n", encoding="utf-8")
-    return path
+def sha16(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def test_adapter_keeps_quarantines_and_counts(csv):
-    packages = uw.read_packages(csv)
-    counts = packages.counts
+@pytest.fixture(scope="module")
+def spark():
+    from pipelines.spark import get_spark
+
+    session = get_spark("local[2]", "test-upworthy", 2)  # adapt() reuses the active session
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def adapted(spark, tmp_path_factory):
+    """adapt() on the hand-made rows, in a fresh work dir: (work dir, counts, tables, report)."""
+    work = tmp_path_factory.mktemp("work")
+    path = tmp_path_factory.mktemp("in") / "packages.csv.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:  # the archive ships gzipped
+        f.write(HEADER + "\n".join(ROWS) + "\n")
+    with uw.working_dir(work):
+        counts, tables, report = uw.adapt(uw.UpworthyConfig(spark_shuffle_partitions=2), path)
+    return work, counts, tables, report
+
+
+def test_ingest_keeps_quarantines_and_counts(adapted):
+    work, counts, tables, _ = adapted
+    assert (work / "data" / "raw" / "upworthy" / "packages.csv.gz").is_file()  # landed as is
     assert counts["rows_in"] == len(ROWS) == counts["rows_kept"] + counts["rows_quarantined"]
     assert counts["rows_kept"] == 5
     assert (counts["q_missing_field"], counts["q_bad_type"], counts["q_invalid_counts"], counts["q_duplicate_row"]) \
         == (2, 2, 2, 1)
     assert sum(v for k, v in counts.items() if k.startswith("q_")) == counts["rows_quarantined"]
-    assert set(packages.quarantine["reason"]) == {"missing_field", "bad_type", "invalid_counts", "duplicate_row"}
+    quarantine = tables["quarantine"]
+    assert sorted(quarantine["reason"]) == sorted(["duplicate_row", "missing_field", "missing_field", "bad_type",
+                                                   "bad_type", "invalid_counts", "invalid_counts"])
+    repeat = json.loads(quarantine.loc[quarantine["reason"] == "duplicate_row", "raw_line"].iloc[0])
+    assert (repeat["clickability_test_id"], repeat["eyecatcher_id"], repeat["clicks"]) == ("t1", "img2", "25")
+    # quarantine and ingest_quality sit in the run's partition: the latest week of the delivery
+    assert set(quarantine["dt"]) == set(tables["ingest_quality"]["dt"]) == {"2014-12-29"}
     # dt is the Monday of the archive's %W week (201500: the Monday before 2015-01-01)
-    assert dict(zip(packages.kept["test_id"], packages.kept["dt"])) == {"t1": "2014-11-17", "t2": "2014-12-29"}
+    combos = tables["combo_stats"]
+    assert dict(zip(combos["ad_id"], combos["dt"])) == {"t1": "2014-11-17", "t2": "2014-12-29"}
 
 
-def test_missing_columns_rejected_by_name(tmp_path):
-    path = tmp_path / "bad.csv"
-    path.write_text("clickability_test_id,headline\nt1,h\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="test_week"):
-        uw.read_packages(path)
-
-
-def test_curated_tables_follow_the_contract_and_pass_the_gx_suites(csv, tmp_path, monkeypatch):
+def test_curated_tables_follow_the_contract_and_pass_the_gx_suites(adapted):
     from pipelines.expectations import COMBO_STATS_COLUMNS, TEXT_STATS_COLUMNS
 
-    monkeypatch.chdir(tmp_path)
-    packages = uw.read_packages(csv)
-    tables = uw.write_curated(packages)
+    work, _, tables, report = adapted
     combos = tables["combo_stats"]
     assert tuple(combos.columns) == COMBO_STATS_COLUMNS
     assert tuple(tables["text_stats"].columns) == TEXT_STATS_COLUMNS
-    assert len(combos) == 5 and combos["impressions"].sum() == packages.kept["impressions"].sum()
+    assert len(combos) == 5 and combos["impressions"].sum() == 1000 + 1000 + 900 + 500 + 500
+    assert combos["impressions"].dtype == np.int64 and combos["ctr"].dtype == np.float64
     # the three arms of t1 were randomized uniformly
     assert np.allclose(combos.loc[combos["ad_id"] == "t1", "mean_propensity"], 1 / 3)
+    # element ids: the contract's text_id, the first 16 hex of SHA-1 (excerpt, US, lede for the highlight)
+    t1 = combos[combos["ad_id"] == "t1"]
+    assert set(t1["title_id"]) == {sha16("Headline A"), sha16("Headline B")}
+    assert set(t1["highlight_id"]) == {sha16("ex\x1f<p>l</p>")}
+    assert combos.loc[combos["ad_id"] == "t2", "highlight_id"].iloc[0] == sha16("\x1f<p>m</p>")  # empty excerpt
     text = tables["text_stats"].set_index(["ad_id", "ad_text"])
     assert text.loc[("t1", "Headline A"), "impressions"] == 1900  # summed over its two images
-    assert sorted(p.name for p in Path("data/curated/combo_stats").iterdir()) == ["dt=2014-11-17", "dt=2014-12-29"]
-    reread = pd.read_parquet("data/curated/combo_stats")
-    assert len(reread) == len(combos)
-    report = uw.validate_curated(tables, max_quarantine_rate=1.0)
-    assert report["success"], report
+    assert text.loc[("t1", "Headline A"), "text_id"] == sha16("Headline A")
+    assert text["keyword"].isna().all() and (text["cvr"] == 0).all()
+    assert sorted(p.name for p in (work / "data" / "curated" / "combo_stats").iterdir() if p.name.startswith("dt=")) \
+        == ["dt=2014-11-17", "dt=2014-12-29"]
+    assert report["suites"]["combo_stats"]["success"] and report["suites"]["text_stats"]["success"], report
+    # 7 of these 12 rows are bad: the ingest_quality suite's quarantine-rate bound (5 %) says so, and only that
+    assert [f["columns"] for f in report["suites"]["ingest_quality"]["failed"]] == [["quarantine_rate"]]
+    assert uw.validate_curated(tables, max_quarantine_rate=1.0)["success"]
     # the gate is real: counts that do not nest fail the combo_stats suite
     broken = dict(tables, combo_stats=combos.assign(clicks=combos["impressions"] + 1))
     assert not uw.validate_curated(broken, max_quarantine_rate=1.0)["suites"]["combo_stats"]["success"]
+
+
+def test_a_later_delivery_replaces_every_partition(adapted, tmp_path):
+    """The report ingest owns its tables: a delivery without week 201446 leaves no partition of it."""
+    work = adapted[0]
+    path = tmp_path / "week00.csv"
+    path.write_text(HEADER + "\n".join(r for r in ROWS if r.startswith("t2,201500,Other")) + "\n", encoding="utf-8")
+    with uw.working_dir(work):
+        counts, tables, report = uw.adapt(uw.UpworthyConfig(spark_shuffle_partitions=2), path)
+    assert (counts["rows_in"], counts["rows_kept"], counts["rows_quarantined"]) == (2, 2, 0)
+    assert set(tables["combo_stats"]["dt"]) == {"2014-12-29"} and len(tables["quarantine"]) == 0
+    assert len(tables["ingest_quality"]) == 1 and report["success"]
+    assert [p.name for p in (work / "data" / "raw" / "upworthy").iterdir()] == ["week00.csv"]
+
+
+def test_sql_week_mapping_matches_strftime(spark, tmp_path, monkeypatch):
+    """The SQL's %W Monday equals Python's strptime for every kind of week; impossible weeks are bad_type."""
+    from pipelines import ingest_reports
+    from pipelines.ingest import IngestConfig
+
+    weeks = [201400, 201401, 201446, 201452, 201500, 201501, 201800, 201801, 201852, 201853, 202053, 201554, 196912]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = [f"t{w},{w},H{w},img,ex,le,100,1,x" for w in weeks]
+    (raw / "weeks.csv").write_text(HEADER + "\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    quality = ingest_reports.run_source(spark, "upworthy", IngestConfig(master="local[2]", shuffle_partitions=2),
+                                        raw)
+    combos = pd.read_parquet("data/curated/combo_stats")
+    got = dict(zip(combos["ad_id"], combos["dt"].astype(str)))
+    expected = {}
+    for w in weeks:
+        with contextlib.suppress(ValueError):
+            expected[f"t{w}"] = uw.week_monday(w)
+    assert got == expected
+    assert quality["q_bad_type"] == len(weeks) - len(expected) >= 2  # 201554 and 196912 are no weeks
+
+
+def test_file_without_a_required_column_is_rejected_by_name(tmp_path, monkeypatch):
+    from pipelines import ingest_reports
+
+    monkeypatch.chdir(tmp_path)
+    raw = ingest_reports.raw_dir("upworthy")
+    raw.mkdir(parents=True)
+    (raw / "bad.csv").write_text("clickability_test_id,headline\nt1,h\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="lacks column.*test_week"):
+        ingest_reports.report_schema(ingest_reports.report_files(raw), ingest_reports.SOURCES["upworthy"])
+    # the CLI says so and exits 2 before starting Spark
+    assert ingest_reports.main(["--source", "upworthy", "--params", str(ROOT / "configs" / "tiny.yaml")]) == 2
 
 
 def test_pairwise_accuracy_counts_ties_half():
