@@ -231,6 +231,15 @@ def test_policy_and_evaluate_stages_end_to_end(tiny_params, monkeypatch):
     assert (Path("models/combo_policy") / "generator.safetensors").is_file()
     metrics = json.loads(Path("metrics/combo_policy.json").read_text())
     assert metrics["ads"] == 6 and metrics["diversity"]["distinct_combos_in_top_k_per_ad"] == 3
+    # served ranks follow the MIL reward, and rank 1 is the reward's best of the policy's serving beam (6)
+    assert (serving.groupby("ad_id")["score"].diff().dropna() <= 0).all()
+    policy = cg.ComboPolicy.load("models/combo_policy")
+    scorer = attr.AttributionScorer.load("models/attribution")
+    beam = pd.DataFrame(policy.top_k(6)).rename(columns={s: attr.SLOT_COLUMNS[s] for s in attr.SLOTS})
+    beam["score"] = scorer.score_frame(beam[["ad_id", *attr.ELEMENT_COLUMNS]]).p_click
+    best = beam.loc[beam.groupby("ad_id")["score"].idxmax()].set_index("ad_id")
+    top1 = serving[serving["rank"] == 1].set_index("ad_id")
+    pd.testing.assert_frame_equal(top1[list(attr.ELEMENT_COLUMNS)], best.loc[top1.index, list(attr.ELEMENT_COLUMNS)])
     # deterministic given the seed
     assert combo_policy.main([]) == 0
     pd.testing.assert_frame_equal(serving, pd.read_parquet("models/combo_policy/serving.parquet"))
@@ -257,3 +266,7 @@ def test_stages_exit_2_on_bad_config_or_missing_inputs(tiny_params):
     text = tiny_params.read_text().replace("  group_size: 8\n", "  group_size: 1\n")
     tiny_params.write_text(text)
     assert combo_policy.main([]) == 2
+    from pipelines.params import ConfigError
+
+    with pytest.raises(ConfigError, match="combo_policy.serving_beam"):
+        combo_policy.ComboPolicyConfig(seed=0, top_k=5, serving_beam=4)
