@@ -10,8 +10,8 @@ Writes models/combo_policy/ (generator.safetensors, config.json, serving.parquet
 history.json) and metrics/combo_policy.json. serving.parquet: one row per (ad_id, rank),
 rank 1 = the best by the MIL reward of the generator's `serving_beam` most probable
 combinations (beam search), so top-1 reaches the reward's argmax whenever the beam holds
-it; `score` is the MIL model's predicted CTR of the combination (the learned reward, not the truth), `policy_prob` the generator's
-probability of it.
+it; `score` is the MIL model's predicted CTR of the combination (the learned reward, not
+the truth), `policy_prob` the generator's probability of it.
 
     python -m pipelines.combo_policy [--params params.yaml]
 """
