@@ -434,3 +434,10 @@ def test_evaluate_stage_end_to_end_with_a_stand_in_truth(tiny_params, world, mon
     # the oracle knows the true CTRs: its AUC bounds the model's from above (up to noise)
     assert 0.5 < metrics["holdout_auc"] <= metrics["oracle_combo_auc"] + 0.02
     assert Path("plots/attribution/scatter.png").stat().st_size > 0
+    # the stand-in world is additive: with infinite data the identified effects rank exactly as the utilities
+    ceiling = metrics["noise_ceiling"]
+    assert ceiling["spearman_target_ceiling"] == pytest.approx(1.0)
+    assert ceiling["argmax_ctr_ratio_target_additive"] == pytest.approx(1.0)
+    one, four = ceiling["by_scale"]["1"], ceiling["by_scale"]["4"]  # tiny.yaml: bootstrap_scales [1, 4]
+    assert four["clicks_per_ad"] == pytest.approx(4 * one["clicks_per_ad"], rel=0.01)
+    assert 0.5 < four["spearman_additive"] <= 1.0 and 0 < one["argmax_ctr_ratio_additive"] <= 1.0
