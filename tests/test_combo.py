@@ -173,6 +173,7 @@ def test_mil_reward_matches_the_attribution_scorer():
                                                                           "hash_buckets": 32})
     problem = cg.ComboProblem(ad_ids=scorer.vocab.ads, slots=list(attr.SLOTS),
                               candidates=[[scorer.vocab.ad_elements(a)[s] for s in attr.SLOTS] for a in scorer.vocab.ads])
+    assert scorer.model.pair_bias.weight.abs().max() > 0.01  # the (title, image) pair effects take part
     reward = cg.MILReward.from_scorer(scorer, problem)
     ads = torch.tensor([0, 1, 2, 2])
     picks = torch.tensor([[0, 0, 0], [5, 2, 3], [1, 4, 2], [3, 3, 1]])
