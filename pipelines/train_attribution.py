@@ -50,7 +50,7 @@ class TrainAttributionConfig:
     learning_rate: float = 0.05
     l2: float = 100.0
     l2_bias: float = 1.0
-    l2_pair: float = 8.0  # prior precision on (title, image) pair effects; sd 1/sqrt(2 * l2_pair)
+    l2_pair: float | None = 8.0  # prior precision on (title, image) pair effects; null = no pair effects
     log_every: int = 50
     max_combinations_per_ad: int = 4096
     torch_threads: int = 1  # the model is tiny: more threads only contend; 0 = torch's default
@@ -76,7 +76,8 @@ class TrainAttributionConfig:
         require(self.learning_rate > 0, "train_attribution.learning_rate", "must be > 0")
         require(self.l2 >= 0, "train_attribution.l2", "must be >= 0")
         require(self.l2_bias >= 0, "train_attribution.l2_bias", "must be >= 0")
-        require(self.l2_pair > 0, "train_attribution.l2_pair", "must be > 0 (a pair effect needs a prior)")
+        require(self.l2_pair is None or self.l2_pair > 0, "train_attribution.l2_pair",
+                "must be > 0 (a pair effect needs a prior) or null (no pair effects)")
         require(self.torch_threads >= 0, "train_attribution.torch_threads", "must be >= 0")
 
 

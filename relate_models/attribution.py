@@ -112,7 +112,7 @@ class Vocab:
         self.pair_index = {_pair_key(*p): i + 1 for i, p in enumerate(self.pairs)}
 
     @classmethod
-    def from_frame(cls, rows: pd.DataFrame, context_features: Sequence[str] = ()) -> "Vocab":
+    def from_frame(cls, rows: pd.DataFrame, context_features: Sequence[str] = (), with_pairs: bool = False) -> "Vocab":
         ad_product = (
             rows[["ad_id", "product_id"]].drop_duplicates("ad_id").sort_values("ad_id").set_index("ad_id")["product_id"]
         )
@@ -127,7 +127,7 @@ class Vocab:
             elements=sorted(elements, key=lambda e: (e[0], SLOTS.index(e[1]), e[2])),
             context={c: sorted(rows[c].dropna().astype(str).unique()) for c in context_features},
             pairs=sorted(rows[["ad_id", *(SLOT_COLUMNS[s] for s in PAIR_SLOTS)]].dropna().drop_duplicates()
-                         .astype(str).itertuples(index=False, name=None)),
+                         .astype(str).itertuples(index=False, name=None)) if with_pairs else [],
         )
 
     def to_json(self) -> dict:
@@ -361,7 +361,7 @@ class FitSettings:
     learning_rate: float = 0.05
     l2: float = 100.0  # prior precision on per-id embeddings, in units of one impression
     l2_bias: float = 1.0  # prior precision on per-id scalar effects (element, product, context)
-    l2_pair: float = 8.0  # prior precision on (title, image) pair effects: sd 1/sqrt(2 * l2_pair)
+    l2_pair: float | None = None  # prior precision on (title, image) pair effects, sd 1/sqrt(2 l2_pair); None: off
     seed: int = 0
     log_every: int = 50
 
@@ -393,7 +393,7 @@ def fit(
     if train["clicks"].sum() <= 0:
         raise ValueError("training window has no clicks: nothing to attribute")
     torch.manual_seed(settings.seed)
-    vocab = Vocab.from_frame(train, context_features)
+    vocab = Vocab.from_frame(train, context_features, with_pairs=settings.l2_pair is not None)
     cfg = ModelConfig(
         n_elements=len(vocab.elements),
         n_products=len(vocab.products),
@@ -436,8 +436,9 @@ def fit(
         optimizer.zero_grad()
         nll = binomial_nll(model(**batch.inputs())["logit"], clicks, impressions) / n_imp
         emb_sq, bias_sq = model.penalties()
-        pair_sq = model.pair_bias.weight.pow(2).sum()
-        penalty = (settings.l2 * emb_sq + settings.l2_bias * bias_sq + settings.l2_pair * pair_sq) / n_imp
+        penalty = (settings.l2 * emb_sq + settings.l2_bias * bias_sq) / n_imp
+        if settings.l2_pair is not None:
+            penalty = penalty + settings.l2_pair * model.pair_bias.weight.pow(2).sum() / n_imp
         (nll + penalty).backward()
         optimizer.step()
         schedule.step()

@@ -217,7 +217,7 @@ def test_learns_a_title_image_interaction_that_moves_the_best_combination():
             rows.append({"ad_id": ad_id, "product_id": ad["product_id"], "title_id": t, "image_id": i,
                          "highlight_id": h, "impressions": 400, "clicks": rng.binomial(400, 1 / (1 + np.exp(-logit)))})
     rows = pd.DataFrame(rows)
-    scorer, _ = attr.fit(rows, attr.FitSettings(steps=300, seed=1, log_every=100))
+    scorer, _ = attr.fit(rows, attr.FitSettings(steps=300, seed=1, log_every=100, l2_pair=8.0))
     for ad_id, ad in world.items():
         grid = rows[rows["ad_id"] == ad_id].reset_index(drop=True)
         result = scorer.score_frame(grid)

@@ -169,8 +169,8 @@ def test_mil_reward_matches_the_attribution_scorer():
                           "impressions": 100, "clicks": int(100 / (1 + np.exp(-true_logit(ad, (t, i, h)))))}
                          for a, ad in world.items() for t, i, h in itertools.product(ad["title"], ad["image"],
                                                                                        ad["highlight"])])
-    scorer, _ = attr.fit(rows, attr.FitSettings(steps=20, log_every=20), {"embed_dim": 4, "attention_dim": 4,
-                                                                          "hash_buckets": 32})
+    settings = attr.FitSettings(steps=20, log_every=20, l2_pair=8.0)
+    scorer, _ = attr.fit(rows, settings, {"embed_dim": 4, "attention_dim": 4, "hash_buckets": 32})
     problem = cg.ComboProblem(ad_ids=scorer.vocab.ads, slots=list(attr.SLOTS),
                               candidates=[[scorer.vocab.ad_elements(a)[s] for s in attr.SLOTS] for a in scorer.vocab.ads])
     assert scorer.model.pair_bias.weight.abs().max() > 0.01  # the (title, image) pair effects take part
