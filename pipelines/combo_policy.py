@@ -8,9 +8,10 @@ combinations per ad with beam search.
 
 Writes models/combo_policy/ (generator.safetensors, config.json, serving.parquet,
 history.json) and metrics/combo_policy.json. serving.parquet: one row per (ad_id, rank),
-rank 1 = the generator's most probable combination; `score` is the MIL model's predicted
-CTR of the combination (the learned reward, not the truth), `policy_prob` the generator's
-probability of it.
+rank 1 = the best by the MIL reward of the generator's `serving_beam` most probable
+combinations (beam search), so top-1 reaches the reward's argmax whenever the beam holds
+it; `score` is the MIL model's predicted CTR of the combination (the learned reward, not
+the truth), `policy_prob` the generator's probability of it.
 
     python -m pipelines.combo_policy [--params params.yaml]
 """
@@ -55,6 +56,7 @@ class ComboPolicyConfig:
     temperature: float = 1.0
     credit_assignment: bool = True  # false: every slot gets the sequence advantage (ablation)
     top_k: int = 5
+    serving_beam: int = 20  # beam width of the serving decode; its candidates are re-ranked by the MIL reward
     diversity_samples: int = 32  # samples per ad for the distinct-combinations metric
     max_enumerate: int = 4096  # ads with at most this many combinations also get the exhaustive MIL argmax
     log_every: int = 25
@@ -63,6 +65,7 @@ class ComboPolicyConfig:
     def __post_init__(self):
         for name in ("hidden_dim", "steps", "top_k", "diversity_samples", "max_enumerate", "log_every"):
             require(getattr(self, name) >= 1, f"combo_policy.{name}", "must be >= 1")
+        require(self.serving_beam >= self.top_k, "combo_policy.serving_beam", f"must be >= top_k ({self.top_k})")
         require(self.group_size >= 2, "combo_policy.group_size", "must be >= 2 (the baseline is the group mean)")
         require(self.ads_per_step >= 0, "combo_policy.ads_per_step", "must be >= 0 (0 = all ads)")
         require(self.learning_rate > 0, "combo_policy.learning_rate", "must be > 0")
@@ -118,14 +121,25 @@ def mil_argmax(scorer: attr.AttributionScorer, problem: cg.ComboProblem, max_enu
     return best
 
 
-def serving_table(policy: cg.ComboPolicy, scorer: attr.AttributionScorer, top_k: int) -> tuple[pd.DataFrame, list]:
-    rows = policy.top_k(top_k)
+def serving_table(policy: cg.ComboPolicy, scorer: attr.AttributionScorer, top_k: int, beam: int
+                  ) -> tuple[pd.DataFrame, list]:
+    """The top_k of the policy's `beam` most probable combinations per ad, ranked by the MIL reward.
+
+    Why re-rank: the policy is a smoothed (entropy-regularised) image of the reward, so its mode
+    can miss the reward's argmax by a near-tie; scoring a beam of candidates with the reward
+    model itself picks the best of them, and never enumerates the combination space.
+    """
+    rows = policy.top_k(beam)
     frame = pd.DataFrame(rows)
     frame = frame.rename(columns={s: attr.SLOT_COLUMNS[s] for s in attr.SLOTS})
     frame["score"] = scorer.score_frame(frame[["ad_id", *attr.ELEMENT_COLUMNS]]).p_click
     frame["policy_prob"] = np.exp(frame["logp"].to_numpy())
-    frame["rank"] = frame["rank"].astype(np.int32)
-    return frame[SERVING_COLUMNS], rows
+    # stable sort: equal scores keep the policy's (beam) order
+    frame = frame.sort_values(["ad_id", "score"], ascending=[True, False], kind="stable")
+    frame["rank"] = (frame.groupby("ad_id").cumcount() + 1).astype(np.int32)
+    frame = frame[frame["rank"] <= top_k].reset_index(drop=True)
+    top_rows = frame[["ad_id", "rank", "picks"]].to_dict("records")
+    return frame[SERVING_COLUMNS], top_rows
 
 
 def run(cfg: ComboPolicyConfig) -> dict:
@@ -141,7 +155,7 @@ def run(cfg: ComboPolicyConfig) -> dict:
     reward = cg.MILReward.from_scorer(scorer, policy.problem)
     history = policy.train(reward, cfg.train_settings(), log)
     policy.meta.update({"config": asdict(cfg), "attribution_train_days": scorer.meta.get("train_days")})
-    serving, top_rows = serving_table(policy, scorer, cfg.top_k)
+    serving, top_rows = serving_table(policy, scorer, cfg.top_k, cfg.serving_beam)
 
     top1 = serving[serving["rank"] == 1].set_index("ad_id")
     argmax = mil_argmax(scorer, problem, cfg.max_enumerate)

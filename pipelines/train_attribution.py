@@ -50,6 +50,7 @@ class TrainAttributionConfig:
     learning_rate: float = 0.05
     l2: float = 100.0
     l2_bias: float = 1.0
+    l2_pair: float | None = 8.0  # prior precision on (title, image) pair effects; null = no pair effects
     log_every: int = 50
     max_combinations_per_ad: int = 4096
     torch_threads: int = 1  # the model is tiny: more threads only contend; 0 = torch's default
@@ -75,6 +76,8 @@ class TrainAttributionConfig:
         require(self.learning_rate > 0, "train_attribution.learning_rate", "must be > 0")
         require(self.l2 >= 0, "train_attribution.l2", "must be >= 0")
         require(self.l2_bias >= 0, "train_attribution.l2_bias", "must be >= 0")
+        require(self.l2_pair is None or self.l2_pair > 0, "train_attribution.l2_pair",
+                "must be > 0 (a pair effect needs a prior) or null (no pair effects)")
         require(self.torch_threads >= 0, "train_attribution.torch_threads", "must be >= 0")
 
 
@@ -214,7 +217,7 @@ def run(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:
     if train["clicks"].sum() <= 0:
         raise ValueError(f"no clicks in the training window {train_days[0]}..{train_days[-1]}: nothing to attribute")
     settings = attr.FitSettings(steps=cfg.steps, learning_rate=cfg.learning_rate, l2=cfg.l2, l2_bias=cfg.l2_bias,
-                                seed=cfg.seed, log_every=cfg.log_every)
+                                l2_pair=cfg.l2_pair, seed=cfg.seed, log_every=cfg.log_every)
     model_cfg = {"embed_dim": cfg.embed_dim, "attention_dim": cfg.attention_dim, "hash_buckets": cfg.hash_buckets}
     scorer, history = attr.fit(train, settings, model_cfg, cfg.context_features, holdout, log)
     scorer.meta.update({"source": cfg.source, "train_days": train_days, "holdout_days": holdout_days})

@@ -386,11 +386,14 @@ class MILReward:
     """Reward = the MIL attribution model's click logit; per-slot parts = its element contributions.
 
     elements/hashed: [A, S, C] the attribution model's element index and content hash of each
-    candidate (0 where unknown / padding); product: [A] product index.
+    candidate (0 where unknown / padding); product: [A] product index; pairs: [A, C, C] the
+    pair index of (candidate i of slot 0, candidate j of slot 1), 0 = no pair effect.
     """
 
-    def __init__(self, model: nn.Module, elements: torch.Tensor, hashed: torch.Tensor, product: torch.Tensor):
+    def __init__(self, model: nn.Module, elements: torch.Tensor, hashed: torch.Tensor, product: torch.Tensor,
+                 pairs: torch.Tensor | None = None):
         self.model, self.elements, self.hashed, self.product = model, elements, hashed, product
+        self.pairs = pairs
 
     @classmethod
     def from_scorer(cls, scorer, problem: ComboProblem) -> "MILReward":
@@ -412,7 +415,12 @@ class MILReward:
                     hashed[a, s, j] = attr.content_hash(slot, e, buckets)
         product = torch.as_tensor([scorer.vocab.product_index.get(scorer.vocab.ad_product.get(a, ""), 0)
                                    for a in problem.ad_ids], dtype=torch.long)
-        return cls(scorer.model, elements, hashed, product)
+        pairs = torch.zeros((len(problem.ad_ids), width, width), dtype=torch.long)
+        for a, (ad_id, per_slot) in enumerate(zip(problem.ad_ids, problem.candidates)):
+            for i, first in enumerate(per_slot[0]):
+                for j, second in enumerate(per_slot[1]):
+                    pairs[a, i, j] = scorer.vocab.pair_index.get(attr._pair_key(ad_id, first, second), 0)
+        return cls(scorer.model, elements, hashed, product, pairs)
 
     @torch.no_grad()
     def __call__(self, ads: torch.Tensor, picks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -420,7 +428,10 @@ class MILReward:
         idx = picks.clamp(min=0).unsqueeze(-1)
         element = self.elements[ads].gather(2, idx).squeeze(-1) * present
         hashed = self.hashed[ads].gather(2, idx).squeeze(-1) * present
-        out = self.model(element=element, hashed=hashed, present=present, product=self.product[ads])
+        pair = None
+        if self.pairs is not None:
+            pair = self.pairs[ads, idx[:, 0, 0], idx[:, 1, 0]] * (present[:, 0] & present[:, 1])
+        out = self.model(element=element, hashed=hashed, present=present, product=self.product[ads], pair=pair)
         return out["logit"], out["contribution"] * present
 
 

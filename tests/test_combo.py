@@ -169,10 +169,11 @@ def test_mil_reward_matches_the_attribution_scorer():
                           "impressions": 100, "clicks": int(100 / (1 + np.exp(-true_logit(ad, (t, i, h)))))}
                          for a, ad in world.items() for t, i, h in itertools.product(ad["title"], ad["image"],
                                                                                        ad["highlight"])])
-    scorer, _ = attr.fit(rows, attr.FitSettings(steps=20, log_every=20), {"embed_dim": 4, "attention_dim": 4,
-                                                                          "hash_buckets": 32})
+    settings = attr.FitSettings(steps=20, log_every=20, l2_pair=8.0)
+    scorer, _ = attr.fit(rows, settings, {"embed_dim": 4, "attention_dim": 4, "hash_buckets": 32})
     problem = cg.ComboProblem(ad_ids=scorer.vocab.ads, slots=list(attr.SLOTS),
                               candidates=[[scorer.vocab.ad_elements(a)[s] for s in attr.SLOTS] for a in scorer.vocab.ads])
+    assert scorer.model.pair_bias.weight.abs().max() > 0.01  # the (title, image) pair effects take part
     reward = cg.MILReward.from_scorer(scorer, problem)
     ads = torch.tensor([0, 1, 2, 2])
     picks = torch.tensor([[0, 0, 0], [5, 2, 3], [1, 4, 2], [3, 3, 1]])
@@ -231,6 +232,15 @@ def test_policy_and_evaluate_stages_end_to_end(tiny_params, monkeypatch):
     assert (Path("models/combo_policy") / "generator.safetensors").is_file()
     metrics = json.loads(Path("metrics/combo_policy.json").read_text())
     assert metrics["ads"] == 6 and metrics["diversity"]["distinct_combos_in_top_k_per_ad"] == 3
+    # served ranks follow the MIL reward, and rank 1 is the reward's best of the policy's serving beam (6)
+    assert (serving.groupby("ad_id")["score"].diff().dropna() <= 0).all()
+    policy = cg.ComboPolicy.load("models/combo_policy")
+    scorer = attr.AttributionScorer.load("models/attribution")
+    beam = pd.DataFrame(policy.top_k(6)).rename(columns={s: attr.SLOT_COLUMNS[s] for s in attr.SLOTS})
+    beam["score"] = scorer.score_frame(beam[["ad_id", *attr.ELEMENT_COLUMNS]]).p_click
+    best = beam.loc[beam.groupby("ad_id")["score"].idxmax()].set_index("ad_id")
+    top1 = serving[serving["rank"] == 1].set_index("ad_id")
+    pd.testing.assert_frame_equal(top1[list(attr.ELEMENT_COLUMNS)], best.loc[top1.index, list(attr.ELEMENT_COLUMNS)])
     # deterministic given the seed
     assert combo_policy.main([]) == 0
     pd.testing.assert_frame_equal(serving, pd.read_parquet("models/combo_policy/serving.parquet"))
@@ -257,3 +267,7 @@ def test_stages_exit_2_on_bad_config_or_missing_inputs(tiny_params):
     text = tiny_params.read_text().replace("  group_size: 8\n", "  group_size: 1\n")
     tiny_params.write_text(text)
     assert combo_policy.main([]) == 2
+    from pipelines.params import ConfigError
+
+    with pytest.raises(ConfigError, match="combo_policy.serving_beam"):
+        combo_policy.ComboPolicyConfig(seed=0, top_k=5, serving_beam=4)
