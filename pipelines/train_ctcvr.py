@@ -68,6 +68,7 @@ class TrainCTCVRConfig:
     max_exposures: int = 8  # earlier showings of the text to the user above this share one offset; 0 = off
     exposure_history_days: int = 7  # days before the training window counted into earlier showings
     epochs: int = 4
+    ema_decay: float = 0.99  # validate and keep a moving average of the weights; 0 = the last step's
     batch_size: int = 1024
     lr: float = 0.003
     weight_decay: float = 1e-5
@@ -87,6 +88,7 @@ class TrainCTCVRConfig:
             require(getattr(self, name) >= 1, f"{SECTION}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.hidden_dim >= 2, f"{SECTION}.hidden_dim", f"must be >= 2, got {self.hidden_dim}")
         require(0 <= self.dropout < 1, f"{SECTION}.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(0 <= self.ema_decay < 1, f"{SECTION}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.lr > 0, f"{SECTION}.lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, f"{SECTION}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(isinstance(self.id_fields, list) and all(isinstance(f, str) and f for f in self.id_fields),
@@ -253,7 +255,7 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     result = ctcvr.fit(
         model_cfg, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
-        id_dropout=cfg.id_dropout, log=log.info,
+        id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, log=log.info,
     )
     model_seconds = time.monotonic() - started
 

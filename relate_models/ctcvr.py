@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from relate_models.tokenizer import load_tokenizer, save_tokenizer
 
@@ -386,6 +387,17 @@ def predict(model: CTCVRModel, encoder: FeatureEncoder, data: TrainData, batch_s
     return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
 
 
+def _ema(decay: float):
+    """Moving-average update whose decay warms up as (1 + n) / (10 + n) (as in TensorFlow's
+    ExponentialMovingAverage), so short runs average recent weights, not the initial ones."""
+
+    def update(average: torch.Tensor, current: torch.Tensor, n_averaged) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n_averaged)) / (10.0 + float(n_averaged)))
+        return d * average + (1.0 - d) * current
+
+    return update
+
+
 def fit(
     config: CTCVRConfig,
     encoder: FeatureEncoder,
@@ -398,9 +410,13 @@ def fit(
     weight_decay: float,
     seed: int,
     id_dropout: float = 0.0,
+    ema_decay: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Adam over shuffled mini-batches; keeps the epoch with the best validation ESMM loss.
+
+    `ema_decay` > 0: validate and keep an exponential moving average of the weights instead of the
+    last step's: with a few thousand conversions the last step's CVR tower is noisy.
 
     `id_dropout`: share of training rows whose id fields are set to unknown (0), so the unknown
     id learns the average offset that contexts without ids (the GRPO reward's) are scored with."""
@@ -408,6 +424,8 @@ def fit(
     model = CTCVRModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
+    averaged = AveragedModel(model, avg_fn=_ema(ema_decay)) if ema_decay > 0 else None
+    scored = averaged.module if averaged is not None else model
     curve, best_loss, best_state, best_epoch = [], math.inf, None, 0
     for epoch in range(1, epochs + 1):
         start = time.monotonic()
@@ -426,9 +444,11 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total += float(loss.detach()) * len(rows)
             seen += len(rows)
-        row = {"epoch": epoch, "train_loss": total / max(seen, 1), **evaluate(model, encoder, val)}
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1), **evaluate(scored, encoder, val)}
         row["seconds"] = round(time.monotonic() - start, 2)
         curve.append(row)
         log(
@@ -437,7 +457,7 @@ def fit(
         )
         if row["val_loss"] < best_loss:
             best_loss, best_epoch = row["val_loss"], epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

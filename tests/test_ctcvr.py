@@ -96,7 +96,7 @@ def trained(tokenizer):
     encoder = ctcvr.FeatureEncoder(cfg, tokenizer)
     result = ctcvr.fit(cfg, encoder, ctcvr.build_train_data(encoder, frame[:27000]),
                        ctcvr.build_train_data(encoder, frame[27000:]), epochs=6, batch_size=512, lr=0.02,
-                       weight_decay=0.0, seed=3, id_dropout=0.2, log=lambda _: None)
+                       weight_decay=0.0, seed=3, id_dropout=0.2, ema_decay=0.9, log=lambda _: None)
     return ctcvr.CTCVRScorer(result.model, tokenizer), result
 
 
