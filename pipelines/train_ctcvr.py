@@ -12,6 +12,7 @@ heldout_predictions.parquet, training_curve.json) and metrics/ctcvr_train.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ log = get_logger(__name__)
 
 SECTION = "train_ctcvr"
 COLUMNS = ["impression_id", "ad_text", "keyword", "vertical", "user_segment", "position", "clicked", "converted"]
+EXPOSURE_COLUMNS = ["ts", "user_id", "text_id"]  # earlier showings of a text to a user, from the logs
 OPTIONAL_COLUMNS = ["query"]  # query/text word overlap when logged; the keyword stands in otherwise
 CTCVR_DIR = MODELS / "ctcvr"
 TOKENIZER_DIR = MODELS / "tokenizer"
@@ -61,7 +63,12 @@ class TrainCTCVRConfig:
     hidden_dim: int = 64
     dropout: float = 0.1
     wide: bool = True  # linear part next to each MLP tower (wide & deep)
+    id_fields: list[str] = dataclasses.field(default_factory=lambda: ["ad_id"])  # columns with a learned offset
+    id_dropout: float = 0.1  # share of training rows scored as "id unknown" (the GRPO reward has no ad id)
+    max_exposures: int = 8  # earlier showings of the text to the user above this share one offset; 0 = off
+    exposure_history_days: int = 7  # days before the training window counted into earlier showings
     epochs: int = 4
+    ema_decay: float = 0.99  # validate and keep a moving average of the weights; 0 = the last step's
     batch_size: int = 1024
     lr: float = 0.003
     weight_decay: float = 1e-5
@@ -81,8 +88,18 @@ class TrainCTCVRConfig:
             require(getattr(self, name) >= 1, f"{SECTION}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.hidden_dim >= 2, f"{SECTION}.hidden_dim", f"must be >= 2, got {self.hidden_dim}")
         require(0 <= self.dropout < 1, f"{SECTION}.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(0 <= self.ema_decay < 1, f"{SECTION}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.lr > 0, f"{SECTION}.lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, f"{SECTION}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(isinstance(self.id_fields, list) and all(isinstance(f, str) and f for f in self.id_fields),
+                f"{SECTION}.id_fields", f"must be a list of column names, got {self.id_fields!r}")
+        clash = sorted(set(self.id_fields) & set(COLUMNS + EXPOSURE_COLUMNS + OPTIONAL_COLUMNS + ["placement"]))
+        require(not clash, f"{SECTION}.id_fields", f"must name id columns, not {clash}")
+        require(len(set(self.id_fields)) == len(self.id_fields), f"{SECTION}.id_fields", "has duplicates")
+        require(0 <= self.id_dropout < 1, f"{SECTION}.id_dropout", f"must be in [0, 1), got {self.id_dropout}")
+        require(self.max_exposures >= 0, f"{SECTION}.max_exposures", f"must be >= 0, got {self.max_exposures}")
+        require(self.exposure_history_days >= 0, f"{SECTION}.exposure_history_days",
+                f"must be >= 0, got {self.exposure_history_days}")
         require(self.baseline_C > 0, f"{SECTION}.baseline_C", f"must be > 0, got {self.baseline_C}")
 
 
@@ -118,8 +135,8 @@ def choose_window(status: dict[str, tuple[int, bool]], train_days: int) -> tuple
     return train, eval_day
 
 
-def load_search_impressions(days: list[str]) -> pd.DataFrame:
-    """Search-placement rows of labeled_impressions for `days`, with a dt column."""
+def load_search_impressions(days: list[str], extra_columns: list[str] = ()) -> pd.DataFrame:
+    """Search-placement rows of labeled_impressions for `days` (COLUMNS + extra_columns), with a dt column."""
     table_dir = curated("labeled_impressions")
     frames = []
     for ds in days:
@@ -128,10 +145,10 @@ def load_search_impressions(days: list[str]) -> pd.DataFrame:
         if not files:
             raise DataError(f"labeled_impressions dt={ds}: empty partition (no parquet files in {path})")
         schema_names = set(pq.read_schema(files[0]).names)
-        missing = [c for c in COLUMNS + ["placement"] if c not in schema_names]
+        missing = [c for c in COLUMNS + list(extra_columns) + ["placement"] if c not in schema_names]
         if missing:
             raise DataError(f"labeled_impressions dt={ds}: missing column(s) {', '.join(missing)}")
-        columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if c in schema_names]
+        columns = COLUMNS + list(extra_columns) + [c for c in OPTIONAL_COLUMNS if c in schema_names]
         table = pq.read_table(path, columns=columns, filters=[("placement", "=", "search")])
         frame = table.to_pandas()
         if frame.empty:
@@ -146,6 +163,23 @@ def load_search_impressions(days: list[str]) -> pd.DataFrame:
     # a conversion implies a click; the ESMM target is clicked AND converted
     frame["converted"] = (frame["converted"].fillna(0).astype(np.int64).clip(0, 1) * frame["clicked"]).astype(np.int64)
     return frame
+
+
+def load_window(cfg: TrainCTCVRConfig, all_days: list[str], train_days: list[str], eval_day: str
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, eval) frames; with max_exposures, each row's earlier showings of its text to its user,
+    counted over the `exposure_history_days` before the window too (the logs a platform has)."""
+    extra = list(cfg.id_fields) + (EXPOSURE_COLUMNS if cfg.max_exposures else [])
+    history = []
+    if cfg.max_exposures:
+        first = shift_ds(train_days[0], -cfg.exposure_history_days)
+        history = [ds for ds in all_days if first <= ds < train_days[0]]
+    frame = load_search_impressions(history + train_days + [eval_day], extra)
+    if cfg.max_exposures:
+        frame[ctcvr.EXPOSURES] = ctcvr.prior_exposures(frame["user_id"].astype(str).to_numpy(),
+                                                       frame["text_id"].astype(str).to_numpy(), frame["ts"].to_numpy())
+    train = frame[frame["dt"].isin(train_days)].reset_index(drop=True)
+    return train, frame[frame["dt"] == eval_day].reset_index(drop=True)
 
 
 def check_labels(frame: pd.DataFrame, what: str) -> None:
@@ -196,8 +230,7 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     train_days, eval_day = choose_window(label_status(days), cfg.train_days)
     log.info("eval day %s (last with complete labels); training days %s..%s", eval_day, train_days[0], train_days[-1])
 
-    train_frame = load_search_impressions(train_days)
-    eval_frame = load_search_impressions([eval_day])
+    train_frame, eval_frame = load_window(cfg, days, train_days, eval_day)
     check_labels(train_frame, f"training window {train_days[0]}..{train_days[-1]}")
     check_labels(eval_frame, f"eval day {eval_day}")
     log.info("train: %d impressions, %d clicks, %d conversions; eval: %d impressions",
@@ -207,7 +240,8 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     log.info("tokenizer: %d tokens from %d distinct texts", len(tokenizer), train_frame["ad_text"].nunique())
     model_cfg = ctcvr.CTCVRConfig(
         vocab_size=len(tokenizer),
-        vocabs={name: vocab(train_frame, name) for name in ctcvr.CONTEXT_FIELDS},
+        vocabs={name: vocab(train_frame, name) for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields)},
+        id_fields=list(cfg.id_fields), max_exposures=cfg.max_exposures,
         max_tokens=cfg.max_tokens, bigram_buckets=cfg.bigram_buckets, max_position=cfg.max_position,
         embed_dim=cfg.embed_dim, context_dim=cfg.context_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, wide=cfg.wide,
         bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
@@ -221,7 +255,7 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     result = ctcvr.fit(
         model_cfg, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
-        log=log.info,
+        id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, log=log.info,
     )
     model_seconds = time.monotonic() - started
 

@@ -3,7 +3,14 @@
     text -> token ids + hashed bigrams -> mean embedding bags --+
     keyword, vertical, user_segment, position -> embeddings  --+--> pCTR tower -> pCTR
     keyword-in-text, query overlap, length, tokens (dense)   --+--> pCVR tower -> pCVR
+    + per-id offsets (e.g. ad_id) and an earlier-exposures offset, added to both logits
                                                                     pCTCVR = pCTR * pCVR
+
+The id offsets carry what the text cannot (an ad's product appeal); they are additive, so
+the ranking of texts within one context never depends on them, and training drops them for
+a share of rows so an absent id (the GRPO reward knows no ad) scores as an average ad. The
+exposure offset (earlier showings of the same text to the same user: fatigue) defaults to 0
+exposures, i.e. a fresh user, when a context does not give `prior_exposures`.
 
 Both towers share the embeddings. ESMM trains on every impression:
     loss = BCE(clicked, pCTR) + BCE(clicked AND converted, pCTR * pCVR)
@@ -28,10 +35,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from relate_models.tokenizer import load_tokenizer, save_tokenizer
 
 CONTEXT_FIELDS = ("keyword", "vertical", "user_segment")  # categorical; id 0 = unknown
+EXPOSURES = "prior_exposures"  # context key: earlier impressions of this text to this user
 N_DENSE = 4  # keyword_in_text, query_overlap, n_chars / char_scale, n_tokens / max_tokens
 _WORD = re.compile(r"[a-z0-9]+")
 _BIGRAM_MUL = 1_000_003  # prime; (a * mul + b) mod buckets spreads id pairs over buckets
@@ -53,6 +62,8 @@ class CTCVRConfig:
     hidden_dim: int = 64
     dropout: float = 0.1
     wide: bool = True  # add a linear (wide) part per tower: additive effects learn from few conversions
+    id_fields: list[str] = field(default_factory=list)  # context keys with a learned (ctr, cvr) offset per value
+    max_exposures: int = 0  # earlier-exposure counts above this share one offset; 0 = no exposure feature
     bos_id: int = 1
     eos_id: int = 2
 
@@ -80,7 +91,8 @@ class FeatureEncoder:
         self.config = config
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
-        self.index = {name: {v: i + 1 for i, v in enumerate(config.vocabs.get(name, []))} for name in CONTEXT_FIELDS}
+        self.index = {name: {v: i + 1 for i, v in enumerate(config.vocabs.get(name, []))}
+                      for name in (*CONTEXT_FIELDS, *config.id_fields)}
 
     def encode_texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Per-text tensors: tokens (N, L), bigrams (N, L + 1), n_chars (N,), n_tokens (N,)."""
@@ -132,6 +144,16 @@ class FeatureEncoder:
                 out[i] = min(p, self.config.max_position)
         return torch.from_numpy(out)
 
+    def exposure_ids(self, values: Sequence) -> torch.Tensor:
+        """Earlier exposures clipped to max_exposures; missing or garbage -> 0 (a fresh user)."""
+        out = np.zeros(len(values), dtype=np.int64)
+        for i, v in enumerate(values):
+            try:
+                out[i] = min(max(int(v), 0), self.config.max_exposures)
+            except (TypeError, ValueError):
+                continue
+        return torch.from_numpy(out)
+
     @staticmethod
     def relevance(texts: Sequence[str], keywords: Sequence, queries: Sequence) -> torch.Tensor:
         """(N, 2): keyword present in the text; share of the query's words in the text.
@@ -171,9 +193,19 @@ class FeatureEncoder:
                 self.relevance(texts, keywords, [c.get("query") for c in contexts]), text["n_chars"], text["n_tokens"]
             ),
         }
-        for name in CONTEXT_FIELDS:
+        for name in (*CONTEXT_FIELDS, *self.config.id_fields):
             batch[name] = self.context_ids(name, [c.get(name) for c in contexts])
+        batch["exposures"] = self.exposure_ids([c.get(EXPOSURES) for c in contexts])
         return batch
+
+
+def prior_exposures(users: Sequence, items: Sequence, ts: Sequence) -> np.ndarray:
+    """Per row: earlier rows with the same (user, item), in time order (ties: input order)."""
+    frame = pd.DataFrame({"user": users, "item": items, "ts": ts})
+    order = np.lexsort((np.arange(len(frame)), frame["ts"].to_numpy()))
+    counts = np.empty(len(frame), dtype=np.int64)
+    counts[order] = frame.iloc[order].groupby(["user", "item"], sort=False, dropna=False).cumcount().to_numpy()
+    return counts
 
 
 # ------------------------------------------------------------------------------- model
@@ -235,7 +267,12 @@ class CTCVRModel(nn.Module):
         self.cvr_tower = _tower(in_dim, c.hidden_dim, c.dropout)
         if c.wide:
             self.ctr_wide, self.cvr_wide = _Wide(c), _Wide(c)
+        # (ctr, cvr) logit offsets; zero at the start so an unseen id or exposure count changes nothing
+        self.id_offset = nn.ModuleDict({name: nn.Embedding(c.n_ids(name), 2) for name in c.id_fields})
+        self.exposure_offset = nn.Embedding(c.max_exposures + 1, 2)
         self.apply(self._init)
+        for emb in (*self.id_offset.values(), self.exposure_offset):
+            nn.init.zeros_(emb.weight)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -250,7 +287,10 @@ class CTCVRModel(nn.Module):
         ctr_logit, cvr_logit = self.ctr_tower(shared).squeeze(1), self.cvr_tower(shared).squeeze(1)
         if self.config.wide:
             ctr_logit, cvr_logit = ctr_logit + self.ctr_wide(batch), cvr_logit + self.cvr_wide(batch)
-        return ctr_logit, cvr_logit
+        offset = self.exposure_offset(batch["exposures"])
+        for name, emb in self.id_offset.items():
+            offset = offset + emb(batch[name])
+        return ctr_logit + offset[:, 0], cvr_logit + offset[:, 1]
 
 
 def esmm_loss(
@@ -275,7 +315,7 @@ class TrainData:
 
     text_features: dict[str, torch.Tensor]  # tokens, bigrams, n_chars, n_tokens per unique text
     text_index: torch.Tensor  # (N,) row -> unique text
-    context: dict[str, torch.Tensor]  # keyword, vertical, user_segment, position: (N,); relevance: (N, 2)
+    context: dict[str, torch.Tensor]  # context fields, id fields, position, exposures: (N,); relevance: (N, 2)
     clicked: torch.Tensor
     converted: torch.Tensor
 
@@ -292,17 +332,20 @@ class TrainData:
                 self.context["relevance"][rows], self.text_features["n_chars"][t], self.text_features["n_tokens"][t]
             ),
         }
-        for name in CONTEXT_FIELDS:
+        for name in (*CONTEXT_FIELDS, *encoder.config.id_fields, "exposures"):
             out[name] = self.context[name][rows]
         return out
 
 
 def build_train_data(encoder: FeatureEncoder, frame: pd.DataFrame) -> TrainData:
-    """Frame columns: ad_text, keyword, vertical, user_segment, position, clicked, converted[, query]."""
+    """Frame columns: ad_text, keyword, vertical, user_segment, position, clicked, converted, the config's
+    id fields[, query][, prior_exposures]."""
     texts = frame["ad_text"].fillna("").astype(str)
     codes, uniques = texts.factorize(sort=True)
-    context = {name: encoder.context_ids(name, frame[name].tolist()) for name in CONTEXT_FIELDS}
+    context = {name: encoder.context_ids(name, frame[name].tolist())
+               for name in (*CONTEXT_FIELDS, *encoder.config.id_fields)}
     context["position"] = encoder.position_ids(frame["position"].tolist())
+    context["exposures"] = encoder.exposure_ids(frame[EXPOSURES].tolist() if EXPOSURES in frame else [0] * len(frame))
     # relevance per distinct (text, keyword, query): far fewer than impressions
     keys = pd.DataFrame({
         "ad_text": texts.to_numpy(dtype=object),
@@ -344,6 +387,17 @@ def predict(model: CTCVRModel, encoder: FeatureEncoder, data: TrainData, batch_s
     return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
 
 
+def _ema(decay: float):
+    """Moving-average update whose decay warms up as (1 + n) / (10 + n) (as in TensorFlow's
+    ExponentialMovingAverage), so short runs average recent weights, not the initial ones."""
+
+    def update(average: torch.Tensor, current: torch.Tensor, n_averaged) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n_averaged)) / (10.0 + float(n_averaged)))
+        return d * average + (1.0 - d) * current
+
+    return update
+
+
 def fit(
     config: CTCVRConfig,
     encoder: FeatureEncoder,
@@ -355,13 +409,23 @@ def fit(
     lr: float,
     weight_decay: float,
     seed: int,
+    id_dropout: float = 0.0,
+    ema_decay: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Adam over shuffled mini-batches; keeps the epoch with the best validation ESMM loss."""
+    """Adam over shuffled mini-batches; keeps the epoch with the best validation ESMM loss.
+
+    `ema_decay` > 0: validate and keep an exponential moving average of the weights instead of the
+    last step's: with a few thousand conversions the last step's CVR tower is noisy.
+
+    `id_dropout`: share of training rows whose id fields are set to unknown (0), so the unknown
+    id learns the average offset that contexts without ids (the GRPO reward's) are scored with."""
     torch.manual_seed(seed)
     model = CTCVRModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
+    averaged = AveragedModel(model, avg_fn=_ema(ema_decay)) if ema_decay > 0 else None
+    scored = averaged.module if averaged is not None else model
     curve, best_loss, best_state, best_epoch = [], math.inf, None, 0
     for epoch in range(1, epochs + 1):
         start = time.monotonic()
@@ -370,14 +434,21 @@ def fit(
         total, seen = 0.0, 0
         for s in range(0, len(order), batch_size):
             rows = order[s : s + batch_size]
-            ctr_logit, cvr_logit = model(train.batch(encoder, rows))
+            batch = train.batch(encoder, rows)
+            if id_dropout > 0:
+                drop = torch.rand(len(rows), generator=generator) < id_dropout
+                for name in config.id_fields:
+                    batch[name] = batch[name].masked_fill(drop, 0)
+            ctr_logit, cvr_logit = model(batch)
             loss, _ = esmm_loss(ctr_logit, cvr_logit, train.clicked[rows], train.converted[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total += float(loss.detach()) * len(rows)
             seen += len(rows)
-        row = {"epoch": epoch, "train_loss": total / max(seen, 1), **evaluate(model, encoder, val)}
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1), **evaluate(scored, encoder, val)}
         row["seconds"] = round(time.monotonic() - start, 2)
         curve.append(row)
         log(
@@ -386,7 +457,7 @@ def fit(
         )
         if row["val_loss"] < best_loss:
             best_loss, best_epoch = row["val_loss"], epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -483,7 +554,8 @@ class CTCVRScorer:
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], contexts: Sequence[dict]) -> dict[str, np.ndarray]:
-        """Probabilities for aligned texts and contexts ({keyword, vertical, position, user_segment})."""
+        """Probabilities for aligned texts and contexts ({keyword, vertical, position, user_segment[, query]}
+        plus, optionally, the config's id fields and prior_exposures)."""
         texts = list(texts)
         contexts = list(contexts)
         if len(texts) != len(contexts):

@@ -17,10 +17,13 @@ from relate_models.tokenizer import load_tokenizer, save_tokenizer, train_tokeni
 WORDS = "save big on great deals today shop now best prices quality fast delivery trusted brand new offers".split()
 VERTICALS = {"travel": ["cheap flights", "hotel deals"], "finance": ["loan rates", "credit card"], "home": ["sofa sale", "lamp"]}
 BOOST, DAMPEN = "free", "guaranteed"  # BOOST raises CTR; DAMPEN lowers CVR
+FATIGUE = 0.5  # CTR multiplier per earlier showing of the same text to the same user (up to 3)
 
 
-def synthetic_impressions(n: int, seed: int, texts_per_ad: int = 30) -> pd.DataFrame:
-    """Search + feed impressions with the curated schema and planted effects."""
+def synthetic_impressions(n: int, seed: int, texts_per_ad: int = 30, users: int = 150, fatigue: float = 1.0) -> pd.DataFrame:
+    """Search + feed impressions with the curated schema and planted effects (seed = day: ts grow with it).
+
+    `fatigue` < 1 multiplies CTR per earlier showing (within this frame) of the text to the user."""
     rng = np.random.default_rng(seed)
     catalog = []
     for vertical, keywords in VERTICALS.items():
@@ -41,17 +44,24 @@ def synthetic_impressions(n: int, seed: int, texts_per_ad: int = 30) -> pd.DataF
     position = rng.integers(1, 5, size=n)
     has_boost = np.char.find(np.char.lower(text.astype(str)), BOOST) >= 0
     has_dampen = np.char.find(np.char.lower(text.astype(str)), DAMPEN) >= 0
-    p_click = 1 / (1 + np.exp(-(-2.2 + 1.6 * has_boost - 0.25 * (position - 1))))
+    user_rng = np.random.default_rng([seed, 1])  # own stream: the label draws below stay as they were
+    user = np.array([f"u{u:04d}" for u in user_rng.integers(0, users, size=n)])
+    text_id = np.array([f"txt-{pick_id:05d}" for pick_id in pick])
+    prior = pd.DataFrame({"u": user, "t": text_id}).groupby(["u", "t"]).cumcount().to_numpy()  # rows in ts order
+    p_click = 1 / (1 + np.exp(-(-2.2 + 1.6 * has_boost - 0.25 * (position - 1)))) * fatigue ** np.minimum(prior, 3)
     p_conv = 1 / (1 + np.exp(-(-0.8 - 2.0 * has_dampen + 0.5 * (segment == "loyal"))))
     clicked = rng.random(n) < p_click
     converted = clicked & (rng.random(n) < p_conv)
     return pd.DataFrame({
         "impression_id": [f"imp-{seed}-{i}" for i in range(n)],
+        "ts": seed * 86_400_000 + np.arange(n, dtype=np.int64) * 1000, "user_id": user, "text_id": text_id,
+        "ad_id": [f"ad-{k.replace(' ', '-')}" for k in keyword],
         "placement": np.where(rng.random(n) < 0.85, "search", "feed"),
         "ad_text": text, "keyword": keyword, "query": [f"{k} {m}".strip() for k, m in zip(keyword, modifier)], "vertical": vertical, "user_segment": segment,
         "position": position.astype(np.int32), "clicked": clicked.astype(np.int32),
         "converted": converted.astype(np.int32), "label_complete": True,
         "true_p_click": p_click, "true_p_ctcvr": p_click * p_conv,  # test oracle; the stage never reads them
+        ctcvr.EXPOSURES: prior,  # what train_ctcvr derives from the logs (a test checks it does)
     })
 
 
@@ -78,13 +88,15 @@ def tokenizer():
 def trained(tokenizer):
     """A model fitted on synthetic data with the planted effects."""
     torch.set_num_threads(1)  # 2 threads thrash when other jobs share the 2 cores
-    frame = synthetic_impressions(30000, 1)
-    cfg = ctcvr.CTCVRConfig(vocab_size=len(tokenizer), vocabs={n: train_ctcvr.vocab(frame, n) for n in ctcvr.CONTEXT_FIELDS},
-                            bigram_buckets=5000, embed_dim=16, context_dim=8, hidden_dim=32, dropout=0.0)
+    frame = synthetic_impressions(30000, 1, fatigue=FATIGUE)
+    fields = (*ctcvr.CONTEXT_FIELDS, "ad_id")
+    cfg = ctcvr.CTCVRConfig(vocab_size=len(tokenizer), vocabs={n: train_ctcvr.vocab(frame, n) for n in fields},
+                            bigram_buckets=5000, embed_dim=16, context_dim=8, hidden_dim=32, dropout=0.0,
+                            id_fields=["ad_id"], max_exposures=4)
     encoder = ctcvr.FeatureEncoder(cfg, tokenizer)
     result = ctcvr.fit(cfg, encoder, ctcvr.build_train_data(encoder, frame[:27000]),
                        ctcvr.build_train_data(encoder, frame[27000:]), epochs=6, batch_size=512, lr=0.02,
-                       weight_decay=0.0, seed=3, log=lambda _: None)
+                       weight_decay=0.0, seed=3, id_dropout=0.2, ema_decay=0.9, log=lambda _: None)
     return ctcvr.CTCVRScorer(result.model, tokenizer), result
 
 
@@ -133,7 +145,7 @@ def test_learns_planted_signal(trained):
     out = scorer.score(texts, [ctx] * 3)
     assert out["p_ctr"][1] > out["p_ctr"][0] + 0.05, out  # BOOST raises CTR
     assert out["p_cvr"][2] < out["p_cvr"][0] - 0.05, out  # DAMPEN lowers CVR
-    held = synthetic_impressions(4000, 9)
+    held = synthetic_impressions(4000, 9, fatigue=FATIGUE)
     pred = scorer.score(held["ad_text"].tolist(), held.to_dict("records"))
     boost = held["ad_text"].str.lower().str.contains(BOOST).to_numpy()
     dampen = held["ad_text"].str.lower().str.contains(DAMPEN).to_numpy()
@@ -143,6 +155,33 @@ def test_learns_planted_signal(trained):
     # held-out texts are new (another catalog): the model generalises through tokens, not text ids
     assert ctcvr.auc(held["clicked"], pred["p_ctr"]) > 0.9 * ctcvr.auc(held["clicked"], held["true_p_click"])
     assert ctcvr.auc(ctcvr_label, pred["p_ctcvr"]) > 0.9 * ctcvr.auc(ctcvr_label, held["true_p_ctcvr"])
+
+
+def test_prior_exposures_counts_earlier_showings_in_time_order():
+    users = ["a", "a", "b", "a", "a", "b"]
+    items = ["x", "x", "x", "y", "x", "x"]
+    ts = [30, 10, 20, 40, 10, 5]  # out of order, with a tie (rows 1 and 4: input order breaks it)
+    np.testing.assert_array_equal(ctcvr.prior_exposures(users, items, ts), [2, 0, 1, 0, 1, 0])
+
+
+def test_learns_fatigue_and_scores_absent_ids_as_an_average_ad(trained):
+    scorer, _ = trained
+    ctx = {"keyword": "lamp", "vertical": "home", "position": 1, "user_segment": "new", "ad_id": "ad-lamp"}
+    texts = ["Save big on great deals today"] * 4
+    out = scorer.score(texts, [ctx, {**ctx, ctcvr.EXPOSURES: 1}, {**ctx, ctcvr.EXPOSURES: 3}, {**ctx, ctcvr.EXPOSURES: 99}])
+    ratio = out["p_ctr"][1:] / out["p_ctr"][0]
+    assert 0.35 < ratio[0] < 0.7 and ratio[1] < 0.3, ratio  # planted: x0.5 per earlier showing, up to 3
+    assert out["p_ctr"][3] == pytest.approx(out["p_ctr"][2], rel=0.3)  # clipped at max_exposures
+    # the id offset is additive: without an ad id every text moves by the same logit shift
+    held = synthetic_impressions(500, 11, fatigue=FATIGUE)
+    with_id = scorer.score(held["ad_text"].tolist(), held.to_dict("records"))
+    without = scorer.score(held["ad_text"].tolist(), held.drop(columns="ad_id").to_dict("records"))
+    for key in ("p_ctr", "p_cvr"):
+        shift = torch.logit(torch.from_numpy(with_id[key])) - torch.logit(torch.from_numpy(without[key]))
+        by_ad = pd.Series(shift.numpy()).groupby(held["ad_id"].to_numpy()).agg(["min", "max"])
+        assert (by_ad["max"] - by_ad["min"]).max() < 1e-3, by_ad
+    # id dropout taught the unknown id the average ad: mean predictions stay calibrated without ids
+    assert without["p_ctcvr"].mean() == pytest.approx(with_id["p_ctcvr"].mean(), rel=0.25)
 
 
 def test_save_load_round_trip_identical(trained, tmp_path):
@@ -204,7 +243,14 @@ def test_train_stage_end_to_end(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "metrics" / "ctcvr_train.json").read_text())
     assert metrics["eval_day"] == "2026-01-05" and metrics["train_days"] == ["2026-01-02", "2026-01-03", "2026-01-04"]
     assert metrics["auc_ctr"] > 0.6 and metrics["auc_ctcvr"] > 0.6 and 0 <= metrics["ece_ctcvr"] < 0.1
-    assert "baseline_auc_ctcvr" in metrics
+    # earlier showings of a text to a user are counted over the search logs, history days before the window included
+    cfg = train_ctcvr.load_config(train_ctcvr.TrainCTCVRConfig, "train_ctcvr")
+    train_frame, eval_frame = train_ctcvr.load_window(cfg, sorted(days), metrics["train_days"], "2026-01-05")
+    logs = pd.concat([days[ds] for ds in sorted(days)]).query("placement == 'search'")  # in ts order
+    expected = logs.groupby(["user_id", "text_id"]).cumcount().set_axis(logs["impression_id"])
+    for frame in (train_frame, eval_frame):
+        np.testing.assert_array_equal(frame[ctcvr.EXPOSURES].to_numpy(), expected.loc[frame["impression_id"]].to_numpy())
+    assert (eval_frame[ctcvr.EXPOSURES] > 0).mean() > 0.2
     pred = pd.read_parquet(tmp_path / "models" / "ctcvr" / "heldout_predictions.parquet")
     assert len(pred) == metrics["n_eval"] and pred["impression_id"].is_unique
     assert {"impression_id", "p_ctr", "p_cvr", "p_ctcvr", "baseline_p_ctcvr"} <= set(pred.columns)
@@ -254,11 +300,17 @@ def test_train_stage_rejects_missing_data_and_bad_params(tmp_path, monkeypatch, 
     tiny_params(tmp_path / "params.yaml", train_days=0)
     assert train_ctcvr.main([]) == 2
     assert "train_ctcvr.train_days" in caplog.text
+    tiny_params(tmp_path / "params.yaml", id_fields=["keyword"])
+    assert train_ctcvr.main([]) == 2
+    assert "train_ctcvr.id_fields" in caplog.text
     days = {"2026-01-01": synthetic_impressions(300, 1), "2026-01-02": synthetic_impressions(300, 2).assign(converted=0)}
     write_curated(tmp_path, days)
     tiny_params(tmp_path / "params.yaml")
     assert train_ctcvr.main([]) == 2  # eval day 01-02 has no conversions
     assert "no conversions" in caplog.text
+    tiny_params(tmp_path / "params.yaml", id_fields=["campaign_id"])
+    assert train_ctcvr.main([]) == 2
+    assert "missing column(s) campaign_id" in caplog.text
 
 
 def test_evaluate_stage_rejects_missing_predictions(tmp_path, monkeypatch, caplog):
