@@ -185,9 +185,15 @@ def build_quality_compliance(ctx: RewardContext) -> Reward:
 
 
 # --------------------------------------------------------------------------- diversity
-def repeated_word_spans(texts: Sequence[str], groups: list[list[int]], group_n: int, copy_n: int, history: set):
-    """Per text: (char spans of words in repeated/copied n-grams, share of words covered)."""
+def repeated_word_spans(texts: Sequence[str], groups: list[list[int]], group_n: int, copy_n: int, history: set,
+                        keywords: Sequence[str | None] | None = None):
+    """Per text: (char spans of words in repeated/copied n-grams, share of words covered).
+
+    The words of the text's `keywords[i]` are never counted as group repeats: every completion
+    is asked to carry the keyword, so sharing it is no sign of collapse.
+    """
     words = [words_with_offsets(t) for t in texts]
+    keyword_words = [{w for w, _, _ in words_with_offsets(k or "")} for k in (keywords or [None] * len(texts))]
     spans: list[list[Span]] = [[] for _ in texts]
     covered_share = [0.0] * len(texts)
     for members in groups:
@@ -198,10 +204,14 @@ def repeated_word_spans(texts: Sequence[str], groups: list[list[int]], group_n: 
         for i in members:
             toks = [w for w, _, _ in words[i]]
             covered = [False] * len(toks)
-            for n, bad in ((group_n, lambda g: counts[g] > 1), (copy_n, lambda g: g in history)):
-                for start, gram in enumerate(_ngrams(toks, n)):
-                    if bad(gram):
-                        covered[start : start + n] = [True] * n
+            kw = keyword_words[i]
+            for start, gram in enumerate(_ngrams(toks, group_n)):
+                if counts[gram] > 1:  # the blame lands on the template words, never on the keyword's
+                    for j in range(start, start + group_n):
+                        covered[j] = covered[j] or toks[j] not in kw
+            for start, gram in enumerate(_ngrams(toks, copy_n)):
+                if gram in history:
+                    covered[start : start + copy_n] = [True] * copy_n
             # one span per run of covered words, so "fast shipping on laptop deals" is one phrase
             runs: list[Span] = []
             for j, c in enumerate(covered):
@@ -219,7 +229,8 @@ def repeated_word_spans(texts: Sequence[str], groups: list[list[int]], group_n: 
 def build_diversity(ctx: RewardContext) -> Reward:
     def analyse(completions, kwargs):
         texts = [as_text(c) for c in completions]
-        return repeated_word_spans(texts, _groups(kwargs, len(texts)), ctx.group_ngram, ctx.copy_ngram, ctx.history_ngrams())
+        return repeated_word_spans(texts, _groups(kwargs, len(texts)), ctx.group_ngram, ctx.copy_ngram,
+                                   ctx.history_ngrams(), _column(kwargs, "keyword", len(texts)))
 
     def diversity(completions, **kwargs) -> list[float]:
         return [1.0 - share for share in analyse(completions, kwargs)[1]]

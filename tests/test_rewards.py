@@ -104,6 +104,22 @@ def test_diversity_group_repeats_and_copies():
     assert reward.score(group[:2], prompts=["a", "b"]) == [1.0, 1.0]
 
 
+def test_diversity_keyword_is_no_repeat_but_shared_template_is():
+    reward = by_name(RewardContext(group_ngram=2), "diversity")["diversity"]
+    kw = ["car tires"] * 2
+    # only the keyword is shared: both fully diverse
+    assert reward.score(["Quiet car tires for winter", "Cheap car tires today"], prompts=["p"] * 2,
+                        keyword=kw) == [1.0, 1.0]
+    # the same hook and call to action around the keyword: the shared bigrams are repeats
+    group = ["Fresh picks - new car tires - Shop now", "Fresh picks - top car tires - Shop now"]
+    scores = reward.score(group, prompts=["p"] * 2, keyword=kw)
+    assert scores == [pytest.approx(1 - 4 / 7)] * 2
+    spans = reward.spans(group, prompts=["p"] * 2, keyword=kw)
+    assert [group[0][slice(*s)] for s in spans[0]] == ["Fresh picks", "Shop now"]
+    # without the keyword column, "car tires" counts as a repeat too
+    assert reward.score(group, prompts=["p"] * 2) == [pytest.approx(1 - 6 / 7)] * 2
+
+
 class StubScorer:
     """Test-only stand-in for CTCVRScorer: p_ctcvr grows with text length; records contexts."""
 
