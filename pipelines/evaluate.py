@@ -368,6 +368,7 @@ def _learned_rewards(scorer, params_path):
     ctx = RewardContext(scorer=scorer, compliance=ComplianceChecker.load(grpo_cfg.lexicon),
                         historical_texts=sorted(set(corpus["ad_text"])), min_chars=grpo_cfg.min_chars,
                         max_chars=grpo_cfg.max_chars, compliance_penalty=grpo_cfg.compliance_penalty,
+                        cvr_weight=grpo_cfg.cvr_weight,
                         group_ngram=grpo_cfg.group_ngram, copy_ngram=grpo_cfg.copy_ngram,
                         default_user_segment=grpo_cfg.user_segment)
     return build_rewards(["ctcvr", "quality_structural", "quality_compliance", "diversity"], ctx)

@@ -39,6 +39,7 @@ class GRPOStageConfig:
     epsilon: float = 0.2
     num_iterations: int = 1
     compliance_penalty: float = 5.0
+    cvr_weight: float = 1.0  # ctcvr reward = pCTR * pCVR ** cvr_weight (see rewards.RewardContext)
     min_chars: int = 20
     max_chars: int = 90
     group_ngram: int = 3
@@ -63,6 +64,7 @@ class GRPOStageConfig:
         require(self.temperature > 0, f"{p}.temperature", f"must be > 0, got {self.temperature}")
         require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
         require(0 < self.epsilon < 1, f"{p}.epsilon", f"must be in (0, 1), got {self.epsilon}")
+        require(0 <= self.cvr_weight <= 1, f"{p}.cvr_weight", f"must be in [0, 1], got {self.cvr_weight}")
         require(self.compliance_penalty > 0, f"{p}.compliance_penalty", f"must be > 0, got {self.compliance_penalty}")
         require(1 <= self.min_chars < self.max_chars, f"{p}.min_chars", "must satisfy 1 <= min_chars < max_chars")
         require(self.group_ngram >= 1, f"{p}.group_ngram", f"must be >= 1, got {self.group_ngram}")

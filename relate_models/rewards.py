@@ -35,6 +35,9 @@ class RewardContext:
     min_chars: int = 20
     max_chars: int = 90
     compliance_penalty: float = 5.0  # per unit of severity: large, so it dominates any other reward
+    # ctcvr reward = pCTR * pCVR ** cvr_weight: < 1 trusts the conversion tower (trained on ~100x fewer
+    # labels than the click tower) less, so RL cannot chase its noise; 1 = plain pCTCVR, 0 = pCTR
+    cvr_weight: float = 1.0
     group_ngram: int = 3  # word n-grams shared with another completion of the group are "repeated"
     copy_ngram: int = 5  # word n-grams found in a historical ad are "copied"
     default_position: int = 1
@@ -110,7 +113,10 @@ def build_ctcvr(ctx: RewardContext) -> Reward:
             for k, v, s in zip(keywords, verticals, segments)
         ]
         texts = [as_text(c).strip() for c in completions]
-        return [float(p) for p in ctx.scorer.score(texts, contexts)["p_ctcvr"]]
+        scores = ctx.scorer.score(texts, contexts)
+        if ctx.cvr_weight == 1.0:
+            return [float(p) for p in scores["p_ctcvr"]]
+        return [float(p) for p in scores["p_ctr"] * scores["p_cvr"] ** ctx.cvr_weight]
 
     return Reward("ctcvr", SEQUENCE, ctcvr)
 

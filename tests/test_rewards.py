@@ -142,6 +142,22 @@ def test_ctcvr_reward_uses_scorer_and_context():
         build_rewards(["ctcvr"], RewardContext(scorer=None))
 
 
+class TowerScorer:
+    """Test-only scorer with separate towers: pCTR 0.1 / 0.2, pCVR 0.4 / 0.1 for the two texts."""
+
+    def score(self, texts, contexts):
+        p_ctr, p_cvr = np.array([0.1, 0.2]), np.array([0.4, 0.1])
+        return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
+
+
+@pytest.mark.parametrize("cvr_weight, expected", [(1.0, [0.04, 0.02]), (0.5, [0.1 * 0.4 ** 0.5, 0.2 * 0.1 ** 0.5]),
+                                                  (0.0, [0.1, 0.2])])
+def test_ctcvr_reward_cvr_weight_discounts_the_conversion_tower(cvr_weight, expected):
+    reward = by_name(RewardContext(scorer=TowerScorer(), cvr_weight=cvr_weight), "ctcvr")["ctcvr"]
+    out = reward.score(["a", "b"], keyword=["k", "k"], vertical=["v", "v"])
+    assert out == pytest.approx(expected)
+
+
 def test_score_texts_means_and_violation_rate(checker):
     rewards = build_rewards(["quality_compliance", "quality_structural"], RewardContext(compliance=checker))
     rows = [{"prompt": "travel | flights |", "keyword": "flights", "vertical": "travel"}]
