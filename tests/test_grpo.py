@@ -246,3 +246,12 @@ def test_grpo_config_rejects_out_of_range_reward_shaping(field, value):
 
     with pytest.raises(ConfigError, match=rf"grpo\.{field}: must be in"):
         GRPOStageConfig(**{field: value})
+
+
+def test_grpo_config_rejects_bad_cap_quantile():
+    from pipelines.params import ConfigError
+    from relate_models.grpo_trainer import GRPOStageConfig
+
+    assert GRPOStageConfig(ctcvr_cap_quantile=None).ctcvr_cap_quantile is None
+    with pytest.raises(ConfigError, match=r"grpo\.ctcvr_cap_quantile: must be null or in \[0, 1\]"):
+        GRPOStageConfig(ctcvr_cap_quantile=1.5)

@@ -142,6 +142,19 @@ def test_ctcvr_reward_uses_scorer_and_context():
         build_rewards(["ctcvr"], RewardContext(scorer=None))
 
 
+@pytest.mark.parametrize("quantile, cap", [(None, None), (1.0, 0.030), (0.5, 0.020)])
+def test_ctcvr_reward_is_capped_at_the_logged_texts_level(quantile, cap):
+    logged = {("travel", "k"): ["a" * 10, "b" * 20, "c" * 30]}  # the stub scores them 0.010, 0.020, 0.030
+    ctx = RewardContext(scorer=StubScorer(), logged_texts=logged, ctcvr_cap_quantile=quantile,
+                        default_user_segment="students")
+    reward = by_name(ctx, "ctcvr")["ctcvr"]
+    texts = ["x" * 5, "y" * 50, "z" * 50]
+    out = reward.score(texts, keyword=["k", "k", "other"], vertical=["travel"] * 3)
+    assert out[0] == pytest.approx(0.005)  # below the logged level: the learned score as it is
+    assert out[1] == pytest.approx(0.050 if cap is None else cap)  # past it: no credit for extrapolation
+    assert out[2] == pytest.approx(0.050)  # a prompt with no logged texts has no cap
+
+
 class TowerScorer:
     """Test-only scorer with separate towers: pCTR 0.1 / 0.2, pCVR 0.4 / 0.1 for the two texts."""
 
