@@ -42,6 +42,7 @@ def test_compliance_compliant_vs_violating(checker):
         ("Double your money with us", "financial_claim"),
         ("Only 3 left, hurry", "fake_urgency"),
         ("Sale ends in 2 hours", "fake_urgency"),
+        ("Offer ends in minutes", "fake_urgency"),  # a countdown without a number is still one
     ],
 )
 def test_compliance_categories_case_insensitive(checker, text, category):
