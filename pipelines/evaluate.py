@@ -358,18 +358,12 @@ class Harness:
 
 def _learned_rewards(scorer, params_path):
     """The grpo stage's reward functions (learned rewards only), to score every arm's texts."""
-    from relate_models.compliance import ComplianceChecker
-    from relate_models.grpo_trainer import GRPOStageConfig
+    from relate_models.grpo_trainer import GRPOStageConfig, reward_context
     from relate_models.policy import load_search_corpus
-    from relate_models.rewards import RewardContext, build_rewards
+    from relate_models.rewards import build_rewards
 
     grpo_cfg = load_config(GRPOStageConfig, "grpo", params_path)
-    corpus = load_search_corpus(curated("text_stats"))
-    ctx = RewardContext(scorer=scorer, compliance=ComplianceChecker.load(grpo_cfg.lexicon),
-                        historical_texts=sorted(set(corpus["ad_text"])), min_chars=grpo_cfg.min_chars,
-                        max_chars=grpo_cfg.max_chars, compliance_penalty=grpo_cfg.compliance_penalty,
-                        group_ngram=grpo_cfg.group_ngram, copy_ngram=grpo_cfg.copy_ngram,
-                        default_user_segment=grpo_cfg.user_segment)
+    ctx = reward_context(grpo_cfg, scorer, load_search_corpus(curated("text_stats")))
     return build_rewards(["ctcvr", "quality_structural", "quality_compliance", "diversity"], ctx)
 
 

@@ -51,10 +51,9 @@ def train_relate(cfg, output_dir=RELATE_DIR, metrics_path=METRICS / "grpo.json",
     from datasets import Dataset
 
     from relate_models import policy
-    from relate_models.compliance import ComplianceChecker
     from relate_models.ctcvr import CTCVRScorer
-    from relate_models.grpo_trainer import RelateGRPOTrainer, reward_curves, trl_config
-    from relate_models.rewards import RewardContext, build_rewards, score_texts
+    from relate_models.grpo_trainer import RelateGRPOTrainer, reward_context, reward_curves, trl_config
+    from relate_models.rewards import build_rewards, score_texts
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -78,18 +77,7 @@ def train_relate(cfg, output_dir=RELATE_DIR, metrics_path=METRICS / "grpo.json",
                                             encoding="utf-8")
     log.info("grpo: %d train prompts, %d held-out eval prompts", len(train_prompts), len(eval_prompts))
 
-    ctx = RewardContext(
-        scorer=scorer,
-        compliance=ComplianceChecker.load(cfg.lexicon),
-        historical_texts=sorted(set(corpus["ad_text"])),
-        min_chars=cfg.min_chars,
-        max_chars=cfg.max_chars,
-        compliance_penalty=cfg.compliance_penalty,
-        group_ngram=cfg.group_ngram,
-        copy_ngram=cfg.copy_ngram,
-        default_user_segment=cfg.user_segment,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    ctx = reward_context(cfg, scorer, corpus, eos_token_id=tokenizer.eos_token_id)
     rewards = build_rewards(list(cfg.rewards), ctx)
     names = [r.name for r in rewards]
 

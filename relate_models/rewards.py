@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from relate_models.compliance import ComplianceChecker, merge_spans
 
 Span = tuple[int, int]
@@ -35,6 +37,15 @@ class RewardContext:
     min_chars: int = 20
     max_chars: int = 90
     compliance_penalty: float = 5.0  # per unit of severity: large, so it dominates any other reward
+    # ctcvr reward = pCTR * pCVR ** cvr_weight: < 1 trusts the conversion tower (trained on ~100x fewer
+    # labels than the click tower) less, so RL cannot chase its noise; 1 = plain pCTCVR, 0 = pCTR
+    cvr_weight: float = 1.0
+    # support-aware cap: a completion's learned score counts only up to this quantile of the scores of
+    # the prompt's logged ad texts (same context); above it the model extrapolates past anything its
+    # training data showed, which is what RL exploits. None = no cap
+    ctcvr_cap_quantile: float | None = None
+    logged_texts: dict = field(default_factory=dict)  # (vertical, keyword) -> historical ad texts
+    _caps: dict = field(default_factory=dict, repr=False)
     group_ngram: int = 3  # word n-grams shared with another completion of the group are "repeated"
     copy_ngram: int = 5  # word n-grams found in a historical ad are "copied"
     default_position: int = 1
@@ -42,6 +53,21 @@ class RewardContext:
     eos_token_id: int | None = None  # set: a completion that never emitted <eos> (truncated) fails a format check
     latin_script: bool = True  # False (e.g. Chinese copy): the structural reward skips its mostly-ASCII check
     _history: set = field(default_factory=set, repr=False)
+
+    def ctcvr_cap(self, context: dict) -> float:
+        """The cap for one scorer context: the quantile of its logged texts' learned scores (inf: none)."""
+        key = (context["vertical"], context["keyword"], context["user_segment"])
+        if key not in self._caps:
+            texts = list(self.logged_texts.get((context["vertical"], context["keyword"]), ()))
+            if self.ctcvr_cap_quantile is None or not texts:
+                self._caps[key] = float("inf")
+            else:
+                scores = self.scorer.score(texts, [context] * len(texts))
+                self._caps[key] = float(np.quantile(self._combine(scores), self.ctcvr_cap_quantile))
+        return self._caps[key]
+
+    def _combine(self, scores: dict) -> np.ndarray:
+        return scores["p_ctcvr"] if self.cvr_weight == 1.0 else scores["p_ctr"] * scores["p_cvr"] ** self.cvr_weight
 
     def history_ngrams(self) -> set:
         if not self._history and self.historical_texts:
@@ -110,7 +136,8 @@ def build_ctcvr(ctx: RewardContext) -> Reward:
             for k, v, s in zip(keywords, verticals, segments)
         ]
         texts = [as_text(c).strip() for c in completions]
-        return [float(p) for p in ctx.scorer.score(texts, contexts)["p_ctcvr"]]
+        scores = ctx._combine(ctx.scorer.score(texts, contexts))
+        return [min(float(p), ctx.ctcvr_cap(c)) for p, c in zip(scores, contexts)]
 
     return Reward("ctcvr", SEQUENCE, ctcvr)
 
@@ -185,9 +212,15 @@ def build_quality_compliance(ctx: RewardContext) -> Reward:
 
 
 # --------------------------------------------------------------------------- diversity
-def repeated_word_spans(texts: Sequence[str], groups: list[list[int]], group_n: int, copy_n: int, history: set):
-    """Per text: (char spans of words in repeated/copied n-grams, share of words covered)."""
+def repeated_word_spans(texts: Sequence[str], groups: list[list[int]], group_n: int, copy_n: int, history: set,
+                        keywords: Sequence[str | None] | None = None):
+    """Per text: (char spans of words in repeated/copied n-grams, share of words covered).
+
+    The words of the text's `keywords[i]` are never counted as group repeats: every completion
+    is asked to carry the keyword, so sharing it is no sign of collapse.
+    """
     words = [words_with_offsets(t) for t in texts]
+    keyword_words = [{w for w, _, _ in words_with_offsets(k or "")} for k in (keywords or [None] * len(texts))]
     spans: list[list[Span]] = [[] for _ in texts]
     covered_share = [0.0] * len(texts)
     for members in groups:
@@ -198,10 +231,14 @@ def repeated_word_spans(texts: Sequence[str], groups: list[list[int]], group_n: 
         for i in members:
             toks = [w for w, _, _ in words[i]]
             covered = [False] * len(toks)
-            for n, bad in ((group_n, lambda g: counts[g] > 1), (copy_n, lambda g: g in history)):
-                for start, gram in enumerate(_ngrams(toks, n)):
-                    if bad(gram):
-                        covered[start : start + n] = [True] * n
+            kw = keyword_words[i]
+            for start, gram in enumerate(_ngrams(toks, group_n)):
+                if counts[gram] > 1:  # the blame lands on the template words, never on the keyword's
+                    for j in range(start, start + group_n):
+                        covered[j] = covered[j] or toks[j] not in kw
+            for start, gram in enumerate(_ngrams(toks, copy_n)):
+                if gram in history:
+                    covered[start : start + copy_n] = [True] * copy_n
             # one span per run of covered words, so "fast shipping on laptop deals" is one phrase
             runs: list[Span] = []
             for j, c in enumerate(covered):
@@ -219,7 +256,8 @@ def repeated_word_spans(texts: Sequence[str], groups: list[list[int]], group_n: 
 def build_diversity(ctx: RewardContext) -> Reward:
     def analyse(completions, kwargs):
         texts = [as_text(c) for c in completions]
-        return repeated_word_spans(texts, _groups(kwargs, len(texts)), ctx.group_ngram, ctx.copy_ngram, ctx.history_ngrams())
+        return repeated_word_spans(texts, _groups(kwargs, len(texts)), ctx.group_ngram, ctx.copy_ngram,
+                                   ctx.history_ngrams(), _column(kwargs, "keyword", len(texts)))
 
     def diversity(completions, **kwargs) -> list[float]:
         return [1.0 - share for share in analyse(completions, kwargs)[1]]

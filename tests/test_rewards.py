@@ -42,6 +42,7 @@ def test_compliance_compliant_vs_violating(checker):
         ("Double your money with us", "financial_claim"),
         ("Only 3 left, hurry", "fake_urgency"),
         ("Sale ends in 2 hours", "fake_urgency"),
+        ("Offer ends in minutes", "fake_urgency"),  # a countdown without a number is still one
     ],
 )
 def test_compliance_categories_case_insensitive(checker, text, category):
@@ -104,6 +105,22 @@ def test_diversity_group_repeats_and_copies():
     assert reward.score(group[:2], prompts=["a", "b"]) == [1.0, 1.0]
 
 
+def test_diversity_keyword_is_no_repeat_but_shared_template_is():
+    reward = by_name(RewardContext(group_ngram=2), "diversity")["diversity"]
+    kw = ["car tires"] * 2
+    # only the keyword is shared: both fully diverse
+    assert reward.score(["Quiet car tires for winter", "Cheap car tires today"], prompts=["p"] * 2,
+                        keyword=kw) == [1.0, 1.0]
+    # the same hook and call to action around the keyword: the shared bigrams are repeats
+    group = ["Fresh picks - new car tires - Shop now", "Fresh picks - top car tires - Shop now"]
+    scores = reward.score(group, prompts=["p"] * 2, keyword=kw)
+    assert scores == [pytest.approx(1 - 4 / 7)] * 2
+    spans = reward.spans(group, prompts=["p"] * 2, keyword=kw)
+    assert [group[0][slice(*s)] for s in spans[0]] == ["Fresh picks", "Shop now"]
+    # without the keyword column, "car tires" counts as a repeat too
+    assert reward.score(group, prompts=["p"] * 2) == [pytest.approx(1 - 6 / 7)] * 2
+
+
 class StubScorer:
     """Test-only stand-in for CTCVRScorer: p_ctcvr grows with text length; records contexts."""
 
@@ -124,6 +141,35 @@ def test_ctcvr_reward_uses_scorer_and_context():
     assert scorer.contexts[1] == {"keyword": "k2", "vertical": "home", "position": 1, "user_segment": "students"}
     with pytest.raises(ValueError, match="CTCVR scorer"):
         build_rewards(["ctcvr"], RewardContext(scorer=None))
+
+
+@pytest.mark.parametrize("quantile, cap", [(None, None), (1.0, 0.030), (0.5, 0.020)])
+def test_ctcvr_reward_is_capped_at_the_logged_texts_level(quantile, cap):
+    logged = {("travel", "k"): ["a" * 10, "b" * 20, "c" * 30]}  # the stub scores them 0.010, 0.020, 0.030
+    ctx = RewardContext(scorer=StubScorer(), logged_texts=logged, ctcvr_cap_quantile=quantile,
+                        default_user_segment="students")
+    reward = by_name(ctx, "ctcvr")["ctcvr"]
+    texts = ["x" * 5, "y" * 50, "z" * 50]
+    out = reward.score(texts, keyword=["k", "k", "other"], vertical=["travel"] * 3)
+    assert out[0] == pytest.approx(0.005)  # below the logged level: the learned score as it is
+    assert out[1] == pytest.approx(0.050 if cap is None else cap)  # past it: no credit for extrapolation
+    assert out[2] == pytest.approx(0.050)  # a prompt with no logged texts has no cap
+
+
+class TowerScorer:
+    """Test-only scorer with separate towers: pCTR 0.1 / 0.2, pCVR 0.4 / 0.1 for the two texts."""
+
+    def score(self, texts, contexts):
+        p_ctr, p_cvr = np.array([0.1, 0.2]), np.array([0.4, 0.1])
+        return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
+
+
+@pytest.mark.parametrize("cvr_weight, expected", [(1.0, [0.04, 0.02]), (0.5, [0.1 * 0.4 ** 0.5, 0.2 * 0.1 ** 0.5]),
+                                                  (0.0, [0.1, 0.2])])
+def test_ctcvr_reward_cvr_weight_discounts_the_conversion_tower(cvr_weight, expected):
+    reward = by_name(RewardContext(scorer=TowerScorer(), cvr_weight=cvr_weight), "ctcvr")["ctcvr"]
+    out = reward.score(["a", "b"], keyword=["k", "k"], vertical=["v", "v"])
+    assert out == pytest.approx(expected)
 
 
 def test_score_texts_means_and_violation_rate(checker):
