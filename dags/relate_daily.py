@@ -14,9 +14,11 @@ combo generator), evaluate, and publish through the gates. Every task runs the s
 - Every training and evaluation stage reads only partitions up to the run's `ds` (the end of
   its rolling window), so a backfill of a past day never sees a later day's logs.
 
-Backfill: `airflow backfill create --dag-id relate_daily --from-date 2026-01-04 --to-date 2026-01-10`.
-Re-running a day is idempotent: each stage overwrites exactly the partitions it owns, and
-publishing the same models again resolves to the same registry version.
+Backfill (the DAG unpaused): `airflow backfill create --dag-id relate_daily --from-date 2026-01-04
+--to-date 2026-01-10 --max-active-runs 1` (a backfill's run limit is its own, not the DAG's, and
+the days share models/). Reprocessing a day (`--reprocess-behavior completed`) is idempotent:
+each stage overwrites exactly the partitions it owns, training is seeded, and publishing the
+same models again resolves to the same registry version (tests/test_airflow_live.py).
 """
 from __future__ import annotations
 
