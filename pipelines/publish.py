@@ -34,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -281,14 +282,47 @@ def registry_lock(registry: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# Wall-clock timings in training logs and metrics (seconds, train_seconds, steps_per_second):
+# they change on every rerun of the same seeded training, so the content digest, and with it
+# the version, leaves them out; otherwise reprocessing a day would register a new version.
+TIMING_KEY = re.compile(r"(^|_)seconds$|_per_second$")
+
+
+def _without_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if not TIMING_KEY.search(str(k))}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def _update_with_content(digest, path: Path) -> None:
+    """A file's content into `digest`: JSON without its timing fields, anything else byte for byte."""
+    if path.suffix == ".json":
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        else:
+            digest.update(json.dumps(_without_timings(obj), sort_keys=True).encode())
+            return
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    _update_with_content(digest, path)
+    return digest.hexdigest()
+
+
 def tree_digest(root: Path) -> str:
-    """sha256 over relative paths and bytes of every file under `root` (sorted)."""
+    """sha256 over relative paths and contents (timings left out) of every file under `root`."""
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(root)).encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        _update_with_content(digest, path)
         digest.update(b"\0")
     return digest.hexdigest()
 

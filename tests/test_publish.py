@@ -242,3 +242,18 @@ def test_same_day_champion_is_not_scored_again_and_a_failed_rescore_keeps_the_re
     report = _publish_in_process(project, monkeypatch, "2026-01-06")
     assert report["published"] is False and report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"]
     assert "scoring it again on 2026-01-06 failed" in report["champion_metrics_source"]
+
+
+def test_version_digest_ignores_wall_clock_timings_only(tmp_path):
+    from pipelines.publish import tree_digest
+
+    def tree(seconds: float, loss: float) -> Path:
+        root = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        root.mkdir()
+        (root / "history.json").write_text(json.dumps([{"step": 1, "loss": loss, "seconds": seconds,
+                                                        "steps_per_second": 1 / seconds}]))
+        (root / "model.safetensors").write_bytes(b"weights")
+        return root
+
+    assert tree_digest(tree(0.5, 0.1)) == tree_digest(tree(0.7, 0.1))  # a rerun: only timings differ
+    assert tree_digest(tree(0.5, 0.1)) != tree_digest(tree(0.5, 0.2))  # the model's numbers do count
