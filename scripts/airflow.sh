@@ -23,6 +23,9 @@ ROOT=$PWD
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$ROOT/.airflow}
 export AIRFLOW__CORE__DAGS_FOLDER=${AIRFLOW_DAGS_FOLDER:-$ROOT/dags}
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
+# SQLite: wait up to 60 s for a lock (the default 5 s fails CLI writes such as `backfill create`
+# while the scheduler holds the database on a loaded machine: "database is locked").
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db?timeout=60}
 export AIRFLOW__CORE__PARALLELISM=${AIRFLOW_PARALLELISM:-4}
 export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=${AIRFLOW_PARALLELISM:-4}
 export AIRFLOW__API__HOST=127.0.0.1

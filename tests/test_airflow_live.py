@@ -47,7 +47,9 @@ class Airflow:
                         AIRFLOW_TRIGGER_LOG_PORT=str(free_port()), AIRFLOW_DAGS_FOLDER=str(project / "dags"),
                         AIRFLOW_PARALLELISM="2", AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
                         RELATE_DAG_RETRIES="0",  # a broken stage fails the test now, not after backoff waits
-                        RELATE_DAG_END_DATE="2026-01-07")  # unpausing schedules no run for "today"
+                        RELATE_DAG_END_DATE="2026-01-07",  # unpausing schedules no run for "today"
+                        # the CLI calls below share SQLite with the scheduler: wait for its lock
+                        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db?timeout=60")
         self._token = None
 
     def script(self, action: str, timeout: int = 400) -> subprocess.CompletedProcess:
