@@ -11,12 +11,14 @@ combo generator), evaluate, and publish through the gates. Every task runs the s
   data); nothing downstream runs and nothing is published.
 - A gate refusal marks `release.publish` **skipped** (pink): the champion stays, no
   published-model Asset event; `reports/publish.md` says which gate failed by how much.
-- sft, grpo, combo_policy and evaluate take no `--ds` yet: in a backfill they read every
-  curated partition present, not only the window ending at the run's day.
+- Every training and evaluation stage reads only partitions up to the run's `ds` (the end of
+  its rolling window), so a backfill of a past day never sees a later day's logs.
 
-Backfill: `airflow backfill create --dag-id relate_daily --from-date 2026-01-04 --to-date 2026-01-10`.
-Re-running a day is idempotent: each stage overwrites exactly the partitions it owns, and
-publishing the same models again resolves to the same registry version.
+Backfill (the DAG unpaused): `airflow backfill create --dag-id relate_daily --from-date 2026-01-04
+--to-date 2026-01-10 --max-active-runs 1` (a backfill's run limit is its own, not the DAG's, and
+the days share models/). Reprocessing a day (`--reprocess-behavior completed`) is idempotent:
+each stage overwrites exactly the partitions it owns, training is seeded, and publishing the
+same models again resolves to the same registry version (tests/test_airflow_live.py).
 """
 from __future__ import annotations
 
@@ -44,12 +46,17 @@ REWARD_MODELS = Asset(name="relate_reward_models", uri=f"file://{PROJECT_ROOT}/m
 PUBLISHED_MODEL = Asset(name="relate_published_model", uri=f"file://{PROJECT_ROOT}/registry/champion.json")
 
 STAGE_TASK = dict(cwd=str(PROJECT_ROOT), env=stage_env(), append_env=True)
+# RELATE_DAG_END_DATE: the last day the scheduler creates runs for, when the log source is finite
+# (the simulator's range). Unpausing the DAG for a backfill then schedules no run for "today",
+# which would compete with the backfill for the project's partitions.
+END_DATE = os.environ.get("RELATE_DAG_END_DATE")
 
 
 @dag(
     dag_id="relate_daily",
     schedule="@daily",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    end_date=pendulum.parse(END_DATE, tz="UTC") if END_DATE else None,
     catchup=False,
     max_active_runs=1,
     max_active_tasks=2,  # Spark and torch each want the machine's cores
@@ -109,16 +116,16 @@ def relate_daily():
     @task_group(group_id="policies")
     def policies():
         @task.bash(**STAGE_TASK)
-        def sft():
-            return stage_command("sft")
+        def sft(ds=None):
+            return stage_command("sft", ds)
 
         @task.bash(**STAGE_TASK)
-        def grpo():
-            return stage_command("grpo")
+        def grpo(ds=None):
+            return stage_command("grpo", ds)
 
         @task.bash(**STAGE_TASK)
-        def combo_policy():
-            return stage_command("combo_policy")
+        def combo_policy(ds=None):
+            return stage_command("combo_policy", ds)
 
         sft() >> grpo()
         combo_policy()
@@ -132,8 +139,8 @@ def relate_daily():
             return stage_command("publish", ds)
 
         @task.bash(**STAGE_TASK)
-        def evaluate():
-            return stage_command("evaluate")
+        def evaluate(ds=None):
+            return stage_command("evaluate", ds)
 
         evaluate() >> publish()
 

@@ -199,8 +199,10 @@ def run(cfg: ComboPolicyConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
+    parser.add_argument("--ds", default=None, help=paths.AS_OF_HELP)
     args = parser.parse_args(argv)
     try:
+        paths.read_as_of(args.ds)
         cfg = load_config(ComboPolicyConfig, "combo_policy", args.params)
         run(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as err:

@@ -34,7 +34,7 @@ import numpy as np
 from pipelines.atomic import save_figure, write_json, write_text
 from pipelines.logs import Progress, get_logger
 from pipelines.params import ConfigError, load_config, require
-from pipelines.paths import DATA, METRICS, MODELS, PLOTS, curated
+from pipelines.paths import AS_OF_HELP, DATA, METRICS, MODELS, PLOTS, curated, read_as_of
 
 log = get_logger("evaluate")
 SFT_DIR, RELATE_DIR, CTCVR_DIR = MODELS / "sft", MODELS / "relate", MODELS / "ctcvr"
@@ -490,8 +490,10 @@ def setup_info(harness: Harness) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
+    parser.add_argument("--ds", default=None, help=AS_OF_HELP)
     args = parser.parse_args(argv)
     try:
+        read_as_of(args.ds)
         import torch
 
         cfg = load_config(EvaluateConfig, "evaluate", args.params)

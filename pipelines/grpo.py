@@ -19,7 +19,7 @@ import torch
 from pipelines.atomic import directory, write_json
 from pipelines.logs import get_logger
 from pipelines.params import ConfigError, load_config
-from pipelines.paths import DATA, METRICS, MODELS, PLOTS, curated
+from pipelines.paths import AS_OF_HELP, DATA, METRICS, MODELS, PLOTS, curated, read_as_of
 
 log = get_logger("grpo")
 SFT_DIR, CTCVR_DIR, RELATE_DIR = MODELS / "sft", MODELS / "ctcvr", MODELS / "relate"
@@ -29,8 +29,10 @@ PROMPTS_DIR = DATA / "prompts"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
+    parser.add_argument("--ds", default=None, help=AS_OF_HELP)
     args = parser.parse_args(argv)
     try:
+        read_as_of(args.ds)
         from relate_models.grpo_trainer import GRPOStageConfig
 
         cfg = load_config(GRPOStageConfig, "grpo", args.params)

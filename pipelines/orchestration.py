@@ -16,9 +16,10 @@ from pipelines.dates import parse_ds
 
 PROJECT_ROOT = Path(os.environ.get("RELATE_HOME") or Path(__file__).resolve().parents[1])
 
-# stage -> whether it takes --ds (a rolling window ending at the run's day). sft, grpo,
-# combo_policy and evaluate take no --ds: they read every curated partition there is, which
-# in a backfill may include days after the run's ds (see the module docstring of the DAG).
+# stage -> whether it takes --ds: the run's day, the end of the rolling window it reads (no
+# partition after it, so a backfill of a past day trains and evaluates as that day would have).
+# The evaluate_* stages score the models their train_* stage just wrote, whose metadata names
+# the days they were trained on.
 STAGES: dict[str, bool] = {
     "ingest": True,
     "validate": True,
@@ -26,10 +27,10 @@ STAGES: dict[str, bool] = {
     "evaluate_ctcvr": False,
     "train_attribution": True,
     "evaluate_attribution": False,
-    "sft": False,
-    "grpo": False,
-    "combo_policy": False,
-    "evaluate": False,
+    "sft": True,
+    "grpo": True,
+    "combo_policy": True,
+    "evaluate": True,
     "publish": True,
 }
 # publish exits with this when a gate refuses the models; the Airflow task maps it to

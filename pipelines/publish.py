@@ -5,7 +5,10 @@
 
 Gates (thresholds in the `publish:` params section; `null` turns one off): each gated
 metric must reach its minimum, and must not fall more than `max_regression` below the
-current champion's value. On pass, `registry/<version>/` gets the policy (save_pretrained,
+current champion's value on the same evaluation day: when the champion was evaluated on
+another day, its artifacts are scored again on the candidate's data
+(`pipelines.evaluate_champion`; the gates it cannot score again compare with the recorded
+value, and the report says which). On pass, `registry/<version>/` gets the policy (save_pretrained,
 with its tokenizer), the shared tokenizer, the CTCVR and MIL models, the combo generator,
 the evaluation metrics, MODEL_CARD.md and manifest.json (data partitions, git revision,
 params hash, metrics); it is `dvc add`-ed and pushed to the DVC remote `remote_url`
@@ -31,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -186,9 +190,44 @@ def eval_day(metrics_dir: Path = METRICS) -> str | None:
     return None
 
 
+def champion_on_candidate_day(cfg: PublishConfig, champion: dict | None, day: str | None, ds: str,
+                              params_file: Path) -> tuple[dict[str, float | None], str]:
+    """The champion's gated metrics measured like the candidate's, and how they were obtained.
+
+    Same evaluation day: its recorded metrics. Another day: its artifacts scored again on the
+    candidate's data (only gates whose metrics file that covers; the others keep the recorded
+    value). A champion that cannot be scored again (artifacts missing, incompatible with the
+    current code) keeps its recorded values, with the reason in the report.
+    """
+    if champion is None or cfg.max_regression is None:
+        return {}, "no champion"
+    if champion.get("eval_day") == day:
+        return {}, "recorded on the same evaluation day"
+    from pipelines.evaluate_champion import RESCORED_FILES, champion_metrics
+
+    try:
+        files = champion_metrics(Path(champion["path"]), ds, params_file)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        log.warning("champion %s could not be scored on %s (%s): comparing with its recorded metrics",
+                    champion.get("version"), day, err)
+        return {}, f"recorded on {champion.get('eval_day')}: scoring it again on {day} failed ({err})"
+    values = {}
+    for gate in GATES:
+        if gate.metrics_file in RESCORED_FILES:
+            value = _lookup(files.get(gate.metrics_file), gate.key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[gate.name] = float(value)
+    return values, f"scored again on {day}"
+
+
 def check_gates(cfg: PublishConfig, values: dict[str, float | None], day: str | None,
-                champion: dict | None) -> list[dict]:
-    """One row per enabled check: threshold and no-regression-vs-champion."""
+                champion: dict | None, rescored: dict[str, float | None] | None = None) -> list[dict]:
+    """One row per enabled check: threshold and no-regression-vs-champion.
+
+    `rescored`: the champion's metrics on the candidate's evaluation day (gate name -> value);
+    a gate missing from it compares with the champion's recorded value.
+    """
+    rescored = rescored or {}
     rows = []
     for gate in GATES:
         minimum = getattr(cfg, gate.threshold_field)
@@ -206,14 +245,17 @@ def check_gates(cfg: PublishConfig, values: dict[str, float | None], day: str | 
         for gate in GATES:
             if getattr(cfg, gate.threshold_field) is None:
                 continue
-            best = champion.get("metrics", {}).get(gate.name)
+            same_day = gate.name in rescored or champion.get("eval_day") == day
+            best = rescored.get(gate.name, champion.get("metrics", {}).get(gate.name))
             value = values.get(gate.name)
             if best is None:
                 continue  # the champion never measured it: nothing to regress against
             required = best - cfg.max_regression
             row = {"gate": f"{gate.name}_vs_champion", "kind": "no_regression", "metric": gate.name,
                    "value": value, "required": required, "champion_version": champion.get("version"),
-                   "champion_eval_day": champion.get("eval_day"), "same_eval_day": champion.get("eval_day") == day}
+                   "champion_value": best, "champion_eval_day": day if same_day else champion.get("eval_day"),
+                   "champion_recorded_eval_day": champion.get("eval_day"),
+                   "champion_rescored": gate.name in rescored, "same_eval_day": same_day}
             if value is None:
                 row.update(passed=False, margin=None, reason="metric missing")
             else:
@@ -240,14 +282,47 @@ def registry_lock(registry: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# Wall-clock timings in training logs and metrics (seconds, train_seconds, steps_per_second):
+# they change on every rerun of the same seeded training, so the content digest, and with it
+# the version, leaves them out; otherwise reprocessing a day would register a new version.
+TIMING_KEY = re.compile(r"(^|_)seconds$|_per_second$")
+
+
+def _without_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if not TIMING_KEY.search(str(k))}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def _update_with_content(digest, path: Path) -> None:
+    """A file's content into `digest`: JSON without its timing fields, anything else byte for byte."""
+    if path.suffix == ".json":
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        else:
+            digest.update(json.dumps(_without_timings(obj), sort_keys=True).encode())
+            return
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    _update_with_content(digest, path)
+    return digest.hexdigest()
+
+
 def tree_digest(root: Path) -> str:
-    """sha256 over relative paths and bytes of every file under `root` (sorted)."""
+    """sha256 over relative paths and contents (timings left out) of every file under `root`."""
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(root)).encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        _update_with_content(digest, path)
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -395,7 +470,8 @@ def publish(ds: str, cfg: PublishConfig, params_file: Path, root: Path | None = 
         champion = read_champion(registry)
         values = candidate_metrics()
         day = eval_day()
-        gates = check_gates(cfg, values, day, champion)
+        rescored, champion_source = champion_on_candidate_day(cfg, champion, day, ds, params_file)
+        gates = check_gates(cfg, values, day, champion, rescored)
         missing = [n for n in cfg.artifacts if not ARTIFACTS[n].is_dir() or not any(ARTIFACTS[n].iterdir())]
         for name in missing:
             gates.append({"gate": f"artifact_{name}", "kind": "artifact", "metric": str(ARTIFACTS[name]),
@@ -404,7 +480,8 @@ def publish(ds: str, cfg: PublishConfig, params_file: Path, root: Path | None = 
         failed = [g for g in gates if not g["passed"]]
         report = {"ds": ds, "eval_day": day, "published": False, "version": None, "gates": gates,
                   "failed_gates": [g["gate"] for g in failed], "candidate_metrics": values,
-                  "champion_before": champion.get("version") if champion else None}
+                  "champion_before": champion.get("version") if champion else None,
+                  "champion_metrics_source": champion_source, "champion_rescored_metrics": rescored}
         if failed:
             report["champion_after"] = report["champion_before"]
             return report
@@ -481,13 +558,20 @@ def write_report(report: dict) -> None:
                f"**Refused**: nothing published; the champion stays `{report['champion_before']}`. "
                f"Failed: {', '.join(report['failed_gates'])}.")
     lines = [f"# Publish report for {report['ds']}", "", verdict, "",
-             f"Evaluation day: {report['eval_day']}.", "",
+             f"Evaluation day: {report['eval_day']}. Champion metrics: "
+             f"{report.get('champion_metrics_source', 'n/a')}.", "",
              "| gate | kind | value | required | margin | passed | note |", "|---|---|---|---|---|---|---|"]
     for g in report["gates"]:
         note = g.get("reason", "")
         if g["kind"] == "no_regression":
-            note = f"champion {g['champion_version']} (eval day {g['champion_eval_day']}" + \
-                   (")" if g["same_eval_day"] else ", a different day: normalised metrics compared)")
+            if g.get("champion_rescored"):
+                how = f"scored again on {g['champion_eval_day']} (recorded on {g['champion_recorded_eval_day']})"
+            elif g["same_eval_day"]:
+                how = f"recorded on the same eval day {g['champion_eval_day']}"
+            else:
+                how = (f"recorded on {g['champion_eval_day']}, another day: not scored again (see "
+                       "pipelines/evaluate_champion.py), an oracle-normalised metric")
+            note = f"champion {g['champion_version']}: {how}"
         lines.append(f"| {g['gate']} | {g['kind']} | {_fmt(g['value'])} | {_fmt(g['required'])} | "
                      f"{_fmt(g['margin'])} | {'yes' if g['passed'] else 'NO'} | {note} |")
     atomic.write_text(REPORT, "\n".join(lines) + "\n")

@@ -17,7 +17,7 @@ import torch
 from pipelines.atomic import write_json
 from pipelines.logs import get_logger
 from pipelines.params import ConfigError, load_config, require
-from pipelines.paths import METRICS, MODELS, PLOTS, curated
+from pipelines.paths import AS_OF_HELP, METRICS, MODELS, PLOTS, curated, read_as_of
 
 log = get_logger("sft")
 TOKENIZER_DIR = MODELS / "tokenizer"
@@ -55,8 +55,10 @@ class SFTConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
+    parser.add_argument("--ds", default=None, help=AS_OF_HELP)
     args = parser.parse_args(argv)
     try:
+        read_as_of(args.ds)
         from relate_models import policy
         from relate_models.tokenizer import load_tokenizer
 

@@ -174,3 +174,86 @@ def test_bad_config_is_refused_naming_the_field(project):
     assert "Traceback" not in proc.stderr
     proc = publish(project, "--ds", "2026-13-01")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def _rescored(uplift: float):
+    """A stand-in for pipelines.evaluate_champion.champion_metrics that records its calls."""
+    calls = []
+
+    def champion_metrics(version_dir, ds, params_path=None):
+        calls.append((Path(version_dir).name, ds))
+        return {"evaluate.json": {"relate": {"true_ctcvr_uplift_vs_sft": uplift, "compliance_rate": 0.99}},
+                "attribution.json": {"holdout_auc": 0.70, "oracle_auc": 0.72}}
+
+    return champion_metrics, calls
+
+
+def _publish_in_process(project: Path, monkeypatch, ds: str) -> dict:
+    from pipelines import publish as pub
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("RELATE_PARAMS", raising=False)
+    assert pub.main(["--ds", ds]) == 0
+    return json.loads((project / "metrics" / "publish.json").read_text())
+
+
+def test_champion_from_another_day_is_scored_again_on_the_candidates_day(project, monkeypatch):
+    from pipelines import evaluate_champion
+
+    _write_run(project, "a", uplift=0.10, day="2026-01-05")
+    assert publish(project, "--ds", "2026-01-05").returncode == 0
+    v1 = champion(project)["version"]
+    # the candidate's day is harder: the champion scores 0.03 on it, below its recorded 0.10
+    rescore, calls = _rescored(uplift=0.03)
+    monkeypatch.setattr(evaluate_champion, "champion_metrics", rescore)
+    _write_run(project, "b", uplift=0.05, day="2026-01-06")
+    report = _publish_in_process(project, monkeypatch, "2026-01-06")
+
+    assert calls == [(v1, "2026-01-06")]
+    assert report["published"] is True and report["champion_metrics_source"] == "scored again on 2026-01-06"
+    rows = {g["gate"]: g for g in report["gates"] if g["kind"] == "no_regression"}
+    uplift = rows["relate_true_ctcvr_uplift_vs_champion"]
+    assert uplift["champion_rescored"] and uplift["champion_value"] == pytest.approx(0.03)
+    assert uplift["margin"] == pytest.approx(0.02) and uplift["champion_eval_day"] == "2026-01-06"
+    # a gate evaluate_champion does not score again compares with the recorded value, and says so
+    ctcvr = rows["ctcvr_auc_ratio_vs_champion"]
+    assert not ctcvr["champion_rescored"] and ctcvr["champion_eval_day"] == "2026-01-05"
+    text = (project / "reports" / "publish.md").read_text()
+    assert "scored again on 2026-01-06 (recorded on 2026-01-05)" in text and "not scored again" in text
+
+
+def test_same_day_champion_is_not_scored_again_and_a_failed_rescore_keeps_the_recorded_bar(project, monkeypatch):
+    from pipelines import evaluate_champion
+
+    _write_run(project, "a", uplift=0.10, day="2026-01-05")
+    assert publish(project, "--ds", "2026-01-05").returncode == 0
+    rescore, calls = _rescored(uplift=0.0)
+    monkeypatch.setattr(evaluate_champion, "champion_metrics", rescore)
+    _write_run(project, "b", uplift=0.05, day="2026-01-05")
+    report = _publish_in_process(project, monkeypatch, "2026-01-05")
+    assert calls == [] and report["champion_metrics_source"] == "recorded on the same evaluation day"
+    assert report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"]
+
+    def broken(version_dir, ds, params_path=None):
+        raise FileNotFoundError(f"{version_dir}/policy is missing")
+
+    monkeypatch.setattr(evaluate_champion, "champion_metrics", broken)
+    _write_run(project, "c", uplift=0.05, day="2026-01-06")
+    report = _publish_in_process(project, monkeypatch, "2026-01-06")
+    assert report["published"] is False and report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"]
+    assert "scoring it again on 2026-01-06 failed" in report["champion_metrics_source"]
+
+
+def test_version_digest_ignores_wall_clock_timings_only(tmp_path):
+    from pipelines.publish import tree_digest
+
+    def tree(seconds: float, loss: float) -> Path:
+        root = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        root.mkdir()
+        (root / "history.json").write_text(json.dumps([{"step": 1, "loss": loss, "seconds": seconds,
+                                                        "steps_per_second": 1 / seconds}]))
+        (root / "model.safetensors").write_bytes(b"weights")
+        return root
+
+    assert tree_digest(tree(0.5, 0.1)) == tree_digest(tree(0.7, 0.1))  # a rerun: only timings differ
+    assert tree_digest(tree(0.5, 0.1)) != tree_digest(tree(0.5, 0.2))  # the model's numbers do count
