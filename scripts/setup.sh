@@ -18,11 +18,11 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
-# Debian's chromium for tests/test_browser.py (Playwright drives it; its own browser download is not used)
+# Debian's chromium for tests/test_airflow_live.py (Playwright drives it; its own browser download is not used)
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "setup: installing chromium for the Airflow UI test (apt-get)" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-    || echo "setup: chromium could not be installed; tests/test_browser.py will be skipped" >&2
+    || echo "setup: chromium could not be installed; tests/test_airflow_live.py will be skipped" >&2
 fi
 
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)

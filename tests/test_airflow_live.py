@@ -56,9 +56,14 @@ class Airflow:
         return subprocess.run(["bash", str(ROOT / "scripts" / "airflow.sh"), action], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
-    def cli(self, *args: str, timeout: int = 300) -> str:
-        proc = subprocess.run([sys.executable, "-m", "airflow", *args], cwd=self.project, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+    def cli(self, *args: str, timeout: int = 300, attempts: int = 5) -> str:
+        """Run an airflow CLI command; retried while SQLite, shared with the busy scheduler, is locked."""
+        for attempt in range(1, attempts + 1):
+            proc = subprocess.run([sys.executable, "-m", "airflow", *args], cwd=self.project, env=self.env,
+                                  capture_output=True, text=True, timeout=timeout)
+            if proc.returncode == 0 or "database is locked" not in proc.stdout + proc.stderr or attempt == attempts:
+                break
+            time.sleep(10 * attempt)
         assert proc.returncode == 0, f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout
 
