@@ -69,7 +69,7 @@ class TrainCTCVRConfig:
     max_exposures: int = 8  # earlier showings of the text to the user above this share one offset; 0 = off
     exposure_history_days: int = 7  # days before the training window counted into earlier showings
     segment_token_cross: bool = True  # pCTR wide weight per (user segment, token)
-    feed_conversions: bool = False  # clicked feed rows of the window also train the shared conversion effects
+    feed_conversions: bool = True  # clicked feed rows of the window also train the shared conversion effects
     feed_fields: list[str] = dataclasses.field(default_factory=lambda: ["highlight_id"])  # feed-only conversion offsets
     epochs: int = 4
     ema_decay: float = 0.99  # validate and keep a moving average of the weights; 0 = the last step's
