@@ -1,6 +1,7 @@
 """Stage train_ctcvr: the ESMM CTCVR reward model and the shared tokenizer, from curated logs.
 
-Reads only data/curated/labeled_impressions (search placement). The eval day is the last
+Reads only data/curated/labeled_impressions (search placement; with feed_conversions also the
+feed's clicked rows, for the conversion effects both placements share). The eval day is the last
 day whose labels are complete; the model trains on the `train_days` days before it and
 is scored on the eval day next to a hashed n-gram logistic-regression baseline.
 
@@ -67,6 +68,9 @@ class TrainCTCVRConfig:
     id_dropout: float = 0.1  # share of training rows scored as "id unknown" (the GRPO reward has no ad id)
     max_exposures: int = 8  # earlier showings of the text to the user above this share one offset; 0 = off
     exposure_history_days: int = 7  # days before the training window counted into earlier showings
+    segment_token_cross: bool = True  # pCTR wide weight per (user segment, token)
+    feed_conversions: bool = True  # clicked feed rows of the window also train the shared conversion effects
+    feed_fields: list[str] = dataclasses.field(default_factory=lambda: ["highlight_id"])  # feed-only conversion offsets
     epochs: int = 4
     ema_decay: float = 0.99  # validate and keep a moving average of the weights; 0 = the last step's
     batch_size: int = 1024
@@ -96,6 +100,16 @@ class TrainCTCVRConfig:
         clash = sorted(set(self.id_fields) & set(COLUMNS + EXPOSURE_COLUMNS + OPTIONAL_COLUMNS + ["placement"]))
         require(not clash, f"{SECTION}.id_fields", f"must name id columns, not {clash}")
         require(len(set(self.id_fields)) == len(self.id_fields), f"{SECTION}.id_fields", "has duplicates")
+        require(isinstance(self.feed_conversions, bool), f"{SECTION}.feed_conversions",
+                f"must be true or false, got {self.feed_conversions!r}")
+        require(isinstance(self.feed_fields, list) and all(isinstance(f, str) and f for f in self.feed_fields),
+                f"{SECTION}.feed_fields", f"must be a list of column names, got {self.feed_fields!r}")
+        clash = sorted(set(self.feed_fields) & set(COLUMNS + self.id_fields + ["placement"]))
+        require(not clash, f"{SECTION}.feed_fields", f"must name feed-only columns, not {clash}")
+        require(not self.segment_token_cross or self.wide, f"{SECTION}.segment_token_cross",
+                "needs wide: true (the cross is a wide weight)")
+        require(not self.feed_conversions or self.wide, f"{SECTION}.feed_conversions",
+                "needs wide: true (the feed head shares the wide CVR weights)")
         require(0 <= self.id_dropout < 1, f"{SECTION}.id_dropout", f"must be in [0, 1), got {self.id_dropout}")
         require(self.max_exposures >= 0, f"{SECTION}.max_exposures", f"must be >= 0, got {self.max_exposures}")
         require(self.exposure_history_days >= 0, f"{SECTION}.exposure_history_days",
@@ -165,6 +179,24 @@ def load_search_impressions(days: list[str], extra_columns: list[str] = ()) -> p
     return frame
 
 
+def load_feed_clicks(days: list[str], columns: list[str]) -> pd.DataFrame:
+    """Clicked feed-placement rows of labeled_impressions for `days`: `columns` + converted."""
+    table_dir = curated("labeled_impressions")
+    wanted = ["impression_id", "converted", *columns]
+    frames = []
+    for ds in days:
+        path = partition(table_dir, ds)
+        files = sorted(f for f in path.glob("*.parquet") if not f.name.startswith((".", "_")))
+        missing = [c for c in wanted if files and c not in pq.read_schema(files[0]).names]
+        if missing:
+            raise DataError(f"labeled_impressions dt={ds}: missing column(s) {', '.join(missing)} (feed_conversions)")
+        table = pq.read_table(path, columns=wanted, filters=[("placement", "=", "feed"), ("clicked", "=", 1)])
+        frames.append(table.to_pandas())
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates("impression_id").reset_index(drop=True)
+    frame["converted"] = frame["converted"].fillna(0).astype(np.int64).clip(0, 1)
+    return frame
+
+
 def load_window(cfg: TrainCTCVRConfig, all_days: list[str], train_days: list[str], eval_day: str
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, eval) frames; with max_exposures, each row's earlier showings of its text to its user,
@@ -231,6 +263,11 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     log.info("eval day %s (last with complete labels); training days %s..%s", eval_day, train_days[0], train_days[-1])
 
     train_frame, eval_frame = load_window(cfg, days, train_days, eval_day)
+    feed_frame, feed_vocabs = None, {}
+    if cfg.feed_conversions:
+        feed_frame = load_feed_clicks(train_days, [*ctcvr.FEED_SHARED, *cfg.id_fields, *cfg.feed_fields])
+        log.info("feed: %d clicks, %d conversions", len(feed_frame), int(feed_frame["converted"].sum()))
+        feed_vocabs = {name: vocab(feed_frame, name) for name in cfg.feed_fields}
     check_labels(train_frame, f"training window {train_days[0]}..{train_days[-1]}")
     check_labels(eval_frame, f"eval day {eval_day}")
     log.info("train: %d impressions, %d clicks, %d conversions; eval: %d impressions",
@@ -240,13 +277,16 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     log.info("tokenizer: %d tokens from %d distinct texts", len(tokenizer), train_frame["ad_text"].nunique())
     model_cfg = ctcvr.CTCVRConfig(
         vocab_size=len(tokenizer),
-        vocabs={name: vocab(train_frame, name) for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields)},
+        vocabs={**{name: vocab(train_frame, name) for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields)}, **feed_vocabs},
         id_fields=list(cfg.id_fields), max_exposures=cfg.max_exposures,
+        segment_token_cross=cfg.segment_token_cross, feed_conversions=cfg.feed_conversions,
+        feed_fields=list(cfg.feed_fields) if cfg.feed_conversions else [],
         max_tokens=cfg.max_tokens, bigram_buckets=cfg.bigram_buckets, max_position=cfg.max_position,
         embed_dim=cfg.embed_dim, context_dim=cfg.context_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, wide=cfg.wide,
         bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
     )
     encoder = ctcvr.FeatureEncoder(model_cfg, tokenizer)
+    feed = ctcvr.build_feed_clicks(encoder, feed_frame) if cfg.feed_conversions else None
 
     rng = np.random.default_rng(cfg.seed)
     is_val = rng.random(len(train_frame)) < cfg.val_fraction
@@ -255,7 +295,7 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     result = ctcvr.fit(
         model_cfg, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
-        id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, log=log.info,
+        id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, feed=feed, log=log.info,
     )
     model_seconds = time.monotonic() - started
 

@@ -4,6 +4,7 @@
     keyword, vertical, user_segment, position -> embeddings  --+--> pCTR tower -> pCTR
     keyword-in-text, query overlap, length, tokens (dense)   --+--> pCVR tower -> pCVR
     + per-id offsets (e.g. ad_id) and an earlier-exposures offset, added to both logits
+    + wide (linear) parts per tower; the pCTR one optionally per (user segment, token)
                                                                     pCTCVR = pCTR * pCVR
 
 The id offsets carry what the text cannot (an ad's product appeal); they are additive, so
@@ -11,6 +12,11 @@ the ranking of texts within one context never depends on them, and training drop
 a share of rows so an absent id (the GRPO reward knows no ad) scores as an average ad. The
 exposure offset (earlier showings of the same text to the same user: fatigue) defaults to 0
 exposures, i.e. a fresh user, when a context does not give `prior_exposures`.
+
+Optionally (`feed_conversions`) clicked feed impressions train the conversion effects both
+placements share: a feed conversion head adds the pCVR side's ad offset and wide
+vertical/segment weights to its own feed-only terms (e.g. per highlight), so those shared
+effects learn from the feed's conversions too. The head is used in training only.
 
 Both towers share the embeddings. ESMM trains on every impression:
     loss = BCE(clicked, pCTR) + BCE(clicked AND converted, pCTR * pCVR)
@@ -40,6 +46,7 @@ from torch.optim.swa_utils import AveragedModel
 from relate_models.tokenizer import load_tokenizer, save_tokenizer
 
 CONTEXT_FIELDS = ("keyword", "vertical", "user_segment")  # categorical; id 0 = unknown
+FEED_SHARED = ("vertical", "user_segment")  # context fields feed impressions have too (no keyword)
 EXPOSURES = "prior_exposures"  # context key: earlier impressions of this text to this user
 N_DENSE = 4  # keyword_in_text, query_overlap, n_chars / char_scale, n_tokens / max_tokens
 _WORD = re.compile(r"[a-z0-9]+")
@@ -64,6 +71,9 @@ class CTCVRConfig:
     wide: bool = True  # add a linear (wide) part per tower: additive effects learn from few conversions
     id_fields: list[str] = field(default_factory=list)  # context keys with a learned (ctr, cvr) offset per value
     max_exposures: int = 0  # earlier-exposure counts above this share one offset; 0 = no exposure feature
+    segment_token_cross: bool = False  # pCTR wide part: one weight per (user segment, token) pair
+    feed_conversions: bool = False  # a training-only feed conversion head shares the CVR side's additive effects
+    feed_fields: list[str] = field(default_factory=list)  # feed-only keys with a conversion offset (highlight_id)
     bos_id: int = 1
     eos_id: int = 2
 
@@ -92,7 +102,7 @@ class FeatureEncoder:
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
         self.index = {name: {v: i + 1 for i, v in enumerate(config.vocabs.get(name, []))}
-                      for name in (*CONTEXT_FIELDS, *config.id_fields)}
+                      for name in (*CONTEXT_FIELDS, *config.id_fields, *config.feed_fields)}
 
     def encode_texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Per-text tensors: tokens (N, L), bigrams (N, L + 1), n_chars (N,), n_tokens (N,)."""
@@ -233,10 +243,13 @@ def _bag(bag: nn.EmbeddingBag, ids: torch.Tensor) -> torch.Tensor:
 
 
 class _Wide(nn.Module):
-    """One weight per token, bigram, context value and dense feature, summed into a logit."""
+    """One weight per token, bigram, context value and dense feature, summed into a logit;
+    with `segment_token`, also per (user segment, token): segments differ in which benefits they click."""
 
-    def __init__(self, c: CTCVRConfig):
+    def __init__(self, c: CTCVRConfig, segment_token: bool = False):
         super().__init__()
+        self.vocab_size = c.vocab_size
+        self.segment_token = nn.EmbeddingBag(c.n_ids("user_segment") * c.vocab_size, 1, mode="mean") if segment_token else None
         self.token = nn.EmbeddingBag(c.vocab_size, 1, mode="mean")
         self.bigram = nn.EmbeddingBag(c.bigram_buckets + 1, 1, mode="mean")
         self.context = nn.ModuleDict({name: nn.Embedding(c.n_ids(name), 1) for name in CONTEXT_FIELDS})
@@ -246,6 +259,10 @@ class _Wide(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = _bag(self.token, batch["tokens"]) + _bag(self.bigram, batch["bigrams"])
         out = out + self.position(batch["position"]) + self.dense(batch["dense"])
+        if self.segment_token is not None:
+            tokens = batch["tokens"]
+            pairs = torch.where(tokens != 0, batch["user_segment"][:, None] * self.vocab_size + tokens, 0)
+            out = out + _bag(self.segment_token, pairs)
         for name in CONTEXT_FIELDS:
             out = out + self.context[name](batch[name])
         return out.squeeze(1)
@@ -266,12 +283,15 @@ class CTCVRModel(nn.Module):
         self.ctr_tower = _tower(in_dim, c.hidden_dim, c.dropout)
         self.cvr_tower = _tower(in_dim, c.hidden_dim, c.dropout)
         if c.wide:
-            self.ctr_wide, self.cvr_wide = _Wide(c), _Wide(c)
+            self.ctr_wide, self.cvr_wide = _Wide(c, segment_token=c.segment_token_cross), _Wide(c)
         # (ctr, cvr) logit offsets; zero at the start so an unseen id or exposure count changes nothing
         self.id_offset = nn.ModuleDict({name: nn.Embedding(c.n_ids(name), 2) for name in c.id_fields})
         self.exposure_offset = nn.Embedding(c.max_exposures + 1, 2)
+        if c.feed_conversions:
+            self.feed_cvr_bias = nn.Parameter(torch.zeros(1))
+            self.feed_cvr_offset = nn.ModuleDict({name: nn.Embedding(c.n_ids(name), 1) for name in c.feed_fields})
         self.apply(self._init)
-        for emb in (*self.id_offset.values(), self.exposure_offset):
+        for emb in (*self.id_offset.values(), self.exposure_offset, *getattr(self, "feed_cvr_offset", {}).values()):
             nn.init.zeros_(emb.weight)
 
     @staticmethod
@@ -291,6 +311,16 @@ class CTCVRModel(nn.Module):
         for name, emb in self.id_offset.items():
             offset = offset + emb(batch[name])
         return ctr_logit + offset[:, 0], cvr_logit + offset[:, 1]
+
+    def feed_cvr_logit(self, ids: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Conversion logit of clicked feed impressions: the search CVR side's additive (ad, wide
+        vertical and segment) effects plus feed-only offsets; no text, so no towers."""
+        out = self.feed_cvr_bias + sum(self.cvr_wide.context[name](ids[name]).squeeze(1) for name in FEED_SHARED)
+        for name, emb in self.id_offset.items():
+            out = out + emb(ids[name])[:, 1]
+        for name, emb in self.feed_cvr_offset.items():
+            out = out + emb(ids[name]).squeeze(1)
+        return out
 
 
 def esmm_loss(
@@ -367,6 +397,34 @@ def build_train_data(encoder: FeatureEncoder, frame: pd.DataFrame) -> TrainData:
 
 
 @dataclass
+class FeedClicks:
+    """Clicked feed impressions as ids (FEED_SHARED, id fields, feed fields) and conversion labels."""
+
+    ids: dict[str, torch.Tensor]
+    converted: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.converted.shape[0])
+
+
+def build_feed_clicks(encoder: FeatureEncoder, frame: pd.DataFrame) -> FeedClicks:
+    """Frame columns: vertical, user_segment, converted, the config's id fields and feed fields."""
+    cfg = encoder.config
+    names = (*FEED_SHARED, *cfg.id_fields, *cfg.feed_fields)
+    return FeedClicks(
+        ids={name: encoder.context_ids(name, frame[name].tolist()) for name in names},
+        converted=torch.tensor(frame["converted"].to_numpy(dtype=np.float32)),
+    )
+
+
+def feed_cvr_loss(model: CTCVRModel, feed: FeedClicks, rows: torch.Tensor, n_search: int) -> torch.Tensor:
+    """Summed BCE of the feed rows over the search batch size: a feed click weighs like a search click
+    in the ESMM loss (whose CTCVR term is a mean over the batch's impressions)."""
+    logit = model.feed_cvr_logit({name: ids[rows] for name, ids in feed.ids.items()})
+    return F.binary_cross_entropy_with_logits(logit, feed.converted[rows], reduction="sum") / max(n_search, 1)
+
+
+@dataclass
 class FitResult:
     model: CTCVRModel
     curve: list[dict]  # one row per epoch
@@ -411,6 +469,7 @@ def fit(
     seed: int,
     id_dropout: float = 0.0,
     ema_decay: float = 0.0,
+    feed: FeedClicks | None = None,
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Adam over shuffled mini-batches; keeps the epoch with the best validation ESMM loss.
@@ -419,7 +478,12 @@ def fit(
     last step's: with a few thousand conversions the last step's CVR tower is noisy.
 
     `id_dropout`: share of training rows whose id fields are set to unknown (0), so the unknown
-    id learns the average offset that contexts without ids (the GRPO reward's) are scored with."""
+    id learns the average offset that contexts without ids (the GRPO reward's) are scored with.
+
+    `feed` (needs config.feed_conversions): clicked feed rows, spread evenly over each epoch's
+    steps, add their conversion loss (`feed_cvr_loss`)."""
+    if feed is not None and not config.feed_conversions:
+        raise ValueError("fit: feed rows given but config.feed_conversions is off")
     torch.manual_seed(seed)
     model = CTCVRModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -431,8 +495,10 @@ def fit(
         start = time.monotonic()
         model.train()
         order = torch.randperm(len(train), generator=generator)
+        n_steps = math.ceil(len(order) / batch_size)
+        feed_order = torch.randperm(len(feed), generator=generator) if feed is not None else None
         total, seen = 0.0, 0
-        for s in range(0, len(order), batch_size):
+        for step, s in enumerate(range(0, len(order), batch_size)):
             rows = order[s : s + batch_size]
             batch = train.batch(encoder, rows)
             if id_dropout > 0:
@@ -441,6 +507,9 @@ def fit(
                     batch[name] = batch[name].masked_fill(drop, 0)
             ctr_logit, cvr_logit = model(batch)
             loss, _ = esmm_loss(ctr_logit, cvr_logit, train.clicked[rows], train.converted[rows])
+            if feed_order is not None:
+                feed_rows = feed_order[step * len(feed) // n_steps : (step + 1) * len(feed) // n_steps]
+                loss = loss + feed_cvr_loss(model, feed, feed_rows, len(rows))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

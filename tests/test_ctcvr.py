@@ -1,6 +1,7 @@
 """CTCVR reward model: loss, learning a planted signal, artifacts, scoring API, train stage."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -46,6 +47,7 @@ def synthetic_impressions(n: int, seed: int, texts_per_ad: int = 30, users: int 
     has_dampen = np.char.find(np.char.lower(text.astype(str)), DAMPEN) >= 0
     user_rng = np.random.default_rng([seed, 1])  # own stream: the label draws below stay as they were
     user = np.array([f"u{u:04d}" for u in user_rng.integers(0, users, size=n)])
+    highlight = np.array([f"hlt-{h}" for h in np.random.default_rng([seed, 2]).integers(0, 3, size=n)])
     text_id = np.array([f"txt-{pick_id:05d}" for pick_id in pick])
     prior = pd.DataFrame({"u": user, "t": text_id}).groupby(["u", "t"]).cumcount().to_numpy()  # rows in ts order
     p_click = 1 / (1 + np.exp(-(-2.2 + 1.6 * has_boost - 0.25 * (position - 1)))) * fatigue ** np.minimum(prior, 3)
@@ -58,7 +60,7 @@ def synthetic_impressions(n: int, seed: int, texts_per_ad: int = 30, users: int 
         "ad_id": [f"ad-{k.replace(' ', '-')}" for k in keyword],
         "placement": np.where(rng.random(n) < 0.85, "search", "feed"),
         "ad_text": text, "keyword": keyword, "query": [f"{k} {m}".strip() for k, m in zip(keyword, modifier)], "vertical": vertical, "user_segment": segment,
-        "position": position.astype(np.int32), "clicked": clicked.astype(np.int32),
+        "position": position.astype(np.int32), "highlight_id": highlight, "clicked": clicked.astype(np.int32),
         "converted": converted.astype(np.int32), "label_complete": True,
         "true_p_click": p_click, "true_p_ctcvr": p_click * p_conv,  # test oracle; the stage never reads them
         ctcvr.EXPOSURES: prior,  # what train_ctcvr derives from the logs (a test checks it does)
@@ -184,6 +186,71 @@ def test_learns_fatigue_and_scores_absent_ids_as_an_average_ad(trained):
     assert without["p_ctcvr"].mean() == pytest.approx(with_id["p_ctcvr"].mean(), rel=0.25)
 
 
+def test_feed_clicks_teach_the_shared_conversion_effects(tokenizer):
+    """Few search conversions, many feed clicks: the feed head's gradient reaches the search pCVR's
+    segment weight and ad offset, and learns its own highlight offsets; scoring never uses it."""
+    torch.set_num_threads(1)
+    search = synthetic_impressions(4000, 21)
+    rng = np.random.default_rng(5)
+    n = 12000
+    feed = pd.DataFrame({"vertical": rng.choice(list(VERTICALS), size=n), "user_segment": rng.choice(["new", "returning", "loyal"], size=n),
+                         "ad_id": rng.choice(sorted(search["ad_id"].unique()), size=n), "highlight_id": rng.choice(["h0", "h1"], size=n)})
+    # the same conversion truth as the search rows (loyal +0.5) plus a feed-only highlight effect
+    logit = -0.8 + 0.5 * (feed["user_segment"] == "loyal") + 1.0 * (feed["highlight_id"] == "h1")
+    feed["converted"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int32)
+    fields = (*ctcvr.CONTEXT_FIELDS, "ad_id")
+    vocabs = {**{f: train_ctcvr.vocab(search, f) for f in fields}, "highlight_id": ["h0", "h1"]}
+    cfg = ctcvr.CTCVRConfig(vocab_size=len(tokenizer), vocabs=vocabs, bigram_buckets=2000, embed_dim=8, context_dim=4,
+                            hidden_dim=16, dropout=0.0, id_fields=["ad_id"], feed_conversions=True, feed_fields=["highlight_id"])
+    encoder = ctcvr.FeatureEncoder(cfg, tokenizer)
+    train, val = ctcvr.build_train_data(encoder, search[:3600]), ctcvr.build_train_data(encoder, search[3600:])
+    with pytest.raises(ValueError, match="feed_conversions is off"):
+        ctcvr.fit(dataclasses.replace(cfg, feed_conversions=False), encoder, train, val, epochs=1, batch_size=512,
+                  lr=0.02, weight_decay=0.0, seed=3, feed=ctcvr.build_feed_clicks(encoder, feed))
+    result = ctcvr.fit(cfg, encoder, train, val, epochs=5, batch_size=256, lr=0.02, weight_decay=0.0, seed=3,
+                       feed=ctcvr.build_feed_clicks(encoder, feed), log=lambda _: None)
+    model = result.model
+    highlight = model.feed_cvr_offset["highlight_id"].weight[:, 0].detach()
+    assert float(highlight[2] - highlight[1]) == pytest.approx(1.0, abs=0.3)
+    segment = model.cvr_wide.context["user_segment"].weight[:, 0].detach()
+    index = encoder.index["user_segment"]
+    assert float(segment[index["loyal"]] - segment[index["new"]]) == pytest.approx(0.5, abs=0.25)
+    # the search pCVR carries the segment effect the feed taught (without feed rows: lift 0.13 from 125 conversions)
+    scorer = ctcvr.CTCVRScorer(model, tokenizer)
+    ctx = {"keyword": "lamp", "vertical": "home", "position": 1}
+    out = scorer.score(["Save big on great deals today"] * 2, [{**ctx, "user_segment": "loyal"}, {**ctx, "user_segment": "new"}])
+    lift = float(torch.logit(torch.from_numpy(out["p_cvr"]))[0] - torch.logit(torch.from_numpy(out["p_cvr"]))[1])
+    assert lift == pytest.approx(0.5, abs=0.3)
+
+
+def test_segment_token_cross_learns_which_segment_clicks_a_word(tokenizer):
+    """BOOST raises CTR for loyal users only: the (segment, token) wide weights carry that."""
+    torch.set_num_threads(1)
+    frame = synthetic_impressions(12000, 23)
+    rng = np.random.default_rng(6)
+    boost = frame["ad_text"].str.lower().str.contains(BOOST).to_numpy()
+    logit = -2.0 + 1.5 * (boost & (frame["user_segment"] == "loyal").to_numpy())
+    frame["clicked"] = (rng.random(len(frame)) < 1 / (1 + np.exp(-logit))).astype(np.int32)
+    frame["converted"] = frame["clicked"] * (rng.random(len(frame)) < 0.3)
+    cfg = ctcvr.CTCVRConfig(vocab_size=len(tokenizer), vocabs={f: train_ctcvr.vocab(frame, f) for f in ctcvr.CONTEXT_FIELDS},
+                            bigram_buckets=2000, embed_dim=8, context_dim=4, hidden_dim=16, dropout=0.0,
+                            segment_token_cross=True)
+    encoder = ctcvr.FeatureEncoder(cfg, tokenizer)
+    result = ctcvr.fit(cfg, encoder, ctcvr.build_train_data(encoder, frame[:11000]),
+                       ctcvr.build_train_data(encoder, frame[11000:]), epochs=4, batch_size=256, lr=0.02,
+                       weight_decay=0.0, seed=3, log=lambda _: None)
+    cross = result.model.ctr_wide.segment_token.weight[:, 0].detach()
+    token = tokenizer.backend_tokenizer.encode(" " + BOOST, add_special_tokens=False).ids[-1]
+    segment = encoder.index["user_segment"]
+    assert float(cross[segment["loyal"] * cfg.vocab_size + token] - cross[segment["new"] * cfg.vocab_size + token]) > 0.3
+    scorer = ctcvr.CTCVRScorer(result.model, tokenizer)
+    ctx = {"keyword": "lamp", "vertical": "home", "position": 1}
+    texts = ["Save big on great deals today", f"Save big on {BOOST} great deals today"]
+    lift = {seg: np.diff(np.log(scorer.score(texts, [{**ctx, "user_segment": seg}] * 2)["p_ctr"]))[0]
+            for seg in ("loyal", "new")}
+    assert lift["loyal"] > lift["new"] + 0.15, lift  # a mean bag dilutes one word of ~8 (planted: 1.5 logits)
+
+
 def test_save_load_round_trip_identical(trained, tmp_path):
     scorer, _ = trained
     scorer.save(tmp_path / "ctcvr")
@@ -238,7 +305,7 @@ def test_train_stage_end_to_end(tmp_path, monkeypatch):
     days = {f"2026-01-0{d}": synthetic_impressions(2500, d) for d in range(1, 7)}
     days["2026-01-06"]["label_complete"] = False  # last day's labels still open: eval day is 01-05
     write_curated(tmp_path, days)
-    tiny_params(tmp_path / "params.yaml")
+    tiny_params(tmp_path / "params.yaml", feed_conversions=True)
     assert train_ctcvr.main([]) == 0
     metrics = json.loads((tmp_path / "metrics" / "ctcvr_train.json").read_text())
     assert metrics["eval_day"] == "2026-01-05" and metrics["train_days"] == ["2026-01-02", "2026-01-03", "2026-01-04"]
@@ -311,6 +378,18 @@ def test_train_stage_rejects_missing_data_and_bad_params(tmp_path, monkeypatch, 
     tiny_params(tmp_path / "params.yaml", id_fields=["campaign_id"])
     assert train_ctcvr.main([]) == 2
     assert "missing column(s) campaign_id" in caplog.text
+    tiny_params(tmp_path / "params.yaml", feed_conversions=True, feed_fields=["ad_text"])
+    assert train_ctcvr.main([]) == 2
+    assert "train_ctcvr.feed_fields" in caplog.text
+    tiny_params(tmp_path / "params.yaml", wide=False)
+    assert train_ctcvr.main([]) == 2
+    assert "train_ctcvr.segment_token_cross" in caplog.text
+    tiny_params(tmp_path / "params.yaml", feed_conversions=True, wide=False, segment_token_cross=False)
+    assert train_ctcvr.main([]) == 2
+    assert "train_ctcvr.feed_conversions" in caplog.text
+    tiny_params(tmp_path / "params.yaml", feed_conversions=True, feed_fields=["badge_id"])
+    assert train_ctcvr.main([]) == 2
+    assert "missing column(s) badge_id (feed_conversions)" in caplog.text
 
 
 def test_evaluate_stage_rejects_missing_predictions(tmp_path, monkeypatch, caplog):
