@@ -61,10 +61,6 @@ SORT_KEYS = {
 }
 
 
-# written without a shuffle by dt (see IngestJob.write): as many rows as raw events
-EVENT_SIZED_TABLES = ("events", "labeled_impressions")
-
-
 class IngestError(ValueError):
     """Foreseeable bad input (missing or empty raw partition): exit 2 with this message."""
 
@@ -75,7 +71,6 @@ class IngestConfig:
     shuffle_partitions: int = 8
     click_window_minutes: int = 60
     attribution_window_days: int = 3
-    broadcast_join_mb: int = 256  # joins with a side below this broadcast it (0: Spark's 10 MB default)
 
     def __post_init__(self):
         require(bool(self.master.strip()), "ingest.master", "must be a Spark master URL such as local[*]")
@@ -83,7 +78,6 @@ class IngestConfig:
         # a click is linked to impressions of its own day and the day before only
         require(1 <= self.click_window_minutes <= 1440, "ingest.click_window_minutes", "must be in 1..1440")
         require(1 <= self.attribution_window_days <= 60, "ingest.attribution_window_days", "must be in 1..60")
-        require(0 <= self.broadcast_join_mb <= 8192, "ingest.broadcast_join_mb", "must be in 0..8192 (MB)")
 
 
 def read_sql(name: str) -> str:
@@ -145,11 +139,6 @@ class IngestJob:
         # few, small shuffles on a few cores: let AQE coalesce them and pick broadcast joins
         spark.conf.set("spark.sql.adaptive.enabled", "true")
         spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "true")
-        # the click and conversion sides of the link and label joins are a few % of the
-        # events: broadcast them, so the impressions are never shuffled for a join
-        broadcast_bytes = str((cfg.broadcast_join_mb or 10) << 20)
-        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", broadcast_bytes)
-        spark.conf.set("spark.sql.adaptive.autoBroadcastJoinThreshold", broadcast_bytes)
 
     # -- parsing ---------------------------------------------------------------------------
     def parse(self, days: list[str]):
@@ -289,22 +278,12 @@ class IngestJob:
         return self.spark.createDataFrame(rows, schema)
 
     def write(self, table: str, df, owned_days: list[str], nonempty_days: set[str]) -> None:
-        """Replace partitions `owned_days` of a curated table with df (see write_partitions).
-
-        The event-sized tables are written from the partitions they are in (coalesced to
-        shuffle_partitions, no shuffle): a few files per dt instead of a second full shuffle.
-        """
-        files_per_partition = self.cfg.shuffle_partitions if table in EVENT_SIZED_TABLES else None
-        write_partitions(self.spark, self.curated_dir, table, df, owned_days, nonempty_days, files_per_partition)
+        """Replace partitions `owned_days` of a curated table with df (see write_partitions)."""
+        write_partitions(self.spark, self.curated_dir, table, df, owned_days, nonempty_days)
 
 
-def write_partitions(spark, curated_dir: Path, table: str, df, owned_days: list[str], nonempty_days: set[str],
-                     files_per_partition: int | None = None) -> None:
+def write_partitions(spark, curated_dir: Path, table: str, df, owned_days: list[str], nonempty_days: set[str]) -> None:
     """Replace partitions `owned_days` of a curated table with df (rows of `nonempty_days` only).
-
-    files_per_partition None: one file per dt (a shuffle by dt); n: df's own partitions
-    coalesced to n (no shuffle), so at most n files per dt. Either way each file's rows are
-    sorted by SORT_KEYS and its content depends only on the input: reproducible files.
 
     Dynamic overwrite replaces only the partitions df has rows for, so an owned
     partition that is now empty is deleted explicitly (a rerun must not keep stale rows).
@@ -315,8 +294,9 @@ def write_partitions(spark, curated_dir: Path, table: str, df, owned_days: list[
         raise RuntimeError(f"{table}: rows for partitions {sorted(nonempty_days - set(owned_days))} not owned by this run")
     table_dir = Path(curated_dir) / paths.curated(table).name
     if nonempty_days:
-        clustered = df.repartition("dt") if files_per_partition is None else df.coalesce(files_per_partition)
-        (clustered.sortWithinPartitions("dt", *SORT_KEYS[table])
+        # one file per partition, rows in a fixed order: reproducible files (measured: writing
+        # each task's rows without this shuffle saved no CPU and made 4-8 files per dt)
+        (df.repartition("dt").sortWithinPartitions("dt", *SORT_KEYS[table])
          .write.mode("overwrite").partitionBy("dt").parquet(str(table_dir.resolve())))
     for d in owned_days:
         if d not in nonempty_days:
@@ -400,20 +380,14 @@ def main(argv=None) -> int:
         log.error("%s", err)
         raise SystemExit(2) from None
 
-    from pyspark.sql import SparkSession
+    from pipelines.spark import stage_session
 
-    from pipelines.spark import get_spark
-
-    owns_session = SparkSession.getActiveSession() is None
-    spark = get_spark(cfg.master, "relate-ingest", cfg.shuffle_partitions)
     try:
-        run_days(spark, cfg, days)
+        with stage_session(cfg.master, "relate-ingest", cfg.shuffle_partitions) as spark:
+            run_days(spark, cfg, days)
     except (ConfigError, ValueError) as err:  # e.g. a partition found empty once read
         log.error("%s", err)
         raise SystemExit(2) from None
-    finally:
-        if owns_session:
-            spark.stop()
     return 0
 
 

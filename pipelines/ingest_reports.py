@@ -201,20 +201,14 @@ def main(argv=None) -> int:
         log.error("%s", err)
         return 2
 
-    from pyspark.sql import SparkSession
+    from pipelines.spark import stage_session
 
-    from pipelines.spark import get_spark
-
-    owns_session = SparkSession.getActiveSession() is None
-    spark = get_spark(cfg.master, f"relate-ingest-{args.source}", cfg.shuffle_partitions)
     try:
-        run_source(spark, args.source, cfg)
+        with stage_session(cfg.master, f"relate-ingest-{args.source}", cfg.shuffle_partitions) as spark:
+            run_source(spark, args.source, cfg)
     except (ConfigError, ValueError) as err:
         log.error("%s", err)
         return 2
-    finally:
-        if owns_session:
-            spark.stop()
     return 0
 
 

@@ -1,6 +1,7 @@
 """The Spark session every Spark stage uses; master from params (local[*], spark://, yarn, k8s://)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -26,3 +27,18 @@ def get_spark(master: str = "local[*]", app_name: str = "relate", shuffle_partit
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextlib.contextmanager
+def stage_session(master: str, app_name: str, shuffle_partitions: int):
+    """The session of one stage run, stopped at the end unless it was already running
+    (tests and notebooks share one session across runs)."""
+    from pyspark.sql import SparkSession
+
+    owns_session = SparkSession.getActiveSession() is None
+    spark = get_spark(master, app_name, shuffle_partitions)
+    try:
+        yield spark
+    finally:
+        if owns_session:
+            spark.stop()

@@ -160,19 +160,12 @@ def _sample_tests(csv: Path, max_tests: int, seed: int) -> pd.DataFrame | None:
 
 def ingest(cfg: UpworthyConfig) -> dict[str, int]:
     """The Spark report ingest (pipelines.ingest_reports) on the landed delivery; its ingest_quality row."""
-    from pyspark.sql import SparkSession
-
     from pipelines.ingest import IngestConfig
-    from pipelines.spark import get_spark
+    from pipelines.spark import stage_session
 
     spark_cfg = IngestConfig(master=cfg.spark_master, shuffle_partitions=cfg.spark_shuffle_partitions)
-    owns_session = SparkSession.getActiveSession() is None
-    spark = get_spark(spark_cfg.master, "relate-ingest-upworthy", spark_cfg.shuffle_partitions)
-    try:
+    with stage_session(spark_cfg.master, "relate-ingest-upworthy", spark_cfg.shuffle_partitions) as spark:
         return ingest_reports.run_source(spark, VERTICAL, spark_cfg)
-    finally:
-        if owns_session:
-            spark.stop()
 
 
 def read_curated() -> dict[str, pd.DataFrame]:

@@ -11,12 +11,12 @@ WITH valid AS (
   SELECT * FROM linked_events WHERE link_reason IS NULL
 ),
 impressions AS (
-  SELECT v.*, d.labels_as_of
+  SELECT /*+ BROADCAST(d) */ v.*, d.labels_as_of
   FROM valid v JOIN label_days d ON d.dt = v.dt
   WHERE v.event_type = 'impression'
 ),
 impression_clicks AS (
-  SELECT i.dt, i.event_id AS impression_event_id, i.labels_as_of, c.click_id, c.ts AS click_ts
+  SELECT /*+ BROADCAST(c) */ i.dt, i.event_id AS impression_event_id, i.labels_as_of, c.click_id, c.ts AS click_ts
   FROM impressions i
   JOIN valid c
     ON c.event_type = 'click' AND c.impression_id = i.impression_id
@@ -24,7 +24,7 @@ impression_clicks AS (
    AND c.dt <= i.labels_as_of
 ),
 labels AS (
-  SELECT ic.dt, ic.impression_event_id,
+  SELECT /*+ BROADCAST(v) */ ic.dt, ic.impression_event_id,
          max(v.event_id IS NOT NULL) AS converted,
          coalesce(sum(v.value), 0D) AS conversion_value
   FROM impression_clicks ic
@@ -34,7 +34,7 @@ labels AS (
    AND v.dt <= ic.labels_as_of
   GROUP BY ic.dt, ic.impression_event_id
 )
-SELECT i.event_id, i.impression_id, i.ts, i.user_id, i.user_segment, i.placement, i.vertical,
+SELECT /*+ BROADCAST(l) */ i.event_id, i.impression_id, i.ts, i.user_id, i.user_segment, i.placement, i.vertical,
        i.advertiser_id, i.product_id, i.ad_id, i.position, i.query, i.keyword, i.text_id,
        i.ad_text, i.title_id, i.image_id, i.highlight_id, i.propensity,
        CAST(l.impression_event_id IS NOT NULL AS INT) AS clicked,

@@ -15,8 +15,11 @@ WITH impressions AS (
 clicks AS (
   SELECT dt, event_id, impression_id, click_id, ts FROM window_events WHERE event_type = 'click'
 ),
+-- BROADCAST hints: the click and conversion sides are a few % of the events, so the
+-- impressions stream through hash joins and are never shuffled (a size threshold would
+-- misjudge them: both sides are filters of one cached relation with one size estimate).
 linked_clicks AS (
-  SELECT DISTINCT c.dt, c.event_id, c.click_id, c.ts
+  SELECT /*+ BROADCAST(c) */ DISTINCT c.dt, c.event_id, c.click_id, c.ts
   FROM clicks c
   JOIN impressions i
     ON i.impression_id = c.impression_id AND c.ts >= i.ts AND c.ts <= i.ts + :click_window_ms
