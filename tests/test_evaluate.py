@@ -162,8 +162,8 @@ def curated_without_spark(root: Path) -> None:
     imps["label_complete"] = True
     imps["position"] = imps["position"].astype("int64")
     keep = ["impression_id", "ts", "user_id", "user_segment", "placement", "vertical", "advertiser_id", "product_id",
-            "ad_id", "position", "query", "keyword", "text_id", "ad_text", "clicked", "converted", "conversion_value",
-            "labels_as_of", "label_complete"]
+            "ad_id", "position", "query", "keyword", "text_id", "ad_text", "title_id", "image_id", "highlight_id",
+            "clicked", "converted", "conversion_value", "labels_as_of", "label_complete"]
     for dt, part in imps.groupby("dt"):
         out = root / "data/curated/labeled_impressions" / f"dt={dt}"
         out.mkdir(parents=True, exist_ok=True)
