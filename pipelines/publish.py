@@ -40,7 +40,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -103,13 +103,12 @@ class PublishConfig:
     remote_url: str = "../relate-dvc-remote"  # relative paths: to the project root
     push: bool = True
     artifacts: list[str] = field(default_factory=lambda: list(ARTIFACTS))
-    # Optional[...] not `float | None`: pipelines.params checks typing.Union only (see the report)
-    min_true_ctcvr_uplift_vs_sft: Optional[float] = 0.0
-    min_compliance_rate: Optional[float] = 0.9
-    min_combo_ratio_to_oracle: Optional[float] = 0.5
-    min_ctcvr_auc_ratio: Optional[float] = 0.9
-    min_attribution_auc_ratio: Optional[float] = 0.9
-    max_regression: Optional[float] = 0.0  # allowed drop below the champion per gated metric; null: no check
+    min_true_ctcvr_uplift_vs_sft: float | None = 0.0
+    min_compliance_rate: float | None = 0.9
+    min_combo_ratio_to_oracle: float | None = 0.5
+    min_ctcvr_auc_ratio: float | None = 0.9
+    min_attribution_auc_ratio: float | None = 0.9
+    max_regression: float | None = 0.0  # allowed drop below the champion per gated metric; null: no check
 
     def __post_init__(self) -> None:
         p = SECTION
