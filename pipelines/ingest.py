@@ -136,9 +136,6 @@ class IngestJob:
         self.raw_dir, self.curated_dir = Path(raw_dir), Path(curated_dir)
         self.sql = {name: read_sql(name) for name in
                     ("parse_day", "link_events", "line_outcomes", "labeled_impressions", "text_stats", "combo_stats")}
-        # few, small shuffles on a few cores: let AQE coalesce them and pick broadcast joins
-        spark.conf.set("spark.sql.adaptive.enabled", "true")
-        spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "true")
 
     # -- parsing ---------------------------------------------------------------------------
     def parse(self, days: list[str]):
@@ -222,7 +219,7 @@ class IngestJob:
         )
         self.write("events", events, owned, {d for d in owned if quality[d]["rows_kept"]})
         self.write("quarantine", quarantine, owned, {d for d in owned if quality[d]["rows_quarantined"]})
-        self.write("ingest_quality", self.quality_frame(quality), owned, set(owned))
+        self.write("ingest_quality", quality_frame(self.spark, quality, QUALITY_COLUMNS), owned, set(owned))
 
         self.spark.createDataFrame(sorted(labels_as_of.items()), "dt STRING, labels_as_of STRING") \
             .createOrReplaceTempView("label_days")
@@ -272,14 +269,16 @@ class IngestJob:
             quality[ds].update({f"q_{r}": by_outcome.get(r, 0) for r in QUARANTINE_REASONS})
         return quality
 
-    def quality_frame(self, quality: dict[str, dict[str, int]]):
-        schema = ", ".join(f"{c} BIGINT" for c in QUALITY_COLUMNS) + ", dt STRING"
-        rows = [tuple(q[c] for c in QUALITY_COLUMNS) + (ds,) for ds, q in sorted(quality.items())]
-        return self.spark.createDataFrame(rows, schema)
-
     def write(self, table: str, df, owned_days: list[str], nonempty_days: set[str]) -> None:
         """Replace partitions `owned_days` of a curated table with df (see write_partitions)."""
         write_partitions(self.spark, self.curated_dir, table, df, owned_days, nonempty_days)
+
+
+def quality_frame(spark, quality: dict[str, dict[str, int]], columns: tuple[str, ...]):
+    """ingest_quality rows ({dt: counts}) as a frame: the count `columns` as BIGINT, then dt."""
+    schema = ", ".join(f"{c} BIGINT" for c in columns) + ", dt STRING"
+    rows = [tuple(q[c] for c in columns) + (ds,) for ds, q in sorted(quality.items())]
+    return spark.createDataFrame(rows, schema)
 
 
 def write_partitions(spark, curated_dir: Path, table: str, df, owned_days: list[str], nonempty_days: set[str]) -> None:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from pipelines import paths
-from pipelines.ingest import IngestConfig, IngestError, materialize, read_sql, write_partitions
+from pipelines.ingest import IngestConfig, IngestError, materialize, quality_frame, read_sql, write_partitions
 from pipelines.logs import get_logger
 from pipelines.params import ConfigError, load_config
 from pipelines.schema import QUARANTINE_REASONS
@@ -111,8 +111,6 @@ class ReportIngestJob:
         self.spark, self.source, self.cfg = spark, source, cfg
         self.raw, self.curated_dir = Path(raw), Path(curated_dir)
         self.sql = {t: read_sql(f"{source.name}_{t}") for t in ("parse",) + source.tables}
-        spark.conf.set("spark.sql.adaptive.enabled", "true")
-        spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "true")
 
     def parse(self):
         """Every record of the delivery with `reason` (NULL = kept), typed fields and dt (materialized)."""
@@ -164,9 +162,7 @@ class ReportIngestJob:
                       .select("raw_line", "reason", F.lit(None).cast("string").alias("event_id"),
                               F.lit(run_dt).alias("dt")))
         self.write("quarantine", quarantine, {run_dt} if quality["rows_quarantined"] else set())
-        row = tuple(quality[c] for c in QUALITY_COLUMNS) + (run_dt,)
-        schema = ", ".join(f"{c} BIGINT" for c in QUALITY_COLUMNS) + ", dt STRING"
-        self.write("ingest_quality", self.spark.createDataFrame([row], schema), {run_dt})
+        self.write("ingest_quality", quality_frame(self.spark, {run_dt: quality}, QUALITY_COLUMNS), {run_dt})
         parsed.unpersist()
         log.info("%s: %d rows in, %d kept, %d quarantined %s; %d partitions; %.1fs", self.source.name,
                  quality["rows_in"], quality["rows_kept"], quality["rows_quarantined"],

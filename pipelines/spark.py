@@ -23,6 +23,9 @@ def get_spark(master: str = "local[*]", app_name: str = "relate", shuffle_partit
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", driver_memory)
         .config("spark.sql.ansi.enabled", "false")
+        # few, small shuffles on a few cores: AQE coalesces them and picks broadcast joins
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
