@@ -5,7 +5,7 @@
 Lands the archive's CSV under `upworthy.workdir`, ingests it with the Spark report ingest
 (pipelines.ingest_reports) into curated combo_stats/text_stats partitions (validated by the
 validate stage's GX suites), then
-1. attribution: K-fold-within-test prediction of each combination's CTR with the MIL model
+1. attribution: leave-one-out-within-test prediction of each combination's CTR with the MIL model
    (relate_models.attribution, as train_attribution fits it), an additive logistic model
    and the per-test mean: log loss per impression and pairwise rank accuracy;
 2. text CTR: which headline of a test wins, from the headline alone (tests split by id),
@@ -44,9 +44,10 @@ def run(cfg: uw.UpworthyConfig, csv: Path) -> dict:
     combos = combos.sort_values(["ad_id", "title_id", "image_id", "highlight_id"]).reset_index(drop=True)
     stats = stats.sort_values(["ad_id", "text_id"]).reset_index(drop=True)
     adapter_seconds = time.monotonic() - started
-    attribution = uw.attribution_check(combos, cfg)
-    attribution_seconds = time.monotonic() - started - adapter_seconds
-    text = uw.text_check(stats, cfg)
+    with uw.model_threads(cfg.threads):
+        attribution = uw.attribution_check(combos, cfg)
+        attribution_seconds = time.monotonic() - started - adapter_seconds
+        text = uw.text_check(stats, cfg)
     return {
         "source": str(csv),
         "adapter": {**counts, "combinations": len(tables["combo_stats"]),

@@ -59,7 +59,6 @@ class UpworthyConfig:
     exclude_broken: bool = True  # False: keep those tests in, flagged in the metrics
     max_tests: int = 0  # 0 = every test; else a seeded sample of tests (fast tests)
     seed: int = 0
-    folds: int = 2  # K-fold over the combinations inside each test; rank pairs need two arms in one fold
     mil_steps: int = 150
     mil_learning_rate: float = 0.05
     mil_l2: float = 100.0
@@ -75,7 +74,7 @@ class UpworthyConfig:
     text_weight_decay: float = 1e-4
     tokenizer_vocab: int = 4000
     bow_c_grid: list[float] = field(default_factory=lambda: [0.03, 0.3, 3.0])
-    torch_threads: int = 1  # the models are tiny: more threads only contend
+    threads: int = 1  # torch and BLAS threads of the checks' fits (tiny models: more threads only contend); 0 = default
     spark_master: str = "local[2]"  # the report ingest's Spark session
     spark_shuffle_partitions: int = 4
 
@@ -86,7 +85,6 @@ class UpworthyConfig:
         require(len(self.broken_weeks) == 2 and self.broken_weeks[0] <= self.broken_weeks[1], f"{p}.broken_weeks",
                 f"must be [first, last] test_week, got {self.broken_weeks}")
         require(self.max_tests >= 0, f"{p}.max_tests", "must be >= 0")
-        require(self.folds >= 2, f"{p}.folds", f"must be >= 2, got {self.folds}")
         for name in ("mil_steps", "mil_embed_dim", "text_epochs", "text_batch_size", "tokenizer_vocab"):
             require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("mil_learning_rate", "additive_l2", "additive_test_l2", "text_learning_rate"):
@@ -97,7 +95,7 @@ class UpworthyConfig:
         require(0 < self.text_val_fraction < 0.5, f"{p}.text_val_fraction", "must be in (0, 0.5)")
         require(bool(self.bow_c_grid) and all(c > 0 for c in self.bow_c_grid), f"{p}.bow_c_grid",
                 "must be a non-empty list of positive numbers")
-        require(self.torch_threads >= 0, f"{p}.torch_threads", "must be >= 0")
+        require(self.threads >= 0, f"{p}.threads", "must be >= 0")
         require(bool(self.spark_master.strip()), f"{p}.spark_master", "must be a Spark master URL such as local[2]")
         require(self.spark_shuffle_partitions >= 1, f"{p}.spark_shuffle_partitions", "must be >= 1")
         for name, week in zip(("first", "last"), self.broken_weeks):
@@ -225,11 +223,28 @@ def broken_tests(frame: pd.DataFrame, cfg: UpworthyConfig) -> pd.Series:
 # ------------------------------------------------------------------------------ attribution check
 
 
-def fold_of_rows(combos: pd.DataFrame, folds: int) -> np.ndarray:
-    """Fold of each combination: its rank inside its test mod `folds` (a test of n >= 2 combinations
-    always keeps at least one in training, so its test effect is estimated)."""
+def loo_folds(combos: pd.DataFrame) -> np.ndarray:
+    """Leave-one-out fold of each combination: its rank inside its test (in row order).
+
+    Fold k holds out at most one combination per test, so each one is predicted by fits that
+    saw every other combination of its test (and all but one of every other test): leave-one-out
+    from the test's point of view, in as many fits as the largest test has combinations.
+    """
+    return combos.groupby("ad_id", sort=False).cumcount().to_numpy()
+
+
+def pair_folds(combos: pd.DataFrame) -> np.ndarray:
+    """Leave-pair-out fold of each combination: rank // 2 inside its test, -1 for one held out by no fold.
+
+    Fold k holds out the pair of ranks (2k, 2k + 1) of every test, both arms together. Only
+    pairs that leave at least one arm of their test in training are held out (a test of two
+    arms would lose its test effect: both arms would get the same prediction); the last arm
+    of a test of odd size has no partner and stays in training.
+    """
     rank = combos.groupby("ad_id", sort=False).cumcount().to_numpy()
-    return rank % folds
+    size = combos.groupby("ad_id", sort=False)["ad_id"].transform("size").to_numpy()
+    paired = (size >= 3) & (rank < size - size % 2)
+    return np.where(paired, rank // 2, -1)
 
 
 def binomial_nll_per_impression(p: np.ndarray, clicks: np.ndarray, impressions: np.ndarray) -> float:
@@ -311,7 +326,11 @@ def fit_additive(train: pd.DataFrame, cfg: UpworthyConfig):
         grad = np.r_[x.T @ grad_z + precision * w[:-1], grad_z.sum()]
         return nll + 0.5 * (precision * w[:-1] ** 2).sum(), grad
 
-    res = so.minimize(objective, np.zeros(n_feat + 1), jac=True, method="L-BFGS-B", options={"maxiter": 200})
+    # run to convergence (~600 iterations here): the test effects and the intercept are nearly collinear, and
+    # the 200 iterations of before stopped short by ~100 nats, worth 3e-5 of held-out log loss per impression
+    res = so.minimize(objective, np.zeros(n_feat + 1), jac=True, method="L-BFGS-B", options={"maxiter": 5000})
+    if not res.success:
+        log.warning("additive model: L-BFGS did not converge (%s)", res.message)
     w = res.x
 
     def predict(frame: pd.DataFrame) -> np.ndarray:
@@ -334,70 +353,84 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
-    """K-fold-within-test prediction of each combination's CTR: per-test mean, additive, MIL.
+def predict_held_out(combos: pd.DataFrame, folds: np.ndarray, cfg: UpworthyConfig, name: str) -> dict[str, np.ndarray]:
+    """Each model's p_click of every combination, from fits on the other folds (NaN where fold < 0).
 
-    Every model sees, for a held-out combination, the other folds' combinations of its own
-    test (and every other test); metrics pool the held-out predictions of all folds.
-
-    Log loss is on every held-out p_click. Rank accuracy is over pairs of arms of one test that
-    were held out *together* (same fold), so neither arm's outcome entered the other's
-    prediction and both share one estimate of the test effect. Pairs across folds would leak:
-    arm A's test effect is fitted on arm B and vice versa (the better arm then always gets the
-    worse reference, and any within-test contrast gets the partner's outcome back). The
-    per-test mean gives both arms of a pair the same value: 0.5 by ties.
+    Models: `test_mean` (pooled CTR of the test's training combinations), `additive`
+    (fit_additive) and `mil` (relate_models.attribution.fit; held-out elements it never saw
+    are scored with its content-hash fallback). Logs each fold's size and timings.
     """
-    import torch
-
     from relate_models import attribution as attr
 
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    combos = combos[combos.groupby("ad_id")["ad_id"].transform("size") >= 2].reset_index(drop=True)
-    folds = fold_of_rows(combos, cfg.folds)
-    pred = {name: np.full(len(combos), np.nan) for name in ("test_mean", "additive", "mil")}
     settings = attr.FitSettings(steps=cfg.mil_steps, learning_rate=cfg.mil_learning_rate, l2=cfg.mil_l2,
                                 l2_bias=cfg.mil_l2_bias, seed=cfg.seed, log_every=cfg.mil_steps)
     model_cfg = {"embed_dim": cfg.mil_embed_dim, "attention_dim": cfg.mil_embed_dim, "hash_buckets": 1024}
     quiet = get_logger("real.upworthy.mil")
-    for k in range(cfg.folds):
-        started = time.monotonic()
+    pred = {model: np.full(len(combos), np.nan) for model in ("test_mean", "additive", "mil")}
+    n_folds = int(folds.max()) + 1
+    for k in range(n_folds):
         held = folds == k
-        if not held.any():
-            continue
         train, test = combos[~held], combos[held]
+        started = time.monotonic()
         sums = train.groupby("ad_id")[["clicks", "impressions"]].sum()
         pred["test_mean"][held] = (test["ad_id"].map(sums["clicks"]) / test["ad_id"].map(sums["impressions"])).to_numpy()
         pred["additive"][held] = fit_additive(train, cfg)(test)
+        additive_s = time.monotonic() - started
         scorer, _ = attr.fit(train, settings, model_cfg, log=quiet)
         pred["mil"][held] = scorer.score_frame(test, on_unknown="fallback").p_click
-        log.info("attribution fold %d/%d: %d held-out combinations, %.1fs", k + 1, cfg.folds, int(held.sum()),
-                 time.monotonic() - started)
+        log.info("attribution %s fold %d/%d: %d held out, %d in training; additive %.1fs, mil %.1fs", name, k + 1,
+                 n_folds, int(held.sum()), len(train), additive_s, time.monotonic() - started - additive_s)
+    return pred
+
+
+def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
+    """Prediction of each combination's CTR from the other arms of its test: per-test mean, additive, MIL.
+
+    Log loss: leave-one-out within each test (loo_folds), on every combination of a test of two
+    or more. Rank accuracy: leave-pair-out (pair_folds), over the two arms of one test held out
+    together, so neither arm's outcome entered the other's prediction and both share one estimate
+    of the test effect. Pairs of leave-one-out predictions would leak: arm A's test effect is
+    fitted on arm B and vice versa, so the better arm gets the worse reference (the per-test mean
+    then ranks pairs below chance by construction). The per-test mean gives both arms of a pair
+    the same value: 0.5 by ties.
+    """
+    combos = combos[combos.groupby("ad_id")["ad_id"].transform("size") >= 2].reset_index(drop=True)
+    started = time.monotonic()
+    loo = loo_folds(combos)
+    loo_pred = predict_held_out(combos, loo, cfg, "leave-one-out")
+    loo_s = time.monotonic() - started
+    pairs = pair_folds(combos)
+    pair_pred = predict_held_out(combos, pairs, cfg, "leave-pair-out")
+    pair_s = time.monotonic() - started - loo_s
     clicks = combos["clicks"].to_numpy(np.float64)
     imps = combos["impressions"].to_numpy(np.float64)
-    # rank pairs: two arms of one test held out by the same fit (see the docstring)
-    groups = (combos["ad_id"].astype(str) + "\x1f" + pd.Series(folds).astype(str)).to_numpy()
-    observed = clicks / imps
-    significant = significant_pair(clicks, imps)
+    in_pair = pairs >= 0
+    groups = (combos["ad_id"].astype(str) + "\x1f" + pd.Series(pairs).astype(str)).to_numpy()[in_pair]
+    observed = (clicks / imps)[in_pair]
+    significant = significant_pair(clicks[in_pair], imps[in_pair])
     out = {
-        "protocol": f"{cfg.folds}-fold over combinations within each test (fold = rank in test mod {cfg.folds}); "
-                    "each held-out combination is predicted by models fitted on the other folds; rank pairs: "
-                    "two arms of one test held out together",
+        "protocol": f"log loss: leave-one-out within each test ({int(loo.max()) + 1} fits per model, fold = rank "
+                    "in test; every combination is predicted by models that saw every other combination of its "
+                    f"test); rank accuracy: leave-pair-out ({int(pairs.max()) + 1} fits per model, fold = rank "
+                    "in test // 2, tests of 3+ combinations; the two arms of a pair are held out together, the "
+                    "rest of their test is in training)",
         "tests": int(combos["ad_id"].nunique()),
         "combinations": len(combos),
         "impressions": int(imps.sum()),
         "clicks": int(clicks.sum()),
+        "fits_per_model": {"leave_one_out": int(loo.max()) + 1, "leave_pair_out": int(pairs.max()) + 1},
+        "seconds": {"leave_one_out": round(loo_s, 1), "leave_pair_out": round(pair_s, 1)},
         "models": {},
     }
-    for name, p in pred.items():
-        acc, pairs = pairwise_accuracy(groups, observed, p)
-        acc_sig, pairs_sig = pairwise_accuracy(groups, observed, p, significant)
+    for name in loo_pred:
+        acc, n_pairs = pairwise_accuracy(groups, observed, pair_pred[name][in_pair])
+        acc_sig, n_sig = pairwise_accuracy(groups, observed, pair_pred[name][in_pair], significant)
         out["models"][name] = {
-            "log_loss": binomial_nll_per_impression(p, clicks, imps),
+            "log_loss": binomial_nll_per_impression(loo_pred[name], clicks, imps),
             "rank_accuracy": acc,
             "rank_accuracy_significant_pairs": acc_sig,
         }
-    out["pairs"], out["significant_pairs"] = pairs, pairs_sig
+    out["pairs"], out["significant_pairs"] = n_pairs, n_sig
     return out
 
 
@@ -575,6 +608,28 @@ def adapt(cfg: UpworthyConfig, csv: Path) -> tuple[dict[str, int], dict[str, pd.
         "headlines": len(tables["text_stats"]),
     })
     return counts, tables, report
+
+
+@contextlib.contextmanager
+def model_threads(threads: int):
+    """Torch and BLAS (threadpoolctl) limited to `threads` inside the block (0: left as they are).
+
+    Why BLAS too: scipy's L-BFGS calls OpenBLAS on tiny vectors; with its default 2 threads on a
+    loaded 2-core machine one additive fit took 1-33 s instead of 0.5 s (spinning threads).
+    """
+    if not threads:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -166,6 +166,68 @@ def test_pairwise_accuracy_counts_ties_half():
     assert uw.pairwise_accuracy(groups, observed, np.zeros(5)) == (0.5, 3)
 
 
+def _arms(sizes: dict[str, int]) -> pd.DataFrame:
+    """Combinations of tests of the given sizes, test by test, as the check sorts them."""
+    return pd.DataFrame({"ad_id": [t for t, n in sizes.items() for _ in range(n)],
+                         "title_id": [f"{t}-{i}" for t, n in sizes.items() for i in range(n)]})
+
+
+def test_loo_folds_hold_out_each_arm_once_and_see_the_rest_of_its_test():
+    combos = _arms({"a": 12, "b": 2, "c": 5, "d": 3})
+    folds = uw.loo_folds(combos)
+    assert folds.max() + 1 == 12  # as many fits as the largest test has arms
+    for k in range(folds.max() + 1):
+        held, seen = combos[folds == k], combos[folds != k]
+        assert held["ad_id"].is_unique  # at most one arm of a test out per fit
+        for _, arm in held.iterrows():  # never predicted by a fit that saw it; every other arm of its test seen
+            others = combos[(combos["ad_id"] == arm["ad_id"]) & (combos["title_id"] != arm["title_id"])]
+            assert arm["title_id"] not in set(seen["title_id"])
+            assert set(others["title_id"]) <= set(seen["title_id"])
+    assert np.bincount(folds).tolist() == [4, 4, 3, 2, 2] + [1] * 7  # every arm held out exactly once
+
+
+def test_pair_folds_hold_out_the_two_paired_arms_of_a_test_together():
+    combos = _arms({"a": 12, "b": 2, "c": 5, "d": 3})
+    folds = uw.pair_folds(combos)
+    held_out = combos.assign(fold=folds)[folds >= 0]
+    assert folds.max() + 1 == 6
+    # the two arms of test b would leave it without a training arm; the odd arm of c and d has no partner
+    assert set(combos.loc[folds < 0, "title_id"]) == {"b-0", "b-1", "c-4", "d-2"}
+    for (test, fold), pair in held_out.groupby(["ad_id", "fold"]):
+        assert list(pair["title_id"]) == [f"{test}-{2 * fold}", f"{test}-{2 * fold + 1}"]  # exactly the paired arms
+        rest = combos[(combos["ad_id"] == test) & ~combos["title_id"].isin(pair["title_id"])]
+        assert len(rest) >= 1 and not (folds[rest.index] == fold).any()  # the rest of the test is in training
+    assert len(held_out) == 12 + 4 + 2
+
+
+def test_attribution_check_scores_loo_log_loss_and_held_out_pairs():
+    """A factorial design where headline h1 doubles CTR in every test: every held-out pair differs in its
+    headline, which the element models learn from the test's other pair; the per-test mean ties."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for t in range(30):
+        for title, image in [("h1", "i1"), ("h0", "i1"), ("h1", "i2"), ("h0", "i2")]:  # pairs: ranks (0, 1), (2, 3)
+            rows.append({"ad_id": f"t{t}", "product_id": f"t{t}", "title_id": f"{title}-{t}", "image_id": image,
+                         "highlight_id": "x", "impressions": 20000,
+                         "clicks": int(rng.binomial(20000, 0.04 if title == "h1" else 0.02))})
+    combos = pd.DataFrame(rows)
+    with uw.model_threads(1):
+        out = uw.attribution_check(combos, uw.UpworthyConfig(mil_steps=40))
+    assert out["combinations"] == 120 and out["fits_per_model"] == {"leave_one_out": 4, "leave_pair_out": 2}
+    assert out["pairs"] == 60
+    # the per-test mean's log loss is that of the pooled CTR of the *other three* arms of the test
+    sums = combos.groupby("ad_id")[["clicks", "impressions"]].transform("sum")
+    loo_mean = (sums["clicks"] - combos["clicks"]) / (sums["impressions"] - combos["impressions"])
+    expected = uw.binomial_nll_per_impression(loo_mean.to_numpy(), combos["clicks"].to_numpy(np.float64),
+                                              combos["impressions"].to_numpy(np.float64))
+    models = out["models"]
+    assert models["test_mean"]["log_loss"] == pytest.approx(expected, rel=1e-12)
+    assert models["test_mean"]["rank_accuracy"] == 0.5
+    assert models["additive"]["rank_accuracy"] == 1.0 and models["mil"]["rank_accuracy"] > 0.9
+    assert models["additive"]["log_loss"] < models["test_mean"]["log_loss"]
+    assert models["mil"]["log_loss"] < models["test_mean"]["log_loss"]
+
+
 @pytest.mark.skipif(not REAL_CSV.is_file(), reason=f"real Upworthy sample not found at {REAL_CSV} "
                     "(public data kept outside the repo; see docs/real_data.md)")
 def test_check_figures_on_a_sample_of_the_real_file(tmp_path):
@@ -175,7 +237,7 @@ def test_check_figures_on_a_sample_of_the_real_file(tmp_path):
     import yaml
 
     config = yaml.safe_load((ROOT / "configs" / "real_corpus.yaml").read_text(encoding="utf-8"))
-    config["upworthy"].update(csv=str(REAL_CSV), workdir=str(tmp_path / "work"), max_tests=80, folds=2,
+    config["upworthy"].update(csv=str(REAL_CSV), workdir=str(tmp_path / "work"), max_tests=80,
                               mil_steps=20, text_epochs=1, bow_c_grid=[1.0], text_test_fraction=0.3,
                               text_val_fraction=0.2)
     params.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
