@@ -73,10 +73,11 @@ def summary(m: dict) -> str:
         f"{'excluded' if m['broken_randomization']['excluded'] else 'kept (flagged)'}",
         f"attribution ({a['protocol']}): {a['tests']} tests, {a['combinations']} combinations, {a['pairs']} pairs "
         f"({a['significant_pairs']} significant at 5%)",
-        f"  {'model':<12} {'log loss':>10} {'rank acc':>9} {'rank acc (sig.)':>16}",
+        f"  {'model':<12} {'log loss':>10} {'- test_mean (SE)':>22} {'rank acc':>9} {'rank acc (sig.)':>16}",
     ]
     for name, r in a["models"].items():
-        lines.append(f"  {name:<12} {r['log_loss']:>10.6f} {r['rank_accuracy']:>9.4f} "
+        difference = f"{r['log_loss_minus_test_mean']:+.2e} ({r['log_loss_minus_test_mean_se']:.1e})"
+        lines.append(f"  {name:<12} {r['log_loss']:>10.6f} {difference:>22} {r['rank_accuracy']:>9.4f} "
                      f"{r['rank_accuracy_significant_pairs']:>16.4f}")
     lines += [
         f"text: {t['test_headlines']} held-out headlines in {t['test_tests']} tests, {t['pairs']} pairs "

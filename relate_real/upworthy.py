@@ -247,9 +247,25 @@ def pair_folds(combos: pd.DataFrame) -> np.ndarray:
     return np.where(paired, rank // 2, -1)
 
 
-def binomial_nll_per_impression(p: np.ndarray, clicks: np.ndarray, impressions: np.ndarray) -> float:
+def binomial_nll(p: np.ndarray, clicks: np.ndarray, impressions: np.ndarray) -> np.ndarray:
+    """Binomial negative log likelihood of each row's (clicks, impressions) under its p."""
     p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return float(-(clicks * np.log(p) + (impressions - clicks) * np.log1p(-p)).sum() / impressions.sum())
+    return -(clicks * np.log(p) + (impressions - clicks) * np.log1p(-p))
+
+
+def binomial_nll_per_impression(p: np.ndarray, clicks: np.ndarray, impressions: np.ndarray) -> float:
+    return float(binomial_nll(p, clicks, impressions).sum() / impressions.sum())
+
+
+def log_loss_difference(p: np.ndarray, reference: np.ndarray, clicks: np.ndarray, impressions: np.ndarray,
+                        groups: np.ndarray) -> tuple[float, float]:
+    """Log loss per impression of p minus that of `reference`, and its standard error with the
+    groups (tests) as independent clusters: arms of one test share their test's level."""
+    per_group = pd.Series(binomial_nll(p, clicks, impressions) - binomial_nll(reference, clicks, impressions)) \
+        .groupby(groups).sum().to_numpy()
+    n, total = len(per_group), impressions.sum()
+    se = math.sqrt(n / (n - 1) * ((per_group - per_group.mean()) ** 2).sum()) / total if n > 1 else float("nan")
+    return float(per_group.sum() / total), se
 
 
 def pairwise_accuracy(groups: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
@@ -404,8 +420,9 @@ def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
     pair_s = time.monotonic() - started - loo_s
     clicks = combos["clicks"].to_numpy(np.float64)
     imps = combos["impressions"].to_numpy(np.float64)
+    tests = combos["ad_id"].astype(str).to_numpy()
     in_pair = pairs >= 0
-    groups = (combos["ad_id"].astype(str) + "\x1f" + pd.Series(pairs).astype(str)).to_numpy()[in_pair]
+    groups = (tests + "\x1f" + pairs.astype(str))[in_pair]
     observed = (clicks / imps)[in_pair]
     significant = significant_pair(clicks[in_pair], imps[in_pair])
     out = {
@@ -425,8 +442,11 @@ def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
     for name in loo_pred:
         acc, n_pairs = pairwise_accuracy(groups, observed, pair_pred[name][in_pair])
         acc_sig, n_sig = pairwise_accuracy(groups, observed, pair_pred[name][in_pair], significant)
+        difference, se = log_loss_difference(loo_pred[name], loo_pred["test_mean"], clicks, imps, tests)
         out["models"][name] = {
             "log_loss": binomial_nll_per_impression(loo_pred[name], clicks, imps),
+            "log_loss_minus_test_mean": difference,
+            "log_loss_minus_test_mean_se": se,  # tests as clusters
             "rank_accuracy": acc,
             "rank_accuracy_significant_pairs": acc_sig,
         }

@@ -224,8 +224,23 @@ def test_attribution_check_scores_loo_log_loss_and_held_out_pairs():
     assert models["test_mean"]["log_loss"] == pytest.approx(expected, rel=1e-12)
     assert models["test_mean"]["rank_accuracy"] == 0.5
     assert models["additive"]["rank_accuracy"] == 1.0 and models["mil"]["rank_accuracy"] > 0.9
-    assert models["additive"]["log_loss"] < models["test_mean"]["log_loss"]
-    assert models["mil"]["log_loss"] < models["test_mean"]["log_loss"]
+    for name in ("additive", "mil"):  # the headline effect pays in log loss, well beyond its standard error
+        difference = models[name]["log_loss"] - models["test_mean"]["log_loss"]
+        assert models[name]["log_loss_minus_test_mean"] == pytest.approx(difference, rel=1e-9)
+        assert difference < -3 * models[name]["log_loss_minus_test_mean_se"] < 0
+    assert (models["test_mean"]["log_loss_minus_test_mean"], models["test_mean"]["log_loss_minus_test_mean_se"]) \
+        == (0.0, 0.0)
+
+
+def test_log_loss_difference_standard_error_treats_tests_as_clusters():
+    clicks, imps = np.array([1.0, 2.0, 3.0, 4.0]), np.full(4, 100.0)
+    reference, p = np.full(4, 0.02), np.array([0.01, 0.03, 0.03, 0.05])
+    groups = np.array(["a", "a", "b", "b"])
+    per_row = uw.binomial_nll(p, clicks, imps) - uw.binomial_nll(reference, clicks, imps)
+    per_test = np.array([per_row[:2].sum(), per_row[2:].sum()])
+    difference, se = uw.log_loss_difference(p, reference, clicks, imps, groups)
+    assert difference == pytest.approx(per_test.sum() / 400)
+    assert se == pytest.approx(np.std(per_test, ddof=1) * np.sqrt(2) / 400)
 
 
 @pytest.mark.skipif(not REAL_CSV.is_file(), reason=f"real Upworthy sample not found at {REAL_CSV} "
@@ -253,6 +268,8 @@ def test_check_figures_on_a_sample_of_the_real_file(tmp_path):
         assert 0.0 < r["log_loss"] < 0.5  # per impression, CTRs of a few percent
         assert 0.0 <= r["rank_accuracy"] <= 1.0
     assert a["models"]["test_mean"]["rank_accuracy"] == 0.5  # no uplift predicted: all ties
+    assert a["models"]["additive"]["log_loss_minus_test_mean_se"] > 0
+    assert a["fits_per_model"]["leave_pair_out"] == a["fits_per_model"]["leave_one_out"] // 2
     for model in ("ctcvr_ctr_tower", "bag_of_words_logreg", "random"):
         assert 0.0 <= m["text"]["models"][model]["pairwise_accuracy"] <= 1.0
     assert m["text"]["pairs"] > 0
