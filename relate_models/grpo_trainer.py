@@ -39,8 +39,6 @@ class GRPOStageConfig:
     epsilon: float = 0.2
     num_iterations: int = 1
     compliance_penalty: float = 5.0
-    cvr_weight: float = 1.0  # ctcvr reward = pCTR * pCVR ** cvr_weight (see rewards.RewardContext)
-    ctcvr_cap_quantile: float | None = None  # cap the ctcvr reward at this quantile of the prompt's logged texts
     min_chars: int = 20
     max_chars: int = 90
     group_ngram: int = 3
@@ -65,9 +63,6 @@ class GRPOStageConfig:
         require(self.temperature > 0, f"{p}.temperature", f"must be > 0, got {self.temperature}")
         require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
         require(0 < self.epsilon < 1, f"{p}.epsilon", f"must be in (0, 1), got {self.epsilon}")
-        require(0 <= self.cvr_weight <= 1, f"{p}.cvr_weight", f"must be in [0, 1], got {self.cvr_weight}")
-        require(self.ctcvr_cap_quantile is None or 0 <= self.ctcvr_cap_quantile <= 1, f"{p}.ctcvr_cap_quantile",
-                f"must be null or in [0, 1], got {self.ctcvr_cap_quantile}")
         require(self.compliance_penalty > 0, f"{p}.compliance_penalty", f"must be > 0, got {self.compliance_penalty}")
         require(1 <= self.min_chars < self.max_chars, f"{p}.min_chars", "must satisfy 1 <= min_chars < max_chars")
         require(self.group_ngram >= 1, f"{p}.group_ngram", f"must be >= 1, got {self.group_ngram}")
@@ -85,19 +80,13 @@ def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | Non
     from relate_models.compliance import ComplianceChecker
     from relate_models.rewards import RewardContext
 
-    logged: dict = {}
-    for vertical, keyword, text in zip(corpus["vertical"], corpus["keyword"], corpus["ad_text"]):
-        logged.setdefault((vertical, keyword), []).append(text)
     return RewardContext(
         scorer=scorer,
         compliance=ComplianceChecker.load(cfg.lexicon),
         historical_texts=sorted(set(corpus["ad_text"])),
-        logged_texts=logged,
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,
         compliance_penalty=cfg.compliance_penalty,
-        cvr_weight=cfg.cvr_weight,
-        ctcvr_cap_quantile=cfg.ctcvr_cap_quantile,
         group_ngram=cfg.group_ngram,
         copy_ngram=cfg.copy_ngram,
         default_user_segment=cfg.user_segment,
