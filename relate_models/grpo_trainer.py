@@ -28,6 +28,7 @@ class GRPOStageConfig:
         default_factory=lambda: {"ctcvr": 1.0, "quality_structural": 1.0, "quality_compliance": 1.0, "diversity": 0.3}
     )
     credit_assignment: bool = True  # False: every reward sequence-level (the ablation)
+    token_gain: str = "whole"  # token-level reward, completion ahead of its group: "whole" (z on every token) | "none"
     beta: float = 0.04  # KL to the reference (the SFT policy); 0 disables the reference model
     learning_rate: float = 5e-5
     max_steps: int = 120
@@ -54,6 +55,8 @@ class GRPOStageConfig:
     def __post_init__(self) -> None:
         p = "grpo"
         self.rewards = validate_weights(self.rewards, f"{p}.rewards")
+        require(self.token_gain in credit.TOKEN_GAINS, f"{p}.token_gain",
+                f"must be one of {', '.join(credit.TOKEN_GAINS)}, got {self.token_gain!r}")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}")
         require(self.learning_rate > 0, f"{p}.learning_rate", f"must be > 0, got {self.learning_rate}")
         for name in ("max_steps", "prompts_per_step", "max_completion_length", "num_iterations", "logging_steps",
@@ -130,11 +133,13 @@ def trl_config(cfg: GRPOStageConfig, output_dir: str | None = None, **overrides)
 class RelateGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages are (batch, tokens), built by `credit.combine_advantages`."""
 
-    def __init__(self, *args, relate_rewards: Sequence[Reward], credit_assignment: bool = True, **kwargs):
+    def __init__(self, *args, relate_rewards: Sequence[Reward], credit_assignment: bool = True,
+                 token_gain: str = "whole", **kwargs):
         if "reward_funcs" in kwargs:
             raise ValueError("RelateGRPOTrainer: pass relate_rewards, not reward_funcs")
         self.relate_rewards = list(relate_rewards)
         self.credit_assignment = credit_assignment
+        self.token_gain = token_gain
         self._scored = None
         super().__init__(*args, reward_funcs=[r.score for r in self.relate_rewards], **kwargs)
 
@@ -192,6 +197,7 @@ class RelateGRPOTrainer(GRPOTrainer):
             group_size,
             violating=violating,
             credit_assignment=self.credit_assignment,
+            token_gain=self.token_gain,
         )
         for j, mask in token_masks.items():
             share = (mask.sum() / completion_mask.sum().clamp(min=1)).item()
