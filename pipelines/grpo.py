@@ -100,6 +100,7 @@ def train_relate(cfg, output_dir=RELATE_DIR, metrics_path=METRICS / "grpo.json",
         train_dataset=Dataset.from_list(train_prompts),
         relate_rewards=rewards,
         credit_assignment=cfg.credit_assignment,
+        token_gain=cfg.token_gain,
     )
     train_started = time.monotonic()
     trainer.train()

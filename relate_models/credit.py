@@ -3,10 +3,11 @@
 1. Each reward is normalised within its GRPO group: z = (r - group mean) / (group std + eps)
    (std unbiased, as TRL's; a constant reward in a group gives z = 0).
 2. Sequence-level rewards (ctcvr, quality_structural): w * z on every completion token.
-3. Token-level rewards (quality_compliance, diversity): a completion that beats its group
-   (z >= 0) gets w * z on every token; one that falls behind (z < 0) gets w * z only on
-   the tokens inside its penalised character spans, so the blame lands on the words that
-   earned it. With no span to localise to, the penalty spreads over the whole completion.
+3. Token-level rewards (quality_compliance, diversity): a completion that falls behind its
+   group (z < 0) gets w * z only on the tokens inside its penalised character spans, so the
+   blame lands on the words that earned it (with no span to localise to, on the whole
+   completion). One that beats its group (z >= 0) gets, by `token_gain`:
+   "whole": w * z on every token; "none": nothing (the reward only blames).
 4. Constraint (compliance): a violating completion never wins its group. Its sequence
    part is capped at min(0, the lowest sequence part of a compliant group member), and
    none of its tokens keeps a positive advantage.
@@ -22,6 +23,7 @@ from typing import Sequence
 import torch
 
 EPS = 1e-4  # as TRL's group normalisation
+TOKEN_GAINS = ("whole", "none")
 
 
 def group_normalize(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -88,6 +90,7 @@ def combine_advantages(
     group_size: int,
     violating: torch.Tensor | None = None,
     credit_assignment: bool = True,
+    token_gain: str = "whole",
 ) -> torch.Tensor:
     """(N, T) advantages from (N, K) raw rewards; see the module docstring for the rule.
 
@@ -96,6 +99,8 @@ def combine_advantages(
     """
     n, k = rewards.shape
     t = completion_mask.shape[1]
+    if token_gain not in TOKEN_GAINS:
+        raise ValueError(f"combine_advantages: token_gain must be one of {TOKEN_GAINS}, got {token_gain!r}")
     if weights.shape != (k,) or len(token_level) != k:
         raise ValueError(f"combine_advantages: {k} rewards but weights {tuple(weights.shape)}, {len(token_level)} flags")
     z = group_normalize(rewards.float(), group_size)
@@ -120,6 +125,8 @@ def combine_advantages(
         localisable = span_mask.sum(dim=1, keepdim=True) > 0
         # behind the group and localisable: only the span tokens; otherwise the whole completion
         where = torch.where((zj < 0) & localisable, span_mask, torch.ones_like(span_mask))
+        if token_gain == "none":
+            zj = zj.clamp(max=0.0)
         adv = adv + weights[j] * zj * where
     if violating is not None:
         adv = torch.where(violating.view(n, 1), adv.clamp(max=0.0), adv)

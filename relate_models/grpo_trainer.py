@@ -28,6 +28,7 @@ class GRPOStageConfig:
         default_factory=lambda: {"ctcvr": 1.0, "quality_structural": 1.0, "quality_compliance": 1.0, "diversity": 0.3}
     )
     credit_assignment: bool = True  # False: every reward sequence-level (the ablation)
+    token_gain: str = "whole"  # token-level reward, completion ahead of its group: "whole" (z on every token) | "none"
     beta: float = 0.04  # KL to the reference (the SFT policy); 0 disables the reference model
     learning_rate: float = 5e-5
     max_steps: int = 120
@@ -39,8 +40,6 @@ class GRPOStageConfig:
     epsilon: float = 0.2
     num_iterations: int = 1
     compliance_penalty: float = 5.0
-    cvr_weight: float = 1.0  # ctcvr reward = pCTR * pCVR ** cvr_weight (see rewards.RewardContext)
-    ctcvr_cap_quantile: float | None = None  # cap the ctcvr reward at this quantile of the prompt's logged texts
     min_chars: int = 20
     max_chars: int = 90
     group_ngram: int = 3
@@ -56,6 +55,8 @@ class GRPOStageConfig:
     def __post_init__(self) -> None:
         p = "grpo"
         self.rewards = validate_weights(self.rewards, f"{p}.rewards")
+        require(self.token_gain in credit.TOKEN_GAINS, f"{p}.token_gain",
+                f"must be one of {', '.join(credit.TOKEN_GAINS)}, got {self.token_gain!r}")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}")
         require(self.learning_rate > 0, f"{p}.learning_rate", f"must be > 0, got {self.learning_rate}")
         for name in ("max_steps", "prompts_per_step", "max_completion_length", "num_iterations", "logging_steps",
@@ -65,9 +66,6 @@ class GRPOStageConfig:
         require(self.temperature > 0, f"{p}.temperature", f"must be > 0, got {self.temperature}")
         require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
         require(0 < self.epsilon < 1, f"{p}.epsilon", f"must be in (0, 1), got {self.epsilon}")
-        require(0 <= self.cvr_weight <= 1, f"{p}.cvr_weight", f"must be in [0, 1], got {self.cvr_weight}")
-        require(self.ctcvr_cap_quantile is None or 0 <= self.ctcvr_cap_quantile <= 1, f"{p}.ctcvr_cap_quantile",
-                f"must be null or in [0, 1], got {self.ctcvr_cap_quantile}")
         require(self.compliance_penalty > 0, f"{p}.compliance_penalty", f"must be > 0, got {self.compliance_penalty}")
         require(1 <= self.min_chars < self.max_chars, f"{p}.min_chars", "must satisfy 1 <= min_chars < max_chars")
         require(self.group_ngram >= 1, f"{p}.group_ngram", f"must be >= 1, got {self.group_ngram}")
@@ -85,19 +83,13 @@ def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | Non
     from relate_models.compliance import ComplianceChecker
     from relate_models.rewards import RewardContext
 
-    logged: dict = {}
-    for vertical, keyword, text in zip(corpus["vertical"], corpus["keyword"], corpus["ad_text"]):
-        logged.setdefault((vertical, keyword), []).append(text)
     return RewardContext(
         scorer=scorer,
         compliance=ComplianceChecker.load(cfg.lexicon),
         historical_texts=sorted(set(corpus["ad_text"])),
-        logged_texts=logged,
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,
         compliance_penalty=cfg.compliance_penalty,
-        cvr_weight=cfg.cvr_weight,
-        ctcvr_cap_quantile=cfg.ctcvr_cap_quantile,
         group_ngram=cfg.group_ngram,
         copy_ngram=cfg.copy_ngram,
         default_user_segment=cfg.user_segment,
@@ -141,11 +133,13 @@ def trl_config(cfg: GRPOStageConfig, output_dir: str | None = None, **overrides)
 class RelateGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages are (batch, tokens), built by `credit.combine_advantages`."""
 
-    def __init__(self, *args, relate_rewards: Sequence[Reward], credit_assignment: bool = True, **kwargs):
+    def __init__(self, *args, relate_rewards: Sequence[Reward], credit_assignment: bool = True,
+                 token_gain: str = "whole", **kwargs):
         if "reward_funcs" in kwargs:
             raise ValueError("RelateGRPOTrainer: pass relate_rewards, not reward_funcs")
         self.relate_rewards = list(relate_rewards)
         self.credit_assignment = credit_assignment
+        self.token_gain = token_gain
         self._scored = None
         super().__init__(*args, reward_funcs=[r.score for r in self.relate_rewards], **kwargs)
 
@@ -203,6 +197,7 @@ class RelateGRPOTrainer(GRPOTrainer):
             group_size,
             violating=violating,
             credit_assignment=self.credit_assignment,
+            token_gain=self.token_gain,
         )
         for j, mask in token_masks.items():
             share = (mask.sum() / completion_mask.sum().clamp(min=1)).item()

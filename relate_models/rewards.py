@@ -16,8 +16,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from relate_models.compliance import ComplianceChecker, merge_spans
 
 Span = tuple[int, int]
@@ -37,15 +35,6 @@ class RewardContext:
     min_chars: int = 20
     max_chars: int = 90
     compliance_penalty: float = 5.0  # per unit of severity: large, so it dominates any other reward
-    # ctcvr reward = pCTR * pCVR ** cvr_weight: < 1 trusts the conversion tower (trained on ~100x fewer
-    # labels than the click tower) less, so RL cannot chase its noise; 1 = plain pCTCVR, 0 = pCTR
-    cvr_weight: float = 1.0
-    # support-aware cap: a completion's learned score counts only up to this quantile of the scores of
-    # the prompt's logged ad texts (same context); above it the model extrapolates past anything its
-    # training data showed, which is what RL exploits. None = no cap
-    ctcvr_cap_quantile: float | None = None
-    logged_texts: dict = field(default_factory=dict)  # (vertical, keyword) -> historical ad texts
-    _caps: dict = field(default_factory=dict, repr=False)
     group_ngram: int = 3  # word n-grams shared with another completion of the group are "repeated"
     copy_ngram: int = 5  # word n-grams found in a historical ad are "copied"
     default_position: int = 1
@@ -53,21 +42,6 @@ class RewardContext:
     eos_token_id: int | None = None  # set: a completion that never emitted <eos> (truncated) fails a format check
     latin_script: bool = True  # False (e.g. Chinese copy): the structural reward skips its mostly-ASCII check
     _history: set = field(default_factory=set, repr=False)
-
-    def ctcvr_cap(self, context: dict) -> float:
-        """The cap for one scorer context: the quantile of its logged texts' learned scores (inf: none)."""
-        key = (context["vertical"], context["keyword"], context["user_segment"])
-        if key not in self._caps:
-            texts = list(self.logged_texts.get((context["vertical"], context["keyword"]), ()))
-            if self.ctcvr_cap_quantile is None or not texts:
-                self._caps[key] = float("inf")
-            else:
-                scores = self.scorer.score(texts, [context] * len(texts))
-                self._caps[key] = float(np.quantile(self._combine(scores), self.ctcvr_cap_quantile))
-        return self._caps[key]
-
-    def _combine(self, scores: dict) -> np.ndarray:
-        return scores["p_ctcvr"] if self.cvr_weight == 1.0 else scores["p_ctr"] * scores["p_cvr"] ** self.cvr_weight
 
     def history_ngrams(self) -> set:
         if not self._history and self.historical_texts:
@@ -136,8 +110,7 @@ def build_ctcvr(ctx: RewardContext) -> Reward:
             for k, v, s in zip(keywords, verticals, segments)
         ]
         texts = [as_text(c).strip() for c in completions]
-        scores = ctx._combine(ctx.scorer.score(texts, contexts))
-        return [min(float(p), ctx.ctcvr_cap(c)) for p, c in zip(scores, contexts)]
+        return [float(p) for p in ctx.scorer.score(texts, contexts)["p_ctcvr"]]
 
     return Reward("ctcvr", SEQUENCE, ctcvr)
 

@@ -51,6 +51,17 @@ def test_token_level_advantages_by_hand():
     assert adv[1].tolist() == pytest.approx([Z, Z / 2, Z / 2, Z], rel=1e-3)
 
 
+def test_token_gain_none_only_blames():
+    rewards, weights, spans, mask = hand_group()
+    adv = credit.combine_advantages(rewards, weights, [False, True], {1: spans}, mask, group_size=2, token_gain="none")
+    # row 0 beats the group on the token-level reward: no gain from it, only its sequence part -Z
+    assert adv[0].tolist() == pytest.approx([-Z, -Z, -Z, 0.0], rel=1e-3)
+    # row 1 falls behind: the same span blame as with "whole"
+    assert adv[1].tolist() == pytest.approx([Z, Z / 2, Z / 2, Z], rel=1e-3)
+    with pytest.raises(ValueError, match="token_gain"):
+        credit.combine_advantages(rewards, weights, [False, True], {1: spans}, mask, 2, token_gain="half")
+
+
 def test_constraint_violator_never_wins():
     rewards, weights, spans, mask = hand_group()
     violating = torch.tensor([False, True])

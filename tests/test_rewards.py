@@ -143,35 +143,6 @@ def test_ctcvr_reward_uses_scorer_and_context():
         build_rewards(["ctcvr"], RewardContext(scorer=None))
 
 
-@pytest.mark.parametrize("quantile, cap", [(None, None), (1.0, 0.030), (0.5, 0.020)])
-def test_ctcvr_reward_is_capped_at_the_logged_texts_level(quantile, cap):
-    logged = {("travel", "k"): ["a" * 10, "b" * 20, "c" * 30]}  # the stub scores them 0.010, 0.020, 0.030
-    ctx = RewardContext(scorer=StubScorer(), logged_texts=logged, ctcvr_cap_quantile=quantile,
-                        default_user_segment="students")
-    reward = by_name(ctx, "ctcvr")["ctcvr"]
-    texts = ["x" * 5, "y" * 50, "z" * 50]
-    out = reward.score(texts, keyword=["k", "k", "other"], vertical=["travel"] * 3)
-    assert out[0] == pytest.approx(0.005)  # below the logged level: the learned score as it is
-    assert out[1] == pytest.approx(0.050 if cap is None else cap)  # past it: no credit for extrapolation
-    assert out[2] == pytest.approx(0.050)  # a prompt with no logged texts has no cap
-
-
-class TowerScorer:
-    """Test-only scorer with separate towers: pCTR 0.1 / 0.2, pCVR 0.4 / 0.1 for the two texts."""
-
-    def score(self, texts, contexts):
-        p_ctr, p_cvr = np.array([0.1, 0.2]), np.array([0.4, 0.1])
-        return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
-
-
-@pytest.mark.parametrize("cvr_weight, expected", [(1.0, [0.04, 0.02]), (0.5, [0.1 * 0.4 ** 0.5, 0.2 * 0.1 ** 0.5]),
-                                                  (0.0, [0.1, 0.2])])
-def test_ctcvr_reward_cvr_weight_discounts_the_conversion_tower(cvr_weight, expected):
-    reward = by_name(RewardContext(scorer=TowerScorer(), cvr_weight=cvr_weight), "ctcvr")["ctcvr"]
-    out = reward.score(["a", "b"], keyword=["k", "k"], vertical=["v", "v"])
-    assert out == pytest.approx(expected)
-
-
 def test_score_texts_means_and_violation_rate(checker):
     rewards = build_rewards(["quality_compliance", "quality_structural"], RewardContext(compliance=checker))
     rows = [{"prompt": "travel | flights |", "keyword": "flights", "vertical": "travel"}]
