@@ -57,13 +57,24 @@ class Airflow:
                               capture_output=True, text=True, timeout=timeout)
 
     def cli(self, *args: str, timeout: int = 300, attempts: int = 5) -> str:
-        """Run an airflow CLI command; retried while SQLite, shared with the busy scheduler, is locked."""
+        """Run an airflow CLI command; retried while SQLite, shared with the busy scheduler, is locked.
+
+        `backfill create` commits its Backfill row before it creates the runs. When the lock hits
+        between the two, Airflow (on SQLite) leaves that row behind with no runs, and the retry is
+        refused with AlreadyRunningBackfill until the scheduler clears the orphan (~2 minutes):
+        wait for that, then retry."""
         for attempt in range(1, attempts + 1):
             proc = subprocess.run([sys.executable, "-m", "airflow", *args], cwd=self.project, env=self.env,
                                   capture_output=True, text=True, timeout=timeout)
-            if proc.returncode == 0 or "database is locked" not in proc.stdout + proc.stderr or attempt == attempts:
+            said = proc.stdout + proc.stderr
+            if proc.returncode == 0 or attempt == attempts:
                 break
-            time.sleep(10 * attempt)
+            if "database is locked" in said:
+                time.sleep(10 * attempt)
+            elif "AlreadyRunningBackfill" in said and attempt > 1:  # the orphan of a locked attempt
+                self.wait_for_backfills()
+            else:
+                break
         assert proc.returncode == 0, f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout
 
