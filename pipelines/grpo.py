@@ -101,6 +101,7 @@ def train_relate(cfg, output_dir=RELATE_DIR, metrics_path=METRICS / "grpo.json",
         relate_rewards=rewards,
         credit_assignment=cfg.credit_assignment,
         token_gain=cfg.token_gain,
+        span_penalty=cfg.span_penalty,
     )
     train_started = time.monotonic()
     trainer.train()

@@ -5,7 +5,8 @@
 
 Gates (thresholds in the `publish:` params section; `null` turns one off): each gated
 metric must reach its minimum, and must not fall more than `max_regression` below the
-current champion's value on the same evaluation day: when the champion was evaluated on
+current champion's value on the same evaluation day (one number for every gate, or a mapping
+gate name -> allowed drop, so that each gate tolerates its own run-to-run noise): when the champion was evaluated on
 another day, its artifacts are scored again on the candidate's data
 (`pipelines.evaluate_champion`; the gates it cannot score again compare with the recorded
 value, and the report says which). On pass, `registry/<version>/` gets the policy (save_pretrained,
@@ -108,7 +109,9 @@ class PublishConfig:
     min_combo_ratio_to_oracle: float | None = 0.5
     min_ctcvr_auc_ratio: float | None = 0.9
     min_attribution_auc_ratio: float | None = 0.9
-    max_regression: float | None = 0.0  # allowed drop below the champion per gated metric; null: no check
+    # allowed drop below the champion: one number for every gate, or gate name -> number (a gate
+    # left out, or null, is not compared); null: no comparison at all
+    max_regression: float | dict[str, float | None] | None = 0.0
 
     def __post_init__(self) -> None:
         p = SECTION
@@ -123,8 +126,27 @@ class PublishConfig:
                      "min_attribution_auc_ratio"):
             value = getattr(self, name)
             require(value is None or 0 <= value <= 1.5, f"{p}.{name}", f"must be in [0, 1.5] or null, got {value}")
-        require(self.max_regression is None or self.max_regression >= 0, f"{p}.max_regression",
-                f"must be >= 0 or null, got {self.max_regression}")
+        if isinstance(self.max_regression, dict):
+            unknown = sorted(set(self.max_regression) - {g.name for g in GATES})
+            require(not unknown, f"{p}.max_regression", f"unknown gate(s) {unknown}; known: "
+                    f"{', '.join(g.name for g in GATES)}")
+            for name, drop in self.max_regression.items():
+                require(drop is None or (isinstance(drop, (int, float)) and not isinstance(drop, bool) and drop >= 0),
+                        f"{p}.max_regression.{name}", f"must be a number >= 0 or null, got {drop!r}")
+        else:
+            require(self.max_regression is None or self.max_regression >= 0, f"{p}.max_regression",
+                    f"must be >= 0, a mapping gate -> number, or null, got {self.max_regression}")
+
+    def allowed_drop(self, gate: str) -> float | None:
+        """How far `gate` may fall below the champion; None: not compared."""
+        if isinstance(self.max_regression, dict):
+            drop = self.max_regression.get(gate)
+            return None if drop is None else float(drop)
+        return self.max_regression
+
+    @property
+    def compares_with_champion(self) -> bool:
+        return any(self.allowed_drop(g.name) is not None for g in GATES)
 
     def remote_location(self, root: Path) -> str:
         if "://" in self.remote_url:
@@ -198,8 +220,10 @@ def champion_on_candidate_day(cfg: PublishConfig, champion: dict | None, day: st
     value). A champion that cannot be scored again (artifacts missing, incompatible with the
     current code) keeps its recorded values, with the reason in the report.
     """
-    if champion is None or cfg.max_regression is None:
+    if champion is None:
         return {}, "no champion"
+    if not cfg.compares_with_champion:
+        return {}, "not compared (max_regression: null)"
     if champion.get("eval_day") == day:
         return {}, "recorded on the same evaluation day"
     from pipelines.evaluate_champion import RESCORED_FILES, champion_metrics
@@ -240,18 +264,20 @@ def check_gates(cfg: PublishConfig, values: dict[str, float | None], day: str | 
         else:
             row.update(passed=value >= minimum, margin=value - minimum)
         rows.append(row)
-    if champion is not None and cfg.max_regression is not None:
+    if champion is not None:
         for gate in GATES:
-            if getattr(cfg, gate.threshold_field) is None:
+            allowed_drop = cfg.allowed_drop(gate.name)
+            if getattr(cfg, gate.threshold_field) is None or allowed_drop is None:
                 continue
             same_day = gate.name in rescored or champion.get("eval_day") == day
             best = rescored.get(gate.name, champion.get("metrics", {}).get(gate.name))
             value = values.get(gate.name)
             if best is None:
                 continue  # the champion never measured it: nothing to regress against
-            required = best - cfg.max_regression
+            required = best - allowed_drop
             row = {"gate": f"{gate.name}_vs_champion", "kind": "no_regression", "metric": gate.name,
-                   "value": value, "required": required, "champion_version": champion.get("version"),
+                   "value": value, "required": required, "allowed_drop": allowed_drop,
+                   "champion_version": champion.get("version"),
                    "champion_value": best, "champion_eval_day": day if same_day else champion.get("eval_day"),
                    "champion_recorded_eval_day": champion.get("eval_day"),
                    "champion_rescored": gate.name in rescored, "same_eval_day": same_day}
@@ -570,7 +596,8 @@ def write_report(report: dict) -> None:
             else:
                 how = (f"recorded on {g['champion_eval_day']}, another day: not scored again (see "
                        "pipelines/evaluate_champion.py), an oracle-normalised metric")
-            note = f"champion {g['champion_version']}: {how}"
+            note = (f"champion {g['champion_version']} at {_fmt(g['champion_value'])}, allowed drop "
+                    f"{_fmt(g.get('allowed_drop'))}: {how}")
         lines.append(f"| {g['gate']} | {g['kind']} | {_fmt(g['value'])} | {_fmt(g['required'])} | "
                      f"{_fmt(g['margin'])} | {'yes' if g['passed'] else 'NO'} | {note} |")
     atomic.write_text(REPORT, "\n".join(lines) + "\n")

@@ -8,11 +8,15 @@
    blame lands on the words that earned it (with no span to localise to, on the whole
    completion). One that beats its group (z >= 0) gets, by `token_gain`:
    "whole": w * z on every token; "none": nothing (the reward only blames).
+   A token-level reward may also carry an absolute span penalty p (`span_penalties`): -p on
+   every token of its spans, whatever the group does. Group z-scores cannot push a group that
+   collapsed onto one template (every member equally penalised: z = 0); this can.
 4. Constraint (compliance): a violating completion never wins its group. Its sequence
    part is capped at min(0, the lowest sequence part of a compliant group member), and
    none of its tokens keeps a positive advantage.
 With `credit_assignment=False` (the ablation) every reward is sequence-level: the same
-weighted z-sum on every token, with the same constraint.
+weighted z-sum on every token, with the same constraint (a span penalty becomes -p times the
+share of the completion's tokens its spans cover, on every token).
 Padding tokens (mask 0) get 0. Everything here is a pure function of tensors except
 `token_char_offsets`, which decodes token ids with the tokenizer.
 """
@@ -91,11 +95,13 @@ def combine_advantages(
     violating: torch.Tensor | None = None,
     credit_assignment: bool = True,
     token_gain: str = "whole",
+    span_penalties: dict[int, float] | None = None,
 ) -> torch.Tensor:
     """(N, T) advantages from (N, K) raw rewards; see the module docstring for the rule.
 
     token_masks: reward index -> (N, T) mask of the tokens its spans cover (token-level rewards).
     violating: (N,) bool, completions that break the constraint (None: no constraint).
+    span_penalties: reward index -> absolute penalty on the tokens of its spans (needs its mask).
     """
     n, k = rewards.shape
     t = completion_mask.shape[1]
@@ -103,14 +109,22 @@ def combine_advantages(
         raise ValueError(f"combine_advantages: token_gain must be one of {TOKEN_GAINS}, got {token_gain!r}")
     if weights.shape != (k,) or len(token_level) != k:
         raise ValueError(f"combine_advantages: {k} rewards but weights {tuple(weights.shape)}, {len(token_level)} flags")
+    span_penalties = {j: p for j, p in (span_penalties or {}).items() if p}
+    missing = sorted(j for j in span_penalties if j not in token_masks)
+    if missing:
+        raise ValueError(f"combine_advantages: span penalties for rewards {missing} without a token mask")
     z = group_normalize(rewards.float(), group_size)
     mask = completion_mask.float()
+    penalty = torch.zeros(n, t)
+    for j, p in span_penalties.items():
+        penalty = penalty + p * token_masks[j].float() * mask
 
     if not credit_assignment:
         seq = (z * weights).sum(dim=1)
         if violating is not None:
             seq = _cap_violators(seq, violating, group_size)
-        return seq.unsqueeze(1) * mask
+        covered = penalty.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return (seq - covered).unsqueeze(1) * mask
 
     seq_cols = [j for j in range(k) if not token_level[j]]
     seq = (z[:, seq_cols] * weights[seq_cols]).sum(dim=1) if seq_cols else torch.zeros(n)
@@ -128,6 +142,7 @@ def combine_advantages(
         if token_gain == "none":
             zj = zj.clamp(max=0.0)
         adv = adv + weights[j] * zj * where
+    adv = adv - penalty
     if violating is not None:
         adv = torch.where(violating.view(n, 1), adv.clamp(max=0.0), adv)
     return adv * mask

@@ -17,7 +17,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from pipelines.params import require
 from relate_models import credit
-from relate_models.rewards import TOKEN, Reward, validate_weights
+from relate_models.rewards import REWARD_GRANULARITY, TOKEN, Reward, validate_weights
 
 
 @dataclass
@@ -29,6 +29,7 @@ class GRPOStageConfig:
     )
     credit_assignment: bool = True  # False: every reward sequence-level (the ablation)
     token_gain: str = "whole"  # token-level reward, completion ahead of its group: "whole" (z on every token) | "none"
+    span_penalty: dict = field(default_factory=dict)  # token-level reward -> absolute penalty on its span tokens
     beta: float = 0.04  # KL to the reference (the SFT policy); 0 disables the reference model
     learning_rate: float = 5e-5
     max_steps: int = 120
@@ -55,6 +56,12 @@ class GRPOStageConfig:
     def __post_init__(self) -> None:
         p = "grpo"
         self.rewards = validate_weights(self.rewards, f"{p}.rewards")
+        for name, value in self.span_penalty.items():
+            require(name in self.rewards and REWARD_GRANULARITY.get(name) == TOKEN, f"{p}.span_penalty.{name}",
+                    "only a token-level reward in grpo.rewards can carry a span penalty "
+                    f"({', '.join(n for n in self.rewards if REWARD_GRANULARITY.get(n) == TOKEN)})")
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+                    f"{p}.span_penalty.{name}", f"must be a number >= 0, got {value!r}")
         require(self.token_gain in credit.TOKEN_GAINS, f"{p}.token_gain",
                 f"must be one of {', '.join(credit.TOKEN_GAINS)}, got {self.token_gain!r}")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}")
@@ -134,12 +141,17 @@ class RelateGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages are (batch, tokens), built by `credit.combine_advantages`."""
 
     def __init__(self, *args, relate_rewards: Sequence[Reward], credit_assignment: bool = True,
-                 token_gain: str = "whole", **kwargs):
+                 token_gain: str = "whole", span_penalty: dict[str, float] | None = None, **kwargs):
         if "reward_funcs" in kwargs:
             raise ValueError("RelateGRPOTrainer: pass relate_rewards, not reward_funcs")
         self.relate_rewards = list(relate_rewards)
         self.credit_assignment = credit_assignment
         self.token_gain = token_gain
+        names = [r.name for r in self.relate_rewards]
+        unknown = sorted(set(span_penalty or {}) - {r.name for r in self.relate_rewards if r.granularity == TOKEN})
+        if unknown:
+            raise ValueError(f"RelateGRPOTrainer: span_penalty for {unknown}, not token-level rewards of this run")
+        self.span_penalties = {names.index(k): float(v) for k, v in (span_penalty or {}).items() if v}
         self._scored = None
         super().__init__(*args, reward_funcs=[r.score for r in self.relate_rewards], **kwargs)
 
@@ -175,12 +187,13 @@ class RelateGRPOTrainer(GRPOTrainer):
             completion_mask[i, : min(len(ids), length)] = 1.0
         token_level = [r.granularity == TOKEN and self.credit_assignment for r in self.relate_rewards]
         token_masks = {}
-        if any(token_level):
+        needs_mask = [token_level[j] or j in self.span_penalties for j in range(len(self.relate_rewards))]
+        if any(needs_mask):
             offsets = credit.token_char_offsets(self._tokenizer, ids_list, length)
             kwargs = {k: [x[k] for x in local_inputs] for k in local_inputs[0] if k not in ("prompt", "completion")}
             kwargs["prompts"] = prompts
             for j, reward in enumerate(self.relate_rewards):
-                if token_level[j]:
+                if needs_mask[j]:
                     token_masks[j] = credit.spans_to_token_mask(reward.spans(completions, **kwargs), offsets)
         violating = None
         constraint_cols = [j for j, r in enumerate(self.relate_rewards) if r.constraint]
@@ -198,6 +211,7 @@ class RelateGRPOTrainer(GRPOTrainer):
             violating=violating,
             credit_assignment=self.credit_assignment,
             token_gain=self.token_gain,
+            span_penalties=self.span_penalties,
         )
         for j, mask in token_masks.items():
             share = (mask.sum() / completion_mask.sum().clamp(min=1)).item()

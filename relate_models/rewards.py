@@ -247,6 +247,9 @@ REGISTRY: dict[str, Callable[[RewardContext], Reward]] = {
     "quality_compliance": build_quality_compliance,
     "diversity": build_diversity,
 }
+# for config checks before any reward is built (tests/test_rewards.py holds it to the builders)
+REWARD_GRANULARITY = {"ctcvr": SEQUENCE, "quality_structural": SEQUENCE, "quality_compliance": TOKEN,
+                      "diversity": TOKEN}
 
 
 def validate_weights(weights: dict, field_name: str = "grpo.rewards") -> dict[str, float]:

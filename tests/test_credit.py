@@ -62,6 +62,25 @@ def test_token_gain_none_only_blames():
         credit.combine_advantages(rewards, weights, [False, True], {1: spans}, mask, 2, token_gain="half")
 
 
+def test_span_penalty_pushes_a_collapsed_group_that_z_scores_cannot():
+    # two identical completions: every reward equal in the group, so every z is 0
+    rewards = torch.tensor([[0.3, 0.5], [0.3, 0.5]])
+    weights = torch.tensor([1.0, 0.8])
+    template = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 0]], dtype=torch.float32)  # the shared bigram's tokens
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    plain = credit.combine_advantages(rewards, weights, [False, True], {1: template}, mask, 2, token_gain="none")
+    assert plain.abs().max().item() == 0.0
+    adv = credit.combine_advantages(rewards, weights, [False, True], {1: template}, mask, 2, token_gain="none",
+                                    span_penalties={1: 0.5})
+    assert adv.flatten().tolist() == pytest.approx([0, -0.5, -0.5, 0, 0, -0.5, -0.5, 0])
+    # the sequence-level ablation spreads it: -p x the covered share on every real token
+    seq = credit.combine_advantages(rewards, weights, [False, False], {1: template}, mask, 2,
+                                    credit_assignment=False, span_penalties={1: 0.5})
+    assert seq.flatten().tolist() == pytest.approx([-0.25] * 4 + [-1 / 3] * 3 + [0.0])
+    with pytest.raises(ValueError, match="without a token mask"):
+        credit.combine_advantages(rewards, weights, [False, True], {}, mask, 2, span_penalties={1: 0.5})
+
+
 def test_constraint_violator_never_wins():
     rewards, weights, spans, mask = hand_group()
     violating = torch.tensor([False, True])

@@ -156,6 +156,7 @@ def test_advantages_are_2d_and_token_level(world):
     fake.relate_rewards = [Reward("seq", "sequence", lambda c, **k: [0.0] * len(c)),
                            Reward("comp", "token", lambda c, **k: [0.0] * len(c), spans, constraint=True)]
     fake.credit_assignment, fake.token_gain, fake._tokenizer = True, "whole", tokenizer
+    fake.span_penalties = {}
     fake.accelerator = __import__("types").SimpleNamespace(num_processes=1)
     fake.reward_weights = torch.tensor([1.0, 1.0])
     fake._metrics = {"train": __import__("collections").defaultdict(list)}

@@ -150,6 +150,32 @@ def test_regression_against_the_champion_is_refused_then_rollback(project):
     assert champion(project)["version"] == v1
 
 
+def test_per_gate_tolerance_lets_noise_pass_and_still_refuses_a_real_drop(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["publish"]["max_regression"] = {"relate_true_ctcvr_uplift": 0.05, "attribution_auc_ratio": 0.001,
+                                           "relate_compliance": None}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    _write_run(project, "a", uplift=0.10, compliance=0.999)
+    assert publish(project, "--ds", "2026-01-06").returncode == 0
+    v1 = champion(project)["version"]
+    # within the uplift's allowance; compliance is not compared; a MIL AUC ratio lower by 1e-8 is noise
+    _write_run(project, "b", uplift=0.07, compliance=0.96, attr_auc=0.70 - 0.72e-8)
+    assert publish(project, "--ds", "2026-01-07").returncode == 0
+    report = json.loads((project / "metrics" / "publish.json").read_text())
+    assert report["published"] is True, report["failed_gates"]
+    compared = {g["metric"]: g["allowed_drop"] for g in report["gates"] if g["kind"] == "no_regression"}
+    assert compared == {"relate_true_ctcvr_uplift": 0.05, "attribution_auc_ratio": 0.001}
+    v2 = champion(project)["version"]
+    assert v2 != v1
+    # a drop beyond the allowance is refused
+    _write_run(project, "c", uplift=0.01)
+    assert publish(project, "--ds", "2026-01-07").returncode == 0
+    report = json.loads((project / "metrics" / "publish.json").read_text())
+    assert report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"]
+    assert champion(project)["version"] == v2
+    assert "allowed drop 0.05" in (project / "reports" / "publish.md").read_text()
+
+
 def test_rollback_pulls_a_version_missing_locally_from_the_remote(project):
     import shutil
 
@@ -174,6 +200,13 @@ def test_bad_config_is_refused_naming_the_field(project):
     assert "Traceback" not in proc.stderr
     proc = publish(project, "--ds", "2026-13-01")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for bad, named in (({"relate_uplift": 0.1}, "unknown gate(s) ['relate_uplift']"),
+                       ({"relate_compliance": -0.1}, "publish.max_regression.relate_compliance"),
+                       ("a lot", "publish.max_regression")):
+        params["publish"].update(min_compliance_rate=0.95, max_regression=bad)
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+        proc = publish(project, "--ds", "2026-01-07")
+        assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def _rescored(uplift: float):

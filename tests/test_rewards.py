@@ -166,3 +166,19 @@ def test_bad_weights_rejected_naming_the_field():
         build_config(GRPOStageConfig, "grpo", {"num_generations": 1})
     with pytest.raises(ConfigError, match=r"grpo: unknown key\(s\) rewardz"):
         build_config(GRPOStageConfig, "grpo", {"rewardz": {}})
+
+
+def test_span_penalty_only_on_token_level_rewards_of_the_run():
+    from relate_models.rewards import REGISTRY, REWARD_GRANULARITY
+
+    ctx = RewardContext(scorer=object(), compliance=ComplianceChecker.load())
+    assert {r.name: r.granularity for r in build_rewards(list(REGISTRY), ctx)} == REWARD_GRANULARITY
+    weights = {"ctcvr": 1.0, "diversity": 0.8}
+    assert build_config(GRPOStageConfig, "grpo", {"rewards": weights, "span_penalty": {"diversity": 0.3}}) \
+        .span_penalty == {"diversity": 0.3}
+    with pytest.raises(ConfigError, match=r"grpo.span_penalty.ctcvr: only a token-level reward"):
+        build_config(GRPOStageConfig, "grpo", {"rewards": weights, "span_penalty": {"ctcvr": 0.3}})
+    with pytest.raises(ConfigError, match=r"grpo.span_penalty.quality_compliance: only a token-level reward"):
+        build_config(GRPOStageConfig, "grpo", {"rewards": weights, "span_penalty": {"quality_compliance": 0.3}})
+    with pytest.raises(ConfigError, match=r"grpo.span_penalty.diversity: must be a number >= 0"):
+        build_config(GRPOStageConfig, "grpo", {"rewards": weights, "span_penalty": {"diversity": -1}})
