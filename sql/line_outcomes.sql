@@ -1,8 +1,8 @@
 -- What became of the raw lines of the ingested partitions, counted per dt: outcome 'in'
 -- (every line), 'kept', or the quarantine reason. Counted independently (all lines vs
 -- row-level rejects + linked events), so rows_in = kept + quarantined is a real check.
--- Views: `parsed_lines` (parse_day.sql output), `linked_lines` (link_events.sql output),
--- both restricted to the ingested partitions.
+-- Views: `parsed_lines` (parse_day.sql output), `linked_lines` (the valid impressions plus
+-- link_events.sql's linked clicks and conversions), both restricted to the ingested partitions.
 SELECT dt, 'in' AS outcome, count(*) AS n FROM parsed_lines GROUP BY dt
 UNION ALL
 SELECT dt, coalesce(reason, 'kept') AS outcome, count(*) AS n
