@@ -20,6 +20,10 @@ from relate_models.compliance import ComplianceChecker, merge_spans
 
 Span = tuple[int, int]
 SEQUENCE, TOKEN = "sequence", "token"
+# where each reward's credit lands; the builders below read it, and config checks read it
+# before any reward is built
+REWARD_GRANULARITY = {"ctcvr": SEQUENCE, "quality_structural": SEQUENCE, "quality_compliance": TOKEN,
+                      "diversity": TOKEN}
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # a CJK character is a word of its own (Chinese has no spaces); other text: \w+ runs as before
 _WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+(?:'[^\W{_CJK}]+)?")
@@ -112,7 +116,7 @@ def build_ctcvr(ctx: RewardContext) -> Reward:
         texts = [as_text(c).strip() for c in completions]
         return [float(p) for p in ctx.scorer.score(texts, contexts)["p_ctcvr"]]
 
-    return Reward("ctcvr", SEQUENCE, ctcvr)
+    return Reward("ctcvr", REWARD_GRANULARITY["ctcvr"], ctcvr)
 
 
 # ------------------------------------------------------------------ quality_structural
@@ -168,7 +172,7 @@ def build_quality_structural(ctx: RewardContext) -> Reward:
             for c, k, t in zip(completions, keywords, terminated)
         ]
 
-    return Reward("quality_structural", SEQUENCE, quality_structural)
+    return Reward("quality_structural", REWARD_GRANULARITY["quality_structural"], quality_structural)
 
 
 # ------------------------------------------------------------------ quality_compliance
@@ -181,7 +185,7 @@ def build_quality_compliance(ctx: RewardContext) -> Reward:
     def compliance_spans(completions, **kwargs) -> list[list[Span]]:
         return [merge_spans([(v.start, v.end) for v in checker.find(as_text(c))]) for c in completions]
 
-    return Reward("quality_compliance", TOKEN, quality_compliance, compliance_spans, constraint=True)
+    return Reward("quality_compliance", REWARD_GRANULARITY["quality_compliance"], quality_compliance, compliance_spans, constraint=True)
 
 
 # --------------------------------------------------------------------------- diversity
@@ -238,7 +242,7 @@ def build_diversity(ctx: RewardContext) -> Reward:
     def diversity_spans(completions, **kwargs) -> list[list[Span]]:
         return analyse(completions, kwargs)[0]
 
-    return Reward("diversity", TOKEN, diversity, diversity_spans)
+    return Reward("diversity", REWARD_GRANULARITY["diversity"], diversity, diversity_spans)
 
 
 REGISTRY: dict[str, Callable[[RewardContext], Reward]] = {
@@ -247,9 +251,6 @@ REGISTRY: dict[str, Callable[[RewardContext], Reward]] = {
     "quality_compliance": build_quality_compliance,
     "diversity": build_diversity,
 }
-# for config checks before any reward is built (tests/test_rewards.py holds it to the builders)
-REWARD_GRANULARITY = {"ctcvr": SEQUENCE, "quality_structural": SEQUENCE, "quality_compliance": TOKEN,
-                      "diversity": TOKEN}
 
 
 def validate_weights(weights: dict, field_name: str = "grpo.rewards") -> dict[str, float]:
