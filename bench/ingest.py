@@ -193,6 +193,22 @@ COPY (SELECT dt, ad_id, title_id, image_id, highlight_id, min(product_id) produc
 """
 
 
+
+def raw_logs(raw_dir: Path, start: str, days: int, impressions_per_day: int) -> int:
+    """Generate the raw logs into raw_dir, or reuse a complete earlier generation (its _LINES
+    marker is written last, so a killed generation is redone); returns the line count."""
+    marker = raw_dir / "_LINES"
+    if marker.exists():
+        lines = int(marker.read_text())
+        print(f"reusing {raw_dir}: {lines} lines")
+        return lines
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    t = time.monotonic()
+    lines = generate(raw_dir, start, days, impressions_per_day)
+    marker.write_text(str(lines))
+    print(f"generated {lines} lines in {time.monotonic() - t:.0f}s")
+    return lines
+
 def run_duckdb(raw_dir: Path, out: Path, threads: int) -> tuple[float, int, int]:
     """DuckDB over all days at once (its natural mode); return seconds, kept, quarantined."""
     import duckdb
@@ -239,16 +255,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     raw_dir = args.workdir / f"raw_{args.start}_{args.days}x{args.impressions_per_day}"
-    marker = raw_dir / "_LINES"
-    if marker.exists():
-        lines = int(marker.read_text())
-        print(f"reusing {raw_dir}: {lines} lines")
-    else:
-        shutil.rmtree(raw_dir, ignore_errors=True)
-        t = time.monotonic()
-        lines = generate(raw_dir, args.start, args.days, args.impressions_per_day)
-        marker.write_text(str(lines))
-        print(f"generated {lines} lines in {time.monotonic() - t:.0f}s")
+    lines = raw_logs(raw_dir, args.start, args.days, args.impressions_per_day)
 
     threads = int(args.master[6:-1]) if args.master.startswith("local[") and args.master[6:-1].isdigit() else os.cpu_count()
     spark_out, duck_out = args.workdir / "spark_out", args.workdir / "duckdb_out"

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import generate  # noqa: E402
+from bench.ingest import raw_logs  # noqa: E402
 from pipelines import paths  # noqa: E402
 from pipelines.dates import day_bounds_ms  # noqa: E402
 
@@ -37,8 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--days", type=int, default=4)
     args = parser.parse_args(argv)
     raw = args.workdir / "raw"
-    if not raw.exists():
-        generate(raw, "2026-01-01", args.days, 240_000)
+    raw_logs(raw, "2026-01-01", args.days, 240_000)
     from pyspark.sql import functions as F
 
     from pipelines.ingest import materialize

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import generate  # noqa: E402
+from bench.ingest import raw_logs  # noqa: E402
 from pipelines import ingest, paths  # noqa: E402
 
 
@@ -31,12 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shuffle-partitions", type=int, default=4)
     args = parser.parse_args(argv)
     raw = args.workdir / "raw"
-    if not (raw / "_LINES").exists():
-        shutil.rmtree(raw, ignore_errors=True)
-        (raw / "_LINES").parent.mkdir(parents=True, exist_ok=True)
-        n = generate(raw, "2026-01-01", args.days, 240_000)
-        (raw / "_LINES").write_text(str(n))
-    lines = int((raw / "_LINES").read_text())
+    lines = raw_logs(raw, "2026-01-01", args.days, 240_000)
     from pipelines.spark import get_spark
 
     spark = get_spark("local[2]", "relate-writes-bench", args.shuffle_partitions)
@@ -81,8 +76,7 @@ def main(argv=None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         steps.clear()
-        names = iter(("parse", "duplicates", "link", "labels") if hasattr(ingest.IngestJob, "dedupe")
-                     else ("parse", "link", "labels"))
+        names = iter(("parse", "link", "labels"))
         cfg = ingest.IngestConfig(master="local[2]", shuffle_partitions=args.shuffle_partitions)
         started, gc0 = time.monotonic(), gc_ms()
         metrics = ingest.run_days(spark, cfg, paths.partitions(raw), metrics_path=out / "ingest.json",
