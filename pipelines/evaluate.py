@@ -57,6 +57,10 @@ class EvaluateConfig:
     generation_seed: int = 17
     diversity_texts_per_prompt: int = 8  # diversity: the texts served on a prompt's first impressions
     fatigue: bool = True  # a user seeing the same (near-duplicate) text again clicks less
+    # RELATE's serving pool (relate_models.serving): texts_per_prompt of pool_candidates policy samples,
+    # compliant, picked for new bigrams plus pool_ctcvr_weight x the learned CTCVR z-score; 0 = plain samples
+    pool_candidates: int = 32
+    pool_ctcvr_weight: float = 0.1
     num_threads: int = 1
     goals: dict = field(default_factory=lambda: {"relate_ctcvr_uplift": 0.15, "relate_compliance": 0.995})
 
@@ -69,6 +73,9 @@ class EvaluateConfig:
         require(self.temperature >= 0, f"{p}.temperature", f"must be >= 0, got {self.temperature}")
         require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
         require(self.num_threads >= 0, f"{p}.num_threads", f"must be >= 0, got {self.num_threads}")
+        require(self.pool_candidates == 0 or self.pool_candidates >= self.texts_per_prompt, f"{p}.pool_candidates",
+                f"must be 0 (no pool) or >= texts_per_prompt ({self.texts_per_prompt}), got {self.pool_candidates}")
+        require(self.pool_ctcvr_weight >= 0, f"{p}.pool_ctcvr_weight", f"must be >= 0, got {self.pool_ctcvr_weight}")
         known = {"relate_ctcvr_uplift", "relate_compliance"}
         require(isinstance(self.goals, dict) and set(self.goals) <= known, f"{p}.goals",
                 f"must be a mapping with keys among {sorted(known)}, got {self.goals!r}")
@@ -127,13 +134,43 @@ def scorer_context(ctx: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------- serving
-def generate_candidates(policy_dir: Path, prompts: Sequence[dict], cfg: EvaluateConfig) -> dict[str, list[str]]:
-    """prompt_id -> N texts sampled from the policy (the same seed for every policy)."""
+def generate_candidates(policy_dir: Path, prompts: Sequence[dict], cfg: EvaluateConfig,
+                        n: int | None = None) -> dict[str, list[str]]:
+    """prompt_id -> n (default N) texts sampled from the policy (the same seed for every policy)."""
     from relate_models.policy import generate_texts
 
-    texts = generate_texts(policy_dir, prompts, cfg.texts_per_prompt, max_new_tokens=cfg.max_new_tokens,
+    texts = generate_texts(policy_dir, prompts, n or cfg.texts_per_prompt, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.generation_seed)
     return {row["prompt_id"]: group for row, group in zip(prompts, texts)}
+
+
+def serving_pools(candidates: dict[str, list[str]], prompts: Sequence[dict], rewards, size: int,
+                  ctcvr_weight: float) -> tuple[dict[str, list[str]], list[str]]:
+    """(prompt_id -> its serving pool, the prompts whose every candidate violated and so serve them unpooled).
+
+    Scores come from the learned `ctcvr` and `quality_compliance` rewards, as GRPO saw them.
+    """
+    from relate_models.rewards import group_kwargs
+    from relate_models.serving import select_pool
+
+    by_name = {r.name: r for r in rewards}
+    missing = {"ctcvr", "quality_compliance"} - set(by_name)
+    if missing:
+        raise ValueError(f"serving pool: reward(s) {sorted(missing)} missing")
+    groups = [candidates[row["prompt_id"]] for row in prompts]
+    flat, kwargs = group_kwargs(prompts, groups)
+    ctcvr = by_name["ctcvr"].score(flat, **kwargs)
+    compliance = by_name["quality_compliance"].score(flat, **kwargs)
+    pools, unpooled, start = {}, [], 0
+    for row, texts in zip(prompts, groups):
+        end = start + len(texts)
+        picked = select_pool(texts, size, ctcvr[start:end], [c < 0 for c in compliance[start:end]], ctcvr_weight)
+        if not picked:  # nothing compliant to pool: serve the plain samples, and say so
+            unpooled.append(row["prompt_id"])
+            picked = list(range(min(size, len(texts))))
+        pools[row["prompt_id"]] = [texts[i] for i in picked]
+        start = end
+    return pools, unpooled
 
 
 def serve_sampled(candidates: dict[str, list[str]], contexts: Sequence[dict], draws: np.ndarray) -> list[str]:
@@ -184,6 +221,7 @@ class ArmOutcome:
     compliant: np.ndarray  # bool
     repeat_exposures: int
     learned_ctcvr: np.ndarray | None = None
+    unpooled_prompts: int | None = None  # pooled arms: prompts served plain samples (no compliant candidate)
 
     @property
     def true_ctcvr(self) -> np.ndarray:
@@ -283,6 +321,8 @@ def summarize(outcome: ArmOutcome, contexts: Sequence[dict], base: ArmOutcome | 
     out: dict = {"impressions": n, "clicks": clicks, "conversions": conversions,
                  "violations": n - compliant, "repeat_exposures": outcome.repeat_exposures,
                  "unique_texts": len(set(outcome.served))}
+    if outcome.unpooled_prompts is not None:
+        out["unpooled_prompts"] = outcome.unpooled_prompts
     for name, (succ, trials) in {"ctr": (clicks, n), "cvr": (conversions, clicks), "ctcvr": (conversions, n),
                                  "compliance_rate": (compliant, n)}.items():
         est, lo, hi = wilson(succ, trials)
@@ -349,6 +389,27 @@ class Harness:
 
     def sampled_arm(self, name: str, candidates: dict[str, list[str]]) -> ArmOutcome:
         return self.run_arm(name, serve_sampled(candidates, self.contexts, self.ab.serve_draws))
+
+    def pooled_arm(self, name: str, policy_dir: Path) -> ArmOutcome:
+        """The policy served through its serving pool (cfg.pool_candidates samples per prompt)."""
+        cfg = self.cfg
+        candidates = generate_candidates(policy_dir, self.prompts, cfg, n=cfg.pool_candidates)
+        pools, unpooled = serving_pools(candidates, self.prompts, self.rewards, cfg.texts_per_prompt,
+                                        cfg.pool_ctcvr_weight)
+        if unpooled:
+            log.warning("%s: %d prompt(s) had no compliant candidate and serve plain samples: %s", name,
+                        len(unpooled), unpooled[:5])
+        outcome = self.sampled_arm(name, pools)
+        outcome.unpooled_prompts = len(unpooled)
+        return outcome
+
+    def relate_arms(self, policy_dir: Path, sampled: dict[str, list[str]] | None = None) -> dict[str, ArmOutcome]:
+        """`relate` as served (through the pool when cfg.pool_candidates, else plain samples), and with a
+        pool also `relate_sampled`, the policy's own N samples, so the pool's part stays visible."""
+        sampled = sampled or generate_candidates(policy_dir, self.prompts, self.cfg)
+        if not self.cfg.pool_candidates:
+            return {"relate": self.sampled_arm("relate", sampled)}
+        return {"relate": self.pooled_arm("relate", policy_dir), "relate_sampled": self.sampled_arm("relate_sampled", sampled)}
 
     def summarize_all(self, outcomes: dict[str, ArmOutcome], base: str = "sft") -> dict[str, dict]:
         by_id = {r["prompt_id"]: r for r in self.prompts}
@@ -474,12 +535,19 @@ def goals(arms: dict[str, dict], cfg: EvaluateConfig) -> dict:
     }
 
 
+def serving_settings(cfg: EvaluateConfig) -> dict:
+    """What decides the texts the `relate` arm serves; publish re-scores a champion served otherwise."""
+    return {"texts_per_prompt": cfg.texts_per_prompt, "temperature": cfg.temperature, "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens, "generation_seed": cfg.generation_seed,
+            "pool_candidates": cfg.pool_candidates, "pool_ctcvr_weight": cfg.pool_ctcvr_weight}
+
+
 def setup_info(harness: Harness) -> dict:
     cfg = harness.cfg
     return {"n_impressions": cfg.n_impressions, "held_out_prompts": len(harness.prompts),
             "prompts_with_traffic": len({c["prompt_id"] for c in harness.contexts}),
             "texts_per_prompt": cfg.texts_per_prompt, "temperature": cfg.temperature, "top_p": cfg.top_p,
-            "seed": cfg.seed, "fatigue": cfg.fatigue,
+            "seed": cfg.seed, "fatigue": cfg.fatigue, "serving": serving_settings(cfg),
             "traffic": "logged search impressions of the held-out prompts (curated labeled_impressions)",
             "true_ctcvr": "mean oracle p_click * p_conv of the served texts over the traffic (no outcome noise)",
             "ab_ctcvr": "observed conversions / impressions, outcomes drawn from the oracle (common random numbers)",
@@ -502,12 +570,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         harness = Harness.build(cfg, args.params)
         sft_texts = generate_candidates(SFT_DIR, harness.prompts, cfg)
-        relate_texts = generate_candidates(RELATE_DIR, harness.prompts, cfg)
         outcomes = {
             "sft": harness.sampled_arm("sft", sft_texts),
             "two_stage": harness.run_arm("two_stage", serve_top_ranked(sft_texts, harness.contexts, harness.scorer)),
-            "relate": harness.sampled_arm("relate", relate_texts),
+            **harness.relate_arms(RELATE_DIR),
         }
+        if cfg.pool_candidates:  # the same pool over SFT samples: what the pool alone does
+            outcomes["sft_pool"] = harness.pooled_arm("sft_pool", SFT_DIR)
         arms = harness.summarize_all(outcomes)
         for name, m in arms.items():
             log.info("%s: true CTCVR %.5f (uplift %+.1f%%), A/B CTCVR %.5f, compliance %.4f, distinct-2 %.3f",
@@ -529,6 +598,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _relate_arms_text(cfg: EvaluateConfig) -> str:
+    if not cfg.pool_candidates:
+        return f"`relate` (one of {cfg.texts_per_prompt} GRPO-policy samples at random)"
+    return (f"`relate` (one of the {cfg.texts_per_prompt} texts of its serving pool at random: the GRPO policy samples "
+            f"{cfg.pool_candidates}, the pool keeps the compliant ones with the most new word bigrams, the learned "
+            f"CTCVR weighted {cfg.pool_ctcvr_weight:g} beside that share; `relate_models/serving.py`), "
+            f"`relate_sampled` (one of {cfg.texts_per_prompt} plain policy samples, as `sft`) and `sft_pool` (the "
+            f"same pool over SFT samples: what the pool does without GRPO)")
+
+
 def render_report(harness: Harness, arms: dict[str, dict], outcomes: dict[str, ArmOutcome], metrics: dict) -> str:
     cfg = harness.cfg
     lines = [
@@ -537,7 +616,7 @@ def render_report(harness: Harness, arms: dict[str, dict], outcomes: dict[str, A
         f"prompts, served by every arm with the same traffic and random draws; outcomes from the simulator's "
         f"ground truth (fatigue {'on' if cfg.fatigue else 'off'}). Arms: `sft` (one of {cfg.texts_per_prompt} SFT "
         f"samples at random), `two_stage` (the same SFT samples ranked by the learned pCTR per request, top one "
-        f"served), `relate` (one of {cfg.texts_per_prompt} GRPO-policy samples at random).", "",
+        f"served), {_relate_arms_text(cfg)}.", "",
         "True CTCVR: the oracle's p_click x p_conv of the served texts averaged over the traffic (no outcome noise; "
         "the interval is over traffic). A/B: observed conversions, Wilson intervals. Uplift intervals are paired "
         "(delta method). Learned uplift: the CTCVR reward model's view of the same served texts; a learned uplift "

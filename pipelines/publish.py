@@ -211,12 +211,18 @@ def eval_day(metrics_dir: Path = METRICS) -> str | None:
     return None
 
 
+def eval_serving(metrics_dir: Path = METRICS) -> dict | None:
+    """How the evaluated policy was served (evaluate.json setup.serving): recorded metrics compare only alike."""
+    serving = _lookup(_read_json(metrics_dir / "evaluate.json"), "setup.serving")
+    return serving if isinstance(serving, dict) else None
+
+
 def champion_on_candidate_day(cfg: PublishConfig, champion: dict | None, day: str | None, ds: str,
-                              params_file: Path) -> tuple[dict[str, float | None], str]:
+                              params_file: Path, serving: dict | None = None) -> tuple[dict[str, float | None], str]:
     """The champion's gated metrics measured like the candidate's, and how they were obtained.
 
-    Same evaluation day: its recorded metrics. Another day: its artifacts scored again on the
-    candidate's data (only gates whose metrics file that covers; the others keep the recorded
+    Same evaluation day and the same serving settings: its recorded metrics. Another day, or
+    serving settings that changed since: its artifacts scored again on the candidate's data (only gates whose metrics file that covers; the others keep the recorded
     value). A champion that cannot be scored again (artifacts missing, incompatible with the
     current code) keeps its recorded values, with the reason in the report.
     """
@@ -224,7 +230,7 @@ def champion_on_candidate_day(cfg: PublishConfig, champion: dict | None, day: st
         return {}, "no champion"
     if not cfg.compares_with_champion:
         return {}, "not compared (max_regression: null)"
-    if champion.get("eval_day") == day:
+    if champion.get("eval_day") == day and champion.get("serving") == serving:
         return {}, "recorded on the same evaluation day"
     from pipelines.evaluate_champion import RESCORED_FILES, champion_metrics
 
@@ -494,8 +500,8 @@ def publish(ds: str, cfg: PublishConfig, params_file: Path, root: Path | None = 
     with registry_lock(registry):
         champion = read_champion(registry)
         values = candidate_metrics()
-        day = eval_day()
-        rescored, champion_source = champion_on_candidate_day(cfg, champion, day, ds, params_file)
+        day, serving = eval_day(), eval_serving()
+        rescored, champion_source = champion_on_candidate_day(cfg, champion, day, ds, params_file, serving)
         gates = check_gates(cfg, values, day, champion, rescored)
         missing = [n for n in cfg.artifacts if not ARTIFACTS[n].is_dir() or not any(ARTIFACTS[n].iterdir())]
         for name in missing:
@@ -519,7 +525,7 @@ def publish(ds: str, cfg: PublishConfig, params_file: Path, root: Path | None = 
         version = f"{ds}-{digest[:10]}"
         version_dir = registry / version
         manifest = {
-            "version": version, "ds": ds, "eval_day": day, "content_sha256": digest,
+            "version": version, "ds": ds, "eval_day": day, "serving": serving, "content_sha256": digest,
             "artifacts": {n: str(ARTIFACTS[n]) for n in cfg.artifacts},
             "data": data_partitions(ds), "git": git_revision(root),
             "params_file": str(params_file), "params_sha256": params_hash(params_file),
@@ -538,7 +544,7 @@ def publish(ds: str, cfg: PublishConfig, params_file: Path, root: Path | None = 
         history = list(champion.get("history", [])) if champion else []
         if not history or history[-1] != version:
             history.append(version)
-        pointer = {"version": version, "path": str(version_dir), "ds": ds, "eval_day": day,
+        pointer = {"version": version, "path": str(version_dir), "ds": ds, "eval_day": day, "serving": serving,
                    "metrics": values, "history": history}
         atomic.write_json(registry / CHAMPION_FILE, pointer)
         report.update(published=True, version=version, champion_after=version,
@@ -570,7 +576,8 @@ def rollback(cfg: PublishConfig, to: str | None, root: Path) -> dict:
             dvc(root, "pull", "-q", "-r", cfg.remote_name, str(target_dir) + ".dvc")
         manifest = _read_json(target_dir / "manifest.json") or {}
         pointer = {"version": target, "path": str(target_dir), "ds": manifest.get("ds"),
-                   "eval_day": manifest.get("eval_day"), "metrics": manifest.get("metrics", {}),
+                   "eval_day": manifest.get("eval_day"), "serving": manifest.get("serving"),
+                   "metrics": manifest.get("metrics", {}),
                    "history": history, "rolled_back_from": champion["version"]}
         atomic.write_json(registry / CHAMPION_FILE, pointer)
         return pointer

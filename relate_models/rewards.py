@@ -283,12 +283,8 @@ def build_rewards(names: Sequence[str], ctx: RewardContext) -> list[Reward]:
     return rewards
 
 
-def score_texts(rewards: Sequence[Reward], prompt_rows: Sequence[dict], texts: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Mean of each reward over N texts per prompt row (rows carry prompt, keyword, vertical, ...).
-
-    The N texts of a prompt form one group (for diversity). Adds `violation_rate`, the share
-    of texts breaking a constraint reward.
-    """
+def group_kwargs(prompt_rows: Sequence[dict], texts: Sequence[Sequence[str]]) -> tuple[list[str], dict[str, list]]:
+    """N texts per prompt row, flattened, and the reward kwargs: each row field repeated once per text."""
     flat, kwargs = [], {}
     for row, group in zip(prompt_rows, texts):
         for text in group:
@@ -296,6 +292,16 @@ def score_texts(rewards: Sequence[Reward], prompt_rows: Sequence[dict], texts: S
             for key, value in row.items():
                 kwargs.setdefault(key, []).append(value)
     kwargs["prompts"] = kwargs.get("prompt", [None] * len(flat))
+    return flat, kwargs
+
+
+def score_texts(rewards: Sequence[Reward], prompt_rows: Sequence[dict], texts: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Mean of each reward over N texts per prompt row (rows carry prompt, keyword, vertical, ...).
+
+    The N texts of a prompt form one group (for diversity). Adds `violation_rate`, the share
+    of texts breaking a constraint reward.
+    """
+    flat, kwargs = group_kwargs(prompt_rows, texts)
     out, violating = {}, [False] * len(flat)
     for reward in rewards:
         values = reward.score(flat, **kwargs)

@@ -130,6 +130,10 @@ def test_bad_config_is_rejected_with_the_field_name():
         build_config(EvaluateConfig, "evaluate", {"goals": {"nonsense": 1}})
     with pytest.raises(ConfigError, match="evaluate.top_p"):
         build_config(EvaluateConfig, "evaluate", {"top_p": 1.5})
+    with pytest.raises(ConfigError, match="evaluate.pool_candidates"):
+        build_config(EvaluateConfig, "evaluate", {"texts_per_prompt": 8, "pool_candidates": 4})
+    with pytest.raises(ConfigError, match="evaluate.pool_ctcvr_weight"):
+        build_config(EvaluateConfig, "evaluate", {"pool_ctcvr_weight": -1})
 
 
 # ---------------------------------------------------------------------- end to end
@@ -224,6 +228,11 @@ def test_evaluate_end_to_end_writes_required_keys(tiny_pipeline):
         assert m["ctcvr_ci95"][0] <= m["ctcvr"] <= m["ctcvr_ci95"][1]
         assert 0.0 <= m["compliance_rate"] <= 1.0
     assert metrics["sft"]["true_ctcvr_uplift_vs_sft"] == 0.0
+    # tiny.yaml serves RELATE through a pool of 3 of 6 samples; the plain samples and SFT's pool stand beside it
+    assert metrics["setup"]["serving"]["pool_candidates"] == 6
+    for arm in ("relate_sampled", "sft_pool"):
+        assert metrics[arm]["impressions"] == 3000 and isinstance(metrics[arm]["true_ctcvr_uplift_vs_sft"], float)
+    assert isinstance(metrics["relate"]["unpooled_prompts"], int) and "unpooled_prompts" not in metrics["relate_sampled"]
     assert isinstance(metrics["relate"]["distinct_2"], float) and isinstance(metrics["sft"]["distinct_2"], float)
     assert isinstance(metrics["two_stage"]["true_ctcvr_uplift_vs_sft"], float)
     assert metrics["combo"] == fake_evaluate_combos()

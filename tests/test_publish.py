@@ -20,10 +20,12 @@ ARTIFACT_DIRS = {"policy": "models/relate", "tokenizer": "models/tokenizer", "ct
                  "attribution": "models/attribution", "combo_policy": "models/combo_policy"}
 
 
-def _metrics(uplift=0.05, compliance=0.99, combo=0.8, ctcvr=0.95, attr_auc=0.70, oracle_auc=0.72, day="2026-01-04"):
+def _metrics(uplift=0.05, compliance=0.99, combo=0.8, ctcvr=0.95, attr_auc=0.70, oracle_auc=0.72, day="2026-01-04",
+             serving=None):
     return {
         "evaluate.json": {"relate": {"true_ctcvr_uplift_vs_sft": uplift, "compliance_rate": compliance},
-                          "sft": {"distinct_2": 0.5}, "combo": {"true_ctr_ratio_to_oracle": combo}},
+                          "sft": {"distinct_2": 0.5}, "combo": {"true_ctr_ratio_to_oracle": combo},
+                          "setup": {"serving": serving or {"pool_candidates": 32}}},
         "ctcvr.json": {"auc_ratio_ctcvr": ctcvr, "eval_day": day},
         "attribution.json": {"holdout_auc": attr_auc, "oracle_auc": oracle_auc},
     }
@@ -275,6 +277,23 @@ def test_same_day_champion_is_not_scored_again_and_a_failed_rescore_keeps_the_re
     report = _publish_in_process(project, monkeypatch, "2026-01-06")
     assert report["published"] is False and report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"]
     assert "scoring it again on 2026-01-06 failed" in report["champion_metrics_source"]
+
+
+def test_champion_served_otherwise_is_scored_again_on_the_same_day(project, monkeypatch):
+    from pipelines import evaluate_champion
+
+    _write_run(project, "a", uplift=0.10, day="2026-01-05", serving={"pool_candidates": 0})
+    assert publish(project, "--ds", "2026-01-05").returncode == 0
+    v1 = champion(project)["version"]
+    assert champion(project)["serving"] == {"pool_candidates": 0}
+    # the candidate is served through a pool: the champion's recorded 0.10 (plain samples) is no bar for it
+    rescore, calls = _rescored(uplift=0.12)
+    monkeypatch.setattr(evaluate_champion, "champion_metrics", rescore)
+    _write_run(project, "b", uplift=0.15, day="2026-01-05", serving={"pool_candidates": 32})
+    report = _publish_in_process(project, monkeypatch, "2026-01-05")
+    assert calls == [(v1, "2026-01-05")] and report["published"] is True
+    uplift = {g["gate"]: g for g in report["gates"]}["relate_true_ctcvr_uplift_vs_champion"]
+    assert uplift["champion_rescored"] and uplift["champion_value"] == pytest.approx(0.12)
 
 
 def test_version_digest_ignores_wall_clock_timings_only(tmp_path):
