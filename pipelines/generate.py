@@ -2,7 +2,10 @@
 
 Prints one JSON line per prompt: {vertical, keyword, prompt, texts}. Prompts come from
 --vertical/--keyword, or from a JSONL file of {vertical, keyword} rows (e.g. the held-out
-data/prompts/eval.jsonl).
+data/prompts/eval.jsonl). With --pool-from K the policy samples K texts and `texts` is the
+serving pool of -n of them that the evaluate stage serves (`relate_models/serving.py`:
+compliant, most new bigrams, the learned CTCVR weighted by --pool-ctcvr-weight); it reads
+models/ctcvr and the curated text_stats, like the rewards do.
 """
 from __future__ import annotations
 
@@ -28,23 +31,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool-from", type=int, default=0, help="sample this many and print the serving pool")
+    parser.add_argument("--pool-ctcvr-weight", type=float, default=None,
+                        help="default: params.yaml evaluate.pool_ctcvr_weight")
+    parser.add_argument("--params", default=None, help="params file for --pool-from (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
         rows = _prompt_rows(args)
         if args.num < 1 or args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
             raise ValueError("need --num >= 1, --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1")
+        if args.pool_from and (args.pool_from < args.num or (args.pool_ctcvr_weight or 0) < 0):
+            raise ValueError("need --pool-from >= --num and --pool-ctcvr-weight >= 0")
         from relate_models.policy import generate, load_policy, prompt_text
 
         model, tokenizer = load_policy(args.policy)
         prompts = [prompt_text(r["vertical"], r["keyword"]) for r in rows]
-        texts = generate(model, tokenizer, prompts, n=args.num, max_new_tokens=args.max_new_tokens,
+        texts = generate(model, tokenizer, prompts, n=args.pool_from or args.num, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        if args.pool_from:
+            texts = _serving_pools(rows, prompts, texts, args)
         for row, prompt, group in zip(rows, prompts, texts):
             print(json.dumps({"vertical": row["vertical"], "keyword": row["keyword"], "prompt": prompt, "texts": group}))
         return 0
     except (ValueError, FileNotFoundError) as err:
         log.error("generate failed: %s", err)
         return 2
+
+
+def _serving_pools(rows: list[dict], prompts: list[str], texts: list[list[str]], args) -> list[list[str]]:
+    """Each prompt's serving pool of args.num texts, as the evaluate stage picks it."""
+    from pipelines.evaluate import CTCVR_DIR, EvaluateConfig, _learned_rewards, serving_pools
+    from pipelines.params import load_config
+    from relate_models.ctcvr import CTCVRScorer
+
+    weight = args.pool_ctcvr_weight
+    if weight is None:
+        weight = load_config(EvaluateConfig, "evaluate", args.params).pool_ctcvr_weight
+    rewards = _learned_rewards(CTCVRScorer.load(CTCVR_DIR), args.params)
+    keyed = [{**row, "prompt": prompt, "prompt_id": str(i)} for i, (row, prompt) in enumerate(zip(rows, prompts))]
+    pools, unpooled = serving_pools({r["prompt_id"]: group for r, group in zip(keyed, texts)}, keyed, rewards,
+                                    args.num, weight)
+    if unpooled:
+        log.warning("no compliant sample for %d prompt(s): printing plain samples for them", len(unpooled))
+    return [pools[r["prompt_id"]] for r in keyed]
 
 
 def _prompt_rows(args) -> list[dict]:

@@ -5,11 +5,33 @@
 -- Every line comes out once, with `reason` = its first row-level quarantine reason, or
 -- NULL when the line is a valid, first-seen event (links to impressions/clicks are
 -- checked later, in link_events.sql).
--- Fields are parsed as strings first so that an absent field (missing_field) is told
--- apart from a present field of the wrong type (bad_type); then cast with try_cast.
+-- Lines are parsed with the contract's types first (fast, and most lines pass); a line the
+-- typed parse refuses (a number sent as a JSON string, a wrong type, broken JSON) is parsed
+-- again with every field as a string, so that an absent field (missing_field) is told
+-- apart from a present field of the wrong type (bad_type), then cast with try_cast. Only
+-- refused lines pay for the second parse and the bad-type regex.
 WITH parsed AS (
   SELECT raw_line, dt, day_start_ms, day_end_ms,
          from_json(
+           raw_line,
+           'event_id STRING, event_type STRING, ts BIGINT, impression_id STRING, click_id STRING,
+            user_id STRING, user_segment STRING, placement STRING, vertical STRING,
+            advertiser_id STRING, product_id STRING, ad_id STRING, position INT,
+            query STRING, keyword STRING, text_id STRING, ad_text STRING,
+            title_id STRING, image_id STRING, highlight_id STRING,
+            propensity DOUBLE, value DOUBLE, _corrupt_record STRING',
+           -- NaN/Infinity (bare or as strings) are refused too: the string path judges them
+           map('mode', 'PERMISSIVE', 'columnNameOfCorruptRecord', '_corrupt_record',
+               'allowNonNumericNumbers', 'false')
+         ) AS j
+  FROM raw_lines
+),
+flagged AS (
+  SELECT *, (j IS NULL OR j._corrupt_record IS NOT NULL) AS refused FROM parsed
+),
+reparsed AS (
+  SELECT *,
+         CASE WHEN refused THEN from_json(
            raw_line,
            'event_id STRING, event_type STRING, ts STRING, impression_id STRING, click_id STRING,
             user_id STRING, user_segment STRING, placement STRING, vertical STRING,
@@ -18,42 +40,62 @@ WITH parsed AS (
             title_id STRING, image_id STRING, highlight_id STRING,
             propensity STRING, value STRING, _corrupt_record STRING',
            map('mode', 'PERMISSIVE', 'columnNameOfCorruptRecord', '_corrupt_record')
-         ) AS j
-  FROM raw_lines
+         ) END AS s
+  FROM flagged
 ),
 typed AS (
   SELECT raw_line, dt, day_start_ms, day_end_ms,
          -- a JSON object parses with _corrupt_record NULL; anything else (truncated
          -- text, arrays, bare scalars, empty lines) does not
-         (j IS NULL OR j._corrupt_record IS NOT NULL) AS malformed,
-         j.event_id, j.event_type, j.ts AS ts_raw, try_cast(j.ts AS BIGINT) AS ts,
-         j.impression_id, j.click_id, j.user_id, j.user_segment, j.placement, j.vertical,
-         j.advertiser_id, j.product_id, j.ad_id,
-         j.position AS position_raw, try_cast(j.position AS INT) AS position,
-         j.query, j.keyword, j.text_id, j.ad_text, j.title_id, j.image_id, j.highlight_id,
-         j.propensity AS propensity_raw, try_cast(j.propensity AS DOUBLE) AS propensity,
-         j.value AS value_raw, try_cast(j.value AS DOUBLE) AS value
-  FROM parsed
+         refused AND (s IS NULL OR s._corrupt_record IS NOT NULL) AS malformed,
+         -- a number sent as a JSON string ("ts": "1767225600000") is a schema break of the
+         -- producer, not a value to coerce; only a refused line can hold one
+         refused AND raw_line RLIKE '"(ts|position|propensity|value)"\\s*:\\s*"' AS number_as_string,
+         IF(refused, s.event_id, j.event_id) AS event_id,
+         IF(refused, s.event_type, j.event_type) AS event_type,
+         IF(refused, s.ts IS NOT NULL, j.ts IS NOT NULL) AS has_ts,
+         IF(refused, try_cast(s.ts AS BIGINT), j.ts) AS ts,
+         IF(refused, s.impression_id, j.impression_id) AS impression_id,
+         IF(refused, s.click_id, j.click_id) AS click_id,
+         IF(refused, s.user_id, j.user_id) AS user_id,
+         IF(refused, s.user_segment, j.user_segment) AS user_segment,
+         IF(refused, s.placement, j.placement) AS placement,
+         IF(refused, s.vertical, j.vertical) AS vertical,
+         IF(refused, s.advertiser_id, j.advertiser_id) AS advertiser_id,
+         IF(refused, s.product_id, j.product_id) AS product_id,
+         IF(refused, s.ad_id, j.ad_id) AS ad_id,
+         IF(refused, s.position IS NOT NULL, j.position IS NOT NULL) AS has_position,
+         IF(refused, try_cast(s.position AS INT), j.position) AS position,
+         IF(refused, s.query, j.query) AS query,
+         IF(refused, s.keyword, j.keyword) AS keyword,
+         IF(refused, s.text_id, j.text_id) AS text_id,
+         IF(refused, s.ad_text, j.ad_text) AS ad_text,
+         IF(refused, s.title_id, j.title_id) AS title_id,
+         IF(refused, s.image_id, j.image_id) AS image_id,
+         IF(refused, s.highlight_id, j.highlight_id) AS highlight_id,
+         IF(refused, s.propensity IS NOT NULL, j.propensity IS NOT NULL) AS has_propensity,
+         IF(refused, try_cast(s.propensity AS DOUBLE), j.propensity) AS propensity,
+         IF(refused, s.value IS NOT NULL, j.value IS NOT NULL) AS has_value,
+         IF(refused, try_cast(s.value AS DOUBLE), j.value) AS value
+  FROM reparsed
 ),
 checked AS (
   SELECT *,
     CASE
       WHEN malformed THEN 'malformed_json'
-      WHEN event_id IS NULL OR event_type IS NULL OR ts_raw IS NULL THEN 'missing_field'
+      WHEN event_id IS NULL OR event_type IS NULL OR NOT has_ts THEN 'missing_field'
       WHEN event_type NOT IN ('impression', 'click', 'conversion') THEN 'unknown_event_type'
       WHEN event_type = 'impression' AND (
              impression_id IS NULL OR user_id IS NULL OR user_segment IS NULL OR placement IS NULL
              OR vertical IS NULL OR advertiser_id IS NULL OR product_id IS NULL OR ad_id IS NULL
-             OR position_raw IS NULL OR propensity_raw IS NULL
+             OR NOT has_position OR NOT has_propensity
              OR (placement = 'search' AND (text_id IS NULL OR ad_text IS NULL OR keyword IS NULL OR query IS NULL))
              OR (placement = 'feed' AND (title_id IS NULL OR image_id IS NULL OR highlight_id IS NULL)))
         THEN 'missing_field'
       WHEN event_type = 'click' AND (impression_id IS NULL OR click_id IS NULL) THEN 'missing_field'
-      WHEN event_type = 'conversion' AND (click_id IS NULL OR value_raw IS NULL) THEN 'missing_field'
+      WHEN event_type = 'conversion' AND (click_id IS NULL OR NOT has_value) THEN 'missing_field'
       WHEN ts IS NULL THEN 'bad_type'
-      -- a number sent as a JSON string ("ts": "1767225600000") is a schema break of the
-      -- producer, not a value to coerce: fields are read as strings above, so look at the line
-      WHEN raw_line RLIKE '"(ts|position|propensity|value)"\\s*:\\s*"' THEN 'bad_type'
+      WHEN number_as_string THEN 'bad_type'
       -- NaN compares greater than every number in Spark, so BETWEEN rejects it too
       WHEN event_type = 'impression' AND (
              position IS NULL OR position < 1 OR placement NOT IN ('search', 'feed')

@@ -106,6 +106,16 @@ def test_sft_grpo_generate_pipeline(world, capsys):
                           "cheap flights", "-n", "3", "--seed", "1"]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(out) == 1 and len(out[0]["texts"]) == 3 and all(isinstance(t, str) for t in out[0]["texts"])
+    # the serving pool: 3 of 6 samples, each one of the plain samples the same seed draws
+    assert generate.main(["--policy", str(world / "models/relate"), "--vertical", "travel", "--keyword",
+                          "cheap flights", "-n", "6", "--seed", "1"]) == 0
+    six = json.loads(capsys.readouterr().out)["texts"]
+    assert generate.main(["--policy", str(world / "models/relate"), "--vertical", "travel", "--keyword",
+                          "cheap flights", "-n", "3", "--pool-from", "6", "--seed", "1"]) == 0
+    pool = json.loads(capsys.readouterr().out)["texts"]
+    assert 1 <= len(pool) <= 3 and set(pool) <= set(six)
+    assert generate.main(["--policy", str(world / "models/relate"), "--vertical", "a", "--keyword", "b",
+                          "-n", "3", "--pool-from", "2"]) == 2
     assert generate.main(["--policy", str(world / "models/nope"), "--vertical", "a", "--keyword", "b"]) == 2
 
 

@@ -67,6 +67,9 @@ def raw_days() -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
             j(impression("x3", "soon")),                              # bad_type (ts)
             j(impression("x4", at(D1, HOUR), position="first")),      # bad_type (position)
             j(impression("x4s", str(at(D1, HOUR)))),                  # bad_type (ts as a JSON string)
+            j(impression("x4p", at(D1, HOUR), propensity="0.5")),     # bad_type (propensity as a JSON string)
+            j(impression("x4n", at(D1, HOUR), propensity=float("nan"))),  # bad_type (a bare NaN propensity)
+            j(conversion("x4v", at(D1, 14 * HOUR), "ca1", "NaN")),    # bad_type (value as the string "NaN")
             j({"event_id": "x5", "event_type": "hover", "ts": at(D1, HOUR)}),  # unknown_event_type
             j(impression("x6", at(D2, HOUR))),                        # ts_outside_partition
             j(click("x7", at(D1, 12 * HOUR), "nope")),                # orphan_click: no impression
@@ -90,7 +93,7 @@ def raw_days() -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
         ],
     }
     planted = {
-        D1: {"duplicate_event_id": 2, "malformed_json": 2, "missing_field": 2, "bad_type": 3,
+        D1: {"duplicate_event_id": 2, "malformed_json": 2, "missing_field": 2, "bad_type": 6,
              "unknown_event_type": 1, "ts_outside_partition": 1, "orphan_click": 2, "orphan_conversion": 1},
         D2: {"duplicate_event_id": 1},
         D3: {},
