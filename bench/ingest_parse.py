@@ -4,8 +4,9 @@
 
 Generates (or reuses) bench/ingest.py's raw logs, then times with Spark's `noop` sink
 (everything computed, nothing written), master local[2]: reading the gzipped lines,
-`from_json` on them vs the JSON source with the same all-string schema, the bad-type
-regex, the whole parse with and without its dedupe window, and the parse materialized
+`from_json` on them with the all-string schema (what refused lines get) and with the
+contract's types (what every line gets first), the JSON source with the all-string schema,
+the bad-type regex, the whole parse with and without its dedupe window, and the parse materialized
 as pipelines.ingest does. Every variant runs twice; the second round (JIT warm) is the
 one to compare.
 """
@@ -28,6 +29,8 @@ SCHEMA = ("event_id STRING, event_type STRING, ts STRING, impression_id STRING, 
           "ad_id STRING, position STRING, query STRING, keyword STRING, text_id STRING, ad_text STRING, "
           "title_id STRING, image_id STRING, highlight_id STRING, propensity STRING, value STRING, "
           "_corrupt_record STRING")
+TYPED_SCHEMA = (SCHEMA.replace("ts STRING", "ts BIGINT").replace("position STRING", "position INT")
+                .replace("propensity STRING", "propensity DOUBLE").replace("value STRING", "value DOUBLE"))
 WINDOW = "THEN row_number() OVER (PARTITION BY dt, reason IS NULL, event_id ORDER BY ts, raw_line)"
 
 
@@ -64,6 +67,8 @@ def main(argv=None) -> int:
     variants = {
         "read gzipped lines": lambda: text,
         "lines + from_json": lambda: text.select(F.from_json("value", SCHEMA, options).alias("j")).select("j.*"),
+        "lines + from_json, typed": lambda: text.select(F.from_json(
+            "value", TYPED_SCHEMA, {**options, "allowNonNumericNumbers": "false"}).alias("j")).select("j.*"),
         "JSON source, same schema": lambda: spark.read.schema(SCHEMA).options(**options).json(files),
         "lines + bad-type regex": lambda: text.where(F.col("value").rlike('"(ts|position|propensity|value)"\\s*:\\s*"')),
         "parse_day.sql": lambda: spark.sql(sql),

@@ -403,13 +403,14 @@ class Harness:
         outcome.unpooled_prompts = len(unpooled)
         return outcome
 
-    def relate_arms(self, policy_dir: Path, sampled: dict[str, list[str]] | None = None) -> dict[str, ArmOutcome]:
+    def relate_arms(self, policy_dir: Path) -> dict[str, ArmOutcome]:
         """`relate` as served (through the pool when cfg.pool_candidates, else plain samples), and with a
         pool also `relate_sampled`, the policy's own N samples, so the pool's part stays visible."""
-        sampled = sampled or generate_candidates(policy_dir, self.prompts, self.cfg)
+        sampled = generate_candidates(policy_dir, self.prompts, self.cfg)
         if not self.cfg.pool_candidates:
             return {"relate": self.sampled_arm("relate", sampled)}
-        return {"relate": self.pooled_arm("relate", policy_dir), "relate_sampled": self.sampled_arm("relate_sampled", sampled)}
+        return {"relate": self.pooled_arm("relate", policy_dir),
+                "relate_sampled": self.sampled_arm("relate_sampled", sampled)}
 
     def summarize_all(self, outcomes: dict[str, ArmOutcome], base: str = "sft") -> dict[str, dict]:
         by_id = {r["prompt_id"]: r for r in self.prompts}
