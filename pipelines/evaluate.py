@@ -380,7 +380,7 @@ class Harness:
                  len({c["prompt_id"] for c in contexts}))
         scorer = CTCVRScorer.load(CTCVR_DIR)
         return cls(cfg, oracle, prompts, contexts, scorer, ABTest(oracle, contexts, cfg.seed, cfg.fatigue),
-                   _learned_rewards(scorer, params_path))
+                   learned_rewards(scorer, params_path))
 
     def run_arm(self, name: str, served: list[str]) -> ArmOutcome:
         outcome = self.ab.run(name, served)
@@ -403,14 +403,11 @@ class Harness:
         outcome.unpooled_prompts = len(unpooled)
         return outcome
 
-    def relate_arms(self, policy_dir: Path) -> dict[str, ArmOutcome]:
-        """`relate` as served (through the pool when cfg.pool_candidates, else plain samples), and with a
-        pool also `relate_sampled`, the policy's own N samples, so the pool's part stays visible."""
-        sampled = generate_candidates(policy_dir, self.prompts, self.cfg)
-        if not self.cfg.pool_candidates:
-            return {"relate": self.sampled_arm("relate", sampled)}
-        return {"relate": self.pooled_arm("relate", policy_dir),
-                "relate_sampled": self.sampled_arm("relate_sampled", sampled)}
+    def served_arm(self, name: str, policy_dir: Path) -> ArmOutcome:
+        """The policy as it is served: through its pool when cfg.pool_candidates, else plain samples."""
+        if self.cfg.pool_candidates:
+            return self.pooled_arm(name, policy_dir)
+        return self.sampled_arm(name, generate_candidates(policy_dir, self.prompts, self.cfg))
 
     def summarize_all(self, outcomes: dict[str, ArmOutcome], base: str = "sft") -> dict[str, dict]:
         by_id = {r["prompt_id"]: r for r in self.prompts}
@@ -418,7 +415,7 @@ class Harness:
                                 self.rewards) for name, o in outcomes.items()}
 
 
-def _learned_rewards(scorer, params_path):
+def learned_rewards(scorer, params_path):
     """The grpo stage's reward functions (learned rewards only), to score every arm's texts."""
     from relate_models.grpo_trainer import GRPOStageConfig, reward_context
     from relate_models.policy import load_search_corpus
@@ -574,9 +571,11 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = {
             "sft": harness.sampled_arm("sft", sft_texts),
             "two_stage": harness.run_arm("two_stage", serve_top_ranked(sft_texts, harness.contexts, harness.scorer)),
-            **harness.relate_arms(RELATE_DIR),
+            "relate": harness.served_arm("relate", RELATE_DIR),
         }
-        if cfg.pool_candidates:  # the same pool over SFT samples: what the pool alone does
+        if cfg.pool_candidates:  # the policy's plain samples and the pool over SFT: the pool's share in view
+            outcomes["relate_sampled"] = harness.sampled_arm(
+                "relate_sampled", generate_candidates(RELATE_DIR, harness.prompts, cfg))
             outcomes["sft_pool"] = harness.pooled_arm("sft_pool", SFT_DIR)
         arms = harness.summarize_all(outcomes)
         for name, m in arms.items():

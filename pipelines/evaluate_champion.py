@@ -40,7 +40,7 @@ def champion_metrics(version_dir: Path, ds: str, params_path=None) -> dict[str, 
         harness = Harness.build(cfg, params_path)
         outcomes = {
             "sft": harness.sampled_arm("sft", generate_candidates(SFT_DIR, harness.prompts, cfg)),
-            **harness.relate_arms(version_dir / "policy"),
+            "relate": harness.served_arm("relate", version_dir / "policy"),
         }
         arms = harness.summarize_all(outcomes)
         holdout_days = json.loads((paths.METRICS / "attribution.json").read_text(encoding="utf-8"))["holdout_days"]

@@ -60,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serving_pools(rows: list[dict], prompts: list[str], texts: list[list[str]], args) -> list[list[str]]:
     """Each prompt's serving pool of args.num texts, as the evaluate stage picks it."""
-    from pipelines.evaluate import CTCVR_DIR, EvaluateConfig, _learned_rewards, serving_pools
+    from pipelines.evaluate import CTCVR_DIR, EvaluateConfig, learned_rewards, serving_pools
     from pipelines.params import load_config
     from relate_models.ctcvr import CTCVRScorer
 
     weight = args.pool_ctcvr_weight
     if weight is None:
         weight = load_config(EvaluateConfig, "evaluate", args.params).pool_ctcvr_weight
-    rewards = _learned_rewards(CTCVRScorer.load(CTCVR_DIR), args.params)
+    rewards = learned_rewards(CTCVRScorer.load(CTCVR_DIR), args.params)
     keyed = [{**row, "prompt": prompt, "prompt_id": str(i)} for i, (row, prompt) in enumerate(zip(rows, prompts))]
     pools, unpooled = serving_pools({r["prompt_id"]: group for r, group in zip(keyed, texts)}, keyed, rewards,
                                     args.num, weight)

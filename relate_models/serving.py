@@ -24,8 +24,8 @@ def select_pool(texts: Sequence[str], size: int, scores: Sequence[float] | None 
                 violating: Sequence[bool] | None = None, score_weight: float = 0.0) -> list[int]:
     """Indices (into `texts`) of the pool, in the order they were picked.
 
-    Violating texts are never picked; when every text violates, the pool is empty (serve
-    nothing rather than a violation). Equal totals keep the earlier sample.
+    Violating texts are never picked; when every text violates, the pool is empty and the
+    caller decides what to serve. Equal totals keep the earlier sample.
     """
     if size < 1:
         raise ValueError(f"select_pool: size must be >= 1, got {size}")
