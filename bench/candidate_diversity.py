@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import evaluate  # noqa: E402
-from pipelines.params import load_config  # noqa: E402
+from plumbing.config import load_config  # noqa: E402
 from relate_models.text_metrics import distinct_n, ngrams, words  # noqa: E402
 
 

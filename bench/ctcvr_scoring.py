@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.paths import curated, partitions  # noqa: E402
+from plumbing.paths import curated, partitions  # noqa: E402
 from relate_models.ctcvr import CTCVRScorer  # noqa: E402
 
 PHRASES = ["Shop", "cheap flights", "Free shipping", "Book today", "Top rated", "Compare online", "Flexible plans",

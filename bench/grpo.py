@@ -48,7 +48,7 @@ def synthetic_world(policy_cfg, n_keywords: int = 64):
 
 
 def pipeline_world(cfg):
-    from pipelines.paths import MODELS, curated
+    from plumbing.paths import MODELS, curated
     from relate_models.ctcvr import CTCVRScorer
     from relate_models.policy import load_policy, load_search_corpus, split_prompts
 
@@ -79,7 +79,7 @@ def run(trainer_cls, model, tokenizer, rewards, rows, cfg, **extra) -> dict:
 def main(argv=None) -> int:
     from trl import GRPOTrainer
 
-    from pipelines.params import load_config
+    from plumbing.config import load_config
     from relate_models.compliance import ComplianceChecker
     from relate_models.grpo_trainer import GRPOStageConfig, RelateGRPOTrainer
     from relate_models.policy import PolicyConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import evaluate, grpo  # noqa: E402
-from pipelines.params import load_config  # noqa: E402
+from plumbing.config import load_config  # noqa: E402
 from relate_models.grpo_trainer import GRPOStageConfig  # noqa: E402
 
 

@@ -29,7 +29,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.dates import day_bounds_ms, ds_range, shift_ds  # noqa: E402
+from plumbing.dates import day_bounds_ms, ds_range, shift_ds  # noqa: E402
 
 VERTICALS = ["travel", "finance", "health", "electronics", "fashion", "home", "education", "auto"]
 WORDS = "fast cheap best new save today free premium trusted local official deal offer top easy smart".split()
@@ -230,9 +230,9 @@ def run_duckdb(raw_dir: Path, out: Path, threads: int) -> tuple[float, int, int]
 
 
 def run_spark(raw_dir: Path, out: Path, master: str, shuffle_partitions: int) -> tuple[float, int, int]:
-    from pipelines import paths
+    from plumbing import paths
     from pipelines.ingest import IngestConfig, run_days
-    from pipelines.spark import get_spark
+    from plumbing.spark import get_spark
 
     cfg = IngestConfig(master=master, shuffle_partitions=shuffle_partitions)
     spark = get_spark(master, "relate-ingest-bench", shuffle_partitions)

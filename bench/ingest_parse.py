@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import raw_logs  # noqa: E402
-from pipelines import paths  # noqa: E402
-from pipelines.dates import day_bounds_ms  # noqa: E402
+from plumbing import paths  # noqa: E402
+from plumbing.dates import day_bounds_ms  # noqa: E402
 
 SCHEMA = ("event_id STRING, event_type STRING, ts STRING, impression_id STRING, click_id STRING, user_id STRING, "
           "user_segment STRING, placement STRING, vertical STRING, advertiser_id STRING, product_id STRING, "
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from pyspark.sql import functions as F
 
     from pipelines.ingest import materialize
-    from pipelines.spark import get_spark
+    from plumbing.spark import get_spark
 
     spark = get_spark("local[2]", "relate-parse-bench", 4)
     days = paths.partitions(raw)

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import raw_logs  # noqa: E402
-from pipelines import ingest, paths  # noqa: E402
+from pipelines import ingest  # noqa: E402
+from plumbing import paths  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     raw = args.workdir / "raw"
     lines = raw_logs(raw, "2026-01-01", args.days, 240_000)
-    from pipelines.spark import get_spark
+    from plumbing.spark import get_spark
 
     spark = get_spark("local[2]", "relate-writes-bench", args.shuffle_partitions)
     sc = spark.sparkContext

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import evaluate  # noqa: E402
-from pipelines.params import load_config  # noqa: E402
+from plumbing.config import load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ from pipelines.orchestration import (
     stage_command,
     stage_env,
 )
-from pipelines.paths import CURATED_TABLES as TABLE_NAMES
+from plumbing.paths import CURATED_TABLES as TABLE_NAMES
 
 CURATED_TABLES = [Asset(name=f"relate_curated_{t}", uri=f"file://{PROJECT_ROOT}/data/curated/{t}")
                   for t in TABLE_NAMES]

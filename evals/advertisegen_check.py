@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines import atomic
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config
+from plumbing import atomic
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config
 from relate_real import advertisegen as ag
 from relate_real.upworthy import working_dir
 

@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines import atomic
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config
+from plumbing import atomic
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config
 from relate_real import upworthy as uw
 
 log = get_logger("evals.upworthy_check")

@@ -23,10 +23,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from pipelines.atomic import write_json, write_text
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
-from pipelines.paths import METRICS, MODELS, PLOTS
+from plumbing.atomic import write_json, write_text
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
+from plumbing.paths import METRICS, MODELS, PLOTS
 
 log = get_logger("ablation")
 ABLATION_DIR = MODELS / "ablation"

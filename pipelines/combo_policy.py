@@ -17,7 +17,6 @@ the truth), `policy_prob` the generator's probability of it.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
@@ -28,16 +27,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines import atomic, paths
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
-from pipelines.train_attribution import MODEL_DIR as ATTRIBUTION_DIR
+from plumbing import atomic, paths
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import require
+from plumbing.logs import get_logger
+from plumbing.paths import ATTRIBUTION_DIR, COMBO_POLICY_DIR as MODEL_DIR
 from pipelines.train_attribution import read_partition
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
 
 log = get_logger(__name__)
-MODEL_DIR = paths.MODELS / "combo_policy"
 SERVING_FILE = MODEL_DIR / "serving.parquet"
 METRICS_FILE = paths.METRICS / "combo_policy.json"
 SERVING_COLUMNS = ["ad_id", "rank", "title_id", "image_id", "highlight_id", "score", "policy_prob"]
@@ -197,18 +196,11 @@ def run(cfg: ComboPolicyConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
-    parser.add_argument("--ds", default=None, help=paths.AS_OF_HELP)
-    args = parser.parse_args(argv)
-    try:
-        paths.read_as_of(args.ds)
-        cfg = load_config(ComboPolicyConfig, "combo_policy", args.params)
-        run(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        log.error("combo_policy failed: %s", err)
-        return 2
-    return 0
+    return run_stage("combo_policy", __doc__, _run_stage, argv)
+
+
+def _run_stage(ctx: StageContext) -> None:
+    run(ctx.config(ComboPolicyConfig))
 
 
 if __name__ == "__main__":

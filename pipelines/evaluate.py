@@ -20,7 +20,6 @@ Only this module (and evaluate_combo) may read the oracle.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -31,15 +30,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pipelines.atomic import save_figure, write_json, write_text
-from pipelines.logs import Progress, get_logger
-from pipelines.params import ConfigError, load_config, require
-from pipelines.paths import AS_OF_HELP, DATA, METRICS, MODELS, PLOTS, curated, read_as_of
+from plumbing.atomic import save_figure, write_json, write_text
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import load_config, require
+from plumbing.logs import Progress, get_logger
+from plumbing.paths import (ALL_CURATED, CTCVR_DIR, DATA, METRICS, PLOTS, RELATE_DIR, REPORTS, SFT_DIR,
+                            CuratedReader)
 
 log = get_logger("evaluate")
-SFT_DIR, RELATE_DIR, CTCVR_DIR = MODELS / "sft", MODELS / "relate", MODELS / "ctcvr"
 EVAL_PROMPTS = DATA / "prompts" / "eval.jsonl"
-REPORTS = Path("reports")
 Z95 = 1.959963984540054
 CONTEXT_COLUMNS = ["impression_id", "user_id", "user_segment", "ad_id", "vertical", "keyword", "query", "position"]
 
@@ -91,7 +90,7 @@ def load_prompts(path: Path = EVAL_PROMPTS) -> list[dict]:
     return rows
 
 
-def sample_contexts(prompts: Sequence[dict], n: int, seed: int, labeled_dir: Path | None = None) -> list[dict]:
+def sample_contexts(prompts: Sequence[dict], n: int, seed: int, labeled_dir: Path) -> list[dict]:
     """`n` logged search impressions whose (vertical, keyword) is a held-out prompt, in random order.
 
     Each context: impression_id, user_id, user_segment, ad_id, vertical, keyword, query,
@@ -99,7 +98,7 @@ def sample_contexts(prompts: Sequence[dict], n: int, seed: int, labeled_dir: Pat
     """
     import pyarrow.dataset as ds
 
-    labeled_dir = Path(labeled_dir or curated("labeled_impressions"))
+    labeled_dir = Path(labeled_dir)
     if not labeled_dir.is_dir():
         raise FileNotFoundError(f"no labeled_impressions under {labeled_dir}; run ingest first")
     dataset = ds.dataset(str(labeled_dir), format="parquet", partitioning="hive")
@@ -369,18 +368,19 @@ class Harness:
     rewards: list | None = None
 
     @classmethod
-    def build(cls, cfg: EvaluateConfig, params_path=None, prompts_path: Path = EVAL_PROMPTS) -> "Harness":
+    def build(cls, cfg: EvaluateConfig, params_path=None, prompts_path: Path = EVAL_PROMPTS,
+              curated: CuratedReader = ALL_CURATED) -> "Harness":
         from relate_models.ctcvr import CTCVRScorer
         from relate_sim.oracle import Oracle
 
         oracle = Oracle.load()
         prompts = load_prompts(prompts_path)
-        contexts = sample_contexts(prompts, cfg.n_impressions, cfg.seed)
+        contexts = sample_contexts(prompts, cfg.n_impressions, cfg.seed, curated.table("labeled_impressions"))
         log.info("A/B traffic: %d logged search contexts over %d held-out prompts", len(contexts),
                  len({c["prompt_id"] for c in contexts}))
         scorer = CTCVRScorer.load(CTCVR_DIR)
         return cls(cfg, oracle, prompts, contexts, scorer, ABTest(oracle, contexts, cfg.seed, cfg.fatigue),
-                   learned_rewards(scorer, params_path))
+                   learned_rewards(scorer, params_path, curated))
 
     def run_arm(self, name: str, served: list[str]) -> ArmOutcome:
         outcome = self.ab.run(name, served)
@@ -415,14 +415,14 @@ class Harness:
                                 self.rewards) for name, o in outcomes.items()}
 
 
-def learned_rewards(scorer, params_path):
+def learned_rewards(scorer, params_path, curated: CuratedReader = ALL_CURATED):
     """The grpo stage's reward functions (learned rewards only), to score every arm's texts."""
     from relate_models.grpo_trainer import GRPOStageConfig, reward_context
     from relate_models.policy import load_search_corpus
     from relate_models.rewards import build_rewards
 
     grpo_cfg = load_config(GRPOStageConfig, "grpo", params_path)
-    ctx = reward_context(grpo_cfg, scorer, load_search_corpus(curated("text_stats")))
+    ctx = reward_context(grpo_cfg, scorer, load_search_corpus(curated.table("text_stats")))
     return build_rewards(["ctcvr", "quality_structural", "quality_compliance", "diversity"], ctx)
 
 
@@ -554,105 +554,43 @@ def setup_info(harness: Harness) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
-    parser.add_argument("--ds", default=None, help=AS_OF_HELP)
-    args = parser.parse_args(argv)
-    try:
-        read_as_of(args.ds)
-        import torch
-
-        cfg = load_config(EvaluateConfig, "evaluate", args.params)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        started = time.monotonic()
-        harness = Harness.build(cfg, args.params)
-        sft_texts = generate_candidates(SFT_DIR, harness.prompts, cfg)
-        outcomes = {
-            "sft": harness.sampled_arm("sft", sft_texts),
-            "two_stage": harness.run_arm("two_stage", serve_top_ranked(sft_texts, harness.contexts, harness.scorer)),
-            "relate": harness.served_arm("relate", RELATE_DIR),
-        }
-        if cfg.pool_candidates:  # the policy's plain samples and the pool over SFT: the pool's share in view
-            outcomes["relate_sampled"] = harness.sampled_arm(
-                "relate_sampled", generate_candidates(RELATE_DIR, harness.prompts, cfg))
-            outcomes["sft_pool"] = harness.pooled_arm("sft_pool", SFT_DIR)
-        arms = harness.summarize_all(outcomes)
-        for name, m in arms.items():
-            log.info("%s: true CTCVR %.5f (uplift %+.1f%%), A/B CTCVR %.5f, compliance %.4f, distinct-2 %.3f",
-                     name, m["true_ctcvr"], 100 * m.get("true_ctcvr_uplift_vs_sft", 0.0), m["ctcvr"],
-                     m["compliance_rate"], m["distinct_2"])
-
-        from pipelines.evaluate_combo import evaluate_combos  # GenCO: its artifacts must exist
-
-        combo = evaluate_combos(args.params)
-        metrics = {**arms, "goals": goals(arms, cfg), "setup": setup_info(harness), "combo": combo,
-                   "seconds": round(time.monotonic() - started, 1)}
-        write_json(METRICS / "evaluate.json", _finite(metrics))
-        bar_chart(arms, PLOTS / "evaluate" / "ab.png", f"Simulated A/B on {cfg.n_impressions:,} held-out impressions")
-        write_text(REPORTS / "evaluate.md", render_report(harness, arms, outcomes, metrics))
-        log.info("evaluate done in %.1fs: goals %s", metrics["seconds"], metrics["goals"])
-        return 0
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        log.error("evaluate failed: %s", err)
-        return 2
+    return run_stage("evaluate", __doc__, run, argv)
 
 
-def _relate_arms_text(cfg: EvaluateConfig) -> str:
-    if not cfg.pool_candidates:
-        return f"`relate` (one of {cfg.texts_per_prompt} GRPO-policy samples at random)"
-    return (f"`relate` (one of the {cfg.texts_per_prompt} texts of its serving pool at random: the GRPO policy samples "
-            f"{cfg.pool_candidates}, the pool keeps the compliant ones with the most new word bigrams, the learned "
-            f"CTCVR weighted {cfg.pool_ctcvr_weight:g} beside that share; `relate_models/serving.py`), "
-            f"`relate_sampled` (one of {cfg.texts_per_prompt} plain policy samples, as `sft`) and `sft_pool` (the "
-            f"same pool over SFT samples: what the pool does without GRPO)")
+def run(ctx: StageContext) -> None:
+    """The simulated A/B of every arm, GenCO's evaluation, the metrics, plot and report."""
+    import torch
 
+    cfg = ctx.config(EvaluateConfig)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    started = time.monotonic()
+    harness = Harness.build(cfg, ctx.params, curated=ctx.curated)
+    sft_texts = generate_candidates(SFT_DIR, harness.prompts, cfg)
+    outcomes = {
+        "sft": harness.sampled_arm("sft", sft_texts),
+        "two_stage": harness.run_arm("two_stage", serve_top_ranked(sft_texts, harness.contexts, harness.scorer)),
+        "relate": harness.served_arm("relate", RELATE_DIR),
+    }
+    if cfg.pool_candidates:  # the policy's plain samples and the pool over SFT: the pool's share in view
+        outcomes["relate_sampled"] = harness.sampled_arm(
+            "relate_sampled", generate_candidates(RELATE_DIR, harness.prompts, cfg))
+        outcomes["sft_pool"] = harness.pooled_arm("sft_pool", SFT_DIR)
+    arms = harness.summarize_all(outcomes)
+    for name, m in arms.items():
+        log.info("%s: true CTCVR %.5f (uplift %+.1f%%), A/B CTCVR %.5f, compliance %.4f, distinct-2 %.3f",
+                 name, m["true_ctcvr"], 100 * m.get("true_ctcvr_uplift_vs_sft", 0.0), m["ctcvr"],
+                 m["compliance_rate"], m["distinct_2"])
 
-def render_report(harness: Harness, arms: dict[str, dict], outcomes: dict[str, ArmOutcome], metrics: dict) -> str:
-    cfg = harness.cfg
-    lines = [
-        "# RELATE: simulated online A/B test", "",
-        f"{cfg.n_impressions:,} logged search impressions of {metrics['setup']['prompts_with_traffic']} held-out "
-        f"prompts, served by every arm with the same traffic and random draws; outcomes from the simulator's "
-        f"ground truth (fatigue {'on' if cfg.fatigue else 'off'}). Arms: `sft` (one of {cfg.texts_per_prompt} SFT "
-        f"samples at random), `two_stage` (the same SFT samples ranked by the learned pCTR per request, top one "
-        f"served), {_relate_arms_text(cfg)}.", "",
-        "True CTCVR: the oracle's p_click x p_conv of the served texts averaged over the traffic (no outcome noise; "
-        "the interval is over traffic). A/B: observed conversions, Wilson intervals. Uplift intervals are paired "
-        "(delta method). Learned uplift: the CTCVR reward model's view of the same served texts; a learned uplift "
-        "far above the true one is reward hacking.", "",
-        markdown_table(arms), "",
-        "## Goals", "",
-        *[f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in metrics["goals"].items()], "",
-        "## Served texts (first impression of a few prompts)", "",
-        examples_table(harness, outcomes), "",
-        "![A/B](../plots/evaluate/ab.png)", "",
-        "## GenCO combinations", "",
-        "```json", json.dumps(_finite(_scalars(metrics.get("combo", {}))), indent=2, sort_keys=True), "```", "",
-    ]
-    return "\n".join(lines)
+    from pipelines.evaluate_combo import evaluate_combos  # GenCO: its artifacts must exist
 
-
-def _scalars(obj, depth: int = 0):
-    """The combo result without long lists (the report shows the headline numbers only)."""
-    if isinstance(obj, dict):
-        return {k: _scalars(v, depth + 1) for k, v in obj.items() if not (isinstance(v, list) and len(v) > 6)}
-    return obj
-
-
-def _finite(obj):
-    """NaN/inf to None, so the JSON stays strict."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+    combo = evaluate_combos(ctx.params)
+    metrics = {**arms, "goals": goals(arms, cfg), "setup": setup_info(harness), "combo": combo,
+               "seconds": round(time.monotonic() - started, 1)}
+    write_json(METRICS / "evaluate.json", _finite(metrics))
+    bar_chart(arms, PLOTS / "evaluate" / "ab.png", f"Simulated A/B on {cfg.n_impressions:,} held-out impressions")
+    write_text(REPORTS / "evaluate.md", render_report(harness, arms, outcomes, metrics))
+    log.info("evaluate done in %.1fs: goals %s", metrics["seconds"], metrics["goals"])
 
 
 if __name__ == "__main__":

@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 import torch
 from scipy.stats import spearmanr
 
-from pipelines import atomic, paths
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
+from plumbing import atomic, paths
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
 from pipelines.train_attribution import MODEL_DIR, PLOT_DIR, read_partition
 from relate_models import attribution as attr
 

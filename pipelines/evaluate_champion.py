@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines import paths
+from plumbing import paths
 from pipelines.evaluate import SFT_DIR, EvaluateConfig, Harness, generate_candidates
 from pipelines.evaluate_attribution import holdout_auc
-from pipelines.logs import get_logger
-from pipelines.params import load_config
+from plumbing.logs import get_logger
+from plumbing.config import load_config
 
 log = get_logger("evaluate_champion")
 RESCORED_FILES = ("evaluate.json", "attribution.json")

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipelines import atomic, paths
+from plumbing import atomic, paths
 from pipelines.combo_policy import ATTRIBUTION_DIR, SERVING_FILE, mil_argmax
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
 from pipelines.train_attribution import read_partition
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg

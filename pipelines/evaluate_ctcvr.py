@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipelines import atomic
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
-from pipelines.paths import METRICS, PLOTS, SIM_TRUTH, partition
+from plumbing import atomic
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
+from plumbing.paths import METRICS, PLOTS, SIM_TRUTH, partition
 from pipelines.train_ctcvr import CURVE, PREDICTIONS
 from relate_models import ctcvr
 

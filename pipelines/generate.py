@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.logs import get_logger
-from pipelines.paths import MODELS
+from plumbing.logs import get_logger
+from plumbing.paths import MODELS
 
 log = get_logger("generate")
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serving_pools(rows: list[dict], prompts: list[str], texts: list[list[str]], args) -> list[list[str]]:
     """Each prompt's serving pool of args.num texts, as the evaluate stage picks it."""
     from pipelines.evaluate import CTCVR_DIR, EvaluateConfig, learned_rewards, serving_pools
-    from pipelines.params import load_config
+    from plumbing.config import load_config
     from relate_models.ctcvr import CTCVRScorer
 
     weight = args.pool_ctcvr_weight

@@ -9,42 +9,35 @@ curves plots/grpo/rewards.{csv,png}. Never reads data/sim_truth or relate_sim.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
 import torch
 
-from pipelines.atomic import directory, write_json
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config
-from pipelines.paths import AS_OF_HELP, DATA, METRICS, MODELS, PLOTS, curated, read_as_of
+from plumbing.atomic import directory, write_json
+from plumbing.cli import StageContext, run_stage
+from plumbing.errors import DataError, MissingArtifact
+from plumbing.logs import get_logger
+from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, METRICS, PLOTS, RELATE_DIR, SFT_DIR, CuratedReader
 
 log = get_logger("grpo")
-SFT_DIR, CTCVR_DIR, RELATE_DIR = MODELS / "sft", MODELS / "ctcvr", MODELS / "relate"
 PROMPTS_DIR = DATA / "prompts"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
-    parser.add_argument("--ds", default=None, help=AS_OF_HELP)
-    args = parser.parse_args(argv)
-    try:
-        read_as_of(args.ds)
-        from relate_models.grpo_trainer import GRPOStageConfig
-
-        cfg = load_config(GRPOStageConfig, "grpo", args.params)
-        train_relate(cfg)
-        return 0
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        log.error("grpo failed: %s", err)
-        return 2
+    return run_stage("grpo", __doc__, run, argv)
 
 
-def train_relate(cfg, output_dir=RELATE_DIR, metrics_path=METRICS / "grpo.json", plots_dir=PLOTS / "grpo",
-                 prompts_dir=PROMPTS_DIR) -> dict:
+def run(ctx: StageContext) -> None:
+    """GRPO from the SFT policy on the prompts logged up to the run's day."""
+    from relate_models.grpo_trainer import GRPOStageConfig
+
+    train_relate(ctx.config(GRPOStageConfig), ctx.curated)
+
+
+def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DIR,
+                 metrics_path=METRICS / "grpo.json", plots_dir=PLOTS / "grpo", prompts_dir=PROMPTS_DIR) -> dict:
     """GRPO from models/sft with `cfg` (a GRPOStageConfig); writes the policy to `output_dir`.
 
     `prompts_dir=None` skips writing the prompt split (the ablation reuses the stage's split);
@@ -65,13 +58,13 @@ def train_relate(cfg, output_dir=RELATE_DIR, metrics_path=METRICS / "grpo.json",
     try:
         scorer = CTCVRScorer.load(CTCVR_DIR)
     except RuntimeError as err:  # weights saved by another version of the model code
-        raise ValueError(f"CTCVR artifact {CTCVR_DIR} does not match relate_models.ctcvr; rerun train_ctcvr "
+        raise MissingArtifact(f"CTCVR artifact {CTCVR_DIR} does not match relate_models.ctcvr; rerun train_ctcvr "
                          f"({str(err).splitlines()[0]})") from None
-    corpus = policy.load_search_corpus(curated("text_stats"))
-    segments = None if cfg.user_segment else policy.modal_user_segments(curated("labeled_impressions"))
+    corpus = policy.load_search_corpus(curated.table("text_stats"))
+    segments = None if cfg.user_segment else policy.modal_user_segments(curated.table("labeled_impressions"))
     train_prompts, eval_prompts = policy.split_prompts(corpus, cfg.eval_fraction, segments, cfg.user_segment)
     if not train_prompts or not eval_prompts:
-        raise ValueError(f"grpo: need train and eval prompts, got {len(train_prompts)} / {len(eval_prompts)}")
+        raise DataError(f"grpo: need train and eval prompts, got {len(train_prompts)} / {len(eval_prompts)}")
     if prompts_dir is not None:
         with directory(prompts_dir) as staging:
             for name, rows in (("train.jsonl", train_prompts), ("eval.jsonl", eval_prompts)):

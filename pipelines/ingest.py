@@ -37,11 +37,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by spark-submit: make `pipelines` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import paths
-from pipelines.atomic import write_json
-from pipelines.dates import day_bounds_ms, parse_ds, shift_ds
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
+from plumbing import paths
+from plumbing.atomic import write_json
+from plumbing.dates import day_bounds_ms, parse_ds, shift_ds
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
 from pipelines.schema import QUARANTINE_REASONS, RAW_EVENT_FIELDS
 
 log = get_logger(__name__)
@@ -390,7 +390,7 @@ def main(argv=None) -> int:
         log.error("%s", err)
         raise SystemExit(2) from None
 
-    from pipelines.spark import stage_session
+    from plumbing.spark import stage_session
 
     try:
         with stage_session(cfg.master, "relate-ingest", cfg.shuffle_partitions) as spark:

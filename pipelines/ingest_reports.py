@@ -30,10 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines import paths
+from plumbing import paths
 from pipelines.ingest import IngestConfig, IngestError, materialize, quality_frame, read_sql, write_partitions
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config
 from pipelines.schema import QUARANTINE_REASONS
 
 log = get_logger(__name__)
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
         log.error("%s", err)
         return 2
 
-    from pipelines.spark import stage_session
+    from plumbing.spark import stage_session
 
     try:
         with stage_session(cfg.master, f"relate-ingest-{args.source}", cfg.shuffle_partitions) as spark:

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipelines.dates import parse_ds
+from plumbing.dates import parse_ds
 
 PROJECT_ROOT = Path(os.environ.get("RELATE_HOME") or Path(__file__).resolve().parents[1])
 
@@ -74,7 +74,7 @@ def ensure_raw_partition(ds: str, source: str) -> str:
     With real logs a missing partition fails the run with a message naming it (the log
     shipper is late or broken); nothing downstream runs.
     """
-    from pipelines.paths import RAW_EVENTS, partition
+    from plumbing.paths import RAW_EVENTS, partition
 
     parse_ds(ds)
     path = PROJECT_ROOT / partition(RAW_EVENTS, ds)

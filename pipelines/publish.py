@@ -45,11 +45,11 @@ from typing import Any
 
 import yaml
 
-from pipelines import atomic
-from pipelines.dates import parse_ds
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, load_params, params_path, require
-from pipelines.paths import CURATED_TABLES, METRICS, MODELS, VALIDATION, curated, partitions
+from plumbing import atomic
+from plumbing.dates import parse_ds
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, load_params, params_path, require
+from plumbing.paths import CURATED_TABLES, METRICS, MODELS, VALIDATION, curated, partitions
 
 log = get_logger(__name__)
 

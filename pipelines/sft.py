@@ -7,21 +7,20 @@ tokenizer), metrics/sft.json and plots/sft/loss.{csv,png}.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
-from pipelines.atomic import write_json
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
-from pipelines.paths import AS_OF_HELP, METRICS, MODELS, PLOTS, curated, read_as_of
+from plumbing.atomic import write_json
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import require
+from plumbing.errors import DataError
+from plumbing.logs import get_logger
+from plumbing.paths import METRICS, PLOTS, SFT_DIR, TOKENIZER_DIR
 
 log = get_logger("sft")
-TOKENIZER_DIR = MODELS / "tokenizer"
-SFT_DIR = MODELS / "sft"
 
 
 @dataclass
@@ -53,74 +52,72 @@ class SFTConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
-    parser.add_argument("--ds", default=None, help=AS_OF_HELP)
-    args = parser.parse_args(argv)
-    try:
-        read_as_of(args.ds)
-        from relate_models import policy
-        from relate_models.tokenizer import load_tokenizer
+    return run_stage("sft", __doc__, run, argv)
 
-        cfg = load_config(SFTConfig, "sft", args.params)
-        policy_cfg = load_config(policy.PolicyConfig, "policy", args.params)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        started = time.monotonic()
 
-        tokenizer = load_tokenizer(TOKENIZER_DIR)
-        corpus = policy.load_search_corpus(curated("text_stats"))
-        if cfg.max_examples and len(corpus) > cfg.max_examples:
-            corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
-        is_val = [
-            policy.stable_fraction(v, k, t) < cfg.val_fraction
-            for v, k, t in zip(corpus["vertical"], corpus["keyword"], corpus["ad_text"])
-        ]
-        examples = [
-            policy.encode_example(tokenizer, policy.prompt_text(v, k), t, cfg.max_tokens)
-            for v, k, t in zip(corpus["vertical"], corpus["keyword"], corpus["ad_text"])
-        ]
-        train = [e for e, val in zip(examples, is_val) if not val]
-        val = [e for e, val in zip(examples, is_val) if val]
-        if not train or not val:
-            raise ValueError(f"sft: need both train and val examples, got {len(train)} train / {len(val)} val")
-        log.info("sft: %d train / %d val examples from %d logged ad texts", len(train), len(val), len(corpus))
+def run(ctx: StageContext) -> None:
+    """Train the SFT policy on the logged ad texts up to the run's day."""
+    from relate_models import policy
+    from relate_models.tokenizer import load_tokenizer
 
-        model = policy.build_policy(policy_cfg, tokenizer)
-        log.info("policy %s: %d parameters", policy_cfg.base_model, policy.n_parameters(model))
-        initial_val = policy.mean_loss(model, val, tokenizer.pad_token_id, cfg.batch_size * 2)
-        curve = policy.fit_sft(
-            model, tokenizer, train, val,
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-            warmup_steps=cfg.warmup_steps, seed=cfg.seed, log=log.info, log_every=cfg.log_every,
-        )
-        samples = policy.generate(
-            model, tokenizer, [policy.prompt_text(v, k) for v, k in corpus[["vertical", "keyword"]].head(3).values],
-            n=1, temperature=0.0,
-        )
-        for s in samples:
-            log.info("sample: %s", s[0])
-        policy.save_policy(model, tokenizer, SFT_DIR)
-        best = min(curve, key=lambda r: r["val_loss"])
-        metrics = {
-            "n_train": len(train),
-            "n_val": len(val),
-            "parameters": policy.n_parameters(model),
-            "initial_val_loss": initial_val,
-            "train_loss": curve[-1]["train_loss"],
-            "val_loss": best["val_loss"],
-            "best_epoch": best["epoch"],
-            "val_perplexity": float(torch.exp(torch.tensor(best["val_loss"]))),
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        write_json(METRICS / "sft.json", metrics)
-        policy.write_curves(curve, PLOTS / "sft" / "loss.csv", PLOTS / "sft" / "loss.png", "epoch",
-                            ["train_loss", "val_loss"], "SFT loss")
-        log.info("sft done: val loss %.4f (from %.4f) in %.1fs", metrics["val_loss"], initial_val, metrics["seconds"])
-        return 0
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        log.error("sft failed: %s", err)
-        return 2
+    cfg = ctx.config(SFTConfig)
+    policy_cfg = ctx.config(policy.PolicyConfig, "policy")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    started = time.monotonic()
+
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    corpus = policy.load_search_corpus(ctx.curated.table("text_stats"))
+    if cfg.max_examples and len(corpus) > cfg.max_examples:
+        corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
+    train, val = _split_examples(cfg, tokenizer, corpus)
+    log.info("sft: %d train / %d val examples from %d logged ad texts", len(train), len(val), len(corpus))
+
+    model = policy.build_policy(policy_cfg, tokenizer)
+    log.info("policy %s: %d parameters", policy_cfg.base_model, policy.n_parameters(model))
+    initial_val = policy.mean_loss(model, val, tokenizer.pad_token_id, cfg.batch_size * 2)
+    curve = policy.fit_sft(
+        model, tokenizer, train, val,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps, seed=cfg.seed, log=log.info, log_every=cfg.log_every,
+    )
+    samples = policy.generate(
+        model, tokenizer, [policy.prompt_text(v, k) for v, k in corpus[["vertical", "keyword"]].head(3).values],
+        n=1, temperature=0.0,
+    )
+    for s in samples:
+        log.info("sample: %s", s[0])
+    policy.save_policy(model, tokenizer, SFT_DIR)
+    best = min(curve, key=lambda r: r["val_loss"])
+    metrics = {
+        "n_train": len(train),
+        "n_val": len(val),
+        "parameters": policy.n_parameters(model),
+        "initial_val_loss": initial_val,
+        "train_loss": curve[-1]["train_loss"],
+        "val_loss": best["val_loss"],
+        "best_epoch": best["epoch"],
+        "val_perplexity": float(torch.exp(torch.tensor(best["val_loss"]))),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    write_json(METRICS / "sft.json", metrics)
+    policy.write_curves(curve, PLOTS / "sft" / "loss.csv", PLOTS / "sft" / "loss.png", "epoch",
+                        ["train_loss", "val_loss"], "SFT loss")
+    log.info("sft done: val loss %.4f (from %.4f) in %.1fs", metrics["val_loss"], initial_val, metrics["seconds"])
+
+
+def _split_examples(cfg: SFTConfig, tokenizer, corpus) -> tuple[list, list]:
+    """Encoded (train, val) examples; the split is a stable hash of each row, not a draw."""
+    from relate_models import policy
+
+    rows = list(zip(corpus["vertical"], corpus["keyword"], corpus["ad_text"]))
+    is_val = [policy.stable_fraction(v, k, t) < cfg.val_fraction for v, k, t in rows]
+    examples = [policy.encode_example(tokenizer, policy.prompt_text(v, k), t, cfg.max_tokens) for v, k, t in rows]
+    train = [e for e, val in zip(examples, is_val) if not val]
+    val = [e for e, val in zip(examples, is_val) if val]
+    if not train or not val:
+        raise DataError(f"sft: need both train and val examples, got {len(train)} train / {len(val)} val")
+    return train, val
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines import atomic
-from pipelines.dates import shift_ds
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config
-from pipelines.paths import METRICS, RAW_EVENTS, SIM_TRUTH, partitions
+from plumbing import atomic
+from plumbing.dates import shift_ds
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config
+from plumbing.paths import METRICS, RAW_EVENTS, SIM_TRUTH, partitions
 from relate_sim.config import SimulateConfig
 from relate_sim.writer import simulate
 

@@ -20,10 +20,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from pipelines import atomic, paths
-from pipelines.dates import parse_ds, shift_ds
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
+from plumbing import atomic, paths
+from plumbing.dates import parse_ds, shift_ds
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
 from relate_models import attribution as attr
 
 log = get_logger(__name__)

@@ -23,11 +23,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from pipelines import atomic
-from pipelines.dates import parse_ds, shift_ds
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
-from pipelines.paths import METRICS, MODELS, curated, partition, partitions
+from plumbing import atomic
+from plumbing.dates import parse_ds, shift_ds
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
+from plumbing.paths import METRICS, MODELS, curated, partition, partitions
 from relate_models import ctcvr
 from relate_models.ngram_baseline import NgramBaseline
 from relate_models.tokenizer import save_tokenizer, train_tokenizer

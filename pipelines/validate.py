@@ -25,10 +25,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from pipelines import atomic, paths
-from pipelines.dates import day_bounds_ms, parse_ds, shift_ds
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
+from plumbing import atomic, paths
+from plumbing.dates import day_bounds_ms, parse_ds, shift_ds
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
 
 log = get_logger("pipelines.validate")  # not __name__: it is "__main__" under `python -m`
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from pipelines.params import require
+from plumbing.config import require
 from relate_models import credit
 from relate_models.rewards import REWARD_GRANULARITY, TOKEN, Reward, validate_weights
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from pipelines.params import require
+from plumbing.config import require
 
 SCRATCH = "scratch"
 
@@ -85,7 +85,7 @@ def n_parameters(model) -> int:
 
 def save_policy(model, tokenizer, directory: str | os.PathLike) -> None:
     """save_pretrained (safetensors) + tokenizer into `directory`, atomically as a whole."""
-    from pipelines.atomic import directory as atomic_directory
+    from plumbing.atomic import directory as atomic_directory
 
     with atomic_directory(directory) as staging:
         model.save_pretrained(str(staging), safe_serialization=True)
@@ -284,7 +284,7 @@ def write_curves(rows: list[dict], csv_path, png_path, x: str, ys: Sequence[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines.atomic import save_figure, write_text
+    from plumbing.atomic import save_figure, write_text
 
     frame = pd.DataFrame(rows)
     write_text(csv_path, frame.to_csv(index=False))

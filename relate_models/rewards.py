@@ -255,7 +255,7 @@ REGISTRY: dict[str, Callable[[RewardContext], Reward]] = {
 
 def validate_weights(weights: dict, field_name: str = "grpo.rewards") -> dict[str, float]:
     """Reward name -> weight; unknown names and negative or non-numeric weights are rejected."""
-    from pipelines.params import ConfigError
+    from plumbing.config import ConfigError
 
     if not isinstance(weights, dict) or not weights:
         raise ConfigError(f"{field_name}: expected a non-empty mapping of reward name -> weight")

@@ -28,8 +28,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from pipelines.logs import get_logger
-from pipelines.params import require
+from plumbing.logs import get_logger
+from plumbing.config import require
 
 log = get_logger("real.advertisegen")
 TYPE_KEY = "类型"
@@ -203,7 +203,7 @@ def run(cfg: AdvertiseGenConfig, policy_cfg, sft_cfg, grpo_cfg, lexicon: Path, t
     import torch
     from datasets import Dataset
 
-    from pipelines.paths import MODELS
+    from plumbing.paths import MODELS
     from relate_models import policy
     from relate_models.compliance import ComplianceChecker
     from relate_models.grpo_trainer import RelateGRPOTrainer, trl_config

@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines import atomic, ingest_reports, paths
-from pipelines.logs import get_logger
-from pipelines.params import ConfigError, load_config, require
+from plumbing import atomic, paths
+from pipelines import ingest_reports
+from plumbing.logs import get_logger
+from plumbing.config import ConfigError, load_config, require
 
 log = get_logger("real.upworthy")
 
@@ -159,7 +160,7 @@ def _sample_tests(csv: Path, max_tests: int, seed: int) -> pd.DataFrame | None:
 def ingest(cfg: UpworthyConfig) -> dict[str, int]:
     """The Spark report ingest (pipelines.ingest_reports) on the landed delivery; its ingest_quality row."""
     from pipelines.ingest import IngestConfig
-    from pipelines.spark import stage_session
+    from plumbing.spark import stage_session
 
     spark_cfg = IngestConfig(master=cfg.spark_master, shuffle_partitions=cfg.spark_shuffle_partitions)
     with stage_session(spark_cfg.master, "relate-ingest-upworthy", spark_cfg.shuffle_partitions) as spark:

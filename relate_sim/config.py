@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from pipelines.dates import parse_ds
-from pipelines.params import ConfigError, require
+from plumbing.dates import parse_ds
+from plumbing.config import ConfigError, require
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 

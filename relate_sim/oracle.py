@@ -23,7 +23,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from pipelines.params import build_config, load_params
+from plumbing.config import build_config, load_params
 from relate_sim import grammar
 from relate_sim.config import SimulateConfig
 from relate_sim.logging_policy import sample_traffic, segment_weights_for_ad
@@ -115,7 +115,7 @@ class Oracle:
     @classmethod
     def load(cls, truth_dir: str | Path | None = None) -> "Oracle":
         """Rebuild the world recorded in `<truth_dir>/world.json` and check its fingerprint."""
-        from pipelines.paths import SIM_TRUTH
+        from plumbing.paths import SIM_TRUTH
 
         path = Path(truth_dir or SIM_TRUTH) / "world.json"
         if not path.is_file():

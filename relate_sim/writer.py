@@ -22,9 +22,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import atomic
-from pipelines.dates import day_bounds_ms, shift_ds
-from pipelines.logs import get_logger
+from plumbing import atomic
+from plumbing.dates import day_bounds_ms, shift_ds
+from plumbing.logs import get_logger
 from relate_sim import grammar
 from relate_sim.config import SimulateConfig
 from relate_sim.logging_policy import ServingPolicy, build_policy, sample_rows, sample_traffic

@@ -1,6 +1,7 @@
 """Shared fixtures: the project root, the tiny params file, Spark env defaults."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -38,3 +39,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def caplog(caplog):
+    """The project's `relate` logger does not propagate to the root; hook pytest's handler in."""
+    logger = logging.getLogger("relate")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

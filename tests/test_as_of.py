@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines import paths
+from plumbing import paths
 from pipelines.orchestration import stage_command
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
@@ -27,28 +27,25 @@ def curated_days(tmp_path, monkeypatch):
             part.mkdir(parents=True)
             frame.to_parquet(part / "part-0.parquet", index=False)
     yield tmp_path
-    paths.read_as_of(None)
 
 
 def test_readers_see_only_partitions_up_to_ds(curated_days):
-    from pipelines.train_attribution import read_partition
     from relate_models.policy import load_search_corpus
 
-    paths.read_as_of("2026-01-02")
-    view = paths.curated("text_stats")
-    assert view.resolve() != (curated_days / "data" / "curated" / "text_stats").resolve()
-    assert paths.partitions(view) == DAYS[:2]
-    assert load_search_corpus(view)["impressions"].sum() == 1 + 2  # pandas over the table directory
-    rows = pads.dataset(str(paths.curated("labeled_impressions")), format="parquet", partitioning="hive").to_table()
-    assert rows.num_rows == 1 + 2  # pyarrow dataset over the table directory
-    assert len(read_partition("text_stats", "2026-01-02")) == 1
-    with pytest.raises(ValueError, match="partition missing"):
-        read_partition("text_stats", "2026-01-03")
+    with paths.read_as_of("2026-01-02") as curated:
+        view = curated.table("text_stats")
+        assert view.resolve() != (curated_days / "data" / "curated" / "text_stats").resolve()
+        assert paths.partitions(view) == DAYS[:2]
+        assert load_search_corpus(view)["impressions"].sum() == 1 + 2  # pandas over the table directory
+        rows = pads.dataset(str(curated.table("labeled_impressions")), format="parquet",
+                            partitioning="hive").to_table()
+        assert rows.num_rows == 1 + 2  # pyarrow dataset over the table directory
+        assert paths.partitions(paths.curated("text_stats")) == DAYS  # nothing global changed
 
-    paths.read_as_of(None)  # back to every partition; the view goes, the data stays
-    assert not view.exists()
-    assert paths.partitions(paths.curated("text_stats")) == DAYS
+    assert not view.exists()  # the view goes, the data stays
     assert load_search_corpus(paths.curated("text_stats"))["impressions"].sum() == 1 + 2 + 3
+    with paths.read_as_of(None) as curated:
+        assert curated.table("text_stats") == paths.curated("text_stats")
 
 
 @pytest.mark.parametrize("stage", ["sft", "grpo", "combo_policy", "evaluate"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from pipelines.logs import get_logger
+from plumbing.logs import get_logger
 from relate_models import attribution as attr
 
 N_TITLES, N_IMAGES, N_HIGHLIGHTS = 6, 6, 4

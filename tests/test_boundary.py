@@ -1,7 +1,7 @@
 """The honesty boundary: training code never touches the simulator's hidden truth.
 
 Only pipelines/simulate.py and pipelines/evaluate*.py may import `relate_sim` or name the
-truth (`SIM_TRUTH`, "sim_truth"); pipelines/paths.py may only define the path.
+truth (`SIM_TRUTH`, "sim_truth"); plumbing/paths.py may only define the path.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 SCANNED_DIRS = ("pipelines", "relate_models", "dags")
 ALLOWED = ("pipelines/simulate.py", "pipelines/evaluate*.py")
-PATH_DEFINITION = "pipelines/paths.py"
+PATH_DEFINITION = "plumbing/paths.py"
 
 
 def boundary_violations(path: Path, rel: str) -> list[str]:
@@ -74,7 +74,7 @@ def test_checker_flags_planted_violations(tmp_path):
     cases = {
         "import relate_sim.oracle\n": "imports relate_sim",
         "from relate_sim.world import build_world\n": "imports from relate_sim",
-        "from pipelines.paths import SIM_TRUTH\n": "imports SIM_TRUTH",
+        "from plumbing.paths import SIM_TRUTH\n": "imports SIM_TRUTH",
         "from pipelines import paths\nx = paths.SIM_TRUTH\n": "uses .SIM_TRUTH",
         "import pandas as pd\ndf = pd.read_parquet('data/sim_truth/impressions')\n": "names",
         "import importlib\nm = importlib.import_module('relate_' + 'sim')\n": "dynamic import",
@@ -89,9 +89,9 @@ def test_checker_flags_planted_violations(tmp_path):
         assert boundary_violations(planted, "pipelines/evaluate_ab.py") == []
         assert boundary_violations(planted, "pipelines/simulate.py") == []
     clean = tmp_path / "clean.py"
-    clean.write_text("from pipelines.paths import CURATED\nprint('curated only')\n")
+    clean.write_text("from plumbing.paths import CURATED\nprint('curated only')\n")
     assert boundary_violations(clean, "relate_models/ctcvr.py") == []
     paths_like = tmp_path / "paths.py"
     paths_like.write_text("from pathlib import Path\nSIM_TRUTH = Path('data') / 'sim_truth'\n")
-    assert boundary_violations(paths_like, "pipelines/paths.py") == []
+    assert boundary_violations(paths_like, "plumbing/paths.py") == []
     assert boundary_violations(paths_like, "relate_models/paths.py") != []

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.params import build_config
+from plumbing.config import build_config
 from relate_sim.config import SimulateConfig
 from relate_sim.oracle import Oracle
 from relate_sim.world import build_world
@@ -122,7 +122,7 @@ def test_serving_rules():
 
 def test_bad_config_is_rejected_with_the_field_name():
     from pipelines.evaluate import EvaluateConfig
-    from pipelines.params import ConfigError
+    from plumbing.config import ConfigError
 
     with pytest.raises(ConfigError, match="evaluate.n_impressions"):
         build_config(EvaluateConfig, "evaluate", {"n_impressions": 0})

@@ -220,7 +220,7 @@ def relate_log():
         def text(self):
             return "\n".join(self.messages)
 
-    from pipelines.logs import get_logger
+    from plumbing.logs import get_logger
 
     get_logger("test")
     handler = Collect()
@@ -253,7 +253,7 @@ def test_stages_reject_bad_config_and_missing_artifacts(world, relate_log):
 
 
 def test_grpo_config_rejects_unknown_token_gain():
-    from pipelines.params import ConfigError
+    from plumbing.config import ConfigError
     from relate_models.grpo_trainer import GRPOStageConfig
 
     assert GRPOStageConfig(token_gain="none").token_gain == "none"

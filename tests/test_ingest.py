@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import ingest, paths
-from pipelines.dates import day_bounds_ms
+from plumbing import paths
+from pipelines import ingest
+from plumbing.dates import day_bounds_ms
 
 D1, D2, D3, D4 = "2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"
 HOUR, MIN = 3_600_000, 60_000
@@ -133,18 +134,9 @@ def labels(frame: pd.DataFrame) -> dict[str, tuple]:
             for r in frame.itertuples()}
 
 
-@pytest.fixture
-def caplog(caplog):
-    """Stage loggers do not propagate to the root logger; hook pytest's handler in directly."""
-    logger = logging.getLogger("relate")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 @pytest.fixture(scope="module")
 def spark():
-    from pipelines.spark import get_spark
+    from plumbing.spark import get_spark
 
     # one session for the module (stage main()s reuse the active one); two cores run the
     # two shuffle partitions side by side

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.params import build_config
+from plumbing.config import build_config
 from relate_sim.config import SimulateConfig
 from relate_sim.oracle import Oracle, diff_ci, wilson
 from relate_sim.world import build_world

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from pipelines import atomic, dates
+from plumbing import atomic, dates
 from tests.conftest import ROOT
-from pipelines.params import ConfigError, build_config, load_config, require
+from plumbing.config import ConfigError, build_config, load_config, require
 
 
 def test_parse_ds_accepts_real_dates_only():
@@ -101,7 +101,7 @@ def test_sigkill_mid_write_leaves_old_version_visible(tmp_path):
         f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from pipelines import atomic
+        from plumbing import atomic
         with atomic.directory({str(target)!r}) as stage:
             (stage / "f").write_text("new-partial")
             print("writing", flush=True)

@@ -39,7 +39,7 @@ def sha16(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def spark():
-    from pipelines.spark import get_spark
+    from plumbing.spark import get_spark
 
     session = get_spark("local[2]", "test-upworthy", 2)  # adapt() reuses the active session
     yield session

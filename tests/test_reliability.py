@@ -130,7 +130,7 @@ def test_model_trained_on_corrupted_labels_is_refused_by_the_publish_gate(projec
 
     # labels scrambled by an upstream bug: clicks shuffled across the training days' combinations
     # (counts and rates unchanged, so the data gate cannot see it); the held-out day stays clean
-    from pipelines.dates import shift_ds
+    from plumbing.dates import shift_ds
 
     trained = json.loads((project / "metrics" / "train_attribution.json").read_text())
     holdout = yaml.safe_load((project / "params.yaml").read_text())["train_attribution"]["holdout_days"]

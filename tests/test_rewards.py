@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.params import ConfigError, build_config
+from plumbing.config import ConfigError, build_config
 from relate_models.compliance import ComplianceChecker
 from relate_models.grpo_trainer import GRPOStageConfig
 from relate_models.rewards import RewardContext, build_rewards, score_texts, structural_score, validate_weights

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from scipy.stats import spearmanr
 
-from pipelines.dates import day_bounds_ms, ds_range, shift_ds
-from pipelines.params import ConfigError, build_config
+from plumbing.dates import day_bounds_ms, ds_range, shift_ds
+from plumbing.config import ConfigError, build_config
 from relate_sim.config import SimulateConfig
 from relate_sim.oracle import Oracle
 from relate_sim.truth import search_logits, search_logits_vec

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines import expectations as ex
 from pipelines import validate
-from pipelines.dates import day_bounds_ms
+from plumbing.dates import day_bounds_ms
 from tests.conftest import TINY_PARAMS
 
 DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")

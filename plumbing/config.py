@@ -14,12 +14,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from plumbing.errors import ConfigError
+
 DEFAULT_PARAMS = Path("params.yaml")
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A bad params file or value; the message names the field."""
 
 
 def params_path(path: str | os.PathLike | None = None) -> Path:

@@ -4,17 +4,19 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from plumbing.errors import ConfigError
+
 _DS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def parse_ds(ds: str) -> dt.date:
-    """Parse a `YYYY-MM-DD` run date, raising ValueError that names the bad value."""
+    """Parse a `YYYY-MM-DD` run date, raising ConfigError (a ValueError) that names the bad value."""
     if not isinstance(ds, str) or not _DS_RE.match(ds):
-        raise ValueError(f"ds must be a date as YYYY-MM-DD, got {ds!r}")
+        raise ConfigError(f"ds must be a date as YYYY-MM-DD, got {ds!r}")
     try:
         return dt.date.fromisoformat(ds)
     except ValueError as err:
-        raise ValueError(f"ds {ds!r} is not a real date: {err}") from None
+        raise ConfigError(f"ds {ds!r} is not a real date: {err}") from None
 
 
 def format_ds(day: dt.date) -> str:
@@ -29,7 +31,7 @@ def ds_range(start: str, end: str) -> list[str]:
     """Inclusive list of dates from start to end."""
     first, last = parse_ds(start), parse_ds(end)
     if last < first:
-        raise ValueError(f"date range is empty: {start} > {end}")
+        raise ConfigError(f"date range is empty: {start} > {end}")
     return [format_ds(first + dt.timedelta(days=i)) for i in range((last - first).days + 1)]
 
 

@@ -1,0 +1,74 @@
+"""The one entry helper of every stage: `--params`, `--ds` and exit codes.
+
+A stage's `main(argv)` is `return run_stage(NAME, __doc__, run, argv)`. `run(ctx)` does the
+work and returns None (exit 0) or an exit code. Expected failures (plumbing.errors: config,
+data, a missing artifact) exit 2 with one line naming the field or path; anything else is a
+bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from plumbing.config import load_config, params_path
+from plumbing.errors import StageError
+from plumbing.logs import get_logger
+from plumbing.paths import AS_OF_HELP, CuratedReader, read_as_of
+
+T = TypeVar("T")
+EXPECTED_FAILURE_EXIT_CODE = 2
+
+# How a stage reads --ds: "as_of" (the end of the rolling window its reads stop at),
+# "partition" (the one day it processes), or None (no --ds).
+DS_MODES = ("as_of", "partition", None)
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What one stage run is given: its params file, its day, its view of the curated tables."""
+
+    name: str
+    params: Path
+    ds: str | None
+    curated: CuratedReader
+    args: argparse.Namespace
+
+    def config(self, cls: type[T], section: str | None = None) -> T:
+        """The stage's own config section (or another stage's), built and validated."""
+        return load_config(cls, section or self.name, self.params)
+
+
+def stage_parser(name: str, doc: str | None, ds: str | None = "as_of") -> argparse.ArgumentParser:
+    """The argument parser every stage starts from."""
+    if ds not in DS_MODES:
+        raise ValueError(f"ds mode must be one of {DS_MODES}, got {ds!r}")
+    first_line = (doc or name).strip().splitlines()[0]
+    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=first_line)
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
+    if ds == "as_of":
+        parser.add_argument("--ds", default=None, help=AS_OF_HELP)
+    elif ds == "partition":
+        parser.add_argument("--ds", default=None, help="the day (YYYY-MM-DD) to process")
+    return parser
+
+
+def run_stage(name: str, doc: str | None, run: Callable[[StageContext], int | None], argv: list[str] | None = None,
+              *, ds: str | None = "as_of",
+              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parse the stage's arguments, run it, and map expected failures to exit 2."""
+    parser = stage_parser(name, doc, ds)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    log = get_logger(name)
+    day = getattr(args, "ds", None)
+    try:
+        with read_as_of(day if ds == "as_of" else None) as curated:
+            ctx = StageContext(name, params_path(args.params), day, curated, args)
+            code = run(ctx)
+    except StageError as err:
+        log.error("%s failed: %s", name, err)
+        return EXPECTED_FAILURE_EXIT_CODE
+    return 0 if code is None else int(code)

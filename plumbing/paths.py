@@ -1,0 +1,108 @@
+"""Every path the stages share, relative to the project root (the stages' working dir).
+
+Model directories are named here once; a stage reads another stage's output through these
+names, never through a path it spells itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from plumbing.dates import parse_ds
+
+DATA = Path("data")
+RAW_EVENTS = DATA / "raw" / "events"
+SIM_TRUTH = DATA / "sim_truth"  # read only by relate_sim and the evaluation (the honesty boundary)
+CURATED = DATA / "curated"
+VALIDATION = DATA / "validation"
+MODELS = Path("models")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+REPORTS = Path("reports")
+
+TOKENIZER_DIR = MODELS / "tokenizer"
+CTCVR_DIR = MODELS / "ctcvr"
+ATTRIBUTION_DIR = MODELS / "attribution"
+SFT_DIR = MODELS / "sft"
+RELATE_DIR = MODELS / "relate"
+COMBO_POLICY_DIR = MODELS / "combo_policy"
+ABLATION_DIR = MODELS / "ablation"
+
+CURATED_TABLES = (
+    "events",
+    "quarantine",
+    "labeled_impressions",
+    "text_stats",
+    "combo_stats",
+    "ingest_quality",
+)
+
+AS_OF_HELP = "end of the run's rolling window: read only curated partitions <= this day (default: all)"
+
+
+def _check_table(table: str) -> str:
+    if table not in CURATED_TABLES:
+        raise ValueError(f"unknown curated table {table!r}; known: {', '.join(CURATED_TABLES)}")
+    return table
+
+
+def curated(table: str) -> Path:
+    """A curated table with every partition (writers and whole-history readers)."""
+    return CURATED / _check_table(table)
+
+
+class CuratedReader:
+    """The curated tables as one run sees them: every partition, or only those <= a day.
+
+    Stages that read whole tables take one of these as an argument, so a backfill of a past
+    day reads nothing newer, and no module global decides what a function sees.
+    """
+
+    def __init__(self, root: Path = CURATED, as_of: str | None = None):
+        self.root, self.as_of = Path(root), as_of
+
+    def table(self, table: str) -> Path:
+        return self.root / _check_table(table)
+
+
+ALL_CURATED = CuratedReader()
+
+
+@contextlib.contextmanager
+def read_as_of(ds: str | None) -> Iterator[CuratedReader]:
+    """A reader of the partitions `<= ds` (None: all), valid inside the `with` block.
+
+    Each table becomes a read-only view, a temporary directory of links to the partitions,
+    so the readers (pandas, pyarrow datasets, read_partition) stay as they are. Only for
+    reading: a write through the view would land in the temporary directory.
+    """
+    if ds is None:
+        yield ALL_CURATED
+        return
+    parse_ds(ds)
+    view = Path(tempfile.mkdtemp(prefix=f"relate-curated-asof-{ds}-"))
+    try:
+        for table in CURATED_TABLES:
+            (view / table).mkdir()
+            for day in partitions(CURATED / table):
+                if day <= ds:
+                    (view / table / f"dt={day}").symlink_to(partition(CURATED / table, day).absolute(),
+                                                            target_is_directory=True)
+        yield CuratedReader(view, as_of=ds)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)  # removes the links, never their targets
+
+
+def partition(table_dir: Path, ds: str) -> Path:
+    return Path(table_dir) / f"dt={ds}"
+
+
+def partitions(table_dir: Path) -> list[str]:
+    """Sorted `ds` values of the complete partitions under a table directory."""
+    table_dir = Path(table_dir)
+    if not table_dir.is_dir():
+        return []
+    return sorted(p.name[3:] for p in table_dir.iterdir() if p.is_dir() and p.name.startswith("dt="))
