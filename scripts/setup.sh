@@ -18,8 +18,9 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
-# Debian's chromium for tests/test_airflow_live.py (Playwright drives it; its own browser download is not used)
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+# Debian's chromium for tests/test_airflow_live.py (Playwright drives it; its own browser download is
+# not used): only for the tests (scripts/test.sh passes --with-browser), never for the main command.
+if [ "${1:-}" = "--with-browser" ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "setup: installing chromium for the Airflow UI test (apt-get)" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
     || echo "setup: chromium could not be installed; tests/test_airflow_live.py will be skipped" >&2
