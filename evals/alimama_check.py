@@ -28,6 +28,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -167,13 +168,8 @@ def additive_baseline(train: pd.DataFrame, test: pd.DataFrame, n_slots: int) -> 
 
 def run(data_dir: Path = DATA_DIR, seed: int = 0, train_fraction: float = 0.7, pseudo_count: float = 5000.0,
         steps: int = 150, n_splits: int = 5) -> dict:
-    missing = [f for f in FILES if not (data_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{data_dir}: missing {', '.join(missing)}")
-    if not 0 < train_fraction < 1:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    if pseudo_count <= 0:
-        raise ValueError(f"pseudo_count must be > 0, got {pseudo_count}")
+    """Both parts of the check (see the module docstring); return the report."""
+    _check_inputs(data_dir, train_fraction, pseudo_count)
     torch.set_num_threads(1)
     frame, n_slots = read_combinations(data_dir / "ctr_online.txt")
     slots, forbidden = read_tree(data_dir / "tree_struct2.txt", data_dir / "tree_constraint.txt", n_slots)
@@ -181,52 +177,15 @@ def run(data_dir: Path = DATA_DIR, seed: int = 0, train_fraction: float = 0.7, p
     values = [sorted(frame[c].astype(str).unique(), key=int) for c in cols]
 
     n_train = int(round(train_fraction * len(frame)))
-    # 60 held-out rows give a Spearman standard error of ~0.13: report several seeded splits
-    rho_mil, rho_base = [], []
-    for split in range(n_splits):
-        order = np.random.default_rng(seed + split).permutation(len(frame))
-        train, test = frame.iloc[order[:n_train]], frame.iloc[order[n_train:]]
-        model, index = fit_mil(train, slots, values, pseudo_count, seed)
-        rho_mil.append(float(spearmanr(predict(model, index, slots, test), test["ctr"]).statistic))
-        rho_base.append(float(spearmanr(additive_baseline(train, test, n_slots), test["ctr"]).statistic))
+    rho_mil, rho_base = _heldout_spearman(frame, slots, values, n_train, pseudo_count, seed, n_splits)
     # the generator trains on the first split's reward model
     order = np.random.default_rng(seed).permutation(len(frame))
     train, test = frame.iloc[order[:n_train]], frame.iloc[order[n_train:]]
     model, index = fit_mil(train, slots, values, pseudo_count, seed)
-    design = np.c_[np.ones(len(frame)), pd.get_dummies(frame[cols].astype(str)).to_numpy(float)]
-    coef, *_ = np.linalg.lstsq(design, frame["ctr"].to_numpy(), rcond=None)
-    resid = frame["ctr"].to_numpy() - design @ coef
-    r2 = 1 - (resid ** 2).sum() / ((frame["ctr"] - frame["ctr"].mean()) ** 2).sum()
-
-    problem = cg.ComboProblem(ad_ids=["alimama"], slots=slots, candidates=[values],
-                              forbidden=[(None, sa, va, sb, vb) for sa, va, sb, vb in forbidden])
-    policy = cg.ComboPolicy.create(problem, hidden_dim=16, seed=seed)
-    elements = torch.zeros(1, n_slots, problem.max_candidates, dtype=torch.long)
-    for s, (slot, vals) in enumerate(zip(slots, values)):
-        for j, v in enumerate(vals):
-            elements[0, s, j] = index[(slot, v)]
-    reward = cg.MILReward(model, elements, torch.zeros_like(elements), torch.zeros(1, dtype=torch.long))
-    history = policy.train(reward, cg.TrainSettings(steps=steps, group_size=32, learning_rate=0.03,
-                                                    entropy_coef=0.1, entropy_target=0.3, seed=seed,
-                                                    log_every=max(steps // 3, 1)), log)
-    top = policy.top_k(5)
-
-    keys = [tuple(str(v) for v in row) for row in frame[cols].to_numpy().tolist()]
-    real = dict(zip(keys, frame["ctr"].astype(float)))
-    ranks = frame["ctr"].rank(ascending=False, method="min").to_numpy()
-    rank_of = {k: int(r) for k, r in zip(keys, ranks)}
-    forbidden_pairs = {(sa, va, sb, vb) for sa, va, sb, vb in forbidden}
-
-    def violates(combo: tuple) -> bool:
-        picked = dict(zip(slots, combo))
-        return any(picked[sa] == va and picked[sb] == vb for sa, va, sb, vb in forbidden_pairs)
-
-    top_combos = [tuple(r[s] for s in slots) for r in top]
+    r2, r2_noise = _additive_r2(frame, cols)
+    top, history = _train_generator(model, index, slots, values, forbidden, seed, steps)
+    violates = _violation_check(slots, forbidden)
     valid_space = [c for c in itertools.product(*values) if not violates(c)]
-    mil_scores = predict(model, index, slots, pd.DataFrame([list(map(int, c)) for c in valid_space], columns=cols))
-    mil_best = valid_space[int(np.argmax(mil_scores))]
-    gen_best = top_combos[0]
-    train_ids = {keys[i] for i in order[:n_train]}
     return {
         "data": str(data_dir),
         "combinations": len(frame),
@@ -243,8 +202,89 @@ def run(data_dir: Path = DATA_DIR, seed: int = 0, train_fraction: float = 0.7, p
         "heldout_spearman_baseline_per_split": rho_base,
         # how much of the CTR spread element effects can explain at all, even in-sample; pure
         # noise would give about (parameters / rows)
-        "additive_r2_in_sample_all_rows": float(r2),
-        "additive_r2_if_pure_noise": float((np.linalg.matrix_rank(design) - 1) / len(frame)),
+        "additive_r2_in_sample_all_rows": r2,
+        "additive_r2_if_pure_noise": r2_noise,
+        **_generator_ranks(frame, cols, slots, valid_space, violates, model, index, top, order[:n_train]),
+        "generator_final_mean_reward_logit": history[-1]["mean_reward"],
+    }
+
+
+def _check_inputs(data_dir: Path, train_fraction: float, pseudo_count: float) -> None:
+    """Refuse missing files and out-of-range settings before any work."""
+    missing = [f for f in FILES if not (data_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir}: missing {', '.join(missing)}")
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if pseudo_count <= 0:
+        raise ValueError(f"pseudo_count must be > 0, got {pseudo_count}")
+
+
+def _heldout_spearman(frame: pd.DataFrame, slots: list[str], values: list[list[str]], n_train: int,
+                      pseudo_count: float, seed: int, n_splits: int) -> tuple[list[float], list[float]]:
+    """Held-out Spearman of the MIL model and of the additive baseline, one per seeded split."""
+    # 60 held-out rows give a Spearman standard error of ~0.13: report several seeded splits
+    rho_mil, rho_base = [], []
+    for split in range(n_splits):
+        order = np.random.default_rng(seed + split).permutation(len(frame))
+        train, test = frame.iloc[order[:n_train]], frame.iloc[order[n_train:]]
+        model, index = fit_mil(train, slots, values, pseudo_count, seed)
+        rho_mil.append(float(spearmanr(predict(model, index, slots, test), test["ctr"]).statistic))
+        rho_base.append(float(spearmanr(additive_baseline(train, test, len(slots)), test["ctr"]).statistic))
+    return rho_mil, rho_base
+
+
+def _additive_r2(frame: pd.DataFrame, cols: list[str]) -> tuple[float, float]:
+    """In-sample R^2 of a least-squares additive element model on every row, and its pure-noise expectation."""
+    design = np.c_[np.ones(len(frame)), pd.get_dummies(frame[cols].astype(str)).to_numpy(float)]
+    coef, *_ = np.linalg.lstsq(design, frame["ctr"].to_numpy(), rcond=None)
+    resid = frame["ctr"].to_numpy() - design @ coef
+    r2 = 1 - (resid ** 2).sum() / ((frame["ctr"] - frame["ctr"].mean()) ** 2).sum()
+    return float(r2), float((np.linalg.matrix_rank(design) - 1) / len(frame))
+
+
+def _train_generator(model: attr.GatedAttentionMIL, index: dict, slots: list[str], values: list[list[str]],
+                     forbidden: list[tuple], seed: int, steps: int) -> tuple[list[dict], list[dict]]:
+    """GRPO on the MIL reward with the tree constraint as forbidden pairs; return its top 5 and the curve."""
+    problem = cg.ComboProblem(ad_ids=["alimama"], slots=slots, candidates=[values],
+                              forbidden=[(None, sa, va, sb, vb) for sa, va, sb, vb in forbidden])
+    policy = cg.ComboPolicy.create(problem, hidden_dim=16, seed=seed)
+    elements = torch.zeros(1, len(slots), problem.max_candidates, dtype=torch.long)
+    for s, (slot, vals) in enumerate(zip(slots, values)):
+        for j, v in enumerate(vals):
+            elements[0, s, j] = index[(slot, v)]
+    reward = cg.MILReward(model, elements, torch.zeros_like(elements), torch.zeros(1, dtype=torch.long))
+    history = policy.train(reward, cg.TrainSettings(steps=steps, group_size=32, learning_rate=0.03,
+                                                    entropy_coef=0.1, entropy_target=0.3, seed=seed,
+                                                    log_every=max(steps // 3, 1)), log)
+    return policy.top_k(5), history
+
+
+def _violation_check(slots: list[str], forbidden: list[tuple]) -> Callable[[tuple], bool]:
+    """combination (a value per slot, in slot order) -> whether it holds a forbidden pair."""
+    forbidden_pairs = {(sa, va, sb, vb) for sa, va, sb, vb in forbidden}
+
+    def violates(combo: tuple) -> bool:
+        picked = dict(zip(slots, combo))
+        return any(picked[sa] == va and picked[sb] == vb for sa, va, sb, vb in forbidden_pairs)
+
+    return violates
+
+
+def _generator_ranks(frame: pd.DataFrame, cols: list[str], slots: list[str], valid_space: list[tuple],
+                     violates: Callable[[tuple], bool], model: attr.GatedAttentionMIL, index: dict, top: list[dict],
+                     train_rows: np.ndarray) -> dict:
+    """Where the generator's picks and the reward model's exhaustive argmax rank by real CTR."""
+    keys = [tuple(str(v) for v in row) for row in frame[cols].to_numpy().tolist()]
+    real = dict(zip(keys, frame["ctr"].astype(float)))
+    ranks = frame["ctr"].rank(ascending=False, method="min").to_numpy()
+    rank_of = {k: int(r) for k, r in zip(keys, ranks)}
+    top_combos = [tuple(r[s] for s in slots) for r in top]
+    mil_scores = predict(model, index, slots, pd.DataFrame([list(map(int, c)) for c in valid_space], columns=cols))
+    mil_best = valid_space[int(np.argmax(mil_scores))]
+    gen_best = top_combos[0]
+    train_ids = {keys[i] for i in train_rows}
+    return {
         "generator_top1": dict(zip(slots, gen_best)),
         "generator_top1_respects_constraint": not violates(gen_best),
         "generator_top1_real_ctr": real.get(gen_best),
@@ -255,7 +295,6 @@ def run(data_dir: Path = DATA_DIR, seed: int = 0, train_fraction: float = 0.7, p
         "random_pick_expected_rank": (len(frame) + 1) / 2,
         "best_real_ctr": float(frame["ctr"].max()),
         "median_real_ctr": float(frame["ctr"].median()),
-        "generator_final_mean_reward_logit": history[-1]["mean_reward"],
     }
 
 

@@ -305,7 +305,29 @@ def encode(
         raise UnknownIdError(f"unknown ad_id {ad_ids[~ad_known].iloc[0]!r}: not in the model's training data")
     product_ids = ad_ids.map(vocab.ad_product)
     product = product_ids.map(vocab.product_index).fillna(0).astype(np.int64).to_numpy()
+    elements, hashed, present, n_unknown_elements = _encode_slots(rows, ad_ids, vocab, hash_buckets, on_unknown)
+    if len(rows) and not present.any(axis=1).all():
+        raise ValueError("a combination has no element in any slot")
+    context = None if context_features is None else _encode_context(rows, vocab, context_features)
+    # an unseen pair (or one with an absent slot) gets no pair effect: the additive model's score
+    first, second = (rows[SLOT_COLUMNS[s]].astype(str) for s in PAIR_SLOTS)
+    pair = (ad_ids + _KEY_SEP + first + _KEY_SEP + second).map(vocab.pair_index).fillna(0).astype(np.int64)
+    return Batch(
+        element=torch.as_tensor(elements),
+        pair=torch.as_tensor(pair.to_numpy()),
+        hashed=torch.as_tensor(hashed),
+        present=torch.as_tensor(present),
+        product=torch.as_tensor(product),
+        context=context,
+        n_unknown_ads=int((~ad_known).sum()),
+        n_unknown_elements=n_unknown_elements,
+    )
 
+
+def _encode_slots(rows: pd.DataFrame, ad_ids: pd.Series, vocab: Vocab, hash_buckets: int,
+                  on_unknown: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per slot: element index (0 = unknown), content hash bucket and presence, as [n, slots]
+    arrays, plus the count of unknown elements."""
     elements, hashed, present = [], [], []
     n_unknown_elements = 0
     for slot in SLOTS:
@@ -324,32 +346,19 @@ def encode(
         buckets = {v: content_hash(slot, v, hash_buckets) for v in as_str.dropna().unique()}
         hashed.append(as_str.map(buckets).fillna(0).astype(np.int64).to_numpy())
         present.append(has)
-    present_arr = np.stack(present, axis=1)
-    if len(rows) and not present_arr.any(axis=1).all():
-        raise ValueError("a combination has no element in any slot")
+    return np.stack(elements, axis=1), np.stack(hashed, axis=1), np.stack(present, axis=1), n_unknown_elements
 
-    context = None
-    if context_features is not None:
-        context = {}
-        for c in context_features:
-            if c not in rows.columns:
-                raise ValueError(f"rows lack context column {c!r}")
-            context[c] = torch.as_tensor(
-                rows[c].astype(str).map(vocab.context_index[c]).fillna(0).astype(np.int64).to_numpy()
-            )
-    # an unseen pair (or one with an absent slot) gets no pair effect: the additive model's score
-    first, second = (rows[SLOT_COLUMNS[s]].astype(str) for s in PAIR_SLOTS)
-    pair = (ad_ids + _KEY_SEP + first + _KEY_SEP + second).map(vocab.pair_index).fillna(0).astype(np.int64)
-    return Batch(
-        element=torch.as_tensor(np.stack(elements, axis=1)),
-        pair=torch.as_tensor(pair.to_numpy()),
-        hashed=torch.as_tensor(np.stack(hashed, axis=1)),
-        present=torch.as_tensor(present_arr),
-        product=torch.as_tensor(product),
-        context=context,
-        n_unknown_ads=int((~ad_known).sum()),
-        n_unknown_elements=n_unknown_elements,
-    )
+
+def _encode_context(rows: pd.DataFrame, vocab: Vocab, context_features: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Context column -> vocabulary index (0 = unseen value)."""
+    context = {}
+    for c in context_features:
+        if c not in rows.columns:
+            raise ValueError(f"rows lack context column {c!r}")
+        context[c] = torch.as_tensor(
+            rows[c].astype(str).map(vocab.context_index[c]).fillna(0).astype(np.int64).to_numpy()
+        )
+    return context
 
 
 # --------------------------------------------------------------------------- training
@@ -404,22 +413,42 @@ def fit(
     model = GatedAttentionMIL(cfg)
     ctx = context_features if context_features else None
     batch = encode(train, vocab, cfg.hash_buckets, ctx)
-    clicks = torch.as_tensor(train["clicks"].to_numpy(np.float64), dtype=torch.float32)
-    impressions = torch.as_tensor(train["impressions"].to_numpy(np.float64), dtype=torch.float32)
+    clicks, impressions = _counts(train)
     n_imp = float(impressions.sum())
     with torch.no_grad():
         ctr = float(clicks.sum()) / n_imp
         model.global_bias.fill_(math.log(ctr / (1 - ctr)) if 0 < ctr < 1 else 0.0)
-
     hold = None
     if holdout is not None and len(holdout):
         hold_rows = aggregate(holdout, context_features)
-        hold = (
-            encode(hold_rows, vocab, cfg.hash_buckets, ctx, on_unknown="fallback"),
-            torch.as_tensor(hold_rows["clicks"].to_numpy(np.float64), dtype=torch.float32),
-            torch.as_tensor(hold_rows["impressions"].to_numpy(np.float64), dtype=torch.float32),
-        )
+        hold = (encode(hold_rows, vocab, cfg.hash_buckets, ctx, on_unknown="fallback"), *_counts(hold_rows))
+    log.info(
+        "training MIL attribution: %d rows, %d impressions, %d clicks, %d ads, %d elements",
+        len(train), int(n_imp), int(clicks.sum()), len(vocab.ads), len(vocab.elements),
+    )
+    history = _train_full_batch(model, batch, clicks, impressions, hold, settings, log)
+    if context_features:
+        # the impression-weighted mean context effect: what a context-free score assumes
+        with torch.no_grad():
+            offset = sum(model.context_bias[c](batch.context[c]).squeeze(-1) for c in context_features)
+            model.context_offset.fill_(float((offset * impressions).sum() / n_imp))
+    meta = {"context_features": context_features, "train_rows": len(train), "train_impressions": int(n_imp),
+            "train_clicks": int(clicks.sum()), "fit": dataclasses.asdict(settings)}
+    return AttributionScorer(model.eval(), vocab, meta), history
 
+
+def _counts(rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clicks, impressions) of aggregated rows as float32 tensors."""
+    clicks = torch.as_tensor(rows["clicks"].to_numpy(np.float64), dtype=torch.float32)
+    impressions = torch.as_tensor(rows["impressions"].to_numpy(np.float64), dtype=torch.float32)
+    return clicks, impressions
+
+
+def _train_full_batch(model: GatedAttentionMIL, batch: Batch, clicks: torch.Tensor, impressions: torch.Tensor,
+                      hold: tuple[Batch, torch.Tensor, torch.Tensor] | None, settings: FitSettings,
+                      log: logging.Logger) -> list[dict]:
+    """Adam on the penalised binomial NLL per impression; return the logged curve."""
+    n_imp = float(impressions.sum())
     # full batch: aggregated rows are bounded by ads x combinations x contexts, small enough
     # for one pass per step, and a full-batch run is deterministic for a given seed
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
@@ -428,10 +457,6 @@ def fit(
         optimizer, T_max=settings.steps, eta_min=settings.learning_rate * 0.01
     )
     history = []
-    log.info(
-        "training MIL attribution: %d rows, %d impressions, %d clicks, %d ads, %d elements",
-        len(train), int(n_imp), int(clicks.sum()), len(vocab.ads), len(vocab.elements),
-    )
     for step in range(1, settings.steps + 1):
         optimizer.zero_grad()
         nll = binomial_nll(model(**batch.inputs())["logit"], clicks, impressions) / n_imp
@@ -451,14 +476,7 @@ def fit(
             history.append(point)
             shown = " ".join(f"{k}={v:.5f}" for k, v in point.items() if k != "step")
             log.info("step %d/%d %s", step, settings.steps, shown)
-
-    if context_features:
-        with torch.no_grad():
-            offset = sum(model.context_bias[c](batch.context[c]).squeeze(-1) for c in context_features)
-            model.context_offset.fill_(float((offset * impressions).sum() / n_imp))
-    meta = {"context_features": context_features, "train_rows": len(train), "train_impressions": int(n_imp),
-            "train_clicks": int(clicks.sum()), "fit": dataclasses.asdict(settings)}
-    return AttributionScorer(model.eval(), vocab, meta), history
+    return history
 
 
 # --------------------------------------------------------------------------- scoring API

@@ -493,31 +493,8 @@ def fit(
     curve, best_loss, best_state, best_epoch = [], math.inf, None, 0
     for epoch in range(1, epochs + 1):
         start = time.monotonic()
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        n_steps = math.ceil(len(order) / batch_size)
-        feed_order = torch.randperm(len(feed), generator=generator) if feed is not None else None
-        total, seen = 0.0, 0
-        for step, s in enumerate(range(0, len(order), batch_size)):
-            rows = order[s : s + batch_size]
-            batch = train.batch(encoder, rows)
-            if id_dropout > 0:
-                drop = torch.rand(len(rows), generator=generator) < id_dropout
-                for name in config.id_fields:
-                    batch[name] = batch[name].masked_fill(drop, 0)
-            ctr_logit, cvr_logit = model(batch)
-            loss, _ = esmm_loss(ctr_logit, cvr_logit, train.clicked[rows], train.converted[rows])
-            if feed_order is not None:
-                feed_rows = feed_order[step * len(feed) // n_steps : (step + 1) * len(feed) // n_steps]
-                loss = loss + feed_cvr_loss(model, feed, feed_rows, len(rows))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            total += float(loss.detach()) * len(rows)
-            seen += len(rows)
-        row = {"epoch": epoch, "train_loss": total / max(seen, 1), **evaluate(scored, encoder, val)}
+        train_loss = _train_epoch(model, optimizer, averaged, encoder, train, feed, generator, batch_size, id_dropout)
+        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(scored, encoder, val)}
         row["seconds"] = round(time.monotonic() - start, 2)
         curve.append(row)
         log(
@@ -531,6 +508,37 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return FitResult(model=model, curve=curve, best_epoch=best_epoch)
+
+
+def _train_epoch(model: CTCVRModel, optimizer: torch.optim.Optimizer, averaged: AveragedModel | None,
+                 encoder: FeatureEncoder, train: TrainData, feed: FeedClicks | None, generator: torch.Generator,
+                 batch_size: int, id_dropout: float) -> float:
+    """One shuffled pass over `train` (feed rows spread over its steps); return the mean training loss."""
+    model.train()
+    order = torch.randperm(len(train), generator=generator)
+    n_steps = math.ceil(len(order) / batch_size)
+    feed_order = torch.randperm(len(feed), generator=generator) if feed is not None else None
+    total, seen = 0.0, 0
+    for step, s in enumerate(range(0, len(order), batch_size)):
+        rows = order[s : s + batch_size]
+        batch = train.batch(encoder, rows)
+        if id_dropout > 0:
+            drop = torch.rand(len(rows), generator=generator) < id_dropout
+            for name in model.config.id_fields:
+                batch[name] = batch[name].masked_fill(drop, 0)
+        ctr_logit, cvr_logit = model(batch)
+        loss, _ = esmm_loss(ctr_logit, cvr_logit, train.clicked[rows], train.converted[rows])
+        if feed_order is not None:
+            feed_rows = feed_order[step * len(feed) // n_steps : (step + 1) * len(feed) // n_steps]
+            loss = loss + feed_cvr_loss(model, feed, feed_rows, len(rows))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
+        total += float(loss.detach()) * len(rows)
+        seen += len(rows)
+    return total / max(seen, 1)
 
 
 def evaluate(model: CTCVRModel, encoder: FeatureEncoder, data: TrainData) -> dict[str, float]:

@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,11 @@ from plumbing import atomic, paths
 from pipelines import ingest_reports
 from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
+
+if TYPE_CHECKING:  # annotations only: the fits import torch lazily, inside them
+    import torch
+
+    from relate_models.ctcvr import CTCVRModel, FeatureEncoder
 
 log = get_logger("real.upworthy")
 
@@ -515,7 +521,6 @@ def fit_ctr_tower(train: pd.DataFrame, val: pd.DataFrame, cfg: UpworthyConfig):
     picked on the validation tests' pairwise accuracy.
     """
     import torch
-    import torch.nn.functional as F
 
     from relate_models import ctcvr
     from relate_models.tokenizer import train_tokenizer
@@ -526,13 +531,7 @@ def fit_ctr_tower(train: pd.DataFrame, val: pd.DataFrame, cfg: UpworthyConfig):
                                eos_id=tokenizer.eos_token_id)  # no context vocabularies: every context is unknown
     encoder = ctcvr.FeatureEncoder(config, tokenizer)
     model = ctcvr.CTCVRModel(config)
-
-    def batch_of(frame: pd.DataFrame) -> dict:
-        f = _text_frame(frame)
-        return encoder.encode(f["ad_text"].tolist(), f[["keyword", "vertical", "user_segment", "position"]]
-                              .to_dict("records"))
-
-    train_batch, val_batch = batch_of(train), batch_of(val)
+    train_batch, val_batch = _tower_batch(encoder, train), _tower_batch(encoder, val)
     clicks = torch.tensor(train["clicks"].to_numpy(np.float32))
     imps = torch.tensor(train["impressions"].to_numpy(np.float32))
     # the test effect as a fixed offset (logit of the test's pooled CTR): the text features then
@@ -544,19 +543,7 @@ def fit_ctr_tower(train: pd.DataFrame, val: pd.DataFrame, cfg: UpworthyConfig):
     generator = torch.Generator().manual_seed(cfg.seed)
     best, curve = None, []
     for epoch in range(1, cfg.text_epochs + 1):
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        total = 0.0
-        for s in range(0, len(order), cfg.text_batch_size):
-            rows = order[s : s + cfg.text_batch_size]
-            logit, _ = model({k: v[rows] for k, v in train_batch.items()})
-            logit = logit + offset[rows]
-            loss = (clicks[rows] * F.softplus(-logit) + (imps[rows] - clicks[rows]) * F.softplus(logit)).sum()
-            loss = loss / imps[rows].sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(rows)
+        total = _ctr_tower_epoch(model, optimizer, generator, train_batch, clicks, imps, offset, cfg.text_batch_size)
         model.eval()
         with torch.no_grad():
             val_logit = model(val_batch)[0].numpy()
@@ -571,9 +558,39 @@ def fit_ctr_tower(train: pd.DataFrame, val: pd.DataFrame, cfg: UpworthyConfig):
 
     def predict(frame: pd.DataFrame) -> np.ndarray:
         with torch.no_grad():
-            return model(batch_of(frame))[0].numpy()
+            return model(_tower_batch(encoder, frame))[0].numpy()
 
     return predict, best[1], curve
+
+
+def _tower_batch(encoder: FeatureEncoder, frame: pd.DataFrame) -> dict:
+    """The CTCVR encoder's inputs for headline rows (see `_text_frame`)."""
+    f = _text_frame(frame)
+    return encoder.encode(f["ad_text"].tolist(), f[["keyword", "vertical", "user_segment", "position"]]
+                          .to_dict("records"))
+
+
+def _ctr_tower_epoch(model: CTCVRModel, optimizer: torch.optim.Optimizer, generator: torch.Generator, train_batch: dict,
+                     clicks: torch.Tensor, imps: torch.Tensor, offset: torch.Tensor, batch_size: int) -> float:
+    """One shuffled pass of the binomial loss (per impression of each batch); return the
+    row-weighted sum of the batch losses."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    order = torch.randperm(len(clicks), generator=generator)
+    total = 0.0
+    for s in range(0, len(order), batch_size):
+        rows = order[s : s + batch_size]
+        logit, _ = model({k: v[rows] for k, v in train_batch.items()})
+        logit = logit + offset[rows]
+        loss = (clicks[rows] * F.softplus(-logit) + (imps[rows] - clicks[rows]) * F.softplus(logit)).sum()
+        loss = loss / imps[rows].sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(rows)
+    return total
 
 
 def text_check(stats: pd.DataFrame, cfg: UpworthyConfig) -> dict:

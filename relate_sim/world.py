@@ -214,18 +214,20 @@ def _compose_text(rng: np.random.Generator, vertical: str, brand: str, noun: str
     return text
 
 
-def build_world(config: SimulateConfig) -> World:
-    """Draw the whole hidden world from `config.seed`."""
-    rng = _rng(config.seed, 1)
-    S, V = len(config.user_segments), len(config.verticals)
+def _draw_traffic_effects(rng: np.random.Generator, S: int, V: int) -> dict:
+    """Who browses which vertical, and the segment and position effects on clicks and conversions."""
+    return {
+        "segment_vertical_traffic": rng.dirichlet(np.full(V, 0.8), size=S),
+        "segment_vertical_click": rng.normal(0.0, 0.3, size=(S, V)),
+        "segment_conv": rng.normal(0.0, 0.2, size=S),
+        "search_position_click": -0.3 * np.arange(len(SEARCH_POSITIONS)),
+        "feed_position_click": -0.2 * np.arange(len(FEED_POSITIONS)),
+    }
+
+
+def _draw_phrase_effects(rng: np.random.Generator, S: int) -> dict:
+    """Click and conversion effects of every lexicon phrase, by slot and category."""
     P = len(grammar.LEXICON)
-
-    segment_vertical_traffic = rng.dirichlet(np.full(V, 0.8), size=S)
-    segment_vertical_click = rng.normal(0.0, 0.3, size=(S, V))
-    segment_conv = rng.normal(0.0, 0.2, size=S)
-    search_position_click = -0.3 * np.arange(len(SEARCH_POSITIONS))
-    feed_position_click = -0.2 * np.arange(len(FEED_POSITIONS))
-
     phrase_click = np.zeros(P)
     phrase_conv = np.zeros(P)
     phrase_segment_click = np.zeros((P, S))
@@ -241,9 +243,12 @@ def build_world(config: SimulateConfig) -> World:
             phrase_segment_click[i] = rng.normal(0.0, 0.25, size=S)
         else:  # cta
             phrase_click[i], phrase_conv[i] = rng.normal(0.1, 0.12), rng.normal(0.1, 0.15)
+    return {"phrase_click": phrase_click, "phrase_conv": phrase_conv, "phrase_segment_click": phrase_segment_click}
 
-    n_adv = V * config.advertisers_per_vertical
-    brands = _brand_names(rng, n_adv)
+
+def _build_market(rng: np.random.Generator, config: SimulateConfig) -> dict:
+    """Advertisers per vertical, their products (keywords, appeal, price) and one ad per product."""
+    brands = _brand_names(rng, len(config.verticals) * config.advertisers_per_vertical)
     advertisers, products, ads = [], [], []
     ads_by_vertical = []
     for v, vertical in enumerate(config.verticals):
@@ -263,90 +268,131 @@ def build_world(config: SimulateConfig) -> World:
                 vertical_ads.append(len(ads))
                 ads.append({"id": f"ad-{len(ads):04d}", "product": len(products) - 1})
         ads_by_vertical.append(vertical_ads)
-    A = len(ads)
+    return {"advertisers": advertisers, "products": products, "ads": ads,
+            "ads_by_vertical": np.asarray(ads_by_vertical, dtype=np.int64)}
 
+
+def _text_pool(rng: np.random.Generator, config: SimulateConfig, vertical: str, brand: str,
+               product: dict) -> tuple[list[str], np.ndarray]:
+    """One ad's distinct search texts and which of them the serving-time review blocks."""
+    pool: list[str] = []
+    while len(pool) < config.texts_per_ad:
+        text = _compose_text(rng, vertical, brand, product["noun"], product["keywords"])
+        if text not in pool:
+            pool.append(text)
+    blocked = np.zeros(config.texts_per_ad, dtype=bool)
+    for t, text in enumerate(pool):
+        if not grammar.analyze_text(text, config.text_max_chars).compliant:
+            blocked[t] = rng.random() < config.review_catch_rate
+    if blocked.all():  # keep the ad servable
+        blocked[0] = False
+    return pool, blocked
+
+
+def _titles(rng: np.random.Generator, n: int, brand: str, noun: str, plain_hooks: list[str]) -> list[str]:
+    """One ad's `n` distinct feed titles."""
+    ad_titles: list[str] = []
+    for attempt in range(1000):
+        if len(ad_titles) == n:
+            break
+        hook = plain_hooks[rng.integers(len(plain_hooks))]
+        title = f"{_cap(hook)} {noun}" if rng.random() < 0.6 else f"{brand} {noun}"
+        if rng.random() < 0.3:
+            title += " for you" if title.startswith(brand) else f" by {brand}"
+        if attempt > 200:  # small vocabularies: make it unique rather than loop forever
+            title += f" {len(ad_titles) + 1}"
+        if title not in ad_titles:
+            ad_titles.append(title)
+    return ad_titles
+
+
+def _highlights(rng: np.random.Generator, n: int, benefits: list[str]) -> list[str]:
+    """One ad's `n` feed highlights: benefits in a random order, numbered once they repeat."""
+    picks = rng.permutation(len(benefits))
+    return [_cap(benefits[picks[k % len(benefits)]]) + (f" ({k // len(benefits) + 1})" if k >= len(benefits) else "")
+            for k in range(n)]
+
+
+def _build_creatives(rng: np.random.Generator, config: SimulateConfig, market: dict) -> dict:
+    """Every ad's creative pools: search texts (with review blocks), feed titles and highlights."""
+    advertisers, products, ads = market["advertisers"], market["products"], market["ads"]
     texts, titles, highlights = [], [], []
-    text_blocked = np.zeros((A, config.texts_per_ad), dtype=bool)
+    text_blocked = np.zeros((len(ads), config.texts_per_ad), dtype=bool)
     plain_hooks = [p for p, slot, cat in grammar.LEXICON if slot == "hook" and cat == "plain"]
     benefits = [p for p, slot, _ in grammar.LEXICON if slot == "benefit"]
     for a, ad in enumerate(ads):
         product = products[ad["product"]]
         brand = advertisers[product["advertiser"]]["name"]
-        vertical = config.verticals[product["vertical"]]
-        pool: list[str] = []
-        while len(pool) < config.texts_per_ad:
-            text = _compose_text(rng, vertical, brand, product["noun"], product["keywords"])
-            if text not in pool:
-                pool.append(text)
+        pool, text_blocked[a] = _text_pool(rng, config, config.verticals[product["vertical"]], brand, product)
         texts.append(pool)
-        for t, text in enumerate(pool):
-            if not grammar.analyze_text(text, config.text_max_chars).compliant:
-                text_blocked[a, t] = rng.random() < config.review_catch_rate
-        if text_blocked[a].all():  # keep the ad servable
-            text_blocked[a, 0] = False
-        ad_titles: list[str] = []
-        for attempt in range(1000):
-            if len(ad_titles) == config.titles_per_ad:
-                break
-            hook = plain_hooks[rng.integers(len(plain_hooks))]
-            title = f"{_cap(hook)} {product['noun']}" if rng.random() < 0.6 else f"{brand} {product['noun']}"
-            if rng.random() < 0.3:
-                title += " for you" if title.startswith(brand) else f" by {brand}"
-            if attempt > 200:  # small vocabularies: make it unique rather than loop forever
-                title += f" {len(ad_titles) + 1}"
-            if title not in ad_titles:
-                ad_titles.append(title)
-        titles.append(ad_titles)
-        picks = rng.permutation(len(benefits))
-        highlights.append([_cap(benefits[picks[k % len(benefits)]]) + (f" ({k // len(benefits) + 1})" if k >= len(benefits) else "")
-                           for k in range(config.highlights_per_ad)])
+        titles.append(_titles(rng, config.titles_per_ad, brand, product["noun"], plain_hooks))
+        highlights.append(_highlights(rng, config.highlights_per_ad, benefits))
+    return {"texts": texts, "text_blocked": text_blocked, "titles": titles, "highlights": highlights}
 
+
+def _draw_element_effects(rng: np.random.Generator, config: SimulateConfig, A: int, S: int) -> dict:
+    """True utilities, latent vectors and image attributes of the feed elements."""
     Ti, I, H, L = config.titles_per_ad, config.images_per_ad, config.highlights_per_ad, LATENT_DIM
     D = len(IMAGE_ATTRIBUTES)
     title_utility = rng.normal(0.0, 0.4, size=(A, Ti))
     image_attributes = rng.beta(1.5, 1.5, size=(A, I, D))
     attribute_weights = rng.normal(0.0, 0.4, size=D)
     image_utility = (image_attributes - 0.5) @ attribute_weights + rng.normal(0.0, 0.3, size=(A, I))
-    highlight_utility = rng.normal(0.0, 0.2, size=(A, H))
-    highlight_conv = rng.normal(0.0, 0.15, size=(A, H))
-    title_latent = rng.normal(0.0, 1.0, size=(A, Ti, L)) / np.sqrt(L)
-    image_latent = rng.normal(0.0, 1.0, size=(A, I, L)) / np.sqrt(L)
-    segment_image_preference = rng.normal(0.0, 1.0, size=(S, D)) / np.sqrt(D)
+    return {
+        "title_utility": title_utility,
+        "image_attributes": image_attributes,
+        "image_utility": image_utility,
+        "highlight_utility": rng.normal(0.0, 0.2, size=(A, H)),
+        "highlight_conv": rng.normal(0.0, 0.15, size=(A, H)),
+        "title_latent": rng.normal(0.0, 1.0, size=(A, Ti, L)) / np.sqrt(L),
+        "image_latent": rng.normal(0.0, 1.0, size=(A, I, L)) / np.sqrt(L),
+        "segment_image_preference": rng.normal(0.0, 1.0, size=(S, D)) / np.sqrt(D),
+    }
 
-    # Logging policy. Some ads explore far more than others; beliefs are noisy guesses of
-    # the truth; and the policy pairs its titles with images against their true quality
-    # (the weakest titles get the strongest images), which is what confounds naive
-    # per-element CTR.
+
+def _draw_logging_policy(rng: np.random.Generator, config: SimulateConfig, title_utility: np.ndarray,
+                         image_utility: np.ndarray) -> dict:
+    """The logging policy's exploration and beliefs.
+
+    Some ads explore far more than others; beliefs are noisy guesses of the truth; and the
+    policy pairs its titles with images against their true quality (the weakest titles get
+    the strongest images), which is what confounds naive per-element CTR.
+    """
+    (A, Ti), I = title_utility.shape, image_utility.shape[1]
     ad_exploration = np.clip(config.exploration * np.exp(rng.normal(0.0, 0.7, size=A)), 0.0, 1.0)
     policy_text_score = rng.normal(0.0, 0.3, size=(A, config.texts_per_ad))  # text-effect part added in truth
     policy_title_score = 0.5 * title_utility + rng.normal(0.0, 0.3, size=(A, Ti))
     policy_image_score = 0.5 * image_utility + rng.normal(0.0, 0.3, size=(A, I))
-    policy_highlight_score = rng.normal(0.0, 0.3, size=(A, H))
+    policy_highlight_score = rng.normal(0.0, 0.3, size=(A, config.highlights_per_ad))
     policy_pair_image = np.zeros((A, Ti), dtype=np.int64)
     for a in range(A):
         by_title = np.argsort(title_utility[a])  # worst title first
         by_image = np.argsort(-image_utility[a])  # best image first
         for rank, t in enumerate(by_title):
             policy_pair_image[a, t] = by_image[rank % I]
+    return {"ad_exploration": ad_exploration, "policy_text_score": policy_text_score,
+            "policy_title_score": policy_title_score, "policy_image_score": policy_image_score,
+            "policy_highlight_score": policy_highlight_score, "policy_pair_image": policy_pair_image}
 
+
+def _draw_users(rng: np.random.Generator, config: SimulateConfig, S: int) -> dict:
+    """Each user's segment and share of the traffic."""
     user_segment = rng.integers(0, S, size=config.users)
     activity = np.exp(rng.normal(0.0, 0.8, size=config.users))
-    user_activity = activity / activity.sum()
+    return {"user_segment": user_segment, "user_activity": activity / activity.sum()}
 
-    world = World(
-        config=config, segments=list(config.user_segments), verticals=list(config.verticals),
-        segment_vertical_traffic=segment_vertical_traffic, segment_vertical_click=segment_vertical_click,
-        segment_conv=segment_conv, search_position_click=search_position_click,
-        feed_position_click=feed_position_click, phrase_click=phrase_click, phrase_conv=phrase_conv,
-        phrase_segment_click=phrase_segment_click, advertisers=advertisers, products=products, ads=ads,
-        ads_by_vertical=np.asarray(ads_by_vertical, dtype=np.int64), texts=texts, text_blocked=text_blocked,
-        titles=titles, highlights=highlights, title_utility=title_utility, image_utility=image_utility,
-        highlight_utility=highlight_utility, highlight_conv=highlight_conv, title_latent=title_latent,
-        image_latent=image_latent, image_attributes=image_attributes,
-        segment_image_preference=segment_image_preference, ad_exploration=ad_exploration,
-        policy_text_score=policy_text_score, policy_title_score=policy_title_score,
-        policy_image_score=policy_image_score, policy_highlight_score=policy_highlight_score,
-        policy_pair_image=policy_pair_image, user_segment=user_segment, user_activity=user_activity,
-        coef=dict(COEF),
-    )
-    return world
+
+def build_world(config: SimulateConfig) -> World:
+    """Draw the whole hidden world from `config.seed`."""
+    # one stream, drawn in this order: the fingerprint in world.json pins it
+    rng = _rng(config.seed, 1)
+    S, V = len(config.user_segments), len(config.verticals)
+    traffic = _draw_traffic_effects(rng, S, V)
+    phrases = _draw_phrase_effects(rng, S)
+    market = _build_market(rng, config)
+    creatives = _build_creatives(rng, config, market)
+    elements = _draw_element_effects(rng, config, len(market["ads"]), S)
+    policy = _draw_logging_policy(rng, config, elements["title_utility"], elements["image_utility"])
+    users = _draw_users(rng, config, S)
+    return World(config=config, segments=list(config.user_segments), verticals=list(config.verticals),
+                 **traffic, **phrases, **market, **creatives, **elements, **policy, **users, coef=dict(COEF))

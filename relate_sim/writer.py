@@ -27,7 +27,7 @@ from plumbing.dates import day_bounds_ms, shift_ds
 from plumbing.logs import get_logger
 from relate_sim import grammar
 from relate_sim.config import SimulateConfig
-from relate_sim.logging_policy import ServingPolicy, build_policy, sample_rows, sample_traffic
+from relate_sim.logging_policy import ServingPolicy, Traffic, build_policy, sample_rows, sample_traffic
 from relate_sim.truth import (TruthTables, build_tables, combo_parts, fatigue_factor, feed_logits_vec,
                               search_logits_vec, sigmoid)
 from relate_sim.world import World, _rng, build_world
@@ -259,19 +259,53 @@ def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path) -> dict:
 def _simulate_chunk(sim: Simulation, frags: Fragments, rng: np.random.Generator, exposures: ExposureCounter,
                     pending: dict, parts: PartWriter, day: int, ds: str, offset: int, n: int, lo: int, hi: int,
                     first_ms: int):
-    world, tables, policy, cfg = sim.world, sim.tables, sim.policy, sim.world.config
-    counts = collections.Counter()
+    """Draw, label and write `n` impressions in [lo, hi); return the chunk's counts and truth table."""
+    world, tables, cfg = sim.world, sim.tables, sim.world.config
     traffic = sample_traffic(world, rng, n, cfg.search_share)
     ts = np.sort(rng.integers(lo, hi, size=n))
+    creative, propensity = _serve(sim.policy, rng, traffic)
+    p_click, p_conv, seen = _true_probabilities(world, tables, exposures, traffic, creative)
+    out = _draw_outcomes(rng, world, traffic.ad, ts, p_click, p_conv)
+
+    s_idx = np.flatnonzero(traffic.search)
+    counts = collections.Counter()
+    counts["impression"] = n
+    counts["search"] = len(s_idx)
+    counts["search_noncompliant"] = int((~tables.text_compliant[traffic.ad[s_idx], creative[s_idx]]).sum())
+    counts["impression_clicked"] = int(out.clicked.sum())
+    counts["click_converted"] = int(out.converted.sum())
+    counts["repeat_exposures"] = int((seen > 0).sum())
+
+    ids = [f"{ds.replace('-', '')}{offset + i:09d}" for i in range(n)]
+    lines = _impression_lines(frags, traffic, ids, ts, creative, propensity)
+    _route_events(out, ids, day, cfg.days - 1, first_ms, lines, pending, counts)
+    parts.write(lines)
+    truth = pa.table({"impression_id": pa.array(["i" + s for s in ids], pa.string()),
+                      "p_click": pa.array(p_click, pa.float64()),
+                      "p_conv_given_click": pa.array(p_conv, pa.float64())}, schema=TRUTH_SCHEMA)
+    return counts, truth
+
+
+def _serve(policy: ServingPolicy, rng: np.random.Generator, traffic: Traffic) -> tuple[np.ndarray, np.ndarray]:
+    """The logging policy's creative per impression (text index on search, combination index on
+    feed) and its propensity."""
     search = traffic.search
     s_idx, f_idx = np.flatnonzero(search), np.flatnonzero(~search)
-    creative = np.zeros(n, dtype=np.int64)  # text index (search) or combo index (feed)
+    creative = np.zeros(len(search), dtype=np.int64)
     creative[s_idx] = sample_rows(rng, policy.text_probs, traffic.ad[s_idx])
     creative[f_idx] = sample_rows(rng, policy.combo_probs, traffic.ad[f_idx])
     propensity = np.where(search, policy.text_probs[traffic.ad, np.where(search, creative, 0)],
                           policy.combo_probs[traffic.ad, np.where(search, 0, creative)])
+    return creative, propensity
 
-    click_logit, conv_logit = np.zeros(n), np.zeros(n)
+
+def _true_probabilities(world: World, tables: TruthTables, exposures: ExposureCounter, traffic: Traffic,
+                        creative: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True P(click) (fatigue included), P(conversion | click) and the earlier exposures of each
+    impression's creative to its user (recorded in `exposures`)."""
+    search = traffic.search
+    s_idx, f_idx = np.flatnonzero(search), np.flatnonzero(~search)
+    click_logit, conv_logit = np.zeros(len(search)), np.zeros(len(search))
     click_logit[s_idx], conv_logit[s_idx] = search_logits_vec(
         world, tables, traffic.ad[s_idx], traffic.segment[s_idx], traffic.position[s_idx], creative[s_idx],
         traffic.keyword[s_idx], traffic.modifier[s_idx])
@@ -280,35 +314,45 @@ def _simulate_chunk(sim: Simulation, frags: Fragments, rng: np.random.Generator,
     signature = np.where(search, tables.text_signature[traffic.ad, np.where(search, creative, 0)],
                          tables.combo_signature[traffic.ad, np.where(search, 0, creative)])
     seen = exposures.count_and_update(traffic.user.astype(np.int64) * tables.n_signatures + signature)
-    p_click = sigmoid(click_logit) * fatigue_factor(world, seen)
-    p_conv = sigmoid(conv_logit)
+    return sigmoid(click_logit) * fatigue_factor(world, seen), sigmoid(conv_logit), seen
+
+
+@dataclasses.dataclass
+class _Outcomes:
+    clicked: np.ndarray
+    converted: np.ndarray
+    click_ts: np.ndarray
+    conv_ts: np.ndarray
+    value: np.ndarray
+
+
+def _draw_outcomes(rng: np.random.Generator, world: World, ad: np.ndarray, ts: np.ndarray, p_click: np.ndarray,
+                   p_conv: np.ndarray) -> _Outcomes:
+    """Clicks, conversions, their delays after the impression and the conversion values."""
+    n, cfg = len(ts), world.config
     clicked = rng.random(n) < p_click
     converted = clicked & (rng.random(n) < p_conv)
     click_ts = ts + np.clip(np.exp(rng.normal(np.log(25_000), 1.0, size=n)), 1_000, 1_800_000).astype(np.int64)
     max_delay = cfg.max_conversion_delay_days * DAY_MS - 60_000
     conv_ts = click_ts + np.clip(np.exp(rng.normal(np.log(4 * 3_600_000), 1.2, size=n)), 60_000, max_delay).astype(np.int64)
-    value = np.round(np.array([world.products[world.ads[a]["product"]]["price"] for a in range(world.n_ads)])[traffic.ad]
+    value = np.round(np.array([world.products[world.ads[a]["product"]]["price"] for a in range(world.n_ads)])[ad]
                      * np.exp(rng.normal(0.0, 0.3, size=n)), 2)
+    return _Outcomes(clicked=clicked, converted=converted, click_ts=click_ts, conv_ts=conv_ts, value=value)
 
-    counts["impression"] = n
-    counts["search"] = len(s_idx)
-    counts["search_noncompliant"] = int((~tables.text_compliant[traffic.ad[s_idx], creative[s_idx]]).sum())
-    counts["impression_clicked"] = int(clicked.sum())
-    counts["click_converted"] = int(converted.sum())
-    counts["repeat_exposures"] = int((seen > 0).sum())
 
-    ids = [f"{ds.replace('-', '')}{offset + i:09d}" for i in range(n)]
-    lines = _impression_lines(frags, traffic, ids, ts, creative, propensity)
-    click_rows = np.flatnonzero(clicked)
+def _route_events(out: _Outcomes, ids: list[str], day: int, last_day: int, first_ms: int, lines: list[str],
+                  pending: dict, counts: collections.Counter) -> None:
+    """Click and conversion lines into today's `lines`, a later day's `pending` list, or (after the
+    last simulated day) only a count."""
+    click_rows = np.flatnonzero(out.clicked)
     click_lines = [f'{{"event_id":"ec{ids[i]}","event_type":"click","ts":{t},"impression_id":"i{ids[i]}",'
-                   f'"click_id":"c{ids[i]}"}}' for i, t in zip(click_rows.tolist(), click_ts[click_rows].tolist())]
-    conv_rows = np.flatnonzero(converted)
+                   f'"click_id":"c{ids[i]}"}}' for i, t in zip(click_rows.tolist(), out.click_ts[click_rows].tolist())]
+    conv_rows = np.flatnonzero(out.converted)
     conv_lines = [f'{{"event_id":"ev{ids[i]}","event_type":"conversion","ts":{t},"click_id":"c{ids[i]}",'
-                  f'"value":{v!r}}}' for i, t, v in zip(conv_rows.tolist(), conv_ts[conv_rows].tolist(),
-                                                        value[conv_rows].tolist())]
-    last_day = cfg.days - 1
-    for kind, rows_lines, when in (("click", click_lines, click_ts[click_rows]),
-                                   ("conversion", conv_lines, conv_ts[conv_rows])):
+                  f'"value":{v!r}}}' for i, t, v in zip(conv_rows.tolist(), out.conv_ts[conv_rows].tolist(),
+                                                        out.value[conv_rows].tolist())]
+    for kind, rows_lines, when in (("click", click_lines, out.click_ts[click_rows]),
+                                   ("conversion", conv_lines, out.conv_ts[conv_rows])):
         days_of = day_offset(when, first_ms).tolist()
         for line, d in zip(rows_lines, days_of):
             if d == day:
@@ -318,11 +362,6 @@ def _simulate_chunk(sim: Simulation, frags: Fragments, rng: np.random.Generator,
                 pending[d].append(line)
             else:  # after the last simulated day: it has not happened yet
                 counts[f"{kind}_after_last_day"] += 1
-    parts.write(lines)
-    truth = pa.table({"impression_id": pa.array(["i" + s for s in ids], pa.string()),
-                      "p_click": pa.array(p_click, pa.float64()),
-                      "p_conv_given_click": pa.array(p_conv, pa.float64())}, schema=TRUTH_SCHEMA)
-    return counts, truth
 
 
 def _impression_lines(frags: Fragments, traffic, ids, ts, creative, propensity) -> list[str]:
