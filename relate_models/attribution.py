@@ -64,6 +64,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from plumbing.errors import MissingArtifact
 from relate_models.metrics import binomial_nll_logits
 
 SLOTS = ("title", "image", "highlight")
@@ -596,7 +597,7 @@ class AttributionScorer:
         directory = Path(directory)
         missing = [name for name in ARTIFACT_FILES if not (directory / name).is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingArtifact(
                 f"attribution model artifact incomplete in {directory}: missing {', '.join(missing)} "
                 "(run pipelines.train_attribution first)"
             )

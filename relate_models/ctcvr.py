@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from plumbing.errors import MissingArtifact
 from relate_models.metrics import auc
 from relate_models.tokenizer import load_tokenizer, save_tokenizer
 
@@ -576,7 +577,7 @@ class CTCVRScorer:
         directory = Path(directory)
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"CTCVR artifact incomplete: {directory / name} missing; run train_ctcvr first")
+                raise MissingArtifact(f"CTCVR artifact incomplete: {directory / name} missing; run train_ctcvr first")
         config = CTCVRConfig.from_json((directory / CONFIG_FILE).read_text(encoding="utf-8"))
         model = CTCVRModel(config)
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
