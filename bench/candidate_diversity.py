@@ -18,20 +18,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import evaluate  # noqa: E402
+from pipelines.evaluate import EvaluateConfig  # noqa: E402
+from pipelines.evaluate_harness import generate_candidates, load_prompts  # noqa: E402
 from plumbing.config import load_config  # noqa: E402
+from plumbing.paths import SFT_DIR  # noqa: E402
 from relate_models.text_metrics import distinct_n, ngrams, words  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     extra = list(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(evaluate.EvaluateConfig, "evaluate")
-    prompts = evaluate.load_prompts()
-    for name in [str(evaluate.SFT_DIR), "models/relate", *extra]:
+    cfg = load_config(EvaluateConfig, "evaluate")
+    prompts = load_prompts()
+    for name in [str(SFT_DIR), "models/relate", *extra]:
         if not Path(name).is_dir():
             print(f"{name}: no such policy directory", file=sys.stderr)
             return 2
-        candidates = evaluate.generate_candidates(Path(name), prompts, cfg)
+        candidates = generate_candidates(Path(name), prompts, cfg)
         groups = [candidates[row["prompt_id"]] for row in prompts]
         bigrams = Counter(g for texts in groups for t in texts for g in ngrams(words(t), 2))
         total = sum(bigrams.values())

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import evaluate, grpo  # noqa: E402
+from pipelines import evaluate, evaluate_harness, grpo  # noqa: E402
+from plumbing.paths import SFT_DIR  # noqa: E402
 from plumbing.config import load_config  # noqa: E402
 from relate_models.grpo_trainer import GRPOStageConfig  # noqa: E402
 
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--set: unknown grpo key(s) {unknown}")
     eval_cfg = load_config(evaluate.EvaluateConfig, "evaluate", args.params)
-    harness = evaluate.Harness.build(eval_cfg, args.params)
-    sft = harness.sampled_arm("sft", evaluate.generate_candidates(evaluate.SFT_DIR, harness.prompts, eval_cfg))
+    harness = evaluate_harness.Harness.build(eval_cfg, args.params)
+    sft = harness.sampled_arm("sft", evaluate_harness.generate_candidates(SFT_DIR, harness.prompts, eval_cfg))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         grpo.train_relate(cfg, output_dir=out, metrics_path=out / "grpo_metrics.json", plots_dir=out / "plots",
                           prompts_dir=None)
-        arm = harness.sampled_arm(args.label, evaluate.generate_candidates(out, harness.prompts, eval_cfg))
+        arm = harness.sampled_arm(args.label, evaluate_harness.generate_candidates(out, harness.prompts, eval_cfg))
         m = harness.summarize_all({"sft": sft, args.label: arm})[args.label]
         row = {"label": args.label, "seed": seed, "overrides": dict(args.overrides),
                "true_ctcvr_uplift": m["true_ctcvr_uplift_vs_sft"], "learned_ctcvr_uplift": m["learned_ctcvr_uplift_vs_sft"],

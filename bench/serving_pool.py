@@ -18,8 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import evaluate  # noqa: E402
+from pipelines.evaluate import EvaluateConfig  # noqa: E402
+from pipelines.evaluate_harness import Harness, generate_candidates  # noqa: E402
 from plumbing.config import load_config  # noqa: E402
+from plumbing.paths import SFT_DIR  # noqa: E402
+from relate_models.serving import ServingConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,22 +37,23 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"not a saved policy (no config.json): {missing}")
 
-    base = load_config(evaluate.EvaluateConfig, "evaluate", args.params)
+    base = load_config(EvaluateConfig, "evaluate", args.params)
+    serving = load_config(ServingConfig, "serving", args.params)
     if args.candidates is not None:
-        base = dataclasses.replace(base, pool_candidates=args.candidates)
-    harness = evaluate.Harness.build(base, args.params)
-    outcomes = {"sft": harness.sampled_arm("sft", evaluate.generate_candidates(evaluate.SFT_DIR, harness.prompts, base))}
-    policies = [*args.policies, *([evaluate.SFT_DIR] if args.with_sft else [])]
+        serving = dataclasses.replace(serving, pool_candidates=args.candidates)
+    harness = Harness.build(base, args.params, serving=serving)
+    outcomes = {"sft": harness.sampled_arm("sft", generate_candidates(SFT_DIR, harness.prompts, base))}
+    policies = [*args.policies, *([SFT_DIR] if args.with_sft else [])]
     for policy in policies:
-        if policy != evaluate.SFT_DIR:
+        if policy != SFT_DIR:
             outcomes[f"{policy.name} sampled"] = harness.sampled_arm(
-                policy.name, evaluate.generate_candidates(policy, harness.prompts, base))
+                policy.name, generate_candidates(policy, harness.prompts, base))
         for weight in args.weights:
             # dataclasses.replace re-runs the config's validation
-            harness.cfg = dataclasses.replace(base, pool_ctcvr_weight=weight)
+            harness.serving = dataclasses.replace(serving, pool_ctcvr_weight=weight)
             outcomes[f"{policy.name} pool w={weight:g}"] = harness.pooled_arm(policy.name, policy)
     arms = harness.summarize_all(outcomes)
-    print(f"\n{base.pool_candidates} candidates per prompt, pool of {base.texts_per_prompt}, "
+    print(f"\n{serving.pool_candidates} candidates per prompt, pool of {base.texts_per_prompt}, "
           f"{base.n_impressions:,} impressions per arm\n")
     print("| arm | true CTCVR uplift vs SFT | compliance | distinct-2 | self-BLEU |")
     print("|---|---|---|---|---|")

@@ -37,6 +37,7 @@ from scipy.stats import spearmanr
 
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
+from relate_models.metrics import binomial_nll_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "alimama_aes"
@@ -137,7 +138,7 @@ def fit_mil(train: pd.DataFrame, slots: list[str], values: list[list[str]], pseu
     n_imp = float(impressions.sum())
     for _ in range(steps):
         opt.zero_grad()
-        nll = attr.binomial_nll(model(**inputs)["logit"], clicks, impressions) / n_imp
+        nll = binomial_nll_logits(model(**inputs)["logit"], clicks, impressions) / n_imp
         emb_sq, bias_sq = model.penalties()
         (nll + (100.0 * emb_sq + 1.0 * bias_sq) / n_imp).backward()
         opt.step()

@@ -10,8 +10,8 @@ settings and reward weights, only the reward set and credit assignment overridde
   compliance  + quality_compliance (sequence-level credit)
   credit      + token-level credit assignment (= RELATE)
 Each policy goes to models/ablation/<rung>/; all rungs and the SFT policy are then served
-on the same held-out traffic by `pipelines.evaluate`'s A/B harness (the oracle stays in that
-module). Writes metrics/ablation.json and reports/ablation.md. Not part of the default
+on the same held-out traffic by the evaluate stage's A/B harness (pipelines.evaluate_harness:
+the oracle stays behind it). Writes metrics/ablation.json and reports/ablation.md. Not part of the default
 `dvc repro` (five GRPO runs): run it on demand.
 """
 from __future__ import annotations
@@ -23,13 +23,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from pipelines.ab_report import bar_chart, finite, markdown_table
 from plumbing.atomic import write_json, write_text
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import require
+from plumbing.errors import MissingArtifact
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
-from plumbing.paths import METRICS, MODELS, PLOTS
+from plumbing.paths import ABLATION_DIR, METRICS, PLOTS, REPORTS, SFT_DIR
 
 log = get_logger("ablation")
-ABLATION_DIR = MODELS / "ablation"
 TRAIN_METRICS = "grpo_metrics.json"  # beside each rung's policy (written after the policy directory)
 LADDER: dict[str, tuple[tuple[str, ...], bool]] = {  # rung -> (rewards, token-level credit assignment)
     "structural": (("quality_structural",), False),
@@ -65,61 +67,67 @@ def rung_config(grpo_cfg, rung: str):
     return dataclasses.replace(grpo_cfg, rewards=weights, credit_assignment=credit, span_penalty=penalties)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-training", action="store_true",
                         help="evaluate the policies already in models/ablation/ (no GRPO runs)")
-    args = parser.parse_args(argv)
-    try:
-        from pipelines import evaluate, grpo
-        from relate_models.grpo_trainer import GRPOStageConfig
 
-        cfg = load_config(AblationConfig, "ablation", args.params)
-        grpo_cfg = load_config(GRPOStageConfig, "grpo", args.params)
-        eval_cfg = dataclasses.replace(load_config(evaluate.EvaluateConfig, "evaluate", args.params),
-                                       n_impressions=cfg.n_impressions)
-        started = time.monotonic()
-        training = {}
-        for rung in cfg.rungs:
-            out_dir = ABLATION_DIR / rung
-            if args.skip_training:
-                if not (out_dir / TRAIN_METRICS).is_file():
-                    raise FileNotFoundError(f"--skip-training: no trained rung at {out_dir}; run without it first")
-                metrics = json.loads((out_dir / TRAIN_METRICS).read_text(encoding="utf-8"))
-            else:
-                log.info("ablation rung %s: rewards %s, credit assignment %s", rung, *LADDER[rung])
-                metrics = grpo.train_relate(rung_config(grpo_cfg, rung), output_dir=out_dir,
-                                            metrics_path=out_dir / TRAIN_METRICS,
-                                            plots_dir=PLOTS / "ablation" / rung, prompts_dir=None)
-            training[rung] = {"train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
-                              "learned_held_out_gain": metrics["held_out"]["gain"]}
 
-        harness = evaluate.Harness.build(eval_cfg, args.params)
-        outcomes = {"sft": harness.sampled_arm(
-            "sft", evaluate.generate_candidates(evaluate.SFT_DIR, harness.prompts, eval_cfg))}
-        for rung in cfg.rungs:
-            texts = evaluate.generate_candidates(ABLATION_DIR / rung, harness.prompts, eval_cfg)
-            outcomes[rung] = harness.sampled_arm(rung, texts)
-        arms = harness.summarize_all(outcomes)
-        for rung in cfg.rungs:
-            names, credit = LADDER[rung]
-            arms[rung].update({"rewards": list(names), "credit_assignment": credit, **training.get(rung, {})})
-        metrics = {"arms": arms, "rungs": cfg.rungs, "setup": evaluate.setup_info(harness),
-                   "seconds": round(time.monotonic() - started, 1)}
-        write_json(METRICS / "ablation.json", evaluate._finite(metrics))
-        evaluate.bar_chart(arms, PLOTS / "ablation" / "ab.png", "Ablation ladder: simulated A/B")
-        write_text(evaluate.REPORTS / "ablation.md", render_report(arms, cfg, eval_cfg))
-        log.info("ablation done in %.1fs", metrics["seconds"])
-        return 0
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        log.error("ablation failed: %s", err)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("ablation", __doc__, run, argv, ds=None, add_arguments=add_arguments)
+
+
+def run(ctx: StageContext) -> None:
+    """Train (or with --skip-training, read) every rung, then serve them all in one simulated A/B."""
+    from pipelines.evaluate import EvaluateConfig
+    from relate_models.grpo_trainer import GRPOStageConfig
+
+    cfg = ctx.config(AblationConfig)
+    grpo_cfg = ctx.config(GRPOStageConfig, "grpo")
+    eval_cfg = dataclasses.replace(ctx.config(EvaluateConfig, "evaluate"), n_impressions=cfg.n_impressions)
+    started = time.monotonic()
+    training = {rung: train_rung(grpo_cfg, rung, ctx.args.skip_training) for rung in cfg.rungs}
+    arms, setup = evaluate_rungs(cfg, eval_cfg, ctx)
+    for rung in cfg.rungs:
+        names, credit = LADDER[rung]
+        arms[rung].update({"rewards": list(names), "credit_assignment": credit, **training.get(rung, {})})
+    metrics = {"arms": arms, "rungs": cfg.rungs, "setup": setup, "seconds": round(time.monotonic() - started, 1)}
+    write_json(METRICS / "ablation.json", finite(metrics))
+    bar_chart(arms, PLOTS / "ablation" / "ab.png", "Ablation ladder: simulated A/B")
+    write_text(REPORTS / "ablation.md", render_report(arms, cfg, eval_cfg))
+    log.info("ablation done in %.1fs", metrics["seconds"])
+
+
+def train_rung(grpo_cfg, rung: str, skip_training: bool) -> dict:
+    """One rung's GRPO run (or its recorded metrics with skip_training): time, steps, learned held-out gain."""
+    from pipelines import grpo
+
+    out_dir = ABLATION_DIR / rung
+    if skip_training:
+        if not (out_dir / TRAIN_METRICS).is_file():
+            raise MissingArtifact(f"--skip-training: no trained rung at {out_dir}; run without it first")
+        metrics = json.loads((out_dir / TRAIN_METRICS).read_text(encoding="utf-8"))
+    else:
+        log.info("ablation rung %s: rewards %s, credit assignment %s", rung, *LADDER[rung])
+        metrics = grpo.train_relate(rung_config(grpo_cfg, rung), output_dir=out_dir,
+                                    metrics_path=out_dir / TRAIN_METRICS,
+                                    plots_dir=PLOTS / "ablation" / rung, prompts_dir=None)
+    return {"train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
+            "learned_held_out_gain": metrics["held_out"]["gain"]}
+
+
+def evaluate_rungs(cfg: AblationConfig, eval_cfg, ctx: StageContext) -> tuple[dict, dict]:
+    """(per-arm summaries, setup) of SFT and every rung's plain samples on the same held-out traffic."""
+    from pipelines.evaluate_harness import Harness, generate_candidates, setup_info
+
+    harness = Harness.build(eval_cfg, ctx.params, curated=ctx.curated)
+    outcomes = {"sft": harness.sampled_arm("sft", generate_candidates(SFT_DIR, harness.prompts, eval_cfg))}
+    for rung in cfg.rungs:
+        texts = generate_candidates(ABLATION_DIR / rung, harness.prompts, eval_cfg)
+        outcomes[rung] = harness.sampled_arm(rung, texts)
+    return harness.summarize_all(outcomes), setup_info(harness)
 
 
 def render_report(arms: dict, cfg: AblationConfig, eval_cfg) -> str:
-    from pipelines.evaluate import markdown_table
-
     ladder = "\n".join(f"- `{r}`: rewards {', '.join(LADDER[r][0])}; "
                        f"{'token-level' if LADDER[r][1] else 'sequence-level'} credit" for r in cfg.rungs)
     return "\n".join([

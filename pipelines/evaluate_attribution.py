@@ -28,7 +28,6 @@ Writes metrics/attribution.json and plots/attribution/scatter.png.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import sys
@@ -39,13 +38,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from scipy.stats import spearmanr
 
-from plumbing import atomic, paths
-from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
 from pipelines.train_attribution import MODEL_DIR, PLOT_DIR, read_partition
+from plumbing import atomic, paths
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import require
+from plumbing.errors import DataError, MissingArtifact
+from plumbing.logs import get_logger
 from relate_models import attribution as attr
+from relate_models.metrics import weighted_auc, within_group_spearman
 
 log = get_logger(__name__)
 METRICS_FILE = paths.METRICS / "attribution.json"
@@ -69,31 +70,6 @@ class EvaluateAttributionConfig:
 
 
 # --------------------------------------------------------------------------- element level
-
-
-def within_group_spearman(frame: pd.DataFrame, estimate: str, truth: str, min_group_size: int) -> dict:
-    """Spearman of `estimate` vs `truth` per (ad, slot), averaged; pooled after centring; per slot."""
-    frame = frame.dropna(subset=[estimate, truth])
-    rhos, slots = [], []
-    for (ad_id, slot), g in frame.groupby(["ad_id", "slot"], sort=True):
-        if len(g) < min_group_size or g[truth].nunique() < 2:
-            continue
-        rho = spearmanr(g[estimate], g[truth]).statistic
-        # a constant estimate ranks nothing: score it 0, not NaN (which would flatter the mean)
-        rhos.append(0.0 if np.isnan(rho) else float(rho))
-        slots.append(slot)
-    if not rhos:
-        raise ValueError(f"no (ad, slot) group with >= {min_group_size} elements to rank {estimate} on")
-    centred = frame.copy()
-    for col in (estimate, truth):
-        centred[col] = centred[col] - centred.groupby(["ad_id", "slot"])[col].transform("mean")
-    by_slot = pd.Series(rhos).groupby(pd.Series(slots)).mean()
-    return {
-        "mean_within_ad_slot": float(np.mean(rhos)),
-        "pooled_centred": float(spearmanr(centred[estimate], centred[truth]).statistic),
-        "by_slot": {s: float(v) for s, v in by_slot.items()},
-        "groups": len(rhos),
-    }
 
 
 def true_utilities() -> tuple[pd.DataFrame, "Oracle"]:  # noqa: F821
@@ -120,14 +96,14 @@ def holdout_auc(scorer: attr.AttributionScorer, oracle, holdout_days: list[str])
         rows = pd.concat([read_partition("combo_stats", d) for d in holdout_days], ignore_index=True)
         level = "combination"
     if rows.empty:
-        raise ValueError(f"held-out days {holdout_days} have no feed impressions")
+        raise DataError(f"held-out days {holdout_days} have no feed impressions")
     pos = rows["clicks"].to_numpy(np.float64)
     neg = rows["impressions"].to_numpy(np.float64) - pos
     model_p = scorer.score_frame(rows, on_unknown="fallback", use_context=bool(scorer.context_features)).p_click
     out = {"auc_level": level, "holdout_impressions": int(pos.sum() + neg.sum()),
-           "holdout_auc": attr.weighted_auc(model_p, pos, neg)}
+           "holdout_auc": weighted_auc(model_p, pos, neg)}
 
-    out["oracle_combo_auc"] = attr.weighted_auc(true_ctr_of_rows(oracle, rows), pos, neg)
+    out["oracle_combo_auc"] = weighted_auc(true_ctr_of_rows(oracle, rows), pos, neg)
 
     truth_dir = paths.SIM_TRUTH / "impressions"
     if level == "impression" and all((truth_dir / f"dt={d}").is_dir() for d in holdout_days):
@@ -135,7 +111,7 @@ def holdout_auc(scorer: attr.AttributionScorer, oracle, holdout_days: list[str])
                            for d in holdout_days], ignore_index=True)
         joined = rows[["impression_id"]].merge(truth.drop_duplicates("impression_id"), on="impression_id", how="left")
         ok = joined["p_click"].notna().to_numpy()
-        out["oracle_auc"] = attr.weighted_auc(joined["p_click"].to_numpy()[ok], pos[ok], neg[ok])
+        out["oracle_auc"] = weighted_auc(joined["p_click"].to_numpy()[ok], pos[ok], neg[ok])
         out["oracle_auc_coverage"] = float(ok.mean())
     return out
 
@@ -289,16 +265,25 @@ def plot_scatter(frame: pd.DataFrame, path: Path) -> None:
 # --------------------------------------------------------------------------- stage
 
 
-def run(cfg: EvaluateAttributionConfig) -> dict:
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("evaluate_attribution", __doc__, run, argv, ds=None)
+
+
+def run(ctx: StageContext) -> None:
+    attribution_metrics(ctx.config(EvaluateAttributionConfig))
+
+
+def attribution_metrics(cfg: EvaluateAttributionConfig) -> dict:
+    """Element- and bag-level metrics against the truth, and the noise ceiling; writes the metrics and plot."""
     scorer = attr.AttributionScorer.load(MODEL_DIR)
     rewards_path = MODEL_DIR / "element_rewards.parquet"
     if not rewards_path.is_file():
-        raise FileNotFoundError(f"missing {rewards_path} (run pipelines.train_attribution first)")
+        raise MissingArtifact(f"missing {rewards_path} (run pipelines.train_attribution first)")
     rewards = pd.read_parquet(rewards_path)
     truth, oracle = true_utilities()
     frame = rewards.merge(truth, on=KEYS, how="inner")
     if frame.empty:
-        raise ValueError("no learned element matches an element of the simulated world (stale model or world?)")
+        raise DataError("no learned element matches an element of the simulated world (stale model or world?)")
     log.info("%d of %d learned elements matched to the truth", len(frame), len(rewards))
     mil = within_group_spearman(frame, "reward", "utility", cfg.min_group_size)
     naive = within_group_spearman(frame, "naive_ctr", "utility", cfg.min_group_size)
@@ -332,19 +317,6 @@ def run(cfg: EvaluateAttributionConfig) -> dict:
     atomic.write_json(METRICS_FILE, metrics)
     plot_scatter(frame, PLOT_DIR / "scatter.png")
     return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(EvaluateAttributionConfig, "evaluate_attribution", args.params)
-        run(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
-        log.error("evaluate_attribution failed: %s", err)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 The champion's recorded metrics were measured on the day it was published; comparing a
 candidate with them would compare two days' traffic. So its artifacts are scored again on the
 candidate's evaluation data with the evaluate stages' own code: the A/B harness of
-`pipelines.evaluate` (the candidate's held-out prompts and logged contexts up to `ds`, the
+`pipelines.evaluate_harness` (the candidate's held-out prompts and logged contexts up to `ds`, the
 candidate's SFT policy as the common baseline, the same seeds) for the text-policy gates,
 and `pipelines.evaluate_attribution.holdout_auc` on the candidate's held-out days for the MIL
 model. The result has the shape of the metrics files, so publish reads it with the same keys.
@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from plumbing import paths
-from pipelines.evaluate import SFT_DIR, EvaluateConfig, Harness, generate_candidates
+from pipelines.evaluate import EvaluateConfig
 from pipelines.evaluate_attribution import holdout_auc
-from plumbing.logs import get_logger
+from pipelines.evaluate_harness import Harness, generate_candidates
 from plumbing.config import load_config
+from plumbing.logs import get_logger
+from plumbing.paths import METRICS, SFT_DIR, read_as_of
 
 log = get_logger("evaluate_champion")
 RESCORED_FILES = ("evaluate.json", "attribution.json")
@@ -35,18 +36,15 @@ def champion_metrics(version_dir: Path, ds: str, params_path=None) -> dict[str, 
 
     version_dir = Path(version_dir)
     cfg = load_config(EvaluateConfig, "evaluate", params_path)
-    paths.read_as_of(ds)  # the candidate's evaluate stage saw the partitions up to ds, no more
-    try:
-        harness = Harness.build(cfg, params_path)
+    with read_as_of(ds) as curated:  # the candidate's evaluate stage saw the partitions up to ds, no more
+        harness = Harness.build(cfg, params_path, curated=curated)
         outcomes = {
             "sft": harness.sampled_arm("sft", generate_candidates(SFT_DIR, harness.prompts, cfg)),
             "relate": harness.served_arm("relate", version_dir / "policy"),
         }
         arms = harness.summarize_all(outcomes)
-        holdout_days = json.loads((paths.METRICS / "attribution.json").read_text(encoding="utf-8"))["holdout_days"]
+        holdout_days = json.loads((METRICS / "attribution.json").read_text(encoding="utf-8"))["holdout_days"]
         attribution = holdout_auc(AttributionScorer.load(version_dir / "attribution"), harness.oracle, holdout_days)
-    finally:
-        paths.read_as_of(None)
     log.info("champion %s on the candidate's data (ds %s): true CTCVR uplift %+.4f, compliance %.4f, "
              "MIL holdout AUC %.4f", version_dir.name, ds, arms["relate"]["true_ctcvr_uplift_vs_sft"],
              arms["relate"]["compliance_rate"], attribution["holdout_auc"])

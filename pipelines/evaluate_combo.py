@@ -23,18 +23,19 @@ predicted CTR of the generator's picks next to their true CTR (the gap is reward
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from plumbing import atomic, paths
 from pipelines.combo_policy import ATTRIBUTION_DIR, SERVING_FILE, mil_argmax
-from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
 from pipelines.train_attribution import read_partition
+from plumbing import atomic, paths
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import load_config, require
+from plumbing.errors import DataError, MissingArtifact
+from plumbing.logs import get_logger
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
 
@@ -59,7 +60,7 @@ class EvaluateComboConfig:
 def logged_rows(scorer: attr.AttributionScorer) -> pd.DataFrame:
     days = list(scorer.meta.get("train_days") or [])
     if not days:
-        raise ValueError(f"{ATTRIBUTION_DIR}/config.json has no train_days")
+        raise DataError(f"{ATTRIBUTION_DIR}/config.json has no train_days")
     cols = ["ad_id", *COLS, "impressions", "clicks"]
     rows = pd.concat([read_partition("combo_stats", d, cols) for d in days], ignore_index=True)
     return rows.dropna(subset=COLS).groupby(["ad_id", *COLS], sort=True)[["impressions", "clicks"]].sum().reset_index()
@@ -110,15 +111,22 @@ def load_oracle():
     return Oracle.load()
 
 
-def run(cfg: EvaluateComboConfig) -> dict:
-    from relate_sim.oracle import diff_ci
-
+def load_serving() -> pd.DataFrame:
+    """The generator's serving table (models/combo_policy/serving.parquet)."""
     if not SERVING_FILE.is_file():
-        raise FileNotFoundError(f"missing {SERVING_FILE} (run pipelines.combo_policy first)")
+        raise MissingArtifact(f"missing {SERVING_FILE} (run pipelines.combo_policy first)")
     serving = pd.read_parquet(SERVING_FILE)
     missing = [c for c in ("ad_id", "rank", *COLS, "score") if c not in serving.columns]
     if missing or serving.empty:
-        raise ValueError(f"{SERVING_FILE}: empty or lacks column(s) {missing}")
+        raise DataError(f"{SERVING_FILE}: empty or lacks column(s) {missing}")
+    return serving
+
+
+def combo_metrics(cfg: EvaluateComboConfig) -> dict:
+    """Every arm's simulated A/B and the headline ratios (see the module docstring)."""
+    from relate_sim.oracle import diff_ci
+
+    serving = load_serving()
     scorer = attr.AttributionScorer.load(ATTRIBUTION_DIR)
     oracle = load_oracle()
     rows = logged_rows(scorer)
@@ -173,22 +181,17 @@ def run(cfg: EvaluateComboConfig) -> dict:
 
 def evaluate_combos(params_path=None) -> dict:
     """The combination metrics for the evaluate stage (merged under "combo")."""
-    return run(load_config(EvaluateComboConfig, "evaluate_combo", params_path))
+    return combo_metrics(load_config(EvaluateComboConfig, "evaluate_combo", params_path))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        metrics = evaluate_combos(args.params)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
-        log.error("evaluate_combo failed: %s", err)
-        return 2
+    return run_stage("evaluate_combo", __doc__, run, argv, ds=None)
+
+
+def run(ctx: StageContext) -> None:
+    metrics = combo_metrics(ctx.config(EvaluateComboConfig))
     atomic.write_json(METRICS_FILE, metrics)
     log.info("wrote %s", METRICS_FILE)
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,6 @@ log loss, calibration, and the baseline. Writes metrics/ctcvr.json and plots/ctc
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -19,12 +18,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from plumbing import atomic
-from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
-from plumbing.paths import METRICS, PLOTS, SIM_TRUTH, partition
 from pipelines.train_ctcvr import CURVE, PREDICTIONS
-from relate_models import ctcvr
+from plumbing import atomic
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import require
+from plumbing.errors import DataError, MissingArtifact
+from plumbing.logs import get_logger
+from plumbing.paths import METRICS, PLOTS, SIM_TRUTH, partition
+from relate_models.metrics import auc, expected_calibration_error, log_loss, reliability as reliability_bins
 
 log = get_logger(__name__)
 
@@ -32,10 +33,6 @@ SECTION = "evaluate_ctcvr"
 TRUTH_IMPRESSIONS = SIM_TRUTH / "impressions"
 OUT_METRICS = METRICS / "ctcvr.json"
 PLOT_DIR = PLOTS / "ctcvr"
-
-
-class EvalError(ValueError):
-    """Missing or inconsistent inputs (no predictions, no truth for the eval day, ...)."""
 
 
 @dataclass
@@ -50,14 +47,14 @@ class EvaluateCTCVRConfig:
 
 def load_predictions() -> pd.DataFrame:
     if not PREDICTIONS.is_file():
-        raise EvalError(f"{PREDICTIONS} missing; run train_ctcvr first")
+        raise MissingArtifact(f"{PREDICTIONS} missing; run train_ctcvr first")
     frame = pd.read_parquet(PREDICTIONS)
     needed = {"impression_id", "dt", "p_ctr", "p_cvr", "p_ctcvr", "baseline_p_ctr", "baseline_p_ctcvr", "clicked", "converted"}
     missing = sorted(needed - set(frame.columns))
     if missing:
-        raise EvalError(f"{PREDICTIONS}: missing column(s) {', '.join(missing)}; rerun train_ctcvr")
+        raise DataError(f"{PREDICTIONS}: missing column(s) {', '.join(missing)}; rerun train_ctcvr")
     if frame.empty:
-        raise EvalError(f"{PREDICTIONS} is empty")
+        raise DataError(f"{PREDICTIONS} is empty")
     return frame
 
 
@@ -65,7 +62,7 @@ def load_truth(ds: str) -> pd.DataFrame:
     path = partition(TRUTH_IMPRESSIONS, ds)
     files = sorted(path.glob("part-*.parquet"))
     if not files:
-        raise EvalError(f"no simulator truth for the eval day: {path}/part-*.parquet missing")
+        raise MissingArtifact(f"no simulator truth for the eval day: {path}/part-*.parquet missing")
     return pd.concat(
         [pq.read_table(f, columns=["impression_id", "p_click", "p_conv_given_click"]).to_pandas() for f in files],
         ignore_index=True,
@@ -76,7 +73,7 @@ def join_truth(pred: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     joined = pred.merge(truth.drop_duplicates("impression_id"), on="impression_id", how="inner", validate="1:1")
     unmatched = len(pred) - len(joined)
     if len(joined) == 0:
-        raise EvalError("no held-out impression has a truth row (different simulation?)")
+        raise DataError("no held-out impression has a truth row (different simulation?)")
     if unmatched:
         log.warning("%d of %d held-out impressions have no truth row; evaluated on the rest", unmatched, len(pred))
     joined["true_p_ctcvr"] = joined["p_click"] * joined["p_conv_given_click"]
@@ -91,20 +88,20 @@ def compute_metrics(frame: pd.DataFrame, bins: int, ratio_goal: float) -> dict:
         "n_eval": int(len(frame)),
         "clicks": int(clicked.sum()),
         "conversions": int(label.sum()),
-        "auc_ctcvr": ctcvr.auc(label, frame["p_ctcvr"]),
-        "oracle_auc_ctcvr": ctcvr.auc(label, frame["true_p_ctcvr"]),
-        "baseline_auc_ctcvr": ctcvr.auc(label, frame["baseline_p_ctcvr"]),
-        "auc_ctr": ctcvr.auc(clicked, frame["p_ctr"]),
-        "oracle_auc_ctr": ctcvr.auc(clicked, frame["p_click"]),
-        "baseline_auc_ctr": ctcvr.auc(clicked, frame["baseline_p_ctr"]),
-        "logloss_ctcvr": ctcvr.log_loss(label, frame["p_ctcvr"]),
-        "oracle_logloss_ctcvr": ctcvr.log_loss(label, frame["true_p_ctcvr"]),
-        "baseline_logloss_ctcvr": ctcvr.log_loss(label, frame["baseline_p_ctcvr"]),
-        "logloss_ctr": ctcvr.log_loss(clicked, frame["p_ctr"]),
-        "oracle_logloss_ctr": ctcvr.log_loss(clicked, frame["p_click"]),
-        "ece_ctcvr": ctcvr.expected_calibration_error(label, frame["p_ctcvr"], bins),
-        "baseline_ece_ctcvr": ctcvr.expected_calibration_error(label, frame["baseline_p_ctcvr"], bins),
-        "ece_ctr": ctcvr.expected_calibration_error(clicked, frame["p_ctr"], bins),
+        "auc_ctcvr": auc(label, frame["p_ctcvr"]),
+        "oracle_auc_ctcvr": auc(label, frame["true_p_ctcvr"]),
+        "baseline_auc_ctcvr": auc(label, frame["baseline_p_ctcvr"]),
+        "auc_ctr": auc(clicked, frame["p_ctr"]),
+        "oracle_auc_ctr": auc(clicked, frame["p_click"]),
+        "baseline_auc_ctr": auc(clicked, frame["baseline_p_ctr"]),
+        "logloss_ctcvr": log_loss(label, frame["p_ctcvr"]),
+        "oracle_logloss_ctcvr": log_loss(label, frame["true_p_ctcvr"]),
+        "baseline_logloss_ctcvr": log_loss(label, frame["baseline_p_ctcvr"]),
+        "logloss_ctr": log_loss(clicked, frame["p_ctr"]),
+        "oracle_logloss_ctr": log_loss(clicked, frame["p_click"]),
+        "ece_ctcvr": expected_calibration_error(label, frame["p_ctcvr"], bins),
+        "baseline_ece_ctcvr": expected_calibration_error(label, frame["baseline_p_ctcvr"], bins),
+        "ece_ctr": expected_calibration_error(clicked, frame["p_ctr"], bins),
         # against the truth itself: how far the learned probabilities are from the real ones
         "mae_vs_true_p_ctcvr": float(np.mean(np.abs(frame["p_ctcvr"] - frame["true_p_ctcvr"]))),
         "corr_vs_true_p_ctcvr": float(np.corrcoef(frame["p_ctcvr"], frame["true_p_ctcvr"])[0, 1]),
@@ -117,7 +114,7 @@ def compute_metrics(frame: pd.DataFrame, bins: int, ratio_goal: float) -> dict:
     m["meets_ratio_goal"] = bool(m["auc_ratio_ctcvr"] >= ratio_goal)
     m["beats_baseline"] = bool(m["auc_ctcvr"] > m["baseline_auc_ctcvr"])
     if any(isinstance(v, float) and not np.isfinite(v) for v in m.values()):
-        raise EvalError(f"non-finite metric on eval day {m['eval_day']} (single-class labels?): {m}")
+        raise DataError(f"non-finite metric on eval day {m['eval_day']} (single-class labels?): {m}")
     return m
 
 
@@ -130,7 +127,7 @@ def write_plots(frame: pd.DataFrame, curve: dict | None, bins: int) -> None:
     label = frame["clicked"].to_numpy() * frame["converted"].to_numpy()
     rows = []
     for name, column in (("model", "p_ctcvr"), ("baseline", "baseline_p_ctcvr"), ("oracle", "true_p_ctcvr")):
-        rows += [{"model": name, "bin": i, **b} for i, b in enumerate(ctcvr.reliability(label, frame[column], bins))]
+        rows += [{"model": name, "bin": i, **b} for i, b in enumerate(reliability_bins(label, frame[column], bins))]
     reliability = pd.DataFrame(rows)
     atomic.write_text(PLOT_DIR / "reliability.csv", reliability.to_csv(index=False))
 
@@ -164,11 +161,20 @@ def _save(fig, path) -> None:
     atomic.save_figure(fig, path)
 
 
-def run(cfg: EvaluateCTCVRConfig) -> dict:
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(SECTION, __doc__, run, argv, ds=None)
+
+
+def run(ctx: StageContext) -> None:
+    evaluate_heldout(ctx.config(EvaluateCTCVRConfig))
+
+
+def evaluate_heldout(cfg: EvaluateCTCVRConfig) -> dict:
+    """The held-out day's metrics against the truth; writes metrics/ctcvr.json and the plots."""
     pred = load_predictions()
     days = pred["dt"].unique()
     if len(days) != 1:
-        raise EvalError(f"{PREDICTIONS}: expected one eval day, found {sorted(days)}")
+        raise DataError(f"{PREDICTIONS}: expected one eval day, found {sorted(days)}")
     frame = join_truth(pred, load_truth(str(days[0])))
     metrics = compute_metrics(frame, cfg.ece_bins, cfg.ratio_goal)
     curve = json.loads(CURVE.read_text(encoding="utf-8")) if CURVE.is_file() else None
@@ -181,18 +187,6 @@ def run(cfg: EvaluateCTCVRConfig) -> dict:
         metrics["oracle_auc_ctr"], metrics["ece_ctcvr"],
     )
     return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", help="params file (default params.yaml or $RELATE_PARAMS)")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(EvaluateCTCVRConfig, SECTION, args.params))
-    except (ConfigError, EvalError, ValueError, FileNotFoundError) as err:
-        log.error("evaluate_ctcvr stopped: %s", err)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

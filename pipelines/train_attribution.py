@@ -25,6 +25,7 @@ from plumbing.dates import parse_ds, shift_ds
 from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
 from relate_models import attribution as attr
+from relate_models.metrics import weighted_auc
 
 log = get_logger(__name__)
 MODEL_DIR = paths.MODELS / "attribution"
@@ -176,7 +177,7 @@ def holdout_metrics(scorer: attr.AttributionScorer, holdout: pd.DataFrame) -> di
     imps = holdout["impressions"].to_numpy(np.float64)
     p = np.clip(result.p_click, 1e-7, 1 - 1e-7)
     return {
-        "holdout_auc": attr.weighted_auc(result.p_click, clicks, imps - clicks),
+        "holdout_auc": weighted_auc(result.p_click, clicks, imps - clicks),
         "holdout_nll": float(-(clicks * np.log(p) + (imps - clicks) * np.log1p(-p)).sum() / imps.sum()),
         "holdout_impressions": int(imps.sum()),
         "holdout_clicks": int(clicks.sum()),

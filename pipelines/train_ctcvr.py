@@ -29,6 +29,7 @@ from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
 from plumbing.paths import METRICS, MODELS, curated, partition, partitions
 from relate_models import ctcvr
+from relate_models.metrics import auc, expected_calibration_error, log_loss
 from relate_models.ngram_baseline import NgramBaseline
 from relate_models.tokenizer import save_tokenizer, train_tokenizer
 
@@ -231,16 +232,16 @@ def heldout_metrics(frame: pd.DataFrame, bins: int) -> dict:
     clicked = frame["clicked"].to_numpy()
     ctcvr_label = clicked * frame["converted"].to_numpy()
     out = {
-        "auc_ctr": ctcvr.auc(clicked, frame["p_ctr"]),
-        "auc_ctcvr": ctcvr.auc(ctcvr_label, frame["p_ctcvr"]),
-        "logloss_ctr": ctcvr.log_loss(clicked, frame["p_ctr"]),
-        "logloss_ctcvr": ctcvr.log_loss(ctcvr_label, frame["p_ctcvr"]),
-        "ece_ctr": ctcvr.expected_calibration_error(clicked, frame["p_ctr"], bins),
-        "ece_ctcvr": ctcvr.expected_calibration_error(ctcvr_label, frame["p_ctcvr"], bins),
-        "baseline_auc_ctr": ctcvr.auc(clicked, frame["baseline_p_ctr"]),
-        "baseline_auc_ctcvr": ctcvr.auc(ctcvr_label, frame["baseline_p_ctcvr"]),
-        "baseline_logloss_ctcvr": ctcvr.log_loss(ctcvr_label, frame["baseline_p_ctcvr"]),
-        "baseline_ece_ctcvr": ctcvr.expected_calibration_error(ctcvr_label, frame["baseline_p_ctcvr"], bins),
+        "auc_ctr": auc(clicked, frame["p_ctr"]),
+        "auc_ctcvr": auc(ctcvr_label, frame["p_ctcvr"]),
+        "logloss_ctr": log_loss(clicked, frame["p_ctr"]),
+        "logloss_ctcvr": log_loss(ctcvr_label, frame["p_ctcvr"]),
+        "ece_ctr": expected_calibration_error(clicked, frame["p_ctr"], bins),
+        "ece_ctcvr": expected_calibration_error(ctcvr_label, frame["p_ctcvr"], bins),
+        "baseline_auc_ctr": auc(clicked, frame["baseline_p_ctr"]),
+        "baseline_auc_ctcvr": auc(ctcvr_label, frame["baseline_p_ctcvr"]),
+        "baseline_logloss_ctcvr": log_loss(ctcvr_label, frame["baseline_p_ctcvr"]),
+        "baseline_ece_ctcvr": expected_calibration_error(ctcvr_label, frame["baseline_p_ctcvr"], bins),
         "mean_p_ctcvr": float(frame["p_ctcvr"].mean()),
         "observed_ctcvr": float(ctcvr_label.mean()),
     }

@@ -64,6 +64,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from plumbing.errors import MissingArtifact
+from relate_models.metrics import binomial_nll_logits
+
 SLOTS = ("title", "image", "highlight")
 SLOT_COLUMNS = {"title": "title_id", "image": "image_id", "highlight": "highlight_id"}
 PAIR_SLOTS = ("title", "image")  # the pair effect gamma couples these two slots (positions 0 and 1)
@@ -249,11 +252,6 @@ class GatedAttentionMIL(nn.Module):
         for table in self.context_bias.values():
             bias = bias + table.weight.pow(2).sum()
         return emb, bias
-
-
-def binomial_nll(logit: torch.Tensor, clicks: torch.Tensor, impressions: torch.Tensor) -> torch.Tensor:
-    """Summed negative log-likelihood of `clicks` out of `impressions` (binomial, no constant)."""
-    return -(clicks * nn.functional.logsigmoid(logit) + (impressions - clicks) * nn.functional.logsigmoid(-logit)).sum()
 
 
 # --------------------------------------------------------------------------- encoding
@@ -459,7 +457,7 @@ def _train_full_batch(model: GatedAttentionMIL, batch: Batch, clicks: torch.Tens
     history = []
     for step in range(1, settings.steps + 1):
         optimizer.zero_grad()
-        nll = binomial_nll(model(**batch.inputs())["logit"], clicks, impressions) / n_imp
+        nll = binomial_nll_logits(model(**batch.inputs())["logit"], clicks, impressions) / n_imp
         emb_sq, bias_sq = model.penalties()
         penalty = (settings.l2 * emb_sq + settings.l2_bias * bias_sq) / n_imp
         if settings.l2_pair is not None:
@@ -472,7 +470,7 @@ def _train_full_batch(model: GatedAttentionMIL, batch: Batch, clicks: torch.Tens
             if hold is not None:
                 with torch.no_grad():
                     hold_logit = model(**hold[0].inputs())["logit"]
-                    point["holdout_nll"] = float(binomial_nll(hold_logit, hold[1], hold[2]) / hold[2].sum())
+                    point["holdout_nll"] = float(binomial_nll_logits(hold_logit, hold[1], hold[2]) / hold[2].sum())
             history.append(point)
             shown = " ".join(f"{k}={v:.5f}" for k, v in point.items() if k != "step")
             log.info("step %d/%d %s", step, settings.steps, shown)
@@ -617,7 +615,7 @@ class AttributionScorer:
         directory = Path(directory)
         missing = [name for name in ARTIFACT_FILES if not (directory / name).is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingArtifact(
                 f"attribution model artifact incomplete in {directory}: missing {', '.join(missing)} "
                 "(run pipelines.train_attribution first)"
             )
@@ -646,19 +644,3 @@ def naive_marginal_ctr(rows: pd.DataFrame) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out["naive_ctr"] = out["clicks"] / out["impressions"].where(out["impressions"] > 0)
     return out
-
-
-def weighted_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float:
-    """ROC AUC of aggregated rows: each row is `positives` clicked and `negatives` unclicked
-    impressions sharing one score (ties count one half). NaN without both classes."""
-    scores = np.asarray(scores, dtype=np.float64)
-    pos = np.asarray(positives, dtype=np.float64)
-    neg = np.asarray(negatives, dtype=np.float64)
-    total_pos, total_neg = pos.sum(), neg.sum()
-    if total_pos <= 0 or total_neg <= 0:
-        return float("nan")
-    uniq, inverse = np.unique(scores, return_inverse=True)
-    pos_g = np.bincount(inverse, weights=pos, minlength=len(uniq))
-    neg_g = np.bincount(inverse, weights=neg, minlength=len(uniq))
-    neg_below = np.cumsum(neg_g) - neg_g
-    return float((pos_g * (neg_below + 0.5 * neg_g)).sum() / (total_pos * total_neg))

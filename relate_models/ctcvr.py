@@ -43,6 +43,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from plumbing.errors import MissingArtifact
+from relate_models.metrics import auc
 from relate_models.tokenizer import load_tokenizer, save_tokenizer
 
 CONTEXT_FIELDS = ("keyword", "vertical", "user_segment")  # categorical; id 0 = unknown
@@ -556,46 +558,6 @@ def evaluate(model: CTCVRModel, encoder: FeatureEncoder, data: TrainData) -> dic
     }
 
 
-# ----------------------------------------------------------------------------- metrics
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC with ties averaged; NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    if labels.size == 0 or labels.min() == labels.max():
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
-
-
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
-
-
-def reliability(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> list[dict]:
-    """Equal-mass bins (rare events put everything in one equal-width bin): mean p vs rate."""
-    labels = np.asarray(labels, dtype=np.float64)
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.size == 0:
-        return []
-    order = np.argsort(probs, kind="stable")
-    bins = []
-    for chunk in np.array_split(order, min(n_bins, probs.size)):
-        bins.append(
-            {"mean_predicted": float(probs[chunk].mean()), "observed_rate": float(labels[chunk].mean()), "count": int(chunk.size)}
-        )
-    return bins
-
-
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
-    bins = reliability(labels, probs, n_bins)
-    total = sum(b["count"] for b in bins)
-    if total == 0:
-        return float("nan")
-    return float(sum(b["count"] * abs(b["mean_predicted"] - b["observed_rate"]) for b in bins) / total)
-
-
 # ----------------------------------------------------------------------------- scoring
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR = "model.safetensors", "config.json", "tokenizer"
 
@@ -623,7 +585,7 @@ class CTCVRScorer:
         directory = Path(directory)
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"CTCVR artifact incomplete: {directory / name} missing; run train_ctcvr first")
+                raise MissingArtifact(f"CTCVR artifact incomplete: {directory / name} missing; run train_ctcvr first")
         config = CTCVRConfig.from_json((directory / CONFIG_FILE).read_text(encoding="utf-8"))
         model = CTCVRModel(config)
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))

@@ -10,14 +10,40 @@ to the pool (share of its bigrams not in it yet). The learned CTCVR reward, scal
 only breaks the many ties between equally new texts, a large one turns the pool into a
 top-k by learned CTCVR (the two-stage ranker's move).
 
+The settings are the `serving:` params section (ServingConfig); `generate --pool-from`, the
+evaluate stage's `relate` arm and publish's champion re-scoring all serve through
+`serving_pools` with the rewards of `learned_rewards`, so the three see the same pool.
 Nothing here reads the simulator: the rewards are the ones GRPO trained on.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
+from plumbing.config import load_config, require
+from plumbing.paths import ALL_CURATED, CuratedReader
 from relate_models.text_metrics import ngrams, words
+
+POOL_REWARDS = ("ctcvr", "quality_compliance")  # the learned rewards the pool scores candidates with
+
+
+@dataclass
+class ServingConfig:
+    """The `serving:` params section: how a policy's texts go live."""
+
+    pool_candidates: int  # policy samples per prompt the pool picks from; 0 = serve plain samples, no pool
+    pool_ctcvr_weight: float  # weight of the learned-CTCVR z-score beside the share of new bigrams
+
+    def __post_init__(self) -> None:
+        require(self.pool_candidates >= 0, "serving.pool_candidates", f"must be >= 0, got {self.pool_candidates}")
+        require(self.pool_ctcvr_weight >= 0, "serving.pool_ctcvr_weight",
+                f"must be >= 0, got {self.pool_ctcvr_weight}")
+
+    def check_pool_size(self, size: int, size_field: str) -> None:
+        """A pool of `size` texts needs at least that many candidates (or no pool at all)."""
+        require(self.pool_candidates == 0 or self.pool_candidates >= size, "serving.pool_candidates",
+                f"must be 0 (no pool) or >= {size_field} ({size}), got {self.pool_candidates}")
 
 
 def select_pool(texts: Sequence[str], size: int, scores: Sequence[float] | None = None,
@@ -52,3 +78,42 @@ def select_pool(texts: Sequence[str], size: int, scores: Sequence[float] | None 
         pool.append(best)
         seen.update(bigrams[best])
     return pool
+
+
+def serving_pools(candidates: dict[str, list[str]], prompts: Sequence[dict], rewards, size: int,
+                  ctcvr_weight: float) -> tuple[dict[str, list[str]], list[str]]:
+    """(prompt_id -> its serving pool, the prompts whose every candidate violated and so serve them unpooled).
+
+    Scores come from the learned `ctcvr` and `quality_compliance` rewards, as GRPO saw them.
+    """
+    from relate_models.rewards import group_kwargs
+
+    by_name = {r.name: r for r in rewards}
+    missing = set(POOL_REWARDS) - set(by_name)
+    if missing:
+        raise ValueError(f"serving pool: reward(s) {sorted(missing)} missing")
+    groups = [candidates[row["prompt_id"]] for row in prompts]
+    flat, kwargs = group_kwargs(prompts, groups)
+    ctcvr = by_name["ctcvr"].score(flat, **kwargs)
+    compliance = by_name["quality_compliance"].score(flat, **kwargs)
+    pools, unpooled, start = {}, [], 0
+    for row, texts in zip(prompts, groups):
+        end = start + len(texts)
+        picked = select_pool(texts, size, ctcvr[start:end], [c < 0 for c in compliance[start:end]], ctcvr_weight)
+        if not picked:  # nothing compliant to pool: serve the plain samples, and say so
+            unpooled.append(row["prompt_id"])
+            picked = list(range(min(size, len(texts))))
+        pools[row["prompt_id"]] = [texts[i] for i in picked]
+        start = end
+    return pools, unpooled
+
+
+def learned_rewards(scorer, params_path, curated: CuratedReader = ALL_CURATED):
+    """The grpo stage's reward functions (learned rewards only), to score served texts."""
+    from relate_models.grpo_trainer import GRPOStageConfig, reward_context
+    from relate_models.policy import load_search_corpus
+    from relate_models.rewards import build_rewards
+
+    grpo_cfg = load_config(GRPOStageConfig, "grpo", params_path)
+    ctx = reward_context(grpo_cfg, scorer, load_search_corpus(curated.table("text_stats")))
+    return build_rewards(["ctcvr", "quality_structural", "quality_compliance", "diversity"], ctx)

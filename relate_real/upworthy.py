@@ -45,6 +45,7 @@ from plumbing import atomic, paths
 from pipelines import ingest_reports
 from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
+from relate_models.metrics import binomial_nll, binomial_nll_per_impression
 
 if TYPE_CHECKING:  # annotations only: the fits import torch lazily, inside them
     import torch
@@ -252,16 +253,6 @@ def pair_folds(combos: pd.DataFrame) -> np.ndarray:
     size = combos.groupby("ad_id", sort=False)["ad_id"].transform("size").to_numpy()
     paired = (size >= 3) & (rank < size - size % 2)
     return np.where(paired, rank // 2, -1)
-
-
-def binomial_nll(p: np.ndarray, clicks: np.ndarray, impressions: np.ndarray) -> np.ndarray:
-    """Binomial negative log likelihood of each row's (clicks, impressions) under its p."""
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return -(clicks * np.log(p) + (impressions - clicks) * np.log1p(-p))
-
-
-def binomial_nll_per_impression(p: np.ndarray, clicks: np.ndarray, impressions: np.ndarray) -> float:
-    return float(binomial_nll(p, clicks, impressions).sum() / impressions.sum())
 
 
 def log_loss_difference(p: np.ndarray, reference: np.ndarray, clicks: np.ndarray, impressions: np.ndarray,

@@ -24,6 +24,7 @@ from typing import Any, Union
 import numpy as np
 
 from plumbing.config import build_config, load_params
+from plumbing.errors import MissingArtifact
 from relate_sim import grammar
 from relate_sim.config import SimulateConfig
 from relate_sim.logging_policy import sample_traffic, segment_weights_for_ad
@@ -119,7 +120,7 @@ class Oracle:
 
         path = Path(truth_dir or SIM_TRUTH) / "world.json"
         if not path.is_file():
-            raise FileNotFoundError(f"no simulated world at {path}: run `python -m pipelines.simulate` first")
+            raise MissingArtifact(f"no simulated world at {path}: run `python -m pipelines.simulate` first")
         stored = json.loads(path.read_text())
         config = build_config(SimulateConfig, "simulate", stored["config"])
         world = build_world(config)

@@ -133,7 +133,7 @@ def curated_fingerprint(project: Path, ds: str) -> dict:
 
 def tree_digests(top: Path) -> dict[str, str]:
     """Relative path -> content digest (publish's: wall-clock timings in JSON logs left out)."""
-    from pipelines.publish import file_digest
+    from pipelines.publish_registry import file_digest
 
     return {str(p.relative_to(top)): file_digest(p) for p in sorted(top.rglob("*")) if p.is_file()}
 

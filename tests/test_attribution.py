@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 
 from plumbing.logs import get_logger
 from relate_models import attribution as attr
+from relate_models.metrics import binomial_nll_logits, weighted_auc
 
 N_TITLES, N_IMAGES, N_HIGHLIGHTS = 6, 6, 4
 
@@ -166,7 +167,7 @@ def test_forward_shapes_and_binomial_loss():
     clicks, imps = torch.tensor([1.0, 0.0, 3.0, 2.0]), torch.tensor([10.0, 5.0, 3.0, 4.0])
     p = torch.sigmoid(out["logit"])
     manual = -(clicks * torch.log(p) + (imps - clicks) * torch.log(1 - p)).sum()
-    loss = attr.binomial_nll(out["logit"], clicks, imps)
+    loss = binomial_nll_logits(out["logit"], clicks, imps)
     assert torch.allclose(loss, manual, atol=1e-5)
     loss.backward()
     assert model.element_emb.weight.grad[0].abs().sum() == 0  # padding row never learns
@@ -329,8 +330,8 @@ def test_weighted_auc_matches_impression_level_auc():
     pos, neg = rng.integers(0, 4, 40), rng.integers(0, 6, 40)
     labels = np.concatenate([np.ones(pos.sum()), np.zeros(neg.sum())])
     expanded = np.concatenate([np.repeat(scores, pos), np.repeat(scores, neg)])
-    assert attr.weighted_auc(scores, pos, neg) == pytest.approx(roc_auc_score(labels, expanded))
-    assert np.isnan(attr.weighted_auc(scores, pos * 0, neg))
+    assert weighted_auc(scores, pos, neg) == pytest.approx(roc_auc_score(labels, expanded))
+    assert np.isnan(weighted_auc(scores, pos * 0, neg))
 
 
 # --------------------------------------------------------------------------- the stages

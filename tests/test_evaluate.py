@@ -47,7 +47,7 @@ def clean_text(ctx: dict) -> str:
 
 # ------------------------------------------------------------------------ A/B harness
 def test_ab_same_seed_same_result_and_arms_share_draws(oracle):
-    from pipelines.evaluate import ABTest
+    from pipelines.evaluate_harness import ABTest
 
     contexts = contexts_for(oracle, 4000, seed=3)
     texts = [clean_text(c) for c in contexts]
@@ -64,7 +64,7 @@ def test_ab_same_seed_same_result_and_arms_share_draws(oracle):
 
 
 def test_ab_intervals_contain_the_true_rate_for_large_n(oracle):
-    from pipelines.evaluate import ABTest, summarize
+    from pipelines.evaluate_harness import ABTest, summarize
 
     contexts = contexts_for(oracle, 60_000, seed=4)
     texts = [clean_text(c) for c in contexts]
@@ -83,7 +83,8 @@ def test_ab_intervals_contain_the_true_rate_for_large_n(oracle):
 
 
 def test_paired_uplift_and_fatigue(oracle):
-    from pipelines.evaluate import ABTest, paired_uplift, summarize
+    from pipelines.evaluate_harness import ABTest, summarize
+    from relate_models.metrics import paired_uplift
 
     contexts = contexts_for(oracle, 20_000, seed=6)
     ab = ABTest(oracle, contexts, seed=7)
@@ -104,7 +105,7 @@ def test_paired_uplift_and_fatigue(oracle):
 
 
 def test_serving_rules():
-    from pipelines.evaluate import serve_sampled, serve_top_ranked
+    from pipelines.evaluate_harness import serve_sampled, serve_top_ranked
 
     class LengthScorer:  # "pCTR" = text length; context-free
         def score(self, texts, contexts):
@@ -123,17 +124,22 @@ def test_serving_rules():
 def test_bad_config_is_rejected_with_the_field_name():
     from pipelines.evaluate import EvaluateConfig
     from plumbing.config import ConfigError
+    from relate_models.serving import ServingConfig
 
-    with pytest.raises(ConfigError, match="evaluate.n_impressions"):
-        build_config(EvaluateConfig, "evaluate", {"n_impressions": 0})
-    with pytest.raises(ConfigError, match="evaluate.goals"):
-        build_config(EvaluateConfig, "evaluate", {"goals": {"nonsense": 1}})
-    with pytest.raises(ConfigError, match="evaluate.top_p"):
-        build_config(EvaluateConfig, "evaluate", {"top_p": 1.5})
-    with pytest.raises(ConfigError, match="evaluate.pool_candidates"):
-        build_config(EvaluateConfig, "evaluate", {"texts_per_prompt": 8, "pool_candidates": 4})
-    with pytest.raises(ConfigError, match="evaluate.pool_ctcvr_weight"):
-        build_config(EvaluateConfig, "evaluate", {"pool_ctcvr_weight": -1})
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    evaluate, serving = params["evaluate"], params["serving"]
+    for bad, field in (({"n_impressions": 0}, "evaluate.n_impressions"), ({"goals": {"nonsense": 1}}, "evaluate.goals"),
+                       ({"top_p": 1.5}, "evaluate.top_p")):
+        with pytest.raises(ConfigError, match=field):
+            build_config(EvaluateConfig, "evaluate", {**evaluate, **bad})
+    with pytest.raises(ConfigError, match="serving.pool_ctcvr_weight"):
+        build_config(ServingConfig, "serving", {**serving, "pool_ctcvr_weight": -1})
+    with pytest.raises(ConfigError, match="serving.pool_candidates: missing"):
+        build_config(ServingConfig, "serving", {"pool_ctcvr_weight": 0.1})
+    pool = build_config(ServingConfig, "serving", {**serving, "pool_candidates": 4})
+    with pytest.raises(ConfigError, match="serving.pool_candidates: must be 0 \\(no pool\\) or >= evaluate.texts_per_prompt"):
+        pool.check_pool_size(8, "evaluate.texts_per_prompt")
+    build_config(ServingConfig, "serving", {**serving, "pool_candidates": 0}).check_pool_size(8, "x")  # no pool
 
 
 # ---------------------------------------------------------------------- end to end

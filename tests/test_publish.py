@@ -297,7 +297,7 @@ def test_champion_served_otherwise_is_scored_again_on_the_same_day(project, monk
 
 
 def test_version_digest_ignores_wall_clock_timings_only(tmp_path):
-    from pipelines.publish import tree_digest
+    from pipelines.publish_registry import tree_digest
 
     def tree(seconds: float, loss: float) -> Path:
         root = tmp_path / f"run{len(list(tmp_path.iterdir()))}"

@@ -44,7 +44,7 @@ def test_bad_arguments_name_the_problem():
 
 
 def test_serving_pools_score_with_the_rewards_and_fall_back_loudly():
-    from pipelines.evaluate import serving_pools
+    from relate_models.serving import serving_pools
     from relate_models.rewards import Reward
 
     def ctcvr(texts, **kwargs):

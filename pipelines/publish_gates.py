@@ -1,0 +1,184 @@
+"""Publish's gates: which metric each gate reads, the candidate's values, the champion's bar, the verdict rows.
+
+A gate passes when its metric reaches the `publish:` minimum and, with a champion, does not
+fall more than the allowed drop below the champion's value measured like the candidate's
+(same evaluation day and serving settings: its recorded value; otherwise its artifacts are
+scored again, pipelines.evaluate_champion).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.publish_registry import read_json
+from plumbing.errors import StageError
+from plumbing.logs import get_logger
+from plumbing.paths import METRICS
+
+log = get_logger("publish")
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    metrics_file: str  # under metrics/
+    key: str  # dotted path inside it
+    threshold_field: str  # PublishConfig field with the minimum
+    meaning: str
+
+
+GATES = (
+    Gate("relate_true_ctcvr_uplift", "evaluate.json", "relate.true_ctcvr_uplift_vs_sft",
+         "min_true_ctcvr_uplift_vs_sft", "true CTCVR uplift of the RELATE policy over SFT (oracle A/B)"),
+    Gate("relate_compliance", "evaluate.json", "relate.compliance_rate",
+         "min_compliance_rate", "share of generated texts that pass the compliance check"),
+    Gate("combo_ratio_to_oracle", "evaluate.json", "combo.true_ctr_ratio_to_oracle",
+         "min_combo_ratio_to_oracle", "true CTR of the combo generator / the oracle's best combination"),
+    Gate("ctcvr_auc_ratio", "ctcvr.json", "auc_ratio_ctcvr",
+         "min_ctcvr_auc_ratio", "CTCVR model AUC / oracle AUC on the held-out day"),
+    Gate("attribution_auc_ratio", "attribution.json", "holdout_auc/oracle_auc",
+         "min_attribution_auc_ratio", "MIL attribution model holdout AUC / oracle AUC (same impressions)"),
+)
+
+
+def lookup(obj: Any, dotted: str) -> Any:
+    """`a.b` is a nested key; `x/y` the ratio of two keys (None when either is missing or y is 0)."""
+    if "/" in dotted:
+        num, den = (lookup(obj, part) for part in dotted.split("/", 1))
+        ok = all(_is_number(v) for v in (num, den))
+        return num / den if ok and den else None
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def gate_values(files: dict[str, dict | None], gates=GATES) -> dict[str, float | None]:
+    """gate name -> its metric as a float, from {metrics file: its content} (None where missing)."""
+    values = {}
+    for gate in gates:
+        value = lookup(files.get(gate.metrics_file), gate.key)
+        values[gate.name] = float(value) if _is_number(value) else None
+    return values
+
+
+def candidate_metrics(metrics_dir: Path = METRICS) -> dict[str, float | None]:
+    """The gated metrics of this run's models (None where a metric is missing)."""
+    return gate_values({name: read_json(metrics_dir / name) for name in {g.metrics_file for g in GATES}})
+
+
+def eval_day(metrics_dir: Path = METRICS) -> str | None:
+    """The held-out evaluation day the gated metrics were measured on."""
+    for name in ("evaluate.json", "ctcvr.json"):
+        day = lookup(read_json(metrics_dir / name), "eval_day")
+        if isinstance(day, str):
+            return day
+    return None
+
+
+def eval_serving(metrics_dir: Path = METRICS) -> dict | None:
+    """How the evaluated policy was served (evaluate.json setup.serving): recorded metrics compare only alike."""
+    serving = lookup(read_json(metrics_dir / "evaluate.json"), "setup.serving")
+    return serving if isinstance(serving, dict) else None
+
+
+def champion_on_candidate_day(cfg, champion: dict | None, day: str | None, ds: str, params_file: Path,
+                              serving: dict | None = None) -> tuple[dict[str, float | None], str]:
+    """The champion's gated metrics measured like the candidate's, and how they were obtained.
+
+    Same evaluation day and the same serving settings: its recorded metrics. Another day, or
+    serving settings that changed since: its artifacts scored again on the candidate's data
+    (only gates whose metrics file that covers; the others keep the recorded value). A
+    champion that cannot be scored again (artifacts missing, incompatible with the current
+    code) keeps its recorded values, with the reason in the report.
+    """
+    if champion is None:
+        return {}, "no champion"
+    if not cfg.compares_with_champion:
+        return {}, "not compared (max_regression: null)"
+    if champion.get("eval_day") == day and champion.get("serving") == serving:
+        return {}, "recorded on the same evaluation day"
+    from pipelines import evaluate_champion
+
+    try:
+        files = evaluate_champion.champion_metrics(Path(champion["path"]), ds, params_file)
+    # missing or unreadable artifacts (StageError, OSError), a model the current code cannot load
+    # (RuntimeError from torch, ValueError from a config check): fall back, loudly, to the recorded bar
+    except (StageError, OSError, RuntimeError, ValueError) as err:
+        log.warning("champion %s could not be scored on %s (%s): comparing with its recorded metrics",
+                    champion.get("version"), day, err, exc_info=not isinstance(err, StageError))
+        return {}, f"recorded on {champion.get('eval_day')}: scoring it again on {day} failed ({err})"
+    rescored = gate_values(files, [g for g in GATES if g.metrics_file in evaluate_champion.RESCORED_FILES])
+    return {k: v for k, v in rescored.items() if v is not None}, f"scored again on {day}"
+
+
+def threshold_rows(cfg, values: dict[str, float | None]) -> list[dict]:
+    """One row per enabled gate: its metric against the configured minimum."""
+    rows = []
+    for gate in GATES:
+        minimum = getattr(cfg, gate.threshold_field)
+        if minimum is None:
+            continue
+        value = values.get(gate.name)
+        row = {"gate": gate.name, "kind": "threshold", "metric": f"{gate.metrics_file}:{gate.key}",
+               "value": value, "required": minimum}
+        if value is None:
+            row.update(passed=False, margin=None, reason=f"metric missing ({gate.metrics_file}: {gate.key})")
+        else:
+            row.update(passed=value >= minimum, margin=value - minimum)
+        rows.append(row)
+    return rows
+
+
+def regression_rows(cfg, values: dict[str, float | None], day: str | None, champion: dict,
+                    rescored: dict[str, float | None]) -> list[dict]:
+    """One row per compared gate: its metric against the champion's value less the allowed drop."""
+    rows = []
+    for gate in GATES:
+        allowed_drop = cfg.allowed_drop(gate.name)
+        if getattr(cfg, gate.threshold_field) is None or allowed_drop is None:
+            continue
+        same_day = gate.name in rescored or champion.get("eval_day") == day
+        best = rescored.get(gate.name, champion.get("metrics", {}).get(gate.name))
+        value = values.get(gate.name)
+        if best is None:
+            continue  # the champion never measured it: nothing to regress against
+        required = best - allowed_drop
+        row = {"gate": f"{gate.name}_vs_champion", "kind": "no_regression", "metric": gate.name,
+               "value": value, "required": required, "allowed_drop": allowed_drop,
+               "champion_version": champion.get("version"),
+               "champion_value": best, "champion_eval_day": day if same_day else champion.get("eval_day"),
+               "champion_recorded_eval_day": champion.get("eval_day"),
+               "champion_rescored": gate.name in rescored, "same_eval_day": same_day}
+        if value is None:
+            row.update(passed=False, margin=None, reason="metric missing")
+        else:
+            row.update(passed=value >= required, margin=value - required)
+        rows.append(row)
+    return rows
+
+
+def check_gates(cfg, values: dict[str, float | None], day: str | None,
+                champion: dict | None, rescored: dict[str, float | None] | None = None) -> list[dict]:
+    """One row per enabled check: threshold and no-regression-vs-champion.
+
+    `rescored`: the champion's metrics on the candidate's evaluation day (gate name -> value);
+    a gate missing from it compares with the champion's recorded value.
+    """
+    rows = threshold_rows(cfg, values)
+    if champion is not None:
+        rows += regression_rows(cfg, values, day, champion, rescored or {})
+    return rows
+
+
+def artifact_rows(missing: dict[str, Path]) -> list[dict]:
+    """A failed row per artifact directory that is missing or empty."""
+    return [{"gate": f"artifact_{name}", "kind": "artifact", "metric": str(path), "value": None,
+             "required": "a non-empty directory", "margin": None, "passed": False,
+             "reason": f"{path} is missing or empty"} for name, path in missing.items()]

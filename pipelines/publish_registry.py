@@ -1,0 +1,261 @@
+"""Publish's registry: the versioned artifact sets under registry/, the champion pointer, DVC.
+
+`registry/<version>/` holds the artifacts, their evaluation metrics, manifest.json and
+MODEL_CARD.md; `<version>.dvc` tracks it and `dvc push` copies it to the remote. The
+version is `<ds>-<content hash>` (wall-clock timings left out), so a rerun of the same day
+with the same models is the same version. `champion.json` names the version in service and
+the history that rollback walks back; one publisher at a time holds the registry lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from plumbing import atomic
+from plumbing.config import load_params
+from plumbing.errors import DataError, StageError
+from plumbing.logs import get_logger
+from plumbing.paths import (ATTRIBUTION_DIR, COMBO_POLICY_DIR, CTCVR_DIR, CURATED_TABLES, METRICS, RELATE_DIR,
+                            TOKENIZER_DIR, VALIDATION, curated, partitions)
+
+log = get_logger("publish")
+CHAMPION_FILE = "champion.json"
+
+# The artifact set: name in the registry -> source directory. The policy directory holds
+# its own tokenizer (save_pretrained); `tokenizer` is the shared BPE the CTCVR model reads.
+ARTIFACTS: dict[str, Path] = {
+    "policy": RELATE_DIR,
+    "tokenizer": TOKENIZER_DIR,
+    "ctcvr": CTCVR_DIR,
+    "attribution": ATTRIBUTION_DIR,
+    "combo_policy": COMBO_POLICY_DIR,
+}
+# Metrics files copied into the artifact set as its evaluation report (those that exist).
+EVALUATION_FILES = ("evaluate.json", "ctcvr.json", "attribution.json", "grpo.json", "sft.json",
+                    "ctcvr_train.json", "train_attribution.json", "validate.json", "ingest.json")
+
+
+class PublishError(StageError):
+    """A failed DVC command or an unusable registry (not a gate refusal)."""
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content; None when the file is absent."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_champion(registry: Path) -> dict | None:
+    return read_json(registry / CHAMPION_FILE)
+
+
+@contextlib.contextmanager
+def registry_lock(registry: Path):
+    """One publisher at a time (an Airflow run and a `dvc repro` may overlap)."""
+    registry.mkdir(parents=True, exist_ok=True)
+    with open(registry / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def missing_artifacts(names: list[str]) -> dict[str, Path]:
+    """The artifacts among `names` whose source directory is missing or empty."""
+    return {n: ARTIFACTS[n] for n in names if not ARTIFACTS[n].is_dir() or not any(ARTIFACTS[n].iterdir())}
+
+
+# ---------------------------------------------------------------- hashing
+
+# Wall-clock timings in training logs and metrics (seconds, train_seconds, steps_per_second):
+# they change on every rerun of the same seeded training, so the content digest, and with it
+# the version, leaves them out; otherwise reprocessing a day would register a new version.
+TIMING_KEY = re.compile(r"(^|_)seconds$|_per_second$")
+
+
+def _without_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if not TIMING_KEY.search(str(k))}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def _update_with_content(digest, path: Path) -> None:
+    """A file's content into `digest`: JSON without its timing fields, anything else byte for byte."""
+    if path.suffix == ".json":
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        else:
+            digest.update(json.dumps(_without_timings(obj), sort_keys=True).encode())
+            return
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    _update_with_content(digest, path)
+    return digest.hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over relative paths and contents (timings left out) of every file under `root`."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        _update_with_content(digest, path)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def params_hash(path: Path) -> str:
+    """Hash of the parsed params (formatting and comments do not change it)."""
+    return hashlib.sha256(json.dumps(load_params(path), sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- provenance
+
+def git_revision(root: Path) -> dict:
+    def git(*args):
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    return {"commit": git("rev-parse", "HEAD") or "none (no commit yet or not a git repository)",
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def data_partitions(ds: str, metrics_dir: Path = METRICS) -> dict:
+    """Which partitions the models saw: curated partitions up to ds, the validated days, training windows."""
+    success = VALIDATION / "_SUCCESS"
+    windows = {}
+    for name in ("ctcvr_train.json", "train_attribution.json"):
+        m = read_json(metrics_dir / name) or {}
+        windows[name.removesuffix(".json")] = {k: v for k, v in m.items()
+                                              if any(w in k for w in ("day", "window", "dt", "ds"))}
+    return {
+        "run_ds": ds,
+        "curated": {t: [d for d in partitions(curated(t)) if d <= ds] for t in CURATED_TABLES},
+        "validated_days": success.read_text(encoding="utf-8").split() if success.is_file() else [],
+        "training_windows": windows,
+    }
+
+
+# ---------------------------------------------------------------- DVC
+
+def dvc(root: Path, *args: str) -> str:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PublishError(f"dvc {' '.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc.stdout
+
+
+def ensure_dvc(root: Path, cfg) -> None:
+    if not (root / ".dvc").is_dir():
+        dvc(root, "init", "-q", *([] if (root / ".git").exists() else ["--no-scm"]))
+    # --local: the remote is machine configuration (params decide it), not a committed setting
+    dvc(root, "remote", "add", "--local", "--force", cfg.remote_name, cfg.remote_location(root))
+
+
+def track_and_push(root: Path, cfg, version_dir: Path) -> None:
+    ensure_dvc(root, cfg)
+    rel = str(version_dir.relative_to(root))
+    dvc(root, "add", "-q", rel)
+    if cfg.push:
+        dvc(root, "push", "-q", "-r", cfg.remote_name, f"{rel}.dvc")
+
+
+# ---------------------------------------------------------------- versions and the champion
+
+def assemble(staging: Path, artifacts: list[str], metrics_dir: Path) -> dict:
+    """Copy the artifacts and the evaluation report into `staging`; return the evaluation files read."""
+    for name in artifacts:
+        shutil.copytree(ARTIFACTS[name], staging / name, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    evaluation = {}
+    (staging / "evaluation").mkdir()
+    for name in EVALUATION_FILES:
+        if (metrics_dir / name).is_file():
+            shutil.copy2(metrics_dir / name, staging / "evaluation" / name)
+            evaluation[name] = read_json(metrics_dir / name)
+    return evaluation
+
+
+def stage_version(registry: Path, ds: str, artifacts: list[str]) -> tuple[Path, str, dict]:
+    """(staging directory, content digest, evaluation files) of the candidate artifact set."""
+    with atomic.directory(registry / ".incoming" / ds) as staging:
+        evaluation = assemble(staging, artifacts, METRICS)
+        digest = tree_digest(staging)
+    return registry / ".incoming" / ds, digest, evaluation
+
+
+def register(registry: Path, candidate: Path, version: str, manifest: dict, card: str) -> Path:
+    """Move the staged set to registry/<version> with its manifest and card (reused when already there)."""
+    version_dir = registry / version
+    if version_dir.is_dir():
+        log.info("version %s is already registered (same content): reusing it", version)
+        shutil.rmtree(candidate)
+    else:
+        atomic.write_json(candidate / "manifest.json", manifest)
+        atomic.write_text(candidate / "MODEL_CARD.md", card)
+        os.replace(candidate, version_dir)
+    shutil.rmtree(registry / ".incoming", ignore_errors=True)
+    return version_dir
+
+
+def promote(registry: Path, champion: dict | None, version: str, fields: dict) -> dict:
+    """Point champion.json at `version` (appended to the history); returns the pointer."""
+    history = list(champion.get("history", [])) if champion else []
+    if not history or history[-1] != version:
+        history.append(version)
+    pointer = {"version": version, "path": str(registry / version), **fields, "history": history}
+    atomic.write_json(registry / CHAMPION_FILE, pointer)
+    return pointer
+
+
+def rollback(cfg, to: str | None, root: Path) -> dict:
+    """Point the champion at the previous version (or `to`), pulling it from the remote when missing."""
+    registry = Path(cfg.registry_dir)
+    with registry_lock(registry):
+        champion = read_champion(registry)
+        if not champion:
+            raise PublishError(f"no champion to roll back: {registry / CHAMPION_FILE} is missing")
+        history = list(champion.get("history", [champion["version"]]))
+        if to is None:
+            if len(history) < 2:
+                raise PublishError(f"nothing to roll back to: {champion['version']} is the only version promoted")
+            history.pop()
+            target = history[-1]
+        else:
+            if not (registry / to / "manifest.json").is_file() and not (registry / f"{to}.dvc").is_file():
+                raise PublishError(f"unknown version {to!r}: no {registry / to} and no {registry / to}.dvc")
+            target = to
+            history.append(target)
+        target_dir = registry / target
+        if not target_dir.is_dir():
+            ensure_dvc(root, cfg)
+            dvc(root, "pull", "-q", "-r", cfg.remote_name, str(target_dir) + ".dvc")
+        manifest = read_json(target_dir / "manifest.json") or {}
+        pointer = {"version": target, "path": str(target_dir), "ds": manifest.get("ds"),
+                   "eval_day": manifest.get("eval_day"), "serving": manifest.get("serving"),
+                   "metrics": manifest.get("metrics", {}),
+                   "history": history, "rolled_back_from": champion["version"]}
+        atomic.write_json(registry / CHAMPION_FILE, pointer)
+        return pointer
