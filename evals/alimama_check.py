@@ -37,7 +37,7 @@ from scipy.stats import spearmanr
 
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
-from relate_models.metrics import binomial_nll_logits
+from plumbing.metrics import binomial_nll_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "alimama_aes"

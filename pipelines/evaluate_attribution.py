@@ -46,7 +46,7 @@ from plumbing.config import require
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
 from relate_models import attribution as attr
-from relate_models.metrics import weighted_auc, within_group_spearman
+from plumbing.metrics import weighted_auc, within_group_spearman
 
 log = get_logger(__name__)
 METRICS_FILE = paths.METRICS / "attribution.json"

@@ -124,7 +124,7 @@ def load_serving() -> pd.DataFrame:
 
 def combo_metrics(cfg: EvaluateComboConfig) -> dict:
     """Every arm's simulated A/B and the headline ratios (see the module docstring)."""
-    from relate_sim.oracle import diff_ci
+    from plumbing.metrics import diff_ci
 
     serving = load_serving()
     scorer = attr.AttributionScorer.load(ATTRIBUTION_DIR)

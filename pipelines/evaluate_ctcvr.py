@@ -25,7 +25,7 @@ from plumbing.config import require
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
 from plumbing.paths import METRICS, PLOTS, SIM_TRUTH, partition
-from relate_models.metrics import auc, expected_calibration_error, log_loss, reliability as reliability_bins
+from plumbing.metrics import auc, expected_calibration_error, log_loss, reliability as reliability_bins
 
 log = get_logger(__name__)
 

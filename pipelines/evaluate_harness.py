@@ -6,7 +6,7 @@ with the same random draws (common random numbers); outcomes come from the simul
 ground truth (relate_sim.oracle), with fatigue on repeated exposures. Users: the evaluate
 stage, the ablation ladder, publish's champion re-scoring (evaluate_champion) and bench/.
 It reads the oracle, so it sits inside the honesty boundary; the statistics are
-relate_models.metrics', the reports pipelines.ab_report's.
+plumbing.metrics', the reports pipelines.ab_report's.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from plumbing.config import load_config
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import Progress, get_logger
 from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, CuratedReader
-from relate_models.metrics import mean_ci, paired_uplift, wilson
+from plumbing.metrics import mean_ci, paired_uplift, wilson
 from relate_models.serving import ServingConfig, learned_rewards, serving_pools
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from plumbing.dates import parse_ds, shift_ds
 from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
 from relate_models import attribution as attr
-from relate_models.metrics import weighted_auc
+from plumbing.metrics import weighted_auc
 
 log = get_logger(__name__)
 MODEL_DIR = paths.MODELS / "attribution"

@@ -29,7 +29,7 @@ from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
 from plumbing.paths import METRICS, MODELS, curated, partition, partitions
 from relate_models import ctcvr
-from relate_models.metrics import auc, expected_calibration_error, log_loss
+from plumbing.metrics import auc, expected_calibration_error, log_loss
 from relate_models.ngram_baseline import NgramBaseline
 from relate_models.tokenizer import save_tokenizer, train_tokenizer
 

@@ -65,7 +65,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from plumbing.errors import MissingArtifact
-from relate_models.metrics import binomial_nll_logits
+from plumbing.metrics import binomial_nll_logits
 
 SLOTS = ("title", "image", "highlight")
 SLOT_COLUMNS = {"title": "title_id", "image": "image_id", "highlight": "highlight_id"}

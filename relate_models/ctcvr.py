@@ -44,7 +44,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from plumbing.errors import MissingArtifact
-from relate_models.metrics import auc
+from plumbing.metrics import auc
 from relate_models.tokenizer import load_tokenizer, save_tokenizer
 
 CONTEXT_FIELDS = ("keyword", "vertical", "user_segment")  # categorical; id 0 = unknown

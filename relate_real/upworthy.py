@@ -45,7 +45,7 @@ from plumbing import atomic, paths
 from pipelines import ingest_reports
 from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
-from relate_models.metrics import binomial_nll, binomial_nll_per_impression
+from plumbing.metrics import binomial_nll, binomial_nll_per_impression
 
 if TYPE_CHECKING:  # annotations only: the fits import torch lazily, inside them
     import torch

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Union
@@ -24,6 +23,7 @@ from typing import Any, Union
 import numpy as np
 
 from plumbing.config import build_config, load_params
+from plumbing.metrics import wilson
 from plumbing.errors import MissingArtifact
 from relate_sim import grammar
 from relate_sim.config import SimulateConfig
@@ -31,20 +31,8 @@ from relate_sim.logging_policy import sample_traffic, segment_weights_for_ad
 from relate_sim.truth import build_tables, fatigue_factor, feed_logits, feed_logits_vec, search_logits, sigmoid
 from relate_sim.world import FEED_POSITION_PROBS, FEED_POSITIONS, World, _rng, build_world
 
-Z95 = 1.959963984540054
 TextPolicy = Union[Callable[[dict], str], Mapping[Any, Union[str, list]]]
 ComboPolicy = Union[Callable[[dict], tuple], Mapping[Any, Union[tuple, list]]]
-
-
-def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float, float]:
-    """(estimate, low, high) of a binomial proportion, Wilson score interval."""
-    if trials <= 0:
-        return (float("nan"), 0.0, 1.0)
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return (p, max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclasses.dataclass
@@ -94,14 +82,6 @@ class ABResult:
             out[name] = {"estimate": est, "ci95": [lo, hi]}
         out["expected_ctr"], out["expected_ctcvr"] = self.expected_ctr, self.expected_ctcvr
         return out
-
-
-def diff_ci(a: tuple[int, int], b: tuple[int, int], z: float = Z95) -> tuple[float, float, float]:
-    """(p_b - p_a, low, high) for successes/trials pairs `a`, `b`: normal approximation."""
-    (sa, na), (sb, nb) = a, b
-    pa, pb = sa / na, sb / nb
-    half = z * math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb)
-    return (pb - pa, pb - pa - half, pb - pa + half)
 
 
 class Oracle:

@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from plumbing.logs import get_logger
 from relate_models import attribution as attr
-from relate_models.metrics import binomial_nll_logits, weighted_auc
+from plumbing.metrics import binomial_nll_logits, weighted_auc
 
 N_TITLES, N_IMAGES, N_HIGHLIGHTS = 6, 6, 4
 

@@ -84,7 +84,7 @@ def test_ab_intervals_contain_the_true_rate_for_large_n(oracle):
 
 def test_paired_uplift_and_fatigue(oracle):
     from pipelines.evaluate_harness import ABTest, summarize
-    from relate_models.metrics import paired_uplift
+    from plumbing.metrics import paired_uplift
 
     contexts = contexts_for(oracle, 20_000, seed=6)
     ab = ABTest(oracle, contexts, seed=7)

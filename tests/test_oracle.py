@@ -9,7 +9,8 @@ import yaml
 
 from plumbing.config import build_config
 from relate_sim.config import SimulateConfig
-from relate_sim.oracle import Oracle, diff_ci, wilson
+from plumbing.metrics import diff_ci, wilson
+from relate_sim.oracle import Oracle
 from relate_sim.world import build_world
 from tests.conftest import TINY_PARAMS
 

@@ -1,4 +1,4 @@
-"""Every metric's maths in one place: ranking (AUC), probability quality (log loss, binomial
+"""Every metric's maths in one place (the leaf package, so the simulator's oracle and the models share it): ranking (AUC), probability quality (log loss, binomial
 NLL, calibration), interval statistics (Wilson, mean and paired-uplift intervals) and rank
 correlation within groups. Text diversity (distinct-n, self-BLEU) lives in text_metrics.
 
@@ -102,6 +102,14 @@ def wilson(successes: int, trials: int) -> tuple[float, float, float]:
     centre = (p + z2 / (2 * trials)) / denom
     half = Z95 * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / denom
     return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def diff_ci(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float, float]:
+    """(p_b - p_a, low, high) for successes/trials pairs `a`, `b`: normal approximation at 95%."""
+    (sa, na), (sb, nb) = a, b
+    pa, pb = sa / na, sb / nb
+    half = Z95 * math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb)
+    return (pb - pa, pb - pa - half, pb - pa + half)
 
 
 def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
