@@ -1,6 +1,7 @@
-"""Every metric's maths in one place (the leaf package, so the simulator's oracle and the models share it): ranking (AUC), probability quality (log loss, binomial
-NLL, calibration), interval statistics (Wilson, mean and paired-uplift intervals) and rank
-correlation within groups. Text diversity (distinct-n, self-BLEU) lives in text_metrics.
+"""Every metric's maths in one place: ranking (AUC), probability quality (log loss, binomial
+NLL, calibration), interval statistics (Wilson, mean, difference and paired-uplift intervals)
+and rank correlation within groups. In the leaf package, so the simulator's oracle and the
+models score with the same code. Text diversity (distinct-n, self-BLEU) lives in text_metrics.
 
 Pure functions of arrays and frames: no stage, artifact or simulator in sight, so the
 training stages, the evaluation and the real-data checks all score with the same code.
