@@ -44,8 +44,8 @@ LADDER: dict[str, tuple[tuple[str, ...], bool]] = {  # rung -> (rewards, token-l
 class AblationConfig:
     """The `ablation:` params section."""
 
-    n_impressions: int = 100_000  # A/B impressions per arm (overrides evaluate.n_impressions)
-    rungs: list[str] = field(default_factory=lambda: list(LADDER))
+    n_impressions: int  # A/B impressions per arm (overrides evaluate.n_impressions)
+    rungs: list[str]
 
     def __post_init__(self) -> None:
         require(self.n_impressions >= 1, "ablation.n_impressions", f"must be >= 1, got {self.n_impressions}")

@@ -43,25 +43,26 @@ Z95 = 1.959963984540054
 CONTEXT_COLUMNS = ["impression_id", "user_id", "user_segment", "ad_id", "vertical", "keyword", "query", "position"]
 
 
-@dataclass
+@dataclass(kw_only=True)  # kw_only: the pool fields keep defaults until they move to their own section
 class EvaluateConfig:
     """The `evaluate:` params section."""
 
-    n_impressions: int = 100_000  # simulated impressions per arm (the same ones for every arm)
-    seed: int = 20260301  # traffic sample, serving draws and outcome draws
-    texts_per_prompt: int = 8  # N texts sampled per held-out prompt from each policy
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_new_tokens: int = 24
-    generation_seed: int = 17
-    diversity_texts_per_prompt: int = 8  # diversity: the texts served on a prompt's first impressions
-    fatigue: bool = True  # a user seeing the same (near-duplicate) text again clicks less
+    n_impressions: int  # simulated impressions per arm (the same ones for every arm)
+    seed: int  # traffic sample, serving draws and outcome draws
+    texts_per_prompt: int  # N texts sampled per held-out prompt from each policy
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    generation_seed: int
+    diversity_texts_per_prompt: int  # diversity: the texts served on a prompt's first impressions
+    fatigue: bool  # a user seeing the same (near-duplicate) text again clicks less
     # RELATE's serving pool (relate_models.serving): texts_per_prompt of pool_candidates policy samples,
     # compliant, picked for new bigrams plus pool_ctcvr_weight x the learned CTCVR z-score; 0 = plain samples
     pool_candidates: int = 32
     pool_ctcvr_weight: float = 0.1
-    num_threads: int = 1
-    goals: dict = field(default_factory=lambda: {"relate_ctcvr_uplift": 0.15, "relate_compliance": 0.995})
+    torch_threads: int  # torch intra-op threads; 0 = torch's default
+    goal_relate_ctcvr_uplift: float  # recorded in metrics/evaluate.json goals, as a share (0.15 = +15%)
+    goal_relate_compliance: float
 
     def __post_init__(self) -> None:
         p = "evaluate"
@@ -71,13 +72,12 @@ class EvaluateConfig:
                 "must be >= 2 (self-BLEU compares texts)")
         require(self.temperature >= 0, f"{p}.temperature", f"must be >= 0, got {self.temperature}")
         require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
-        require(self.num_threads >= 0, f"{p}.num_threads", f"must be >= 0, got {self.num_threads}")
+        require(self.torch_threads >= 0, f"{p}.torch_threads", f"must be >= 0, got {self.torch_threads}")
         require(self.pool_candidates == 0 or self.pool_candidates >= self.texts_per_prompt, f"{p}.pool_candidates",
                 f"must be 0 (no pool) or >= texts_per_prompt ({self.texts_per_prompt}), got {self.pool_candidates}")
         require(self.pool_ctcvr_weight >= 0, f"{p}.pool_ctcvr_weight", f"must be >= 0, got {self.pool_ctcvr_weight}")
-        known = {"relate_ctcvr_uplift", "relate_compliance"}
-        require(isinstance(self.goals, dict) and set(self.goals) <= known, f"{p}.goals",
-                f"must be a mapping with keys among {sorted(known)}, got {self.goals!r}")
+        require(0 <= self.goal_relate_compliance <= 1, f"{p}.goal_relate_compliance",
+                f"must be in [0, 1], got {self.goal_relate_compliance}")
 
 
 # ------------------------------------------------------------------------------- traffic
@@ -523,8 +523,7 @@ def _yerr(est, lo, hi) -> list:
 
 def goals(arms: dict[str, dict], cfg: EvaluateConfig) -> dict:
     relate, sft, two = arms["relate"], arms["sft"], arms["two_stage"]
-    target = cfg.goals.get("relate_ctcvr_uplift", 0.15)
-    compliance = cfg.goals.get("relate_compliance", 0.995)
+    target, compliance = cfg.goal_relate_ctcvr_uplift, cfg.goal_relate_compliance
     return {
         f"relate_true_ctcvr_uplift_ge_{target:g}": relate["true_ctcvr_uplift_vs_sft"] >= target,
         "relate_beats_two_stage": relate["true_ctcvr"] > two["true_ctcvr"],
@@ -562,8 +561,8 @@ def run(ctx: StageContext) -> None:
     import torch
 
     cfg = ctx.config(EvaluateConfig)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
     harness = Harness.build(cfg, ctx.params, curated=ctx.curated)
     sft_texts = generate_candidates(SFT_DIR, harness.prompts, cfg)
