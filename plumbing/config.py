@@ -182,8 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _ParamsDumper(yaml.SafeDumper):
+    """Block mappings (one key a line, as params.yaml is written), flow lists ([a, b])."""
+
+
+_ParamsDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
+
+
 def dump_params(params: dict[str, Any]) -> str:
-    return yaml.safe_dump(params, sort_keys=False, default_flow_style=None, allow_unicode=True, width=110)
+    """`params` as the YAML of a full params file."""
+    return yaml.dump(params, Dumper=_ParamsDumper, sort_keys=False, default_flow_style=False, allow_unicode=True,
+                     width=110)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from plumbing.config import require
+from plumbing.errors import MissingArtifact
 
 SCRATCH = "scratch"
 
@@ -98,7 +99,7 @@ def load_policy(directory: str | os.PathLike):
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"no policy at {directory} (config.json missing)")
+        raise MissingArtifact(f"no policy at {directory} (config.json missing)")
     tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
     return model.eval(), tokenizer
@@ -160,7 +161,7 @@ def load_search_corpus(text_stats_dir: str | os.PathLike) -> pd.DataFrame:
     """
     text_stats_dir = Path(text_stats_dir)
     if not text_stats_dir.is_dir() or not any(p.name.startswith("dt=") for p in text_stats_dir.iterdir()):
-        raise FileNotFoundError(f"no text_stats partitions under {text_stats_dir}; run ingest first")
+        raise MissingArtifact(f"no text_stats partitions under {text_stats_dir}; run ingest first")
     cols = ["vertical", "keyword", "ad_text", "impressions", "clicks", "conversions"]
     frame = pd.read_parquet(text_stats_dir, columns=cols)
     frame = frame.dropna(subset=["vertical", "keyword", "ad_text"])
@@ -310,7 +311,7 @@ def modal_user_segments(labeled_impressions_dir) -> dict[tuple[str, str], str]:
 
     path = Path(labeled_impressions_dir)
     if not path.is_dir():
-        raise FileNotFoundError(f"no labeled_impressions under {path}; run ingest first")
+        raise MissingArtifact(f"no labeled_impressions under {path}; run ingest first")
     table = ds.dataset(str(path), format="parquet", partitioning="hive").to_table(
         columns=["placement", "vertical", "keyword", "user_segment"], filter=ds.field("placement") == "search"
     )
