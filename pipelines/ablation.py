@@ -21,7 +21,7 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from plumbing.atomic import write_json, write_text
 from plumbing.logs import get_logger
@@ -57,12 +57,10 @@ class AblationConfig:
 
 
 def rung_config(grpo_cfg, rung: str):
-    """The grpo config of one rung: the stage's weights (and span penalties) for the rung's
-    rewards, its credit flag."""
+    """The grpo config of one rung: the stage's weights for the rung's rewards, its credit flag."""
     names, credit = LADDER[rung]
     weights = {name: grpo_cfg.rewards.get(name, 1.0) for name in names}
-    penalties = {name: p for name, p in grpo_cfg.span_penalty.items() if name in names}
-    return dataclasses.replace(grpo_cfg, rewards=weights, credit_assignment=credit, span_penalty=penalties)
+    return dataclasses.replace(grpo_cfg, rewards=weights, credit_assignment=credit)
 
 
 def main(argv: list[str] | None = None) -> int:

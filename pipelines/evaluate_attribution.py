@@ -29,7 +29,6 @@ Writes metrics/attribution.json and plots/attribution/scatter.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass

@@ -13,7 +13,6 @@ heldout_predictions.parquet, training_curve.json) and metrics/ctcvr_train.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass

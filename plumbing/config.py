@@ -26,6 +26,7 @@ import yaml
 from plumbing.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / DEFAULT_PARAMS  # whatever the cwd (checks run in a work dir)
 EXTENDS = "extends"
 T = TypeVar("T")
 

@@ -34,7 +34,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ import pandas as pd
 from plumbing import atomic, paths
 from pipelines import ingest_reports
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
+from plumbing.config import PROJECT_PARAMS, ConfigError, load_config, require
 
 log = get_logger("real.upworthy")
 
@@ -162,7 +162,8 @@ def ingest(cfg: UpworthyConfig) -> dict[str, int]:
     from pipelines.ingest import IngestConfig
     from plumbing.spark import stage_session
 
-    spark_cfg = IngestConfig(master=cfg.spark_master, shuffle_partitions=cfg.spark_shuffle_partitions)
+    spark_cfg = load_config(IngestConfig, "ingest", PROJECT_PARAMS,
+                            overrides={"master": cfg.spark_master, "shuffle_partitions": cfg.spark_shuffle_partitions})
     with stage_session(spark_cfg.master, "relate-ingest-upworthy", spark_cfg.shuffle_partitions) as spark:
         return ingest_reports.run_source(spark, VERTICAL, spark_cfg)
 
@@ -196,8 +197,8 @@ def validate_curated(tables: dict[str, pd.DataFrame], max_quarantine_rate: float
     """
     from pipelines import validate
 
-    gate = validate.Gate(validate.ValidateConfig(volume_drift_tolerance=1.0, volume_history_days=0,
-                                                 max_quarantine_rate=max_quarantine_rate))
+    gate = validate.Gate(load_config(validate.ValidateConfig, "validate", PROJECT_PARAMS, overrides={
+        "volume_drift_tolerance": 1.0, "volume_history_days": 0, "max_quarantine_rate": max_quarantine_rate}))
     frames = {
         "combo_stats": tables["combo_stats"].copy(),
         "text_stats": tables["text_stats"].copy(),

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from plumbing.config import build_config
+from plumbing.config import build_config, load_config
 from relate_sim.config import SimulateConfig
 from relate_sim.oracle import Oracle
 from relate_sim.world import build_world
@@ -124,16 +124,13 @@ def test_bad_config_is_rejected_with_the_field_name():
     from pipelines.evaluate import EvaluateConfig
     from plumbing.config import ConfigError
 
-    with pytest.raises(ConfigError, match="evaluate.n_impressions"):
-        build_config(EvaluateConfig, "evaluate", {"n_impressions": 0})
-    with pytest.raises(ConfigError, match="evaluate.goals"):
-        build_config(EvaluateConfig, "evaluate", {"goals": {"nonsense": 1}})
-    with pytest.raises(ConfigError, match="evaluate.top_p"):
-        build_config(EvaluateConfig, "evaluate", {"top_p": 1.5})
-    with pytest.raises(ConfigError, match="evaluate.pool_candidates"):
-        build_config(EvaluateConfig, "evaluate", {"texts_per_prompt": 8, "pool_candidates": 4})
-    with pytest.raises(ConfigError, match="evaluate.pool_ctcvr_weight"):
-        build_config(EvaluateConfig, "evaluate", {"pool_ctcvr_weight": -1})
+    for overrides, field in (({"n_impressions": 0}, "evaluate.n_impressions"),
+                             ({"goal_relate_compliance": 2}, "evaluate.goal_relate_compliance"),
+                             ({"goals": {}}, r"evaluate: unknown key\(s\) goals"), ({"top_p": 1.5}, "evaluate.top_p"),
+                             ({"texts_per_prompt": 8, "pool_candidates": 4}, "evaluate.pool_candidates"),
+                             ({"pool_ctcvr_weight": -1}, "evaluate.pool_ctcvr_weight")):
+        with pytest.raises(ConfigError, match=field):
+            load_config(EvaluateConfig, "evaluate", TINY_PARAMS, overrides=overrides)
 
 
 # ---------------------------------------------------------------------- end to end
