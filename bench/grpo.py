@@ -58,16 +58,12 @@ def pipeline_world(cfg):
     return model, tokenizer, CTCVRScorer.load(MODELS / "ctcvr"), train, sorted(set(corpus["ad_text"]))
 
 
-def run(trainer_cls, model, tokenizer, rewards, rows, cfg, **extra) -> dict:
+def run(build, model, tokenizer, rewards, rows, cfg) -> dict:
+    """Train the trainer `build(cfg, model, tokenizer, rewards, rows, **trl_overrides)` returns; its speed."""
     import copy
 
-    from datasets import Dataset
-
-    from relate_models.grpo_trainer import trl_config
-
-    args = trl_config(cfg, tempfile.mkdtemp(prefix="bench-grpo-"), logging_steps=cfg.max_steps)
-    trainer = trainer_cls(model=copy.deepcopy(model), processing_class=tokenizer, args=args,
-                          train_dataset=Dataset.from_list(rows), **extra)
+    trainer = build(cfg, copy.deepcopy(model), tokenizer, rewards, rows,
+                    output_dir=tempfile.mkdtemp(prefix="bench-grpo-"), logging_steps=cfg.max_steps)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -76,38 +72,41 @@ def run(trainer_cls, model, tokenizer, rewards, rows, cfg, **extra) -> dict:
             "steps_per_s": trainer.state.global_step / seconds, "tokens_per_s": tokens / seconds}
 
 
-def main(argv=None) -> int:
+def plain_trl(cfg, model, tokenizer, rewards, rows, **trl_overrides):
+    """Plain TRL GRPOTrainer on the same model, data and reward calls (the baseline)."""
+    from datasets import Dataset
     from trl import GRPOTrainer
 
+    from relate_models.grpo_trainer import trl_config
+
+    return GRPOTrainer(model=model, processing_class=tokenizer, args=trl_config(cfg, **trl_overrides),
+                       train_dataset=Dataset.from_list(rows), reward_funcs=[r.score for r in rewards])
+
+
+def main(argv=None) -> int:
     from plumbing.config import load_config
-    from relate_models.compliance import ComplianceChecker
-    from relate_models.grpo_trainer import GRPOStageConfig, RelateGRPOTrainer
+    from relate_models.grpo_trainer import GRPOStageConfig, build_trainer, reward_context
     from relate_models.policy import PolicyConfig
-    from relate_models.rewards import RewardContext, build_rewards
+    from relate_models.rewards import build_rewards
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--params", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: grpo.num_threads)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: grpo.torch_threads)")
     args = parser.parse_args(argv)
-    cfg = load_config(GRPOStageConfig, "grpo", args.params)
-    threads = cfg.num_threads if args.threads is None else args.threads
+    cfg = load_config(GRPOStageConfig, "grpo", args.params, overrides={"max_steps": args.steps})
+    threads = cfg.torch_threads if args.threads is None else args.threads
     if threads:
         torch.set_num_threads(threads)
-    cfg.max_steps = args.steps
     if args.synthetic:
         model, tokenizer, scorer, rows, history = synthetic_world(load_config(PolicyConfig, "policy", args.params))
     else:
         model, tokenizer, scorer, rows, history = pipeline_world(cfg)
-    ctx = RewardContext(scorer=scorer, compliance=ComplianceChecker.load(cfg.lexicon), historical_texts=history,
-                        min_chars=cfg.min_chars, max_chars=cfg.max_chars, compliance_penalty=cfg.compliance_penalty,
-                        group_ngram=cfg.group_ngram, copy_ngram=cfg.copy_ngram)
-    rewards = build_rewards(list(cfg.rewards), ctx)
+    rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, history, eos_token_id=tokenizer.eos_token_id))
     results = {
-        "trl": run(GRPOTrainer, model, tokenizer, rewards, rows, cfg, reward_funcs=[r.score for r in rewards]),
-        "relate": run(RelateGRPOTrainer, model, tokenizer, rewards, rows, cfg, relate_rewards=rewards,
-                      credit_assignment=cfg.credit_assignment),
+        "trl": run(plain_trl, model, tokenizer, rewards, rows, cfg),
+        "relate": run(build_trainer, model, tokenizer, rewards, rows, cfg),
     }
     results["overhead_steps"] = results["trl"]["steps_per_s"] / results["relate"]["steps_per_s"] - 1
     results["overhead_tokens"] = results["trl"]["tokens_per_s"] / results["relate"]["tokens_per_s"] - 1

@@ -1,6 +1,6 @@
 """GRPO settings x seeds, each scored by the evaluate stage's simulated A/B against SFT; prints a table.
 
-    python bench/grpo_seeds.py --seeds 11 12 13 [--set max_steps=300 --set token_gain='"none"'] [--label NAME]
+    python bench/grpo_seeds.py --seeds 11 12 13 [--set max_steps=150 --set beta=0.04] [--label NAME]
 
 Each run trains RELATE from the default models/sft with the `grpo:` params section, the
 seed and the `--set` overrides (key=JSON value, e.g. rewards='{"ctcvr": 1, ...}'), writes the
@@ -12,7 +12,6 @@ seeds of one setting): compare settings over several seeds, never one.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -21,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import evaluate, evaluate_harness, grpo  # noqa: E402
+from plumbing.config import ConfigError, load_config  # noqa: E402
 from plumbing.paths import SFT_DIR  # noqa: E402
-from plumbing.config import load_config  # noqa: E402
 from relate_models.grpo_trainer import GRPOStageConfig  # noqa: E402
 
 
@@ -46,18 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=None)
     args = parser.parse_args(argv)
 
-    base = load_config(GRPOStageConfig, "grpo", args.params)
-    unknown = [k for k, _ in args.overrides if k not in {f.name for f in dataclasses.fields(base)}]
-    if unknown:
-        parser.error(f"--set: unknown grpo key(s) {unknown}")
+    try:  # the --set values are checked as the params file's are, before any run
+        configs = {seed: load_config(GRPOStageConfig, "grpo", args.params,
+                                     overrides={**dict(args.overrides), "seed": seed}) for seed in args.seeds}
+    except ConfigError as err:
+        parser.error(f"--set: {err}")
     eval_cfg = load_config(evaluate.EvaluateConfig, "evaluate", args.params)
     harness = evaluate_harness.Harness.build(eval_cfg, args.params)
     sft = harness.sampled_arm("sft", evaluate_harness.generate_candidates(SFT_DIR, harness.prompts, eval_cfg))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        # dataclasses.replace re-runs the config's validation on the overridden values
-        cfg = dataclasses.replace(base, seed=seed, **dict(args.overrides))
+        cfg = configs[seed]
         out = args.out / f"{args.label}_s{seed}"
         started = time.monotonic()
         grpo.train_relate(cfg, output_dir=out, metrics_path=out / "grpo_metrics.json", plots_dir=out / "plots",

@@ -232,9 +232,11 @@ def run_duckdb(raw_dir: Path, out: Path, threads: int) -> tuple[float, int, int]
 def run_spark(raw_dir: Path, out: Path, master: str, shuffle_partitions: int) -> tuple[float, int, int]:
     from plumbing import paths
     from pipelines.ingest import IngestConfig, run_days
+    from plumbing.config import PROJECT_PARAMS, load_config
     from plumbing.spark import get_spark
 
-    cfg = IngestConfig(master=master, shuffle_partitions=shuffle_partitions)
+    cfg = load_config(IngestConfig, "ingest", PROJECT_PARAMS,
+                      overrides={"master": master, "shuffle_partitions": shuffle_partitions})
     spark = get_spark(master, "relate-ingest-bench", shuffle_partitions)
     started = time.monotonic()
     metrics = run_days(spark, cfg, paths.partitions(raw_dir), metrics_path=out / "ingest.json",

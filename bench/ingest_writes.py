@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from bench.ingest import raw_logs  # noqa: E402
 from pipelines import ingest  # noqa: E402
 from plumbing import paths  # noqa: E402
+from plumbing.config import PROJECT_PARAMS, load_config  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
         out.mkdir(parents=True)
         steps.clear()
         names = iter(("parse", "link", "labels"))
-        cfg = ingest.IngestConfig(master="local[2]", shuffle_partitions=args.shuffle_partitions)
+        cfg = load_config(ingest.IngestConfig, "ingest", PROJECT_PARAMS,
+                          overrides={"master": "local[2]", "shuffle_partitions": args.shuffle_partitions})
         started, gc0 = time.monotonic(), gc_ms()
         metrics = ingest.run_days(spark, cfg, paths.partitions(raw), metrics_path=out / "ingest.json",
                                   raw_dir=raw, curated_dir=out)

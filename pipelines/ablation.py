@@ -21,7 +21,7 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipelines.ab_report import bar_chart, finite, markdown_table
 from plumbing.atomic import write_json, write_text
@@ -46,8 +46,8 @@ LADDER: dict[str, tuple[tuple[str, ...], bool]] = {  # rung -> (rewards, token-l
 class AblationConfig:
     """The `ablation:` params section."""
 
-    n_impressions: int = 100_000  # A/B impressions per arm (overrides evaluate.n_impressions)
-    rungs: list[str] = field(default_factory=lambda: list(LADDER))
+    n_impressions: int  # A/B impressions per arm (overrides evaluate.n_impressions)
+    rungs: list[str]
 
     def __post_init__(self) -> None:
         require(self.n_impressions >= 1, "ablation.n_impressions", f"must be >= 1, got {self.n_impressions}")
@@ -59,12 +59,10 @@ class AblationConfig:
 
 
 def rung_config(grpo_cfg, rung: str):
-    """The grpo config of one rung: the stage's weights (and span penalties) for the rung's
-    rewards, its credit flag."""
+    """The grpo config of one rung: the stage's weights for the rung's rewards, its credit flag."""
     names, credit = LADDER[rung]
     weights = {name: grpo_cfg.rewards.get(name, 1.0) for name in names}
-    penalties = {name: p for name, p in grpo_cfg.span_penalty.items() if name in names}
-    return dataclasses.replace(grpo_cfg, rewards=weights, credit_assignment=credit, span_penalty=penalties)
+    return dataclasses.replace(grpo_cfg, rewards=weights, credit_assignment=credit)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

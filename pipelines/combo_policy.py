@@ -45,21 +45,21 @@ SERVING_COLUMNS = ["ad_id", "rank", "title_id", "image_id", "highlight_id", "sco
 @dataclass
 class ComboPolicyConfig:
     seed: int
-    hidden_dim: int = 32
-    steps: int = 200
-    group_size: int = 16  # combinations sampled per ad per step (the GRPO group)
-    ads_per_step: int = 32  # 0 = every ad every step
-    learning_rate: float = 0.03
-    entropy_coef: float = 0.1  # initial weight of the diversity regulariser
-    entropy_target: float = 0.3  # nats per slot the weight adapts to hold; 0 = fixed weight
-    temperature: float = 1.0
-    credit_assignment: bool = True  # false: every slot gets the sequence advantage (ablation)
-    top_k: int = 5
-    serving_beam: int = 20  # beam width of the serving decode; its candidates are re-ranked by the MIL reward
-    diversity_samples: int = 32  # samples per ad for the distinct-combinations metric
-    max_enumerate: int = 4096  # ads with at most this many combinations also get the exhaustive MIL argmax
-    log_every: int = 25
-    torch_threads: int = 1  # measured faster than 2 on the loaded 2-core machine; 0 = torch's default
+    hidden_dim: int
+    steps: int
+    group_size: int  # combinations sampled per ad per step (the GRPO group)
+    ads_per_step: int  # 0 = every ad every step
+    learning_rate: float
+    entropy_coef: float  # initial weight of the diversity regulariser
+    entropy_target: float  # nats per slot the weight adapts to hold; 0 = fixed weight
+    temperature: float
+    credit_assignment: bool  # false: every slot gets the sequence advantage (ablation)
+    top_k: int
+    serving_beam: int  # beam width of the serving decode; its candidates are re-ranked by the MIL reward
+    diversity_samples: int  # samples per ad for the distinct-combinations metric
+    max_enumerate: int  # ads with at most this many combinations also get the exhaustive MIL argmax
+    log_every: int
+    torch_threads: int  # torch intra-op threads; 0 = torch's default
 
     def __post_init__(self):
         for name in ("hidden_dim", "steps", "top_k", "diversity_samples", "max_enumerate", "log_every"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipelines.ab_report import bar_chart, evaluate_report, finite
 from pipelines.evaluate_harness import Harness, generate_candidates, serve_top_ranked, setup_info
@@ -40,17 +40,18 @@ log = get_logger("evaluate")
 class EvaluateConfig:
     """The `evaluate:` params section."""
 
-    n_impressions: int = 100_000  # simulated impressions per arm (the same ones for every arm)
-    seed: int = 20260301  # traffic sample, serving draws and outcome draws
-    texts_per_prompt: int = 8  # N texts sampled per held-out prompt from each policy
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_new_tokens: int = 24
-    generation_seed: int = 17
-    diversity_texts_per_prompt: int = 8  # diversity: the texts served on a prompt's first impressions
-    fatigue: bool = True  # a user seeing the same (near-duplicate) text again clicks less
-    num_threads: int = 1
-    goals: dict = field(default_factory=lambda: {"relate_ctcvr_uplift": 0.15, "relate_compliance": 0.995})
+    n_impressions: int  # simulated impressions per arm (the same ones for every arm)
+    seed: int  # traffic sample, serving draws and outcome draws
+    texts_per_prompt: int  # N texts sampled per held-out prompt from each policy
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    generation_seed: int
+    diversity_texts_per_prompt: int  # diversity: the texts served on a prompt's first impressions
+    fatigue: bool  # a user seeing the same (near-duplicate) text again clicks less
+    torch_threads: int  # torch intra-op threads; 0 = torch's default
+    goal_relate_ctcvr_uplift: float  # recorded in metrics/evaluate.json goals, as a share (0.15 = +15%)
+    goal_relate_compliance: float
 
     def __post_init__(self) -> None:
         p = "evaluate"
@@ -60,16 +61,14 @@ class EvaluateConfig:
                 "must be >= 2 (self-BLEU compares texts)")
         require(self.temperature >= 0, f"{p}.temperature", f"must be >= 0, got {self.temperature}")
         require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
-        require(self.num_threads >= 0, f"{p}.num_threads", f"must be >= 0, got {self.num_threads}")
-        known = {"relate_ctcvr_uplift", "relate_compliance"}
-        require(isinstance(self.goals, dict) and set(self.goals) <= known, f"{p}.goals",
-                f"must be a mapping with keys among {sorted(known)}, got {self.goals!r}")
+        require(self.torch_threads >= 0, f"{p}.torch_threads", f"must be >= 0, got {self.torch_threads}")
+        require(0 <= self.goal_relate_compliance <= 1, f"{p}.goal_relate_compliance",
+                f"must be in [0, 1], got {self.goal_relate_compliance}")
 
 
 def goals(arms: dict[str, dict], cfg: EvaluateConfig) -> dict:
     relate, sft, two = arms["relate"], arms["sft"], arms["two_stage"]
-    target = cfg.goals.get("relate_ctcvr_uplift", 0.15)
-    compliance = cfg.goals.get("relate_compliance", 0.995)
+    target, compliance = cfg.goal_relate_ctcvr_uplift, cfg.goal_relate_compliance
     return {
         f"relate_true_ctcvr_uplift_ge_{target:g}": relate["true_ctcvr_uplift_vs_sft"] >= target,
         "relate_beats_two_stage": relate["true_ctcvr"] > two["true_ctcvr"],
@@ -87,8 +86,8 @@ def run(ctx: StageContext) -> None:
     import torch
 
     cfg = ctx.config(EvaluateConfig)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
     harness = Harness.build(cfg, ctx.params, curated=ctx.curated)
     outcomes = run_arms(harness)

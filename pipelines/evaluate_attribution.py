@@ -28,7 +28,6 @@ Writes metrics/attribution.json and plots/attribution/scatter.png.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass
@@ -55,11 +54,11 @@ KEYS = ["ad_id", "slot", "element_id"]
 
 @dataclass
 class EvaluateAttributionConfig:
-    goal_spearman: float = 0.9  # recorded as meets_goal; the stage does not fail below it
-    min_group_size: int = 3  # (ad, slot) groups with fewer ranked elements are left out
-    bootstrap_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0, 4.0, 16.0])
-    bootstrap_replicates: int = 1  # redraws per scale; 0 = no noise ceiling
-    seed: int = 0
+    goal_spearman: float  # recorded as meets_goal; the stage does not fail below it
+    min_group_size: int  # (ad, slot) groups with fewer ranked elements are left out
+    bootstrap_scales: list[float]
+    bootstrap_replicates: int  # redraws per scale; 0 = no noise ceiling
+    seed: int
 
     def __post_init__(self):
         require(self.bootstrap_replicates >= 0, "evaluate_attribution.bootstrap_replicates", "must be >= 0")

@@ -37,12 +37,13 @@ PLOT_DIR = PLOTS / "ctcvr"
 
 @dataclass
 class EvaluateCTCVRConfig:
-    ece_bins: int = 15
-    ratio_goal: float = 0.97
+    ece_bins: int
+    goal_auc_ratio: float
 
     def __post_init__(self):
         require(self.ece_bins >= 2, f"{SECTION}.ece_bins", f"must be >= 2, got {self.ece_bins}")
-        require(0 < self.ratio_goal <= 1.5, f"{SECTION}.ratio_goal", f"must be in (0, 1.5], got {self.ratio_goal}")
+        require(0 < self.goal_auc_ratio <= 1.5, f"{SECTION}.goal_auc_ratio",
+                f"must be in (0, 1.5], got {self.goal_auc_ratio}")
 
 
 def load_predictions() -> pd.DataFrame:
@@ -176,14 +177,14 @@ def evaluate_heldout(cfg: EvaluateCTCVRConfig) -> dict:
     if len(days) != 1:
         raise DataError(f"{PREDICTIONS}: expected one eval day, found {sorted(days)}")
     frame = join_truth(pred, load_truth(str(days[0])))
-    metrics = compute_metrics(frame, cfg.ece_bins, cfg.ratio_goal)
+    metrics = compute_metrics(frame, cfg.ece_bins, cfg.goal_auc_ratio)
     curve = json.loads(CURVE.read_text(encoding="utf-8")) if CURVE.is_file() else None
     write_plots(frame, curve, cfg.ece_bins)
     atomic.write_json(OUT_METRICS, metrics)
     log.info(
         "eval day %s: auc ctcvr %.4f / oracle %.4f = %.3f (goal %.2f), baseline %.4f; auc ctr %.4f / oracle %.4f; "
         "ece ctcvr %.5f", metrics["eval_day"], metrics["auc_ctcvr"], metrics["oracle_auc_ctcvr"],
-        metrics["auc_ratio_ctcvr"], cfg.ratio_goal, metrics["baseline_auc_ctcvr"], metrics["auc_ctr"],
+        metrics["auc_ratio_ctcvr"], cfg.goal_auc_ratio, metrics["baseline_auc_ctcvr"], metrics["auc_ctr"],
         metrics["oracle_auc_ctr"], metrics["ece_ctcvr"],
     )
     return metrics

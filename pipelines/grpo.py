@@ -43,37 +43,16 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     `prompts_dir=None` skips writing the prompt split (the ablation reuses the stage's split);
     returns the metrics also written to `metrics_path`.
     """
-    from datasets import Dataset
-
     from relate_models import policy
-    from relate_models.ctcvr import CTCVRScorer
-    from relate_models.grpo_trainer import RelateGRPOTrainer, reward_context, reward_curves, trl_config
+    from relate_models.grpo_trainer import build_trainer, reward_context, reward_curves
     from relate_models.rewards import build_rewards, score_texts
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
-
-    model, tokenizer = policy.load_policy(SFT_DIR)
-    try:
-        scorer = CTCVRScorer.load(CTCVR_DIR)
-    except RuntimeError as err:  # weights saved by another version of the model code
-        raise MissingArtifact(f"CTCVR artifact {CTCVR_DIR} does not match relate_models.ctcvr; rerun train_ctcvr "
-                         f"({str(err).splitlines()[0]})") from None
-    corpus = policy.load_search_corpus(curated.table("text_stats"))
-    segments = None if cfg.user_segment else policy.modal_user_segments(curated.table("labeled_impressions"))
-    train_prompts, eval_prompts = policy.split_prompts(corpus, cfg.eval_fraction, segments, cfg.user_segment)
-    if not train_prompts or not eval_prompts:
-        raise DataError(f"grpo: need train and eval prompts, got {len(train_prompts)} / {len(eval_prompts)}")
-    if prompts_dir is not None:
-        with directory(prompts_dir) as staging:
-            for name, rows in (("train.jsonl", train_prompts), ("eval.jsonl", eval_prompts)):
-                (staging / name).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows),
-                                            encoding="utf-8")
-    log.info("grpo: %d train prompts, %d held-out eval prompts", len(train_prompts), len(eval_prompts))
-
-    ctx = reward_context(cfg, scorer, corpus, eos_token_id=tokenizer.eos_token_id)
-    rewards = build_rewards(list(cfg.rewards), ctx)
+    model, tokenizer, scorer = _load_models()
+    corpus, train_prompts, eval_prompts = _prompt_split(cfg, curated, prompts_dir)
+    rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, corpus, eos_token_id=tokenizer.eos_token_id))
     names = [r.name for r in rewards]
 
     def held_out_rewards(m) -> dict[str, float]:
@@ -85,17 +64,7 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
 
     sft_eval = held_out_rewards(model)
     log.info("SFT policy on held-out prompts: %s", _fmt(sft_eval))
-
-    trainer = RelateGRPOTrainer(
-        model=model,
-        processing_class=tokenizer,
-        args=trl_config(cfg),
-        train_dataset=Dataset.from_list(train_prompts),
-        relate_rewards=rewards,
-        credit_assignment=cfg.credit_assignment,
-        token_gain=cfg.token_gain,
-        span_penalty=cfg.span_penalty,
-    )
+    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts)
     train_started = time.monotonic()
     trainer.train()
     train_seconds = time.monotonic() - train_started
@@ -107,23 +76,59 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     curves = reward_curves(trainer.state.log_history, names)
     policy.write_curves(curves, plots_dir / "rewards.csv", plots_dir / "rewards.png", "step",
                         names + ["kl", "violation_rate"], "RELATE GRPO: mean reward per training step")
-    tokens = int(trainer.state.num_input_tokens_seen)
-    metrics = {
-        "steps": int(trainer.state.global_step),
-        "rewards": dict(cfg.rewards),
-        "credit_assignment": cfg.credit_assignment,
-        "train_seconds": round(train_seconds, 1),
-        "steps_per_second": trainer.state.global_step / max(train_seconds, 1e-9),
-        "tokens_per_second": tokens / max(train_seconds, 1e-9),
-        "held_out": {"sft": sft_eval, "relate": relate_eval,
-                     "gain": {k: relate_eval[k] - sft_eval[k] for k in sft_eval}},
-        "final_train_rewards": curves[-1] if curves else {},
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    metrics = _train_metrics(cfg, trainer.state, train_seconds, sft_eval, relate_eval, curves)
+    metrics["seconds"] = round(time.monotonic() - started, 1)
     write_json(metrics_path, metrics)
     log.info("grpo done: %d steps in %.1fs (%.2f steps/s)", metrics["steps"], train_seconds,
              metrics["steps_per_second"])
     return metrics
+
+
+def _load_models():
+    """(SFT policy, its tokenizer, the CTCVR scorer)."""
+    from relate_models import policy
+    from relate_models.ctcvr import CTCVRScorer
+
+    model, tokenizer = policy.load_policy(SFT_DIR)
+    try:
+        scorer = CTCVRScorer.load(CTCVR_DIR)
+    except RuntimeError as err:  # weights saved by another version of the model code
+        raise MissingArtifact(f"CTCVR artifact {CTCVR_DIR} does not match relate_models.ctcvr; rerun train_ctcvr "
+                         f"({str(err).splitlines()[0]})") from None
+    return model, tokenizer, scorer
+
+
+def _prompt_split(cfg, curated: CuratedReader, prompts_dir) -> tuple:
+    """(search corpus, train prompts, held-out eval prompts); the split is written to `prompts_dir` unless None."""
+    from relate_models import policy
+
+    corpus = policy.load_search_corpus(curated.table("text_stats"))
+    segments = None if cfg.user_segment else policy.modal_user_segments(curated.table("labeled_impressions"))
+    train_prompts, eval_prompts = policy.split_prompts(corpus, cfg.eval_fraction, segments, cfg.user_segment)
+    if not train_prompts or not eval_prompts:
+        raise DataError(f"grpo: need train and eval prompts, got {len(train_prompts)} / {len(eval_prompts)}")
+    if prompts_dir is not None:
+        with directory(prompts_dir) as staging:
+            for name, rows in (("train.jsonl", train_prompts), ("eval.jsonl", eval_prompts)):
+                (staging / name).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows),
+                                            encoding="utf-8")
+    log.info("grpo: %d train prompts, %d held-out eval prompts", len(train_prompts), len(eval_prompts))
+    return corpus, train_prompts, eval_prompts
+
+
+def _train_metrics(cfg, state, train_seconds: float, sft_eval: dict, relate_eval: dict, curves: list) -> dict:
+    """metrics/grpo.json without its total `seconds`."""
+    return {
+        "steps": int(state.global_step),
+        "rewards": dict(cfg.rewards),
+        "credit_assignment": cfg.credit_assignment,
+        "train_seconds": round(train_seconds, 1),
+        "steps_per_second": state.global_step / max(train_seconds, 1e-9),
+        "tokens_per_second": int(state.num_input_tokens_seen) / max(train_seconds, 1e-9),
+        "held_out": {"sft": sft_eval, "relate": relate_eval,
+                     "gain": {k: relate_eval[k] - sft_eval[k] for k in sft_eval}},
+        "final_train_rewards": curves[-1] if curves else {},
+    }
 
 
 def _fmt(values: dict[str, float]) -> str:

@@ -67,10 +67,10 @@ class IngestError(ValueError):
 
 @dataclasses.dataclass
 class IngestConfig:
-    master: str = "local[*]"
-    shuffle_partitions: int = 8
-    click_window_minutes: int = 60
-    attribution_window_days: int = 3
+    master: str
+    shuffle_partitions: int
+    click_window_minutes: int
+    attribution_window_days: int
 
     def __post_init__(self):
         require(bool(self.master.strip()), "ingest.master", "must be a Spark master URL such as local[*]")

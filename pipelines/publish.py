@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.publish_card import fmt, model_card, publish_report
@@ -62,19 +62,19 @@ METRICS_FILE = METRICS / "publish.json"
 class PublishConfig:
     """The `publish:` params section."""
 
-    registry_dir: str = "registry"
-    remote_name: str = "relate-registry"
-    remote_url: str = "../relate-dvc-remote"  # relative paths: to the project root
-    push: bool = True
-    artifacts: list[str] = field(default_factory=lambda: list(ARTIFACTS))
-    min_true_ctcvr_uplift_vs_sft: float | None = 0.0
-    min_compliance_rate: float | None = 0.9
-    min_combo_ratio_to_oracle: float | None = 0.5
-    min_ctcvr_auc_ratio: float | None = 0.9
-    min_attribution_auc_ratio: float | None = 0.9
+    registry_dir: str
+    remote_name: str
+    remote_url: str  # relative paths: to the project root
+    push: bool
+    artifacts: list[str]
+    min_true_ctcvr_uplift_vs_sft: float | None
+    min_compliance_rate: float | None
+    min_combo_ratio_to_oracle: float | None
+    min_ctcvr_auc_ratio: float | None
+    min_attribution_auc_ratio: float | None
     # allowed drop below the champion: one number for every gate, or gate name -> number (a gate
     # left out, or null, is not compared); null: no comparison at all
-    max_regression: float | dict[str, float | None] | None = 0.0
+    max_regression: float | dict[str, float | None] | None
 
     def __post_init__(self) -> None:
         p = SECTION

@@ -27,17 +27,17 @@ log = get_logger("sft")
 class SFTConfig:
     """The `sft:` params section."""
 
-    epochs: int = 3
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    val_fraction: float = 0.1
-    max_tokens: int = 64  # prompt + completion tokens per example
-    max_examples: int = 0  # 0 = every (vertical, keyword, ad text) of the logs
-    num_threads: int = 0  # torch intra-op threads; 0 = torch's default
-    seed: int = 13
-    log_every: int = 50
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_steps: int
+    val_fraction: float
+    max_tokens: int  # prompt + completion tokens per example
+    max_examples: int  # 0 = every (vertical, keyword, ad text) of the logs
+    torch_threads: int  # torch intra-op threads; 0 = torch's default
+    seed: int
+    log_every: int
 
     def __post_init__(self) -> None:
         p = "sft"
@@ -48,7 +48,7 @@ class SFTConfig:
         require(0 < self.val_fraction < 0.5, f"{p}.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
         require(self.max_tokens >= 16, f"{p}.max_tokens", f"must be >= 16, got {self.max_tokens}")
         require(self.max_examples >= 0, f"{p}.max_examples", f"must be >= 0, got {self.max_examples}")
-        require(self.num_threads >= 0, f"{p}.num_threads", f"must be >= 0, got {self.num_threads}")
+        require(self.torch_threads >= 0, f"{p}.torch_threads", f"must be >= 0, got {self.torch_threads}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +62,8 @@ def run(ctx: StageContext) -> None:
 
     cfg = ctx.config(SFTConfig)
     policy_cfg = ctx.config(policy.PolicyConfig, "policy")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
 
     tokenizer = load_tokenizer(TOKENIZER_DIR)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,23 +38,23 @@ CONTEXT_COLUMNS = ("user_segment", "position", "vertical")
 @dataclass
 class TrainAttributionConfig:
     seed: int
-    source: str = "combo_stats"  # or labeled_impressions (feed placement, one row per impression)
-    context_features: list[str] = field(default_factory=list)  # labeled_impressions only
-    train_days: int = 10
-    holdout_days: int = 1
-    end_ds: str | None = None  # last holdout day; None: the latest day with complete click labels
-    label_lag_days: int = 1  # clicks come within the click window (< 1 day), so labels of dt are final at dt+1
-    embed_dim: int = 16
-    attention_dim: int = 16
-    hash_buckets: int = 1024
-    steps: int = 400
-    learning_rate: float = 0.05
-    l2: float = 100.0
-    l2_bias: float = 1.0
-    l2_pair: float | None = 8.0  # prior precision on (title, image) pair effects; null = no pair effects
-    log_every: int = 50
-    max_combinations_per_ad: int = 4096
-    torch_threads: int = 1  # the model is tiny: more threads only contend; 0 = torch's default
+    source: str  # or labeled_impressions (feed placement, one row per impression)
+    context_features: list[str]  # labeled_impressions only
+    train_days: int
+    holdout_days: int
+    end_ds: str | None  # last holdout day; None: the latest day with complete click labels
+    label_lag_days: int  # clicks come within the click window (< 1 day), so labels of dt are final at dt+1
+    embed_dim: int
+    attention_dim: int
+    hash_buckets: int
+    steps: int
+    learning_rate: float
+    l2: float
+    l2_bias: float
+    l2_pair: float | None  # prior precision on (title, image) pair effects; null = no pair effects
+    log_every: int
+    max_combinations_per_ad: int
+    torch_threads: int  # torch intra-op threads; 0 = torch's default
 
     def __post_init__(self):
         require(self.source in SOURCES, "train_attribution.source", f"must be one of {SOURCES}, got {self.source!r}")

@@ -13,7 +13,6 @@ heldout_predictions.parquet, training_curve.json) and metrics/ctcvr_train.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -52,36 +51,36 @@ class DataError(ValueError):
 
 @dataclass
 class TrainCTCVRConfig:
-    seed: int = 20260101
-    train_days: int = 7
-    val_fraction: float = 0.05  # of the training window, for per-epoch val metrics and best-epoch choice
-    vocab_size: int = 4000
-    tokenizer_min_frequency: int = 2
-    max_tokens: int = 48
-    bigram_buckets: int = 50_000
-    max_position: int = 10
-    embed_dim: int = 32
-    context_dim: int = 16
-    hidden_dim: int = 64
-    dropout: float = 0.1
-    wide: bool = True  # linear part next to each MLP tower (wide & deep)
-    id_fields: list[str] = dataclasses.field(default_factory=lambda: ["ad_id"])  # columns with a learned offset
-    id_dropout: float = 0.1  # share of training rows scored as "id unknown" (the GRPO reward has no ad id)
-    max_exposures: int = 8  # earlier showings of the text to the user above this share one offset; 0 = off
-    exposure_history_days: int = 7  # days before the training window counted into earlier showings
-    segment_token_cross: bool = True  # pCTR wide weight per (user segment, token)
-    feed_conversions: bool = True  # clicked feed rows of the window also train the shared conversion effects
-    feed_fields: list[str] = dataclasses.field(default_factory=lambda: ["highlight_id"])  # feed-only conversion offsets
-    epochs: int = 4
-    ema_decay: float = 0.99  # validate and keep a moving average of the weights; 0 = the last step's
-    batch_size: int = 1024
-    lr: float = 0.003
-    weight_decay: float = 1e-5
-    num_threads: int = 2
-    baseline_n_features: int = 2**18
-    baseline_C: float = 1.0
-    baseline_max_iter: int = 200
-    ece_bins: int = 15
+    seed: int
+    train_days: int
+    val_fraction: float  # of the training window, for per-epoch val metrics and best-epoch choice
+    vocab_size: int
+    tokenizer_min_frequency: int
+    max_tokens: int
+    bigram_buckets: int
+    max_position: int
+    embed_dim: int
+    context_dim: int
+    hidden_dim: int
+    dropout: float
+    wide: bool  # linear part next to each MLP tower (wide & deep)
+    id_fields: list[str]  # columns with a learned offset
+    id_dropout: float  # share of training rows scored as "id unknown" (the GRPO reward has no ad id)
+    max_exposures: int  # earlier showings of the text to the user above this share one offset; 0 = off
+    exposure_history_days: int  # days before the training window counted into earlier showings
+    segment_token_cross: bool  # pCTR wide weight per (user segment, token)
+    feed_conversions: bool  # clicked feed rows of the window also train the shared conversion effects
+    feed_fields: list[str]  # feed-only conversion offsets
+    epochs: int
+    ema_decay: float  # validate and keep a moving average of the weights; 0 = the last step's
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    torch_threads: int  # torch intra-op threads; 0 = torch's default
+    baseline_n_features: int
+    baseline_C: float
+    baseline_max_iter: int
+    ece_bins: int
 
     def __post_init__(self):
         require(self.train_days >= 1, f"{SECTION}.train_days", f"must be >= 1, got {self.train_days}")
@@ -89,12 +88,13 @@ class TrainCTCVRConfig:
         require(self.vocab_size >= 300, f"{SECTION}.vocab_size", f"must be >= 300 (256 bytes + specials), got {self.vocab_size}")
         require(self.tokenizer_min_frequency >= 1, f"{SECTION}.tokenizer_min_frequency", "must be >= 1")
         for name in ("max_tokens", "bigram_buckets", "max_position", "embed_dim", "context_dim", "epochs", "batch_size",
-                     "num_threads", "baseline_n_features", "baseline_max_iter", "ece_bins"):
+                     "baseline_n_features", "baseline_max_iter", "ece_bins"):
             require(getattr(self, name) >= 1, f"{SECTION}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.hidden_dim >= 2, f"{SECTION}.hidden_dim", f"must be >= 2, got {self.hidden_dim}")
         require(0 <= self.dropout < 1, f"{SECTION}.dropout", f"must be in [0, 1), got {self.dropout}")
         require(0 <= self.ema_decay < 1, f"{SECTION}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        require(self.lr > 0, f"{SECTION}.lr", f"must be > 0, got {self.lr}")
+        require(self.learning_rate > 0, f"{SECTION}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(self.torch_threads >= 0, f"{SECTION}.torch_threads", f"must be >= 0, got {self.torch_threads}")
         require(self.weight_decay >= 0, f"{SECTION}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(isinstance(self.id_fields, list) and all(isinstance(f, str) and f for f in self.id_fields),
                 f"{SECTION}.id_fields", f"must be a list of column names, got {self.id_fields!r}")
@@ -252,7 +252,8 @@ def heldout_metrics(frame: pd.DataFrame, bins: int) -> dict:
 # -------------------------------------------------------------------------------- main
 def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     started = time.monotonic()
-    torch.set_num_threads(cfg.num_threads)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
 
     days = partitions(curated("labeled_impressions"))
@@ -295,7 +296,7 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
     check_labels(fit_part, "training split")
     result = ctcvr.fit(
         model_cfg, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, seed=cfg.seed,
         id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, feed=feed, log=log.info,
     )
     model_seconds = time.monotonic() - started

@@ -43,7 +43,7 @@ class ValidateConfig:
     volume_drift_tolerance: float  # today's labeled impressions within +-this share of the trailing mean
     volume_history_days: int  # how many earlier days the trailing mean looks back over
     max_quarantine_rate: float  # rows_quarantined / rows_in above this fails the gate
-    unexpected_examples: int = 5  # unexpected values kept per failed expectation
+    unexpected_examples: int  # unexpected values kept per failed expectation
 
     def __post_init__(self):
         require(self.volume_drift_tolerance > 0, "validate.volume_drift_tolerance", "must be > 0")

@@ -3,20 +3,15 @@
 1. Each reward is normalised within its GRPO group: z = (r - group mean) / (group std + eps)
    (std unbiased, as TRL's; a constant reward in a group gives z = 0).
 2. Sequence-level rewards (ctcvr, quality_structural): w * z on every completion token.
-3. Token-level rewards (quality_compliance, diversity): a completion that falls behind its
-   group (z < 0) gets w * z only on the tokens inside its penalised character spans, so the
-   blame lands on the words that earned it (with no span to localise to, on the whole
-   completion). One that beats its group (z >= 0) gets, by `token_gain`:
-   "whole": w * z on every token; "none": nothing (the reward only blames).
-   A token-level reward may also carry an absolute span penalty p (`span_penalties`): -p on
-   every token of its spans, whatever the group does. Group z-scores cannot push a group that
-   collapsed onto one template (every member equally penalised: z = 0); this can.
+3. Token-level rewards (quality_compliance, diversity) only blame: a completion that falls
+   behind its group (z < 0) gets w * z only on the tokens inside its penalised character
+   spans, so the blame lands on the words that earned it (with no span to localise to, on
+   the whole completion). One that beats its group (z >= 0) gets nothing from them.
 4. Constraint (compliance): a violating completion never wins its group. Its sequence
    part is capped at min(0, the lowest sequence part of a compliant group member), and
    none of its tokens keeps a positive advantage.
 With `credit_assignment=False` (the ablation) every reward is sequence-level: the same
-weighted z-sum on every token, with the same constraint (a span penalty becomes -p times the
-share of the completion's tokens its spans cover, on every token).
+weighted z-sum on every token, with the same constraint.
 Padding tokens (mask 0) get 0. Everything here is a pure function of tensors except
 `token_char_offsets`, which decodes token ids with the tokenizer.
 """
@@ -27,7 +22,6 @@ from typing import Sequence
 import torch
 
 EPS = 1e-4  # as TRL's group normalisation
-TOKEN_GAINS = ("whole", "none")
 
 
 def group_normalize(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -94,58 +88,44 @@ def combine_advantages(
     group_size: int,
     violating: torch.Tensor | None = None,
     credit_assignment: bool = True,
-    token_gain: str = "whole",
-    span_penalties: dict[int, float] | None = None,
 ) -> torch.Tensor:
     """(N, T) advantages from (N, K) raw rewards; see the module docstring for the rule.
 
     token_masks: reward index -> (N, T) mask of the tokens its spans cover (token-level rewards).
     violating: (N,) bool, completions that break the constraint (None: no constraint).
-    span_penalties: reward index -> absolute penalty on the tokens of its spans (needs its mask).
     """
     n, k = rewards.shape
-    t = completion_mask.shape[1]
-    if token_gain not in TOKEN_GAINS:
-        raise ValueError(f"combine_advantages: token_gain must be one of {TOKEN_GAINS}, got {token_gain!r}")
     if weights.shape != (k,) or len(token_level) != k:
         raise ValueError(f"combine_advantages: {k} rewards but weights {tuple(weights.shape)}, {len(token_level)} flags")
-    span_penalties = {j: p for j, p in (span_penalties or {}).items() if p}
-    missing = sorted(j for j in span_penalties if j not in token_masks)
-    if missing:
-        raise ValueError(f"combine_advantages: span penalties for rewards {missing} without a token mask")
     z = group_normalize(rewards.float(), group_size)
     mask = completion_mask.float()
-    penalty = torch.zeros(n, t)
-    for j, p in span_penalties.items():
-        penalty = penalty + p * token_masks[j].float() * mask
-
     if not credit_assignment:
         seq = (z * weights).sum(dim=1)
         if violating is not None:
             seq = _cap_violators(seq, violating, group_size)
-        covered = penalty.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-        return (seq - covered).unsqueeze(1) * mask
+        return seq.unsqueeze(1) * mask
 
     seq_cols = [j for j in range(k) if not token_level[j]]
     seq = (z[:, seq_cols] * weights[seq_cols]).sum(dim=1) if seq_cols else torch.zeros(n)
     if violating is not None:
         seq = _cap_violators(seq, violating, group_size)
-    adv = seq.unsqueeze(1).expand(n, t).clone()
+    adv = seq.unsqueeze(1).expand(n, mask.shape[1]).clone()
     for j in range(k):
-        if not token_level[j]:
-            continue
-        zj = z[:, j : j + 1]  # (N, 1)
-        span_mask = token_masks.get(j, torch.zeros(n, t)).float() * mask
-        localisable = span_mask.sum(dim=1, keepdim=True) > 0
-        # behind the group and localisable: only the span tokens; otherwise the whole completion
-        where = torch.where((zj < 0) & localisable, span_mask, torch.ones_like(span_mask))
-        if token_gain == "none":
-            zj = zj.clamp(max=0.0)
-        adv = adv + weights[j] * zj * where
-    adv = adv - penalty
+        if token_level[j]:
+            adv = adv + weights[j] * _token_blame(z[:, j : j + 1], token_masks.get(j), mask)
     if violating is not None:
         adv = torch.where(violating.view(n, 1), adv.clamp(max=0.0), adv)
     return adv * mask
+
+
+def _token_blame(zj: torch.Tensor, span_mask: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) part of one token-level reward (z: (N, 1)): min(z, 0) on its span tokens, or on
+    every token of a completion with no span to localise to."""
+    span_mask = (torch.zeros_like(mask) if span_mask is None else span_mask.float()) * mask
+    localisable = span_mask.sum(dim=1, keepdim=True) > 0
+    # behind the group and localisable: only the span tokens; otherwise the whole completion
+    where = torch.where((zj < 0) & localisable, span_mask, torch.ones_like(span_mask))
+    return zj.clamp(max=0.0) * where
 
 
 def _cap_violators(seq: torch.Tensor, violating: torch.Tensor, group_size: int) -> torch.Tensor:

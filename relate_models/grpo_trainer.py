@@ -9,7 +9,7 @@ token-level credit for compliance/diversity spans, compliance as a constraint.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -17,53 +17,41 @@ from trl import GRPOConfig, GRPOTrainer
 
 from plumbing.config import require
 from relate_models import credit
-from relate_models.rewards import REWARD_GRANULARITY, TOKEN, Reward, validate_weights
+from relate_models.rewards import TOKEN, Reward, validate_weights
 
 
 @dataclass
 class GRPOStageConfig:
     """The `grpo:` params section."""
 
-    rewards: dict = field(
-        default_factory=lambda: {"ctcvr": 1.0, "quality_structural": 1.0, "quality_compliance": 1.0, "diversity": 0.3}
-    )
-    credit_assignment: bool = True  # False: every reward sequence-level (the ablation)
-    token_gain: str = "whole"  # token-level reward, completion ahead of its group: "whole" (z on every token) | "none"
-    span_penalty: dict = field(default_factory=dict)  # token-level reward -> absolute penalty on its span tokens
-    beta: float = 0.04  # KL to the reference (the SFT policy); 0 disables the reference model
-    learning_rate: float = 5e-5
-    max_steps: int = 120
-    prompts_per_step: int = 4
-    num_generations: int = 8
-    max_completion_length: int = 24
-    temperature: float = 1.0
-    top_p: float = 1.0
-    epsilon: float = 0.2
-    num_iterations: int = 1
-    compliance_penalty: float = 5.0
-    min_chars: int = 20
-    max_chars: int = 90
-    group_ngram: int = 3
-    copy_ngram: int = 5
-    user_segment: str | None = None  # context for the CTCVR reward; None: each prompt's most logged segment
-    eval_fraction: float = 0.2  # share of (vertical, keyword) prompts held out for evaluation
-    logging_steps: int = 5
-    eval_generations: int = 4  # texts per held-out prompt when comparing the SFT and RELATE policies
-    num_threads: int = 0  # torch intra-op threads; 0 = torch's default
-    lexicon: str = "relate_models/data/compliance_lexicon.yaml"
-    seed: int = 11
+    rewards: dict
+    credit_assignment: bool  # False: every reward sequence-level (the ablation)
+    beta: float  # KL to the reference (the SFT policy); 0 disables the reference model
+    learning_rate: float
+    max_steps: int
+    prompts_per_step: int
+    num_generations: int
+    max_completion_length: int
+    temperature: float
+    top_p: float
+    epsilon: float
+    num_iterations: int
+    compliance_penalty: float
+    min_chars: int
+    max_chars: int
+    group_ngram: int
+    copy_ngram: int
+    user_segment: str | None  # context for the CTCVR reward; None: each prompt's most logged segment
+    eval_fraction: float  # share of (vertical, keyword) prompts held out for evaluation
+    logging_steps: int
+    eval_generations: int  # texts per held-out prompt when comparing the SFT and RELATE policies
+    torch_threads: int  # torch intra-op threads; 0 = torch's default
+    lexicon: str
+    seed: int
 
     def __post_init__(self) -> None:
         p = "grpo"
         self.rewards = validate_weights(self.rewards, f"{p}.rewards")
-        for name, value in self.span_penalty.items():
-            require(name in self.rewards and REWARD_GRANULARITY.get(name) == TOKEN, f"{p}.span_penalty.{name}",
-                    "only a token-level reward in grpo.rewards can carry a span penalty "
-                    f"({', '.join(n for n in self.rewards if REWARD_GRANULARITY.get(n) == TOKEN)})")
-            require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
-                    f"{p}.span_penalty.{name}", f"must be a number >= 0, got {value!r}")
-        require(self.token_gain in credit.TOKEN_GAINS, f"{p}.token_gain",
-                f"must be one of {', '.join(credit.TOKEN_GAINS)}, got {self.token_gain!r}")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}")
         require(self.learning_rate > 0, f"{p}.learning_rate", f"must be > 0, got {self.learning_rate}")
         for name in ("max_steps", "prompts_per_step", "max_completion_length", "num_iterations", "logging_steps",
@@ -77,7 +65,7 @@ class GRPOStageConfig:
         require(1 <= self.min_chars < self.max_chars, f"{p}.min_chars", "must satisfy 1 <= min_chars < max_chars")
         require(self.group_ngram >= 1, f"{p}.group_ngram", f"must be >= 1, got {self.group_ngram}")
         require(self.copy_ngram >= 1, f"{p}.copy_ngram", f"must be >= 1, got {self.copy_ngram}")
-        require(self.num_threads >= 0, f"{p}.num_threads", f"must be >= 0, got {self.num_threads}")
+        require(self.torch_threads >= 0, f"{p}.torch_threads", f"must be >= 0, got {self.torch_threads}")
         require(0 < self.eval_fraction < 1, f"{p}.eval_fraction", f"must be in (0, 1), got {self.eval_fraction}")
 
     @property
@@ -85,15 +73,21 @@ class GRPOStageConfig:
         return self.prompts_per_step * self.num_generations
 
 
-def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | None = None):
-    """The RewardContext of the grpo stage's rewards; `corpus` is policy.load_search_corpus's frame."""
+def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | None = None,
+                   latin_script: bool = True):
+    """The RewardContext of `cfg`'s rewards.
+
+    `corpus`: policy.load_search_corpus's frame (its ad texts are the history a copy is
+    checked against), or those historical texts themselves.
+    """
     from relate_models.compliance import ComplianceChecker
     from relate_models.rewards import RewardContext
 
+    texts = corpus["ad_text"] if hasattr(corpus, "columns") else corpus
     return RewardContext(
         scorer=scorer,
         compliance=ComplianceChecker.load(cfg.lexicon),
-        historical_texts=sorted(set(corpus["ad_text"])),
+        historical_texts=sorted(set(texts)),
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,
         compliance_penalty=cfg.compliance_penalty,
@@ -101,6 +95,23 @@ def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | Non
         copy_ngram=cfg.copy_ngram,
         default_user_segment=cfg.user_segment,
         eos_token_id=eos_token_id,
+        latin_script=latin_script,
+    )
+
+
+def build_trainer(cfg: GRPOStageConfig, model, tokenizer, rewards: Sequence[Reward], train_rows: Sequence[dict],
+                  **trl_overrides) -> "RelateGRPOTrainer":
+    """The RELATE trainer of `cfg`, as every caller builds it: the grpo stage, the ablation (through
+    the stage), bench/ and the real-corpus check. `trl_overrides` go to `trl_config`."""
+    from datasets import Dataset
+
+    return RelateGRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        args=trl_config(cfg, **trl_overrides),
+        train_dataset=Dataset.from_list(list(train_rows)),
+        relate_rewards=rewards,
+        credit_assignment=cfg.credit_assignment,
     )
 
 
@@ -140,18 +151,11 @@ def trl_config(cfg: GRPOStageConfig, output_dir: str | None = None, **overrides)
 class RelateGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages are (batch, tokens), built by `credit.combine_advantages`."""
 
-    def __init__(self, *args, relate_rewards: Sequence[Reward], credit_assignment: bool = True,
-                 token_gain: str = "whole", span_penalty: dict[str, float] | None = None, **kwargs):
+    def __init__(self, *args, relate_rewards: Sequence[Reward], credit_assignment: bool, **kwargs):
         if "reward_funcs" in kwargs:
             raise ValueError("RelateGRPOTrainer: pass relate_rewards, not reward_funcs")
         self.relate_rewards = list(relate_rewards)
         self.credit_assignment = credit_assignment
-        self.token_gain = token_gain
-        names = [r.name for r in self.relate_rewards]
-        unknown = sorted(set(span_penalty or {}) - {r.name for r in self.relate_rewards if r.granularity == TOKEN})
-        if unknown:
-            raise ValueError(f"RelateGRPOTrainer: span_penalty for {unknown}, not token-level rewards of this run")
-        self.span_penalties = {names.index(k): float(v) for k, v in (span_penalty or {}).items() if v}
         self._scored = None
         super().__init__(*args, reward_funcs=[r.score for r in self.relate_rewards], **kwargs)
 
@@ -187,13 +191,12 @@ class RelateGRPOTrainer(GRPOTrainer):
             completion_mask[i, : min(len(ids), length)] = 1.0
         token_level = [r.granularity == TOKEN and self.credit_assignment for r in self.relate_rewards]
         token_masks = {}
-        needs_mask = [token_level[j] or j in self.span_penalties for j in range(len(self.relate_rewards))]
-        if any(needs_mask):
+        if any(token_level):
             offsets = credit.token_char_offsets(self._tokenizer, ids_list, length)
             kwargs = {k: [x[k] for x in local_inputs] for k in local_inputs[0] if k not in ("prompt", "completion")}
             kwargs["prompts"] = prompts
             for j, reward in enumerate(self.relate_rewards):
-                if needs_mask[j]:
+                if token_level[j]:
                     token_masks[j] = credit.spans_to_token_mask(reward.spans(completions, **kwargs), offsets)
         violating = None
         constraint_cols = [j for j, r in enumerate(self.relate_rewards) if r.constraint]
@@ -210,8 +213,6 @@ class RelateGRPOTrainer(GRPOTrainer):
             group_size,
             violating=violating,
             credit_assignment=self.credit_assignment,
-            token_gain=self.token_gain,
-            span_penalties=self.span_penalties,
         )
         for j, mask in token_masks.items():
             share = (mask.sum() / completion_mask.sum().clamp(min=1)).item()

@@ -24,13 +24,13 @@ SCRATCH = "scratch"
 class PolicyConfig:
     """The `policy:` params section."""
 
-    base_model: str = SCRATCH  # "scratch" or a Hugging Face causal LM path
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    max_positions: int = 96  # prompt + completion tokens
-    seed: int = 7
+    base_model: str  # "scratch" or a Hugging Face causal LM path
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int  # prompt + completion tokens
+    seed: int
 
     def __post_init__(self) -> None:
         p = "policy"

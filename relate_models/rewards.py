@@ -29,18 +29,19 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+(?:'[^\W{_CJK}]+)?")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RewardContext:
-    """What the rewards need besides the completions; only what the reward uses must be set."""
+    """What the rewards need besides the completions: the grpo knobs (no defaults: they come from
+    params.yaml, through grpo_trainer.reward_context) and the run's scorer, lexicon and history."""
 
     scorer: Any = None  # relate_models.ctcvr.CTCVRScorer (score(texts, contexts) -> {"p_ctcvr": ...})
     compliance: ComplianceChecker | None = None
     historical_texts: Sequence[str] = ()
-    min_chars: int = 20
-    max_chars: int = 90
-    compliance_penalty: float = 5.0  # per unit of severity: large, so it dominates any other reward
-    group_ngram: int = 3  # word n-grams shared with another completion of the group are "repeated"
-    copy_ngram: int = 5  # word n-grams found in a historical ad are "copied"
+    min_chars: int
+    max_chars: int
+    compliance_penalty: float  # per unit of severity: large, so it dominates any other reward
+    group_ngram: int  # word n-grams shared with another completion of the group are "repeated"
+    copy_ngram: int  # word n-grams found in a historical ad are "copied"
     default_position: int = 1
     default_user_segment: str | None = None
     eos_token_id: int | None = None  # set: a completion that never emitted <eos> (truncated) fails a format check

@@ -19,6 +19,7 @@ rate, distinct-2 and self-BLEU (character level) on dev prompts before and after
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -41,18 +42,18 @@ KEYWORD_OF_TYPE = {"上衣": "衣"}  # the head character a copy uses (外衣, �
 class AdvertiseGenConfig:
     """The `advertisegen:` section of configs/real_corpus.yaml."""
 
-    train_json: str = "../shared/data/advertisegen/advertisegen_train5000.json"
-    dev_json: str = "../shared/data/advertisegen/advertisegen_dev.json"
-    workdir: str = "runs/advertisegen"
-    train_rows: int = 2000
-    dev_prompts: int = 48
-    generations_per_prompt: int = 4
-    max_target_chars: int = 60
-    tokenizer_vocab: int = 3000
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    seed: int = 0
-    samples_in_report: int = 6
+    train_json: str
+    dev_json: str
+    workdir: str
+    train_rows: int
+    dev_prompts: int
+    generations_per_prompt: int
+    max_target_chars: int
+    tokenizer_vocab: int
+    max_new_tokens: int
+    temperature: float
+    seed: int
+    samples_in_report: int
 
     def __post_init__(self) -> None:
         p = "advertisegen"
@@ -146,9 +147,10 @@ def read_corpus(lines: Sequence[str] | str | Path, max_target_chars: int) -> Cor
     return Corpus(rows=rows, rows_in=len(lines), quarantined=reasons)
 
 
-def prompt_rows(rows: pd.DataFrame) -> list[dict]:
-    """GRPO / evaluation rows: one per distinct prompt (TRL passes the extra columns to the rewards)."""
-    out = rows.drop_duplicates("prompt").sort_values("prompt")
+def prompt_rows(rows: pd.DataFrame, sort: bool = True) -> list[dict]:
+    """GRPO / evaluation rows (TRL passes the extra columns to the rewards): one per distinct
+    prompt, sorted; with sort=False, one per row in row order (the dev rows)."""
+    out = rows.drop_duplicates("prompt").sort_values("prompt") if sort else rows
     return [{"prompt_id": p, "prompt": p, "vertical": v, "keyword": k}
             for p, v, k in zip(out["prompt"], out["vertical"], out["keyword"])]
 
@@ -201,60 +203,25 @@ def run(cfg: AdvertiseGenConfig, policy_cfg, sft_cfg, grpo_cfg, lexicon: Path, t
         dev_path: Path) -> dict:
     """SFT then GRPO in the current directory (the work dir); returns the metrics, samples included."""
     import torch
-    from datasets import Dataset
 
-    from plumbing.paths import MODELS
+    from plumbing.paths import RELATE_DIR
     from relate_models import policy
-    from relate_models.compliance import ComplianceChecker
-    from relate_models.grpo_trainer import RelateGRPOTrainer, trl_config
-    from relate_models.rewards import RewardContext, build_rewards, score_texts
-    from relate_models.tokenizer import save_tokenizer, train_tokenizer
+    from relate_models.grpo_trainer import build_trainer, reward_context
+    from relate_models.rewards import build_rewards, score_texts
 
     started = time.monotonic()
-    if sft_cfg.num_threads:
-        torch.set_num_threads(sft_cfg.num_threads)
-    train_corpus = read_corpus(train_path, cfg.max_target_chars)
-    dev_corpus = read_corpus(dev_path, cfg.max_target_chars)
-    if train_corpus.rows.empty or dev_corpus.rows.empty:
-        raise ValueError(f"advertisegen: no usable rows (train quarantined {train_corpus.quarantined}, "
-                         f"dev quarantined {dev_corpus.quarantined})")
-    train = _sample(train_corpus.rows, cfg.train_rows, cfg.seed).reset_index(drop=True)
-    dev = _sample(dev_corpus.rows, cfg.dev_prompts, cfg.seed).reset_index(drop=True)
-
-    tokenizer = train_tokenizer(list(train["prompt"]) + [policy.completion_text(t) for t in train["target"]],
-                                vocab_size=cfg.tokenizer_vocab)
-    save_tokenizer(tokenizer, MODELS / "tokenizer")
-    examples = [policy.encode_example(tokenizer, p, t, sft_cfg.max_tokens) for p, t in zip(train["prompt"], train["target"])]
-    is_val = [policy.stable_fraction("advertisegen", p, t) < sft_cfg.val_fraction
-              for p, t in zip(train["prompt"], train["target"])]
-    sft_train = [e for e, v in zip(examples, is_val) if not v]
-    sft_val = [e for e, v in zip(examples, is_val) if v]
-    if not sft_train or not sft_val:
-        raise ValueError(f"advertisegen: need SFT train and val examples, got {len(sft_train)} / {len(sft_val)}")
-    tokens_per_example = sum(len(ids) for ids, _ in examples) / len(examples)
+    if sft_cfg.torch_threads:
+        torch.set_num_threads(sft_cfg.torch_threads)
+    train_corpus, dev_corpus, train, dev = _read_rows(cfg, train_path, dev_path)
+    model, tokenizer, sft = _fit_sft(cfg, policy_cfg, sft_cfg, train)
     log.info("advertisegen: %d train rows (%d SFT train / %d val), %d dev prompts, %.1f tokens per example",
-             len(train), len(sft_train), len(sft_val), len(dev), tokens_per_example)
-
-    model = policy.build_policy(policy_cfg, tokenizer)
-    initial_val = policy.mean_loss(model, sft_val, tokenizer.pad_token_id, sft_cfg.batch_size * 2)
-    sft_started = time.monotonic()
-    curve = policy.fit_sft(model, tokenizer, sft_train, sft_val, epochs=sft_cfg.epochs, batch_size=sft_cfg.batch_size,
-                           lr=sft_cfg.learning_rate, weight_decay=sft_cfg.weight_decay,
-                           warmup_steps=sft_cfg.warmup_steps, seed=sft_cfg.seed, log=log.info,
-                           log_every=sft_cfg.log_every)
-    sft_seconds = time.monotonic() - sft_started
-    policy.save_policy(model, tokenizer, MODELS / "sft")
-    # as the grpo stage does: TRL builds the KL reference model from the loaded policy's path
-    model, tokenizer = policy.load_policy(MODELS / "sft")
-
-    checker = ComplianceChecker.load(lexicon)
-    ctx = RewardContext(compliance=checker, historical_texts=sorted(set(train["target"])),
-                        min_chars=grpo_cfg.min_chars, max_chars=grpo_cfg.max_chars,
-                        compliance_penalty=grpo_cfg.compliance_penalty, group_ngram=grpo_cfg.group_ngram,
-                        copy_ngram=grpo_cfg.copy_ngram, eos_token_id=tokenizer.eos_token_id, latin_script=False)
+             len(train), sft["train_examples"], sft["val_examples"], len(dev), sft["tokens_per_example"])
+    # the lexicon path is resolved by the caller: this runs in the work dir
+    ctx = reward_context(dataclasses.replace(grpo_cfg, lexicon=str(lexicon)), None, train["target"],
+                         eos_token_id=tokenizer.eos_token_id, latin_script=False)
+    checker = ctx.compliance
     rewards = build_rewards(list(grpo_cfg.rewards), ctx)
-    dev_rows = [{"prompt_id": p, "prompt": p, "vertical": v, "keyword": k}
-                for p, v, k in zip(dev["prompt"], dev["vertical"], dev["keyword"])]
+    dev_rows = prompt_rows(dev, sort=False)
 
     def measure(m) -> tuple[dict, list[list[str]]]:
         texts = policy.generate(m, tokenizer, [r["prompt"] for r in dev_rows], n=cfg.generations_per_prompt,
@@ -264,50 +231,93 @@ def run(cfg: AdvertiseGenConfig, policy_cfg, sft_cfg, grpo_cfg, lexicon: Path, t
     before, before_texts = measure(model)
     log.info("SFT policy on dev prompts: %s", _fmt(before))
     grpo_rows = prompt_rows(train)
-    trainer = RelateGRPOTrainer(model=model, processing_class=tokenizer,
-                                args=trl_config(grpo_cfg, max_completion_length=cfg.max_new_tokens),
-                                train_dataset=Dataset.from_list(grpo_rows), relate_rewards=rewards,
-                                credit_assignment=grpo_cfg.credit_assignment)
+    trainer = build_trainer(grpo_cfg, model, tokenizer, rewards, grpo_rows, max_completion_length=cfg.max_new_tokens)
     grpo_started = time.monotonic()
     trainer.train()
     grpo_seconds = time.monotonic() - grpo_started
     model = trainer.model.eval()
     after, after_texts = measure(model)
     log.info("GRPO policy on dev prompts: %s", _fmt(after))
-    policy.save_policy(model, tokenizer, MODELS / "relate")
+    policy.save_policy(model, tokenizer, RELATE_DIR)
+    sizes = {"train_rows_available": len(train_corpus.rows), "train_rows_used": len(train),
+             "sft_train_examples": sft["train_examples"], "sft_val_examples": sft["val_examples"],
+             "grpo_train_prompts": len(grpo_rows), "dev_prompts": len(dev_rows),
+             "generations_per_prompt": cfg.generations_per_prompt, "max_target_chars": cfg.max_target_chars,
+             "tokenizer_vocab": len(tokenizer), "tokens_per_example": round(sft["tokens_per_example"], 1),
+             "policy_parameters": policy.n_parameters(model), "sft_epochs": sft_cfg.epochs,
+             "grpo_steps": int(trainer.state.global_step),
+             "grpo_batch": f"{grpo_cfg.prompts_per_step} prompts x {grpo_cfg.num_generations} generations"}
+    return {
+        "sizes": sizes,
+        "quarantined": {"train": train_corpus.quarantined, "dev": dev_corpus.quarantined,
+                        "train_rows_in": train_corpus.rows_in, "dev_rows_in": dev_corpus.rows_in},
+        "rewards": dict(grpo_cfg.rewards), "sft": sft["summary"], "before_grpo": before, "after_grpo": after,
+        "reference_copy": _reference_metrics(dev, train_corpus, dev_corpus, checker),
+        "samples": [{"prompt": dev_rows[i]["prompt"], "reference": dev["target"][i],
+                     "sft": before_texts[i][0], "grpo": after_texts[i][0]}
+                    for i in range(min(cfg.samples_in_report, len(dev_rows)))],
+        "seconds": {"sft": sft["summary"]["seconds"], "grpo": round(grpo_seconds, 1),
+                    "total": round(time.monotonic() - started, 1)},
+    }
 
-    # the human-written copy of the same dev rows, cut the same way: what the metrics look like on real ads
+
+def _read_rows(cfg: AdvertiseGenConfig, train_path: Path, dev_path: Path) -> tuple:
+    """(train corpus, dev corpus, sampled train rows, sampled dev rows)."""
+    train_corpus, dev_corpus = read_corpus(train_path, cfg.max_target_chars), read_corpus(dev_path, cfg.max_target_chars)
+    if train_corpus.rows.empty or dev_corpus.rows.empty:
+        raise ValueError(f"advertisegen: no usable rows (train quarantined {train_corpus.quarantined}, "
+                         f"dev quarantined {dev_corpus.quarantined})")
+    train = _sample(train_corpus.rows, cfg.train_rows, cfg.seed).reset_index(drop=True)
+    dev = _sample(dev_corpus.rows, cfg.dev_prompts, cfg.seed).reset_index(drop=True)
+    return train_corpus, dev_corpus, train, dev
+
+
+def _fit_sft(cfg: AdvertiseGenConfig, policy_cfg, sft_cfg, train: pd.DataFrame) -> tuple:
+    """Tokenizer, scratch policy and SFT on the training rows, saved to models/ and reloaded as the
+    grpo stage loads it (TRL builds the KL reference model from the policy's path).
+
+    Returns (model, tokenizer, {train_examples, val_examples, tokens_per_example, summary})."""
+    from plumbing.paths import SFT_DIR, TOKENIZER_DIR
+    from relate_models import policy
+    from relate_models.tokenizer import save_tokenizer, train_tokenizer
+
+    tokenizer = train_tokenizer(list(train["prompt"]) + [policy.completion_text(t) for t in train["target"]],
+                                vocab_size=cfg.tokenizer_vocab)
+    save_tokenizer(tokenizer, TOKENIZER_DIR)
+    examples = [policy.encode_example(tokenizer, p, t, sft_cfg.max_tokens) for p, t in zip(train["prompt"], train["target"])]
+    is_val = [policy.stable_fraction("advertisegen", p, t) < sft_cfg.val_fraction
+              for p, t in zip(train["prompt"], train["target"])]
+    sft_train = [e for e, v in zip(examples, is_val) if not v]
+    sft_val = [e for e, v in zip(examples, is_val) if v]
+    if not sft_train or not sft_val:
+        raise ValueError(f"advertisegen: need SFT train and val examples, got {len(sft_train)} / {len(sft_val)}")
+    model = policy.build_policy(policy_cfg, tokenizer)
+    initial_val = policy.mean_loss(model, sft_val, tokenizer.pad_token_id, sft_cfg.batch_size * 2)
+    sft_started = time.monotonic()
+    curve = policy.fit_sft(model, tokenizer, sft_train, sft_val, epochs=sft_cfg.epochs, batch_size=sft_cfg.batch_size,
+                           lr=sft_cfg.learning_rate, weight_decay=sft_cfg.weight_decay,
+                           warmup_steps=sft_cfg.warmup_steps, seed=sft_cfg.seed, log=log.info,
+                           log_every=sft_cfg.log_every)
+    sft_seconds = time.monotonic() - sft_started
+    policy.save_policy(model, tokenizer, SFT_DIR)
+    model, tokenizer = policy.load_policy(SFT_DIR)
+    best = min(curve, key=lambda r: r["val_loss"])
+    return model, tokenizer, {
+        "train_examples": len(sft_train), "val_examples": len(sft_val),
+        "tokens_per_example": sum(len(ids) for ids, _ in examples) / len(examples),
+        "summary": {"initial_val_loss": initial_val, "val_loss": best["val_loss"], "best_epoch": best["epoch"],
+                    "seconds": round(sft_seconds, 1)},
+    }
+
+
+def _reference_metrics(dev: pd.DataFrame, train_corpus: Corpus, dev_corpus: Corpus, checker) -> dict:
+    """The human-written copy of the same dev rows, cut the same way: what the metrics look like on real ads."""
     reference = text_metrics([[t] for t in dev["target"]], checker)
     reference["compliance_rate_full_summaries_dev"] = text_metrics([[t] for t in dev_corpus.rows["summary"]],
                                                                    checker)["compliance_rate"]
     reference["compliance_rate_full_summaries_train"] = text_metrics([[t] for t in train_corpus.rows["summary"]],
                                                                      checker)["compliance_rate"]
-    best = min(curve, key=lambda r: r["val_loss"])
-    n_samples = min(cfg.samples_in_report, len(dev_rows))
-    return {
-        "sizes": {
-            "train_rows_available": len(train_corpus.rows), "train_rows_used": len(train),
-            "sft_train_examples": len(sft_train), "sft_val_examples": len(sft_val),
-            "grpo_train_prompts": len(grpo_rows), "dev_prompts": len(dev_rows),
-            "generations_per_prompt": cfg.generations_per_prompt, "max_target_chars": cfg.max_target_chars,
-            "tokenizer_vocab": len(tokenizer), "tokens_per_example": round(tokens_per_example, 1),
-            "policy_parameters": policy.n_parameters(model), "sft_epochs": sft_cfg.epochs,
-            "grpo_steps": int(trainer.state.global_step),
-            "grpo_batch": f"{grpo_cfg.prompts_per_step} prompts x {grpo_cfg.num_generations} generations",
-        },
-        "quarantined": {"train": train_corpus.quarantined, "dev": dev_corpus.quarantined,
-                        "train_rows_in": train_corpus.rows_in, "dev_rows_in": dev_corpus.rows_in},
-        "rewards": dict(grpo_cfg.rewards),
-        "sft": {"initial_val_loss": initial_val, "val_loss": best["val_loss"], "best_epoch": best["epoch"],
-                "seconds": round(sft_seconds, 1)},
-        "before_grpo": before,
-        "after_grpo": after,
-        "reference_copy": reference,
-        "samples": [{"prompt": dev_rows[i]["prompt"], "reference": dev["target"][i],
-                     "sft": before_texts[i][0], "grpo": after_texts[i][0]} for i in range(n_samples)],
-        "seconds": {"sft": round(sft_seconds, 1), "grpo": round(grpo_seconds, 1),
-                    "total": round(time.monotonic() - started, 1)},
-    }
+    return reference
 
 
 def _fmt(m: dict) -> str:

@@ -34,7 +34,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +44,7 @@ import pandas as pd
 from plumbing import atomic, paths
 from pipelines import ingest_reports
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
+from plumbing.config import PROJECT_PARAMS, ConfigError, load_config, require
 from plumbing.metrics import binomial_nll, binomial_nll_per_impression
 
 if TYPE_CHECKING:  # annotations only: the fits import torch lazily, inside them
@@ -61,30 +61,30 @@ VERTICAL = "upworthy"
 class UpworthyConfig:
     """The `upworthy:` section of configs/real_corpus.yaml."""
 
-    csv: str = "../shared/data/upworthy/packages_dev.csv.gz"  # relative to the project root
-    workdir: str = "runs/upworthy"  # the stages' cwd: its own data/, models/, metrics/
-    broken_weeks: list[int] = field(default_factory=lambda: [201325, 201402])  # first, last test_week (inclusive)
-    exclude_broken: bool = True  # False: keep those tests in, flagged in the metrics
-    max_tests: int = 0  # 0 = every test; else a seeded sample of tests (fast tests)
-    seed: int = 0
-    mil_steps: int = 150
-    mil_learning_rate: float = 0.05
-    mil_l2: float = 100.0
-    mil_l2_bias: float = 1.0
-    mil_embed_dim: int = 8
-    additive_l2: float = 1.0  # prior precision of headline/image/highlight effects, in impressions
-    additive_test_l2: float = 0.01  # of the test effects (nearly free: every test has thousands of impressions)
-    text_test_fraction: float = 0.2  # share of tests (by id) held out for the text check
-    text_val_fraction: float = 0.1  # share of the training tests used to pick the epoch / C
-    text_epochs: int = 8
-    text_batch_size: int = 256
-    text_learning_rate: float = 1e-2
-    text_weight_decay: float = 1e-4
-    tokenizer_vocab: int = 4000
-    bow_c_grid: list[float] = field(default_factory=lambda: [0.03, 0.3, 3.0])
-    threads: int = 1  # torch and BLAS threads of the checks' fits (tiny models: more threads only contend); 0 = default
-    spark_master: str = "local[2]"  # the report ingest's Spark session
-    spark_shuffle_partitions: int = 4
+    csv: str  # relative to the project root
+    workdir: str  # the stages' cwd: its own data/, models/, metrics/
+    broken_weeks: list[int]  # first, last test_week (inclusive)
+    exclude_broken: bool  # False: keep those tests in, flagged in the metrics
+    max_tests: int  # 0 = every test; else a seeded sample of tests (fast tests)
+    seed: int
+    mil_steps: int
+    mil_learning_rate: float
+    mil_l2: float
+    mil_l2_bias: float
+    mil_embed_dim: int
+    additive_l2: float  # prior precision of headline/image/highlight effects, in impressions
+    additive_test_l2: float  # of the test effects (nearly free: every test has thousands of impressions)
+    text_test_fraction: float  # share of tests (by id) held out for the text check
+    text_val_fraction: float  # share of the training tests used to pick the epoch / C
+    text_epochs: int
+    text_batch_size: int
+    text_learning_rate: float
+    text_weight_decay: float
+    tokenizer_vocab: int
+    bow_c_grid: list[float]
+    threads: int  # torch and BLAS threads of the checks' fits (tiny models: more threads only contend); 0 = default
+    spark_master: str  # the report ingest's Spark session
+    spark_shuffle_partitions: int
 
     def __post_init__(self) -> None:
         p = "upworthy"
@@ -169,7 +169,8 @@ def ingest(cfg: UpworthyConfig) -> dict[str, int]:
     from pipelines.ingest import IngestConfig
     from plumbing.spark import stage_session
 
-    spark_cfg = IngestConfig(master=cfg.spark_master, shuffle_partitions=cfg.spark_shuffle_partitions)
+    spark_cfg = load_config(IngestConfig, "ingest", PROJECT_PARAMS,
+                            overrides={"master": cfg.spark_master, "shuffle_partitions": cfg.spark_shuffle_partitions})
     with stage_session(spark_cfg.master, "relate-ingest-upworthy", spark_cfg.shuffle_partitions) as spark:
         return ingest_reports.run_source(spark, VERTICAL, spark_cfg)
 
@@ -203,8 +204,8 @@ def validate_curated(tables: dict[str, pd.DataFrame], max_quarantine_rate: float
     """
     from pipelines import validate
 
-    gate = validate.Gate(validate.ValidateConfig(volume_drift_tolerance=1.0, volume_history_days=0,
-                                                 max_quarantine_rate=max_quarantine_rate))
+    gate = validate.Gate(load_config(validate.ValidateConfig, "validate", PROJECT_PARAMS, overrides={
+        "volume_drift_tolerance": 1.0, "volume_history_days": 0, "max_quarantine_rate": max_quarantine_rate}))
     frames = {
         "combo_stats": tables["combo_stats"].copy(),
         "text_stats": tables["text_stats"].copy(),

@@ -33,11 +33,9 @@ class SimulateConfig:
     duplicate_rate: float
     corrupt_rate: float
     part_size: int
-    user_segments: list[str] = dataclasses.field(
-        default_factory=lambda: ["students", "families", "professionals", "retirees", "bargain_hunters", "enthusiasts"]
-    )
-    chunk_size: int = 100_000  # impressions simulated per vectorised chunk: bounds memory at 10M+/day
-    gzip_level: int = 3
+    user_segments: list[str]
+    chunk_size: int  # impressions simulated per vectorised chunk: bounds memory at 10M+/day
+    gzip_level: int
 
     def __post_init__(self) -> None:
         p = "simulate"

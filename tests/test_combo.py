@@ -267,7 +267,8 @@ def test_stages_exit_2_on_bad_config_or_missing_inputs(tiny_params):
     text = tiny_params.read_text().replace("  group_size: 8\n", "  group_size: 1\n")
     tiny_params.write_text(text)
     assert combo_policy.main([]) == 2
-    from plumbing.config import ConfigError
+    from plumbing.config import ConfigError, load_config
+    from tests.conftest import TINY_PARAMS
 
     with pytest.raises(ConfigError, match="combo_policy.serving_beam"):
-        combo_policy.ComboPolicyConfig(seed=0, top_k=5, serving_beam=4)
+        load_config(combo_policy.ComboPolicyConfig, "combo_policy", TINY_PARAMS, overrides={"top_k": 5, "serving_beam": 4})

@@ -12,8 +12,10 @@ import torch
 from transformers import AutoTokenizer
 
 from pipelines import evaluate_ctcvr, train_ctcvr
+from plumbing.config import dump_params, load_params
 from relate_models import ctcvr
 from relate_models.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from tests.conftest import ROOT
 
 WORDS = "save big on great deals today shop now best prices quality fast delivery trusted brand new offers".split()
 VERTICALS = {"travel": ["cheap flights", "hotel deals"], "finance": ["loan rates", "credit card"], "home": ["sofa sale", "lamp"]}
@@ -75,10 +77,12 @@ def write_curated(root, days: dict[str, pd.DataFrame]) -> None:
 
 
 def tiny_params(path, **overrides) -> None:
-    section = {"seed": 7, "train_days": 3, "val_fraction": 0.1, "vocab_size": 400, "epochs": 4, "batch_size": 256,
-               "lr": 0.01, "embed_dim": 16, "context_dim": 8, "hidden_dim": 32, "bigram_buckets": 5000,
-               "baseline_n_features": 4096, "num_threads": 1, **overrides}
-    path.write_text(json.dumps({"train_ctcvr": section, "evaluate_ctcvr": {"ece_bins": 10, "ratio_goal": 0.97}}))
+    """params.yaml's train_ctcvr and evaluate_ctcvr sections at this file's test size."""
+    params = load_params(ROOT / "params.yaml")
+    section = {**params["train_ctcvr"], "seed": 7, "train_days": 3, "val_fraction": 0.1, "vocab_size": 400, "epochs": 4,
+               "batch_size": 256, "learning_rate": 0.01, "embed_dim": 16, "context_dim": 8, "hidden_dim": 32,
+               "bigram_buckets": 5000, "baseline_n_features": 4096, "torch_threads": 1, **overrides}
+    path.write_text(dump_params({"train_ctcvr": section, "evaluate_ctcvr": {**params["evaluate_ctcvr"], "ece_bins": 10}}))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import importlib
 
 import yaml
 
-from tests.conftest import ROOT, TINY_PARAMS
+from plumbing.config import load_params
+from tests.conftest import ROOT, TINY_OVERLAY, TINY_PARAMS
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -30,11 +31,22 @@ def test_every_params_section_is_read_by_some_stage_or_command():
     assert set(PARAMS) - used - outside == set()
 
 
-def test_tiny_config_has_the_same_sections_and_keys():
-    tiny = yaml.safe_load(TINY_PARAMS.read_text())
-    assert set(tiny) == set(PARAMS)
-    for section, values in PARAMS.items():
-        assert set(tiny[section]) == set(values), f"configs/tiny.yaml section {section} differs from params.yaml"
+def test_tiny_overlay_holds_only_what_differs_and_merges_to_every_key():
+    overlay = yaml.safe_load(TINY_OVERLAY.read_text())
+    assert overlay.pop("extends") == "../params.yaml"
+    for section, values in overlay.items():
+        same = sorted(k for k, v in values.items() if PARAMS[section].get(k) == v)
+        assert not same, f"configs/tiny.yaml {section}: {same} repeat params.yaml's values"
+    tiny = load_params(TINY_OVERLAY)
+    assert tiny == yaml.safe_load(TINY_PARAMS.read_text())  # the fixture's full file
+    assert {s: set(v) for s, v in tiny.items()} == {s: set(v) for s, v in PARAMS.items()}
+
+
+def test_real_corpus_stage_sections_hold_only_what_differs():
+    overlay = yaml.safe_load((ROOT / "configs" / "real_corpus.yaml").read_text())
+    for section in set(overlay) & set(PARAMS):
+        same = sorted(k for k, v in overlay[section].items() if PARAMS[section].get(k) == v)
+        assert not same, f"configs/real_corpus.yaml {section}: {same} repeat params.yaml's values"
 
 
 def test_code_deps_exist_and_stage_modules_have_main():

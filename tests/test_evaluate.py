@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from plumbing.config import build_config
+from plumbing.config import build_config, load_config
 from relate_sim.config import SimulateConfig
 from relate_sim.oracle import Oracle
 from relate_sim.world import build_world
@@ -126,12 +126,12 @@ def test_bad_config_is_rejected_with_the_field_name():
     from plumbing.config import ConfigError
     from relate_models.serving import ServingConfig
 
-    params = yaml.safe_load(TINY_PARAMS.read_text())
-    evaluate, serving = params["evaluate"], params["serving"]
-    for bad, field in (({"n_impressions": 0}, "evaluate.n_impressions"), ({"goals": {"nonsense": 1}}, "evaluate.goals"),
-                       ({"top_p": 1.5}, "evaluate.top_p")):
+    for overrides, field in (({"n_impressions": 0}, "evaluate.n_impressions"),
+                             ({"goal_relate_compliance": 2}, "evaluate.goal_relate_compliance"),
+                             ({"goals": {}}, r"evaluate: unknown key\(s\) goals"), ({"top_p": 1.5}, "evaluate.top_p")):
         with pytest.raises(ConfigError, match=field):
-            build_config(EvaluateConfig, "evaluate", {**evaluate, **bad})
+            load_config(EvaluateConfig, "evaluate", TINY_PARAMS, overrides=overrides)
+    serving = yaml.safe_load(TINY_PARAMS.read_text())["serving"]
     with pytest.raises(ConfigError, match="serving.pool_ctcvr_weight"):
         build_config(ServingConfig, "serving", {**serving, "pool_ctcvr_weight": -1})
     with pytest.raises(ConfigError, match="serving.pool_candidates: missing"):

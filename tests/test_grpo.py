@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from plumbing.config import load_config
 from relate_models.tokenizer import save_tokenizer, train_tokenizer
+from tests.conftest import TINY_PARAMS
 
 VERTICALS = {"travel": ["cheap flights", "city breaks"], "fashion": ["running shoes", "rain jackets"],
              "finance": ["credit card", "savings account"], "health": ["vitamin d", "yoga mats"]}
@@ -63,6 +65,13 @@ def world(tiny_params: Path) -> Path:
                                                             "vertical": sorted(VERTICALS), "user_segment": SEGMENTS})
     CTCVRScorer(CTCVRModel(config).eval(), tokenizer).save(root / "models/ctcvr")
     return root
+
+
+def small_policy():
+    from relate_models.policy import PolicyConfig
+
+    return load_config(PolicyConfig, "policy", TINY_PARAMS,
+                       overrides=dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
 
 
 def flat_params(model) -> torch.Tensor:
@@ -121,26 +130,23 @@ def test_sft_grpo_generate_pipeline(world, capsys):
 
 def test_trainer_steps_change_policy_and_ablation_runs(world):
     """A few steps of the subclass with credit assignment off (the ablation), beta 0 (no reference)."""
-    from datasets import Dataset
-
-    from relate_models.compliance import ComplianceChecker
     from relate_models.ctcvr import CTCVRScorer
-    from relate_models.grpo_trainer import GRPOStageConfig, RelateGRPOTrainer, trl_config
-    from relate_models.policy import PolicyConfig, build_policy, prompt_text
-    from relate_models.rewards import RewardContext, build_rewards
+    from relate_models.grpo_trainer import GRPOStageConfig, build_trainer, reward_context
+    from relate_models.policy import build_policy, prompt_text
+    from relate_models.rewards import build_rewards
     from relate_models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(world / "models/tokenizer")
-    model = build_policy(PolicyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
-    cfg = GRPOStageConfig(max_steps=2, prompts_per_step=2, num_generations=3, max_completion_length=10, beta=0.0,
-                          credit_assignment=False, learning_rate=1e-3, logging_steps=1)
-    ctx = RewardContext(scorer=CTCVRScorer.load(world / "models/ctcvr"), compliance=ComplianceChecker.load(),
-                        historical_texts=["Find cheap flights with free delivery"])
+    model = build_policy(small_policy(), tokenizer)
+    cfg = load_config(GRPOStageConfig, "grpo", TINY_PARAMS, overrides=dict(
+        max_steps=2, prompts_per_step=2, num_generations=3, max_completion_length=10, beta=0.0,
+        credit_assignment=False, learning_rate=1e-3, logging_steps=1))
+    ctx = reward_context(cfg, CTCVRScorer.load(world / "models/ctcvr"), ["Find cheap flights with free delivery"])
     rows = [{"prompt_id": f"{v}|{k}", "prompt": prompt_text(v, k), "vertical": v, "keyword": k, "user_segment": None}
             for v, ks in VERTICALS.items() for k in ks]
-    trainer = RelateGRPOTrainer(model=model, processing_class=tokenizer, args=trl_config(cfg, str(world / "tmp")),
-                                train_dataset=Dataset.from_list(rows), relate_rewards=build_rewards(list(cfg.rewards), ctx),
-                                credit_assignment=False)
+    trainer = build_trainer(cfg, model, tokenizer, build_rewards(list(cfg.rewards), ctx), rows,
+                            output_dir=str(world / "tmp"))
+    assert trainer.credit_assignment is False
     before = flat_params(model).clone()
     trainer.train()
     assert not torch.equal(before, flat_params(trainer.model))
@@ -165,8 +171,7 @@ def test_advantages_are_2d_and_token_level(world):
     fake = RelateGRPOTrainer.__new__(RelateGRPOTrainer)  # only the advantage logic, no model needed
     fake.relate_rewards = [Reward("seq", "sequence", lambda c, **k: [0.0] * len(c)),
                            Reward("comp", "token", lambda c, **k: [0.0] * len(c), spans, constraint=True)]
-    fake.credit_assignment, fake.token_gain, fake._tokenizer = True, "whole", tokenizer
-    fake.span_penalties = {}
+    fake.credit_assignment, fake._tokenizer = True, tokenizer
     fake.accelerator = __import__("types").SimpleNamespace(num_processes=1)
     fake.reward_weights = torch.tensor([1.0, 1.0])
     fake._metrics = {"train": __import__("collections").defaultdict(list)}
@@ -179,15 +184,18 @@ def test_advantages_are_2d_and_token_level(world):
     assert row.max() <= 0  # the violator gains nothing anywhere
     n_span = int((row < row.max()).sum())
     assert 0 < n_span < len(ids[0])  # the span tokens carry the extra penalty, the others do not
-    assert adv[1, : len(ids[1])].min() > 0 and adv[1, len(ids[1]) :].abs().sum() == 0
+    # the compliant member beats the group on compliance, which only blames: it keeps its sequence part alone
+    compliant = adv[1, : len(ids[1])]
+    assert torch.allclose(compliant, compliant[:1].expand_as(compliant)) and adv[1, len(ids[1]) :].abs().sum() == 0
+    assert row.min() < compliant.min()
 
 
 def test_policy_save_load_round_trip(tmp_path, world):
-    from relate_models.policy import PolicyConfig, build_policy, load_policy, save_policy
+    from relate_models.policy import build_policy, load_policy, save_policy
     from relate_models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(world / "models/tokenizer")
-    model = build_policy(PolicyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer).eval()
+    model = build_policy(small_policy(), tokenizer).eval()
     save_policy(model, tokenizer, tmp_path / "policy")
     assert (tmp_path / "policy/model.safetensors").is_file() and not list(tmp_path.glob(".policy*"))
     loaded, loaded_tok = load_policy(tmp_path / "policy")
@@ -248,14 +256,3 @@ def test_stages_reject_bad_config_and_missing_artifacts(world, relate_log):
     params.write_text(text)
     assert grpo.main([]) == 2  # no models/sft yet
     assert "models/sft" in caplog.text
-
-
-
-
-def test_grpo_config_rejects_unknown_token_gain():
-    from plumbing.config import ConfigError
-    from relate_models.grpo_trainer import GRPOStageConfig
-
-    assert GRPOStageConfig(token_gain="none").token_gain == "none"
-    with pytest.raises(ConfigError, match=r"grpo\.token_gain: must be one of whole, none, got 'half'"):
-        GRPOStageConfig(token_gain="half")

@@ -12,7 +12,7 @@ import pytest
 
 from plumbing import atomic, dates
 from tests.conftest import ROOT
-from plumbing.config import ConfigError, build_config, load_config, require
+from plumbing.config import ConfigError, build_config, load_config, load_params, require
 
 
 def test_parse_ds_accepts_real_dates_only():
@@ -72,6 +72,50 @@ def test_load_config_names_missing_file_and_section(tmp_path):
     path.write_text("demo: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(_Cfg, "demo", path)
+
+
+def test_load_config_overrides_are_checked_like_the_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("demo: {days: 3, rate: 0.25}\n")
+    cfg = load_config(_Cfg, "demo", path, overrides={"rate": 1})
+    assert (cfg.days, cfg.rate) == (3, 1.0)
+    with pytest.raises(ConfigError, match=r"demo: unknown key\(s\) dayz"):
+        load_config(_Cfg, "demo", path, overrides={"dayz": 1})
+    with pytest.raises(ConfigError, match=r"demo.days: must be >= 1"):
+        load_config(_Cfg, "demo", path, overrides={"days": 0})
+
+
+def test_an_overlay_extends_its_base_key_by_key(tmp_path):
+    (tmp_path / "base.yaml").write_text("demo: {days: 3, rate: 0.25, names: [a, b]}\nother: {x: 1}\n")
+    (tmp_path / "sub").mkdir()
+    overlay = tmp_path / "sub" / "o.yaml"
+    overlay.write_text("extends: ../base.yaml\ndemo: {names: [c]}\nextra: {y: 2}\n")
+    params = load_params(overlay)
+    assert params == {"demo": {"days": 3, "rate": 0.25, "names": ["c"]}, "other": {"x": 1}, "extra": {"y": 2}}
+    assert load_config(_Cfg, "demo", overlay).names == ["c"]  # a value is replaced whole, not merged
+    overlay.write_text("extends: ../base.yaml\ndemo: {dayz: 4}\n")
+    with pytest.raises(ConfigError, match=r"demo.dayz not in the file it extends"):
+        load_params(overlay)
+    overlay.write_text("extends: ../nope.yaml\n")
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(overlay)
+    overlay.write_text("extends: o.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_params(overlay)
+
+
+def test_a_key_written_twice_is_refused(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("demo:\n  days: 3\n  days: 4\n")
+    with pytest.raises(ConfigError, match="duplicate key 'days'"):
+        load_params(path)
+
+
+def test_the_merged_tiny_params_print_as_a_full_params_file(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "plumbing.config", "configs/tiny.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    (tmp_path / "params.yaml").write_text(out)
+    assert load_params(tmp_path / "params.yaml") == load_params(ROOT / "configs" / "tiny.yaml")
 
 
 def test_write_json_is_atomic_and_leaves_no_temp(tmp_path):

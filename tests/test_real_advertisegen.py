@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plumbing.config import load_config, load_params
 from relate_models.compliance import ComplianceChecker
 from relate_real import advertisegen as ag
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "advertisegen"
 ZH_LEXICON = ROOT / "relate_models" / "data" / "compliance_lexicon_zh.yaml"
+REAL_CORPUS = ROOT / "configs" / "real_corpus.yaml"
 
 
 def test_parse_content_into_attributes():
@@ -50,13 +52,15 @@ def test_zh_lexicon_flags_article_9_terms_and_not_clean_copy():
 
 
 def test_rewards_treat_cjk_characters_as_words():
-    from relate_models.rewards import RewardContext, build_rewards, structural_score, words_with_offsets
+    from relate_models.grpo_trainer import GRPOStageConfig, reward_context
+    from relate_models.rewards import build_rewards, structural_score, words_with_offsets
 
     assert [w for w, _, _ in words_with_offsets("简约 tee's")] == ["简", "约", "tee's"]
     text = "简约而不简单的牛仔外套，白色的衣身十分百搭。"
     assert structural_score(text, "外套", 10, 40, latin_script=False) == pytest.approx(1.0)
     assert structural_score(text, "外套", 10, 40) < 1.0  # the Latin default keeps its mostly-ASCII check
-    (diversity,) = build_rewards(["diversity"], RewardContext(group_ngram=3, copy_ngram=50))
+    cfg = load_config(GRPOStageConfig, "grpo", REAL_CORPUS, overrides={"group_ngram": 3, "copy_ngram": 50})
+    (diversity,) = build_rewards(["diversity"], reward_context(cfg, None, [], latin_script=False))
     same = diversity.score([text, text], prompts=["p", "p"])
     different = diversity.score([text, "红色连衣裙，清新又显白。"], prompts=["p", "p"])
     assert same == [0.0, 0.0] and different == [1.0, 1.0]
@@ -75,7 +79,7 @@ def test_text_metrics_are_character_level():
 def test_tiny_real_corpus_sft_then_grpo(tmp_path):
     from evals import advertisegen_check
 
-    config = yaml.safe_load((ROOT / "configs" / "real_corpus.yaml").read_text(encoding="utf-8"))
+    config = load_params(REAL_CORPUS)  # merged onto params.yaml: the copy written below is a full params file
     config["advertisegen"].update(train_json=str(DATA / "advertisegen_train5000.json"),
                                   dev_json=str(DATA / "advertisegen_dev.json"), workdir=str(tmp_path / "work"),
                                   train_rows=48, dev_prompts=3, generations_per_prompt=2, max_new_tokens=12,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from plumbing.config import load_config
 from relate_real import upworthy as uw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,10 @@ ROWS = [
     "t3,201446,H,img4,ex,<p>l</p>,100,101,x",            # clicks > impressions -> invalid_counts
     "t3,201446,H,img4,ex,<p>l</p>,0,0,x",                # no impressions -> invalid_counts
 ]
+
+
+def upworthy_config(**overrides) -> uw.UpworthyConfig:
+    return load_config(uw.UpworthyConfig, "upworthy", ROOT / "configs" / "real_corpus.yaml", overrides=overrides)
 
 
 def sha16(text: str) -> str:
@@ -54,7 +59,7 @@ def adapted(spark, tmp_path_factory):
     with gzip.open(path, "wt", encoding="utf-8") as f:  # the archive ships gzipped
         f.write(HEADER + "\n".join(ROWS) + "\n")
     with uw.working_dir(work):
-        counts, tables, report = uw.adapt(uw.UpworthyConfig(spark_shuffle_partitions=2), path)
+        counts, tables, report = uw.adapt(upworthy_config(spark_shuffle_partitions=2), path)
     return work, counts, tables, report
 
 
@@ -115,7 +120,7 @@ def test_a_later_delivery_replaces_every_partition(adapted, tmp_path):
     path = tmp_path / "week00.csv"
     path.write_text(HEADER + "\n".join(r for r in ROWS if r.startswith("t2,201500,Other")) + "\n", encoding="utf-8")
     with uw.working_dir(work):
-        counts, tables, report = uw.adapt(uw.UpworthyConfig(spark_shuffle_partitions=2), path)
+        counts, tables, report = uw.adapt(upworthy_config(spark_shuffle_partitions=2), path)
     assert (counts["rows_in"], counts["rows_kept"], counts["rows_quarantined"]) == (2, 2, 0)
     assert set(tables["combo_stats"]["dt"]) == {"2014-12-29"} and len(tables["quarantine"]) == 0
     assert len(tables["ingest_quality"]) == 1 and report["success"]
@@ -133,8 +138,9 @@ def test_sql_week_mapping_matches_strftime(spark, tmp_path, monkeypatch):
     lines = [f"t{w},{w},H{w},img,ex,le,100,1,x" for w in weeks]
     (raw / "weeks.csv").write_text(HEADER + "\n".join(lines) + "\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    quality = ingest_reports.run_source(spark, "upworthy", IngestConfig(master="local[2]", shuffle_partitions=2),
-                                        raw)
+    cfg = load_config(IngestConfig, "ingest", ROOT / "params.yaml", overrides={"master": "local[2]",
+                                                                           "shuffle_partitions": 2})
+    quality = ingest_reports.run_source(spark, "upworthy", cfg, raw)
     combos = pd.read_parquet("data/curated/combo_stats")
     got = dict(zip(combos["ad_id"], combos["dt"].astype(str)))
     expected = {}
@@ -212,7 +218,7 @@ def test_attribution_check_scores_loo_log_loss_and_held_out_pairs():
                          "clicks": int(rng.binomial(20000, 0.04 if title == "h1" else 0.02))})
     combos = pd.DataFrame(rows)
     with uw.model_threads(1):
-        out = uw.attribution_check(combos, uw.UpworthyConfig(mil_steps=40))
+        out = uw.attribution_check(combos, upworthy_config(mil_steps=40))
     assert out["combinations"] == 120 and out["fits_per_model"] == {"leave_one_out": 4, "leave_pair_out": 2}
     assert out["pairs"] == 60
     # the per-test mean's log loss is that of the pooled CTR of the *other three* arms of the test

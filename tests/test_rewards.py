@@ -4,10 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plumbing.config import ConfigError, build_config
+from plumbing.config import ConfigError, load_config
 from relate_models.compliance import ComplianceChecker
 from relate_models.grpo_trainer import GRPOStageConfig
 from relate_models.rewards import RewardContext, build_rewards, score_texts, structural_score, validate_weights
+from tests.conftest import TINY_PARAMS
+
+GRPO = load_config(GRPOStageConfig, "grpo", TINY_PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -15,12 +18,18 @@ def checker() -> ComplianceChecker:
     return ComplianceChecker.load()
 
 
+def context(**fields) -> RewardContext:
+    """A RewardContext with the tiny params' grpo knobs, `fields` replacing some."""
+    knobs = {k: getattr(GRPO, k) for k in ("min_chars", "max_chars", "compliance_penalty", "group_ngram", "copy_ngram")}
+    return RewardContext(**{**knobs, **fields})
+
+
 def by_name(ctx, *names):
     return {r.name: r for r in build_rewards(list(names), ctx)}
 
 
 def test_compliance_compliant_vs_violating(checker):
-    reward = by_name(RewardContext(compliance=checker, compliance_penalty=5.0), "quality_compliance")["quality_compliance"]
+    reward = by_name(context(compliance=checker, compliance_penalty=5.0), "quality_compliance")["quality_compliance"]
     ok, bad, two = "Book cheap flights to Rome with free changes", "Guaranteed results for cheap flights", \
         "Act now: guaranteed results, clinically proven"
     assert reward.score([ok, bad, two]) == [0.0, -5.0, -15.0]
@@ -76,17 +85,17 @@ def test_structural_keyword_length_format():
     assert structural_score(good, kw, 20, 90, terminated=False) == pytest.approx(1 - 0.3 / 7)  # truncated
     assert structural_score("travel | cheap flights | book", kw, 20, 90) < 1.0  # prompt leaking
     assert structural_score("   ", kw, 20, 90) == 0.0
-    reward = by_name(RewardContext(), "quality_structural")["quality_structural"]
+    reward = by_name(context(), "quality_structural")["quality_structural"]
     assert reward.score([good, "Book trips to Rome with free changes"], keyword=[kw, kw]) == pytest.approx([1.0, 0.6])
     eos = 2
-    reward = by_name(RewardContext(eos_token_id=eos), "quality_structural")["quality_structural"]
+    reward = by_name(context(eos_token_id=eos), "quality_structural")["quality_structural"]
     scores = reward.score([good, good], keyword=[kw, kw], completion_ids=[[5, 6, eos], [5, 6, 7]])
     assert scores[0] == pytest.approx(1.0) and scores[1] < 1.0  # the second never ended: truncated
 
 
 def test_diversity_group_repeats_and_copies():
     history = ["Compare laptop deals from top brands today"]
-    reward = by_name(RewardContext(historical_texts=history, group_ngram=3, copy_ngram=5), "diversity")["diversity"]
+    reward = by_name(context(historical_texts=history, group_ngram=3, copy_ngram=5), "diversity")["diversity"]
     group = [
         "Fast shipping on laptop deals this week",
         "Fast shipping on laptop deals for students",  # shares "fast shipping on laptop deals" with the first
@@ -106,7 +115,7 @@ def test_diversity_group_repeats_and_copies():
 
 
 def test_diversity_keyword_is_no_repeat_but_shared_template_is():
-    reward = by_name(RewardContext(group_ngram=2), "diversity")["diversity"]
+    reward = by_name(context(group_ngram=2), "diversity")["diversity"]
     kw = ["car tires"] * 2
     # only the keyword is shared: both fully diverse
     assert reward.score(["Quiet car tires for winter", "Cheap car tires today"], prompts=["p"] * 2,
@@ -135,16 +144,16 @@ class StubScorer:
 
 def test_ctcvr_reward_uses_scorer_and_context():
     scorer = StubScorer()
-    reward = by_name(RewardContext(scorer=scorer, default_user_segment="students"), "ctcvr")["ctcvr"]
+    reward = by_name(context(scorer=scorer, default_user_segment="students"), "ctcvr")["ctcvr"]
     out = reward.score([" short ad", " a somewhat longer ad text"], keyword=["k1", "k2"], vertical=["travel", "home"])
     assert out == pytest.approx([0.008, 0.025])  # stripped texts
     assert scorer.contexts[1] == {"keyword": "k2", "vertical": "home", "position": 1, "user_segment": "students"}
     with pytest.raises(ValueError, match="CTCVR scorer"):
-        build_rewards(["ctcvr"], RewardContext(scorer=None))
+        build_rewards(["ctcvr"], context(scorer=None))
 
 
 def test_score_texts_means_and_violation_rate(checker):
-    rewards = build_rewards(["quality_compliance", "quality_structural"], RewardContext(compliance=checker))
+    rewards = build_rewards(["quality_compliance", "quality_structural"], context(compliance=checker))
     rows = [{"prompt": "travel | flights |", "keyword": "flights", "vertical": "travel"}]
     out = score_texts(rewards, rows, [["Cheap flights to Rome today", "Guaranteed results on flights"]])
     assert out["violation_rate"] == 0.5
@@ -158,27 +167,15 @@ def test_bad_weights_rejected_naming_the_field():
         validate_weights({"ctcvr": 1.0, "diversity": -0.5})
     with pytest.raises(ConfigError, match=r"grpo.rewards.ctcvr: weight must be a number"):
         validate_weights({"ctcvr": "high"})
-    with pytest.raises(ConfigError, match=r"grpo.rewards.ctcvr: unknown|grpo.rewards.nope"):
-        build_config(GRPOStageConfig, "grpo", {"rewards": {"nope": 1}})
-    with pytest.raises(ConfigError, match=r"grpo.beta"):
-        build_config(GRPOStageConfig, "grpo", {"beta": -1.0})
-    with pytest.raises(ConfigError, match=r"grpo.num_generations"):
-        build_config(GRPOStageConfig, "grpo", {"num_generations": 1})
-    with pytest.raises(ConfigError, match=r"grpo: unknown key\(s\) rewardz"):
-        build_config(GRPOStageConfig, "grpo", {"rewardz": {}})
+    for overrides, field in (({"rewards": {"nope": 1}}, r"grpo.rewards.nope"), ({"beta": -1.0}, r"grpo.beta"),
+                             ({"num_generations": 1}, r"grpo.num_generations"),
+                             ({"rewardz": {}}, r"grpo: unknown key\(s\) rewardz")):
+        with pytest.raises(ConfigError, match=field):
+            load_config(GRPOStageConfig, "grpo", TINY_PARAMS, overrides=overrides)
 
 
-def test_span_penalty_only_on_token_level_rewards_of_the_run():
+def test_registry_granularities():
     from relate_models.rewards import REGISTRY, REWARD_GRANULARITY
 
-    ctx = RewardContext(scorer=object(), compliance=ComplianceChecker.load())
+    ctx = context(scorer=object(), compliance=ComplianceChecker.load())
     assert {r.name: r.granularity for r in build_rewards(list(REGISTRY), ctx)} == REWARD_GRANULARITY
-    weights = {"ctcvr": 1.0, "diversity": 0.8}
-    assert build_config(GRPOStageConfig, "grpo", {"rewards": weights, "span_penalty": {"diversity": 0.3}}) \
-        .span_penalty == {"diversity": 0.3}
-    with pytest.raises(ConfigError, match=r"grpo.span_penalty.ctcvr: only a token-level reward"):
-        build_config(GRPOStageConfig, "grpo", {"rewards": weights, "span_penalty": {"ctcvr": 0.3}})
-    with pytest.raises(ConfigError, match=r"grpo.span_penalty.quality_compliance: only a token-level reward"):
-        build_config(GRPOStageConfig, "grpo", {"rewards": weights, "span_penalty": {"quality_compliance": 0.3}})
-    with pytest.raises(ConfigError, match=r"grpo.span_penalty.diversity: must be a number >= 0"):
-        build_config(GRPOStageConfig, "grpo", {"rewards": weights, "span_penalty": {"diversity": -1}})

@@ -15,6 +15,7 @@ import pytest
 
 from pipelines import expectations as ex
 from pipelines import validate
+from plumbing.config import load_config
 from plumbing.dates import day_bounds_ms
 from tests.conftest import TINY_PARAMS
 
@@ -365,7 +366,8 @@ def test_bad_config_is_rejected_naming_the_field(world, validate_log):
 
 
 def test_volume_band_uses_trailing_history(world):
-    cfg = validate.ValidateConfig(volume_drift_tolerance=0.5, volume_history_days=1, max_quarantine_rate=0.01)
+    cfg = load_config(validate.ValidateConfig, "validate", TINY_PARAMS,
+                      overrides={"volume_drift_tolerance": 0.5, "volume_history_days": 1, "max_quarantine_rate": 0.01})
     band = validate.volume_band(DAYS[2], 10, cfg)
     assert band.history == {DAYS[1]: IMPRESSIONS_PER_DAY + 37}
     assert band.low == int(np.ceil((IMPRESSIONS_PER_DAY + 37) * 0.5))
