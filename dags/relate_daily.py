@@ -4,8 +4,9 @@
 For the run's `ds`: land the raw logs (the simulator, when it is the source), ingest them
 with Spark, gate them with Great Expectations, retrain the reward models on the rolling
 window ending at `ds` and score them against the oracle, retrain the policies (SFT, GRPO,
-combo generator), evaluate, and publish through the gates. Every task runs the same
-`python -m pipelines.<stage>` entry point as `dvc.yaml`; see `pipelines/orchestration.py`.
+combo generator), evaluate, and publish through the gates. The tasks, their groups and their
+order are the rows of the stage table `pipelines/stages.py`, which `dvc.yaml` follows too: every
+task runs the same `python -m pipelines.<stage>` entry point; see `pipelines/orchestration.py`.
 
 - A failed validation suite fails `data.validate` (no retries: it is a fact about the
   data); nothing downstream runs and nothing is published.
@@ -26,30 +27,58 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task, task_group
+from airflow.sdk import Asset, Param, TaskGroup, dag, task
 
 from pipelines.orchestration import (
     PROJECT_ROOT,
-    PUBLISH_REFUSED_EXIT_CODE,
     ensure_raw_partition,
     on_publish_refused,
     on_task_failure,
     stage_command,
     stage_env,
 )
+from pipelines.stages import Stage, groups
 from plumbing.paths import CURATED_TABLES as TABLE_NAMES
 
-CURATED_TABLES = [Asset(name=f"relate_curated_{t}", uri=f"file://{PROJECT_ROOT}/data/curated/{t}")
-                  for t in TABLE_NAMES]
-VALIDATED_DAY = Asset(name="relate_validated_day", uri=f"file://{PROJECT_ROOT}/data/validation")
-REWARD_MODELS = Asset(name="relate_reward_models", uri=f"file://{PROJECT_ROOT}/models")
-PUBLISHED_MODEL = Asset(name="relate_published_model", uri=f"file://{PROJECT_ROOT}/registry/champion.json")
-
+# the Assets the table's `outlet`s name
+OUTLETS = {
+    "relate_curated": [Asset(name=f"relate_curated_{t}", uri=f"file://{PROJECT_ROOT}/data/curated/{t}")
+                       for t in TABLE_NAMES],
+    "relate_validated_day": [Asset(name="relate_validated_day", uri=f"file://{PROJECT_ROOT}/data/validation")],
+    "relate_reward_models": [Asset(name="relate_reward_models", uri=f"file://{PROJECT_ROOT}/models")],
+    "relate_published_model": [Asset(name="relate_published_model",
+                                     uri=f"file://{PROJECT_ROOT}/registry/champion.json")],
+}
 STAGE_TASK = dict(cwd=str(PROJECT_ROOT), env=stage_env(), append_env=True)
 # RELATE_DAG_END_DATE: the last day the scheduler creates runs for, when the log source is finite
 # (the simulator's range). Unpausing the DAG for a backfill then schedules no run for "today",
 # which would compete with the backfill for the project's partitions.
 END_DATE = os.environ.get("RELATE_DAG_END_DATE")
+
+
+def land_raw_logs_task(row: Stage):
+    """The day's raw logs: there already, or the simulator's when it is the source."""
+
+    @task(task_id=row.task_id)
+    def land_raw_logs(ds=None, params=None):
+        return ensure_raw_partition(ds, params["source"])
+
+    return land_raw_logs()
+
+
+def stage_task(row: Stage):
+    """One bash task running the stage's command for the run's ds."""
+    options = dict(STAGE_TASK, outlets=OUTLETS[row.outlet] if row.outlet else [])
+    if not row.retries:  # a failed gate or a refusal is a verdict, not a transient error
+        options["retries"] = 0
+    if row.refused_exit_code is not None:  # a refusal shows as skipped: no retries, no Asset event
+        options.update(skip_on_exit_code=row.refused_exit_code, on_skipped_callback=on_publish_refused)
+
+    @task.bash(task_id=row.task_id, **options)
+    def command(ds=None):
+        return stage_command(row.name, ds)
+
+    return command()
 
 
 @dag(
@@ -75,76 +104,18 @@ END_DATE = os.environ.get("RELATE_DAG_END_DATE")
     },
 )
 def relate_daily():
-    @task_group(group_id="data")
-    def data():
-        @task
-        def land_raw_logs(ds=None, params=None):
-            return ensure_raw_partition(ds, params["source"])
-
-        @task.bash(outlets=CURATED_TABLES, **STAGE_TASK)
-        def ingest(ds=None):
-            return stage_command("ingest", ds)
-
-        # A failed gate is a fact about the data, not a transient error: no retries.
-        @task.bash(outlets=[VALIDATED_DAY], retries=0, **STAGE_TASK)
-        def validate(ds=None):
-            return stage_command("validate", ds)
-
-        land_raw_logs() >> ingest() >> validate()
-
-    @task_group(group_id="reward_models")
-    def reward_models():
-        @task.bash(**STAGE_TASK)
-        def train_ctcvr(ds=None):
-            return stage_command("train_ctcvr", ds)
-
-        @task.bash(**STAGE_TASK)
-        def evaluate_ctcvr():
-            return stage_command("evaluate_ctcvr")
-
-        @task.bash(**STAGE_TASK)
-        def train_attribution(ds=None):
-            return stage_command("train_attribution", ds)
-
-        @task.bash(outlets=[REWARD_MODELS], **STAGE_TASK)
-        def evaluate_attribution():
-            return stage_command("evaluate_attribution")
-
-        train_ctcvr() >> evaluate_ctcvr()
-        train_attribution() >> evaluate_attribution()
-
-    @task_group(group_id="policies")
-    def policies():
-        @task.bash(**STAGE_TASK)
-        def sft(ds=None):
-            return stage_command("sft", ds)
-
-        @task.bash(**STAGE_TASK)
-        def grpo(ds=None):
-            return stage_command("grpo", ds)
-
-        @task.bash(**STAGE_TASK)
-        def combo_policy(ds=None):
-            return stage_command("combo_policy", ds)
-
-        sft() >> grpo()
-        combo_policy()
-
-    @task_group(group_id="release")
-    def release():
-        # A refusal is a verdict, not a transient error: no retries, shown as skipped.
-        @task.bash(outlets=[PUBLISHED_MODEL], retries=0, skip_on_exit_code=PUBLISH_REFUSED_EXIT_CODE,
-                   on_skipped_callback=on_publish_refused, **STAGE_TASK)
-        def publish(ds=None):
-            return stage_command("publish", ds)
-
-        @task.bash(**STAGE_TASK)
-        def evaluate(ds=None):
-            return stage_command("evaluate", ds)
-
-        evaluate() >> publish()
-
-    data() >> reward_models() >> policies() >> release()
+    """One task group per group of the stage table, each after the one before."""
+    previous = None
+    for group_id, rows in groups():
+        with TaskGroup(group_id=group_id) as group:
+            tasks = {}
+            for row in rows:
+                tasks[row.name] = land_raw_logs_task(row) if row.lands_raw_logs else stage_task(row)
+                for up in row.upstream:
+                    tasks[up] >> tasks[row.name]
+        if previous is not None:
+            previous >> group
+        previous = group
 
 
 relate_daily()

@@ -1,58 +1,46 @@
 """What the Airflow DAG wires: the stage commands for a run's `ds`, their environment, the
-failure callback. Kept out of `dags/` so the DAG file stays thin and cheap to parse.
+callbacks. Kept out of `dags/` so the DAG file stays thin and cheap to parse.
 
-The DAG runs each stage as `python -m pipelines.<stage> [--ds DS]` in the project root:
-the same entry points `dvc.yaml` runs, so nothing is implemented twice.
+The DAG runs each stage of `pipelines.stages.STAGES` as `python -m pipelines.<stage> [--ds DS]`
+in the project root: the same entry points `dvc.yaml` runs, so nothing is implemented twice.
 """
 from __future__ import annotations
 
 import logging
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
+from pipelines.stages import PUBLISH_REFUSED_EXIT_CODE, RAW_LOGS_STAGE, stage
 from plumbing.dates import parse_ds
 
-PROJECT_ROOT = Path(os.environ.get("RELATE_HOME") or Path(__file__).resolve().parents[1])
+__all__ = ["PROJECT_ROOT", "PUBLISH_REFUSED_EXIT_CODE", "ensure_raw_partition", "on_publish_refused",
+           "on_task_failure", "stage_argv", "stage_command", "stage_env"]
 
-# stage -> whether it takes --ds: the run's day, the end of the rolling window it reads (no
-# partition after it, so a backfill of a past day trains and evaluates as that day would have).
-# The evaluate_* stages score the models their train_* stage just wrote, whose metadata names
-# the days they were trained on.
-STAGES: dict[str, bool] = {
-    "ingest": True,
-    "validate": True,
-    "train_ctcvr": True,
-    "evaluate_ctcvr": False,
-    "train_attribution": True,
-    "evaluate_attribution": False,
-    "sft": True,
-    "grpo": True,
-    "combo_policy": True,
-    "evaluate": True,
-    "publish": True,
-}
-# publish exits with this when a gate refuses the models; the Airflow task maps it to
-# "skipped" (visible in the grid, no retries, no published-model Asset event).
-PUBLISH_REFUSED_EXIT_CODE = 99
+PROJECT_ROOT = Path(os.environ.get("RELATE_HOME") or Path(__file__).resolve().parents[1])
 
 log = logging.getLogger("relate.orchestration")
 
 
-def stage_command(stage: str, ds: str | None = None) -> str:
-    """The shell command that runs one stage for a run date (validated, then quoted)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
-    argv = [sys.executable, "-m", f"pipelines.{stage}"]
-    if STAGES[stage]:
+def stage_argv(name: str, ds: str | None = None) -> list[str]:
+    """The command line that runs one stage of the table for a run date (validated)."""
+    row = stage(name)
+    argv = [sys.executable, "-m", row.module]
+    if row.ds is not None:
         if ds is None:
-            raise ValueError(f"stage {stage} needs a ds")
+            raise ValueError(f"stage {name} needs a ds")
         parse_ds(ds)
         argv += ["--ds", ds]
-    if stage == "publish":
-        argv += ["--refused-exit-code", str(PUBLISH_REFUSED_EXIT_CODE)]
-    return shlex.join(argv)
+    if row.refused_exit_code is not None:
+        argv += ["--refused-exit-code", str(row.refused_exit_code)]
+    return argv
+
+
+def stage_command(name: str, ds: str | None = None) -> str:
+    """stage_argv as one quoted shell command (what the DAG's bash tasks run)."""
+    return shlex.join(stage_argv(name, ds))
 
 
 def stage_env() -> dict[str, str]:
@@ -82,15 +70,11 @@ def ensure_raw_partition(ds: str, source: str) -> str:
         return str(path)
     if source != "simulator":
         raise FileNotFoundError(f"raw logs for {ds} have not landed: {path} is missing or empty")
-    from pipelines import simulate
-
-    previous = os.getcwd()
-    os.chdir(PROJECT_ROOT)
-    try:
-        if simulate.main([]) != 0:
-            raise RuntimeError("the simulator failed; see the log above")
-    finally:
-        os.chdir(previous)
+    # a child process in the project root: the Airflow worker's own directory stays as it is
+    done = subprocess.run(stage_argv(RAW_LOGS_STAGE.name), cwd=PROJECT_ROOT,
+                          env={**os.environ, **stage_env()}, check=False)
+    if done.returncode != 0:
+        raise RuntimeError("the simulator failed; see the log above")
     if not path.is_dir():
         raise FileNotFoundError(f"the simulator ran but wrote no partition for {ds}: is ds inside simulate.start_date + days?")
     return str(path)

@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import ROOT, TINY_PARAMS
 
 DAGS = ROOT / "dags"
-CODE = ["pipelines", "relate_sim", "relate_models", "sql", "dags"]
+CODE = ["plumbing", "pipelines", "relate_sim", "relate_models", "sql", "dags"]
 RUN_DS = "2026-01-06"  # last tiny day but one: its history is ingested before the DAG runs
 
 PARSE_SCRIPT = r"""
@@ -174,6 +174,66 @@ def test_relate_daily_wiring(parsed):
             assert "data.validate" in ancestors(t), t
     assert "release.publish" in tasks and all(
         t in ancestors("release.publish") for t in tasks if t != "release.publish")
+
+
+def expected_upstream() -> dict[str, set[str]]:
+    """Each task's direct upstream as the stage table says: its upstream stages in the group, and
+    for a group's first tasks the last tasks of the group before."""
+    from pipelines.stages import groups
+
+    expected, leaves = {}, set()
+    for group, rows in groups():
+        ids = {row.name: f"{group}.{row.task_id}" for row in rows}
+        for row in rows:
+            expected[ids[row.name]] = {ids[u] for u in row.upstream} if row.upstream else set(leaves)
+        used = {u for row in rows for u in row.upstream}
+        leaves = {ids[row.name] for row in rows if row.name not in used}
+    return expected
+
+
+def test_relate_daily_tasks_are_the_stage_table(parsed):
+    from pipelines.stages import STAGES
+
+    tasks = parsed["dags"]["relate_daily"]["tasks"]
+    assert {t: set(v["upstream"]) for t, v in tasks.items()} == expected_upstream()
+    for row in STAGES:
+        task = tasks[f"{row.group}.{row.task_id}"]
+        assert (task["retries"] == 0) == (not row.retries), row.name
+        assert bool(task["outlets"]) == bool(row.outlet), row.name
+        if row.refused_exit_code is not None:
+            assert task["skip_on_exit_code"] == [row.refused_exit_code], row.name
+
+
+def test_land_raw_logs_runs_the_simulator_in_the_project_root_without_chdir(tmp_path, monkeypatch):
+    from pipelines import orchestration
+
+    root = tmp_path / "project"
+    monkeypatch.setattr(orchestration, "PROJECT_ROOT", root)
+    calls = []
+
+    def simulate(argv, cwd, env, check):
+        calls.append((argv, cwd, env))
+        (root / "data" / "raw" / "events" / "dt=2026-01-02").mkdir(parents=True)
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(orchestration.subprocess, "run", simulate)
+    here = os.getcwd()
+    landed = orchestration.ensure_raw_partition("2026-01-02", "simulator")
+    assert os.getcwd() == here
+    assert landed == str(root / "data" / "raw" / "events" / "dt=2026-01-02")
+    (argv, cwd, env), = calls
+    assert argv == orchestration.stage_argv("simulate") and cwd == root
+    assert env["PYTHONPATH"] == str(root)
+    monkeypatch.setattr(orchestration.subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 1))
+    with pytest.raises(RuntimeError, match="the simulator failed"):
+        orchestration.ensure_raw_partition("2026-01-03", "simulator")
+    with pytest.raises(FileNotFoundError, match="raw logs for 2026-01-03 have not landed"):
+        orchestration.ensure_raw_partition("2026-01-03", "logs")
+
+
+def test_orchestration_and_dags_never_chdir():
+    for path in [ROOT / "pipelines" / "orchestration.py", ROOT / "pipelines" / "stages.py", *DAGS.glob("*.py")]:
+        assert "chdir" not in path.read_text(), f"{path.name} changes the worker's directory"
 
 
 def test_stage_commands_validate_ds_and_quote():
