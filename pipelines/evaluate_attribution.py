@@ -44,7 +44,8 @@ from scipy.stats import spearmanr
 from plumbing import atomic, paths
 from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
-from pipelines.train_attribution import MODEL_DIR, PLOT_DIR, read_partition
+from pipelines.train_attribution import MODEL_DIR, PLOT_DIR
+from plumbing.tables import read_partition
 from relate_models import attribution as attr
 
 log = get_logger(__name__)

@@ -34,7 +34,7 @@ from plumbing import atomic, paths
 from pipelines.combo_policy import ATTRIBUTION_DIR, SERVING_FILE, mil_argmax
 from plumbing.logs import get_logger
 from plumbing.config import ConfigError, load_config, require
-from pipelines.train_attribution import read_partition
+from plumbing.tables import read_partition
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
 
