@@ -20,7 +20,7 @@ dt .. dt+W), instead of W+1 relabels per day.
 On a cluster (run from the project root; the SQL files are read next to this module on
 the driver, and the job has no Python UDFs, so executors need no Python code):
 
-    zip -qr /tmp/relate_pipelines.zip pipelines
+    zip -qr /tmp/relate_pipelines.zip pipelines plumbing
     spark-submit --master yarn --py-files /tmp/relate_pipelines.zip pipelines/ingest.py --all
 
 Foreseeable bad input (bad --ds, missing or empty raw partition, bad params) logs a

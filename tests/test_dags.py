@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import ROOT, TINY_PARAMS
 
 DAGS = ROOT / "dags"
-CODE = ["pipelines", "relate_sim", "relate_models", "sql", "dags"]
+CODE = ["plumbing", "pipelines", "relate_sim", "relate_models", "sql", "dags"]
 RUN_DS = "2026-01-06"  # last tiny day but one: its history is ingested before the DAG runs
 
 PARSE_SCRIPT = r"""
