@@ -21,10 +21,8 @@ every valid combination, so the file is the whole (constrained) space.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import logging
 import math
 import sys
 from pathlib import Path
@@ -35,6 +33,9 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from plumbing.cli import StageContext, run_stage
+from plumbing.errors import ConfigError, DataError, MissingArtifact
+from plumbing.logs import get_logger
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
 from plumbing.metrics import binomial_nll_logits
@@ -42,7 +43,7 @@ from plumbing.metrics import binomial_nll_logits
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "alimama_aes"
 FILES = ("ctr_online.txt", "tree_struct2.txt", "tree_constraint.txt")
-log = logging.getLogger("relate.alimama_check")
+log = get_logger("alimama_check")
 
 
 # --------------------------------------------------------------------------- reading
@@ -56,20 +57,20 @@ def read_combinations(path: Path) -> tuple[pd.DataFrame, int]:
             continue
         parts = line.split("\t")
         if len(parts) != 3:
-            raise ValueError(f"{path}:{lineno}: expected 'id<TAB>elements<TAB>ctr', got {line!r}")
+            raise DataError(f"{path}:{lineno}: expected 'id<TAB>elements<TAB>ctr', got {line!r}")
         try:
             elems = [int(x) for x in parts[1].split()]
             ctr = float(parts[2])
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: non-numeric element or ctr in {line!r}") from None
+            raise DataError(f"{path}:{lineno}: non-numeric element or ctr in {line!r}") from None
         if not 0 <= ctr <= 1:
-            raise ValueError(f"{path}:{lineno}: ctr {ctr} outside [0, 1]")
+            raise DataError(f"{path}:{lineno}: ctr {ctr} outside [0, 1]")
         records.append((parts[0].strip(), elems, ctr))
     if not records:
-        raise ValueError(f"{path}: no combinations")
+        raise DataError(f"{path}: no combinations")
     n = len(records[0][1])
     if any(len(r[1]) != n for r in records):
-        raise ValueError(f"{path}: rows have different numbers of elements")
+        raise DataError(f"{path}: rows have different numbers of elements")
     frame = pd.DataFrame([[i, *e, c] for i, e, c in records], columns=["id", *[f"e{k}" for k in range(n)], "ctr"])
     return frame, n
 
@@ -87,29 +88,29 @@ def read_tree(struct_path: Path, constraint_path: Path, n_slots: int) -> tuple[l
             continue
         fields = [f.strip() for f in line.split(",")]
         if len(fields) < 3:
-            raise ValueError(f"{struct_path}: bad line {line!r}")
+            raise DataError(f"{struct_path}: bad line {line!r}")
         parent, child = fields[0], fields[1]
         parent_of[child] = parent
         for name in (parent, child):
             if name not in names:
                 names.append(name)
     if len(names) != n_slots:
-        raise ValueError(f"{struct_path} names {len(names)} nodes {names}, the data have {n_slots} element columns")
+        raise DataError(f"{struct_path} names {len(names)} nodes {names}, the data have {n_slots} element columns")
     forbidden = []
     lines = [ln for ln in constraint_path.read_text().splitlines() if ln.strip()]
     i = 0
     while i < len(lines):
         fields = [f.strip() for f in lines[i].split(",")]
         if len(fields) != 3 or fields[0] not in parent_of:
-            raise ValueError(f"{constraint_path}: bad header {lines[i]!r}")
+            raise DataError(f"{constraint_path}: bad header {lines[i]!r}")
         child, n_parent, n_child = fields[0], int(fields[1]), int(fields[2])
         rows = lines[i + 1:i + 1 + n_parent]
         if len(rows) != n_parent:
-            raise ValueError(f"{constraint_path}: {child} needs {n_parent} rows")
+            raise DataError(f"{constraint_path}: {child} needs {n_parent} rows")
         for pv, row in enumerate(rows):
             allowed = [int(x) for x in row.split()]
             if len(allowed) != n_child:
-                raise ValueError(f"{constraint_path}: row {row!r} of {child} needs {n_child} values")
+                raise DataError(f"{constraint_path}: row {row!r} of {child} needs {n_child} values")
             forbidden += [(parent_of[child], str(pv), child, str(cv)) for cv, ok in enumerate(allowed) if not ok]
         i += 1 + n_parent
     return names, forbidden
@@ -214,11 +215,11 @@ def _check_inputs(data_dir: Path, train_fraction: float, pseudo_count: float) ->
     """Refuse missing files and out-of-range settings before any work."""
     missing = [f for f in FILES if not (data_dir / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{data_dir}: missing {', '.join(missing)}")
+        raise MissingArtifact(f"{data_dir}: missing {', '.join(missing)}")
     if not 0 < train_fraction < 1:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        raise ConfigError(f"train_fraction must be in (0, 1), got {train_fraction}")
     if pseudo_count <= 0:
-        raise ValueError(f"pseudo_count must be > 0, got {pseudo_count}")
+        raise ConfigError(f"pseudo_count must be > 0, got {pseudo_count}")
 
 
 def _heldout_spearman(frame: pd.DataFrame, slots: list[str], values: list[list[str]], n_train: int,
@@ -300,22 +301,21 @@ def _generator_ranks(frame: pd.DataFrame, cols: list[str], slots: list[str], val
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return run_stage("evals.alimama_check", __doc__, run_check, argv, ds=None, add_arguments=add_arguments)
+
+
+def add_arguments(parser) -> None:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-fraction", type=float, default=0.7)
     parser.add_argument("--pseudo-count", type=float, default=5000.0)
     parser.add_argument("--steps", type=int, default=150)
-    args = parser.parse_args(argv)
-    if not log.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        result = run(args.data_dir, args.seed, args.train_fraction, args.pseudo_count, args.steps)
-    except (ValueError, FileNotFoundError) as err:
-        log.error("alimama check failed: %s", err)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+
+
+def run_check(ctx: StageContext) -> None:
+    """Run the check with the command line's settings and print the result as JSON."""
+    args = ctx.args
+    print(json.dumps(run(args.data_dir, args.seed, args.train_fraction, args.pseudo_count, args.steps), indent=2))
 
 
 if __name__ == "__main__":

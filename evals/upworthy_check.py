@@ -15,27 +15,28 @@ figures and writes metrics/real_upworthy.json. Exit 2 when the data or config is
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from plumbing import atomic
+from plumbing.cli import StageContext, run_stage
+from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config
 from relate_real import upworthy as uw
 
 log = get_logger("evals.upworthy_check")
 METRICS_FILE = Path("metrics") / "real_upworthy.json"
 
 
-def run(cfg: uw.UpworthyConfig, csv: Path) -> dict:
+def check(cfg: uw.UpworthyConfig, csv: Path) -> dict:
+    """Land, ingest and validate the archive, then run both checks; the metrics."""
     started = time.monotonic()
     with uw.working_dir(Path(cfg.workdir)):
         counts, tables, report = uw.adapt(cfg, csv)
     if not report["success"]:
         failed = [f"{f['suite']}.{f['expectation']}" for s in report["suites"].values() for f in s["failed"]]
-        raise ValueError(f"the adapter's curated tables failed validation: {', '.join(failed)}")
+        raise DataError(f"the adapter's curated tables failed validation: {', '.join(failed)}")
     combos, stats = tables["combo_stats"], tables["text_stats"]
     broken_combos, broken_stats = uw.broken_tests(combos, cfg), uw.broken_tests(stats, cfg)
     excluded_tests = int(combos.loc[broken_combos, "ad_id"].nunique())
@@ -91,28 +92,29 @@ def summary(m: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="configs/real_corpus.yaml", help="config with an `upworthy:` section")
+    return run_stage("evals.upworthy_check", __doc__, run, argv, ds=None, add_arguments=add_arguments)
+
+
+def add_arguments(parser) -> None:
+    parser.set_defaults(params="configs/real_corpus.yaml")  # a config with an `upworthy:` section
     parser.add_argument("--csv", help="the archive's CSV (default: upworthy.csv)")
     parser.add_argument("--max-tests", type=int, help="a seeded sample of this many tests (default: upworthy.max_tests)")
     parser.add_argument("--out", default=str(METRICS_FILE), help="metrics JSON to write")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(uw.UpworthyConfig, "upworthy", args.params)
-        if args.max_tests is not None:
-            cfg.max_tests = args.max_tests
-            cfg.__post_init__()
-        csv = Path(args.csv or cfg.csv).resolve()
-        if not csv.is_file():
-            raise FileNotFoundError(f"Upworthy CSV not found: {csv} (see docs/real_data.md)")
-        metrics = run(cfg, csv)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        log.error("upworthy_check: %s", err)
-        return 2
-    atomic.write_json(args.out, metrics)
+
+
+def run(ctx: StageContext) -> None:
+    """Check, write the metrics and print the summary."""
+    cfg = ctx.config(uw.UpworthyConfig, "upworthy")
+    if ctx.args.max_tests is not None:
+        cfg.max_tests = ctx.args.max_tests
+        cfg.__post_init__()
+    csv = Path(ctx.args.csv or cfg.csv).resolve()
+    if not csv.is_file():
+        raise MissingArtifact(f"Upworthy CSV not found: {csv} (see docs/real_data.md)")
+    metrics = check(cfg, csv)
+    atomic.write_json(ctx.args.out, metrics)
     print(summary(metrics))
-    print(f"wrote {args.out}")
-    return 0
+    print(f"wrote {ctx.args.out}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
 from plumbing.logs import get_logger
 from plumbing.paths import ATTRIBUTION_DIR, COMBO_POLICY_DIR as MODEL_DIR
-from pipelines.train_attribution import read_partition
+from plumbing.tables import read_partition
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
 

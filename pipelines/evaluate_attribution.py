@@ -38,12 +38,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from pipelines.train_attribution import MODEL_DIR, PLOT_DIR, read_partition
+from pipelines.train_attribution import MODEL_DIR, PLOT_DIR
 from plumbing import atomic, paths
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
+from plumbing.tables import read_partition
 from relate_models import attribution as attr
 from plumbing.metrics import weighted_auc, within_group_spearman
 

@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.combo_policy import ATTRIBUTION_DIR, SERVING_FILE, mil_argmax
-from pipelines.train_attribution import read_partition
 from plumbing import atomic, paths
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import load_config, require
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
+from plumbing.tables import read_partition
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
 

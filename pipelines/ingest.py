@@ -20,15 +20,14 @@ dt .. dt+W), instead of W+1 relabels per day.
 On a cluster (run from the project root; the SQL files are read next to this module on
 the driver, and the job has no Python UDFs, so executors need no Python code):
 
-    zip -qr /tmp/relate_pipelines.zip pipelines
+    zip -qr /tmp/relate_pipelines.zip pipelines plumbing
     spark-submit --master yarn --py-files /tmp/relate_pipelines.zip pipelines/ingest.py --all
 
 Foreseeable bad input (bad --ds, missing or empty raw partition, bad params) logs a
-clear message and exits 2.
+one-line message and exits 2 (plumbing.cli); anything else keeps its traceback.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -39,9 +38,11 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make `pipeline
 
 from plumbing import paths
 from plumbing.atomic import write_json
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import require
 from plumbing.dates import day_bounds_ms, parse_ds, shift_ds
+from plumbing.errors import ConfigError, DataError
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
 from pipelines.schema import QUARANTINE_REASONS, RAW_EVENT_FIELDS
 
 log = get_logger(__name__)
@@ -61,7 +62,7 @@ SORT_KEYS = {
 }
 
 
-class IngestError(ValueError):
+class IngestError(DataError):
     """Foreseeable bad input (missing or empty raw partition): exit 2 with this message."""
 
 
@@ -191,6 +192,40 @@ class IngestJob:
         started = time.monotonic()
         parsed = self.parse(read)
         log.info("parsed %d raw partition(s) %s..%s (%.1fs)", len(read), read[0], read[-1], time.monotonic() - started)
+        linked_actions, linked = self.link(parsed, owned, labels_as_of)
+        owned_lines = parsed.where(F.col("dt").isin(owned))
+        owned_linked = linked.where(F.col("dt").isin(owned))
+        quality = self.quality_rows(owned_lines, owned_linked, owned)
+        log.info("linked clicks and conversions (%.1fs)", time.monotonic() - started)
+        self.write_owned(owned_lines, owned_linked, owned, quality)
+        labeled, placements = self.relabel(labels_as_of)
+
+        for ds in owned:
+            q = quality[ds]
+            log.info("ds=%s: %d lines in, %d kept, %d quarantined %s", ds, q["rows_in"], q["rows_kept"],
+                     q["rows_quarantined"], {r: q[f"q_{r}"] for r in QUARANTINE_REASONS if q[f"q_{r}"]})
+        label_days = sorted(labels_as_of)
+        log.info("wrote %d owned partition(s) and %d impressions relabeled in %s..%s; %.1fs", len(owned),
+                 sum(placements.values()), label_days[0], label_days[-1], time.monotonic() - started)
+        parsed.unpersist()
+        linked_actions.unpersist()
+        labeled.unpersist()
+        return quality
+
+    def sql_args(self) -> dict[str, int]:
+        """The windows the link and label SQL take, in milliseconds."""
+        return {
+            "click_window_ms": self.cfg.click_window_minutes * 60_000,
+            "attribution_window_ms": self.cfg.attribution_window_days * 86_400_000,
+        }
+
+    def link(self, parsed, owned: list[str], labels_as_of: dict[str, str]):
+        """(linked clicks and conversions, materialized; every window event with its link_reason).
+
+        Registers `window_events` and `linked_events` for the SQL that follows.
+        """
+        from pyspark.sql import functions as F
+
         # A day read only for its impressions (a daily run's ds-W-1) judges clicks of the
         # next day; its own clicks/conversions never matter. Raw lines are needed only to
         # quarantine the owned days' orphans.
@@ -200,16 +235,12 @@ class IngestJob:
             .withColumn("raw_line", F.when(F.col("dt").isin(owned), F.col("raw_line")))
         )
         window.createOrReplaceTempView("window_events")
-        params = {
-            "click_window_ms": self.cfg.click_window_minutes * 60_000,
-            "attribution_window_ms": self.cfg.attribution_window_days * 86_400_000,
-        }
         # Only clicks and conversions are linked (a few % of the rows) and kept; impressions,
         # never orphans, come straight from the materialized parse with link_reason NULL.
         # The linked side is small, so it is kept in few partitions (shuffle_partitions/16):
         # every later scan of `linked` then runs few tasks more than the parse's (measured:
         # 6 days, local[2], 4 shuffle partitions: ~9 s less than keeping its 6).
-        linked_actions = materialize(self.spark.sql(self.sql["link_events"], args=params)
+        linked_actions = materialize(self.spark.sql(self.sql["link_events"], args=self.sql_args())
                                      .coalesce(max(1, self.cfg.shuffle_partitions // 16)))
         linked = (
             window.where(F.col("event_type") == "impression")
@@ -217,11 +248,10 @@ class IngestJob:
             .unionByName(linked_actions)
         )
         linked.createOrReplaceTempView("linked_events")
-        owned_lines = parsed.where(F.col("dt").isin(owned))
-        owned_linked = linked.where(F.col("dt").isin(owned))
-        quality = self.quality_rows(owned_lines, owned_linked, owned)
-        log.info("linked clicks and conversions (%.1fs)", time.monotonic() - started)
+        return linked_actions, linked
 
+    def write_owned(self, owned_lines, owned_linked, owned: list[str], quality: dict[str, dict[str, int]]) -> None:
+        """Write events, quarantine and ingest_quality of the owned days."""
         events = owned_linked.where("link_reason IS NULL").select(*EVENT_COLUMNS, "dt")
         quarantine = (
             owned_lines.where("reason IS NOT NULL").select("raw_line", "reason", "event_id", "dt")
@@ -232,10 +262,13 @@ class IngestJob:
         self.write("quarantine", quarantine, owned, {d for d in owned if quality[d]["rows_quarantined"]})
         self.write("ingest_quality", quality_frame(self.spark, quality, QUALITY_COLUMNS), owned, set(owned))
 
+    def relabel(self, labels_as_of: dict[str, str]):
+        """Label each partition of `labels_as_of` as of its run; write labeled_impressions,
+        text_stats and combo_stats. Return (the labeled frame, materialized; rows per (dt, placement))."""
         self.spark.createDataFrame(sorted(labels_as_of.items()), "dt STRING, labels_as_of STRING") \
             .createOrReplaceTempView("label_days")
         labeled = materialize(self.spark.sql(self.sql["labeled_impressions"], args={
-            **params, "attribution_window_days": self.cfg.attribution_window_days,
+            **self.sql_args(), "attribution_window_days": self.cfg.attribution_window_days,
         }))
         labeled.createOrReplaceTempView("labeled_window")
         placements = {(dt, placement): n for dt, placement, n in labeled.groupBy("dt", "placement").count().collect()}
@@ -245,17 +278,7 @@ class IngestJob:
                    {dt for dt, placement in placements if placement == "search"})
         self.write("combo_stats", self.spark.sql(self.sql["combo_stats"]), label_days,
                    {dt for dt, placement in placements if placement == "feed"})
-
-        for ds in owned:
-            q = quality[ds]
-            log.info("ds=%s: %d lines in, %d kept, %d quarantined %s", ds, q["rows_in"], q["rows_kept"],
-                     q["rows_quarantined"], {r: q[f"q_{r}"] for r in QUARANTINE_REASONS if q[f"q_{r}"]})
-        log.info("wrote %d owned partition(s) and %d impressions relabeled in %s..%s; %.1fs", len(owned),
-                 sum(placements.values()), label_days[0], label_days[-1], time.monotonic() - started)
-        parsed.unpersist()
-        linked_actions.unpersist()
-        labeled.unpersist()
-        return quality
+        return labeled, placements
 
     def quality_rows(self, owned_lines, owned_linked, owned: list[str]) -> dict[str, dict[str, int]]:
         """ingest_quality row per owned day; IngestError for a day with no lines."""
@@ -357,48 +380,40 @@ def run_days(spark, cfg: IngestConfig, days: list[str], metrics_path: Path | Non
     return metrics
 
 
-def _ds_arg(value: str) -> str:
-    try:
-        parse_ds(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return value
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pipelines.ingest", description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ds", type=_ds_arg, help="run date YYYY-MM-DD (one raw partition)")
-    which.add_argument("--all", action="store_true", help="every raw partition in date order, one Spark session")
-    parser.add_argument("--master", help="Spark master; overrides params ingest.master")
-    parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)  # argparse itself exits 2 with a usage message on bad arguments
-    try:
-        cfg = load_config(IngestConfig, "ingest", args.params)
-        if args.master:
-            cfg = dataclasses.replace(cfg, master=args.master)
-        days = paths.partitions(paths.RAW_EVENTS) if args.all else [args.ds]
-        if not days:
-            raise IngestError(f"no raw partitions under {paths.RAW_EVENTS} (run the simulator first)")
-        for ds in days:
-            raw_files(paths.RAW_EVENTS, ds)
-    except (ConfigError, ValueError) as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
+    return run_stage("ingest", __doc__, run, argv, ds="partition", add_arguments=add_arguments)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--all", action="store_true", help="every raw partition in date order, one Spark session")
+    parser.add_argument("--master", help="Spark master; overrides params ingest.master")
+
+
+def days_to_process(ctx: StageContext) -> list[str]:
+    """[--ds], or every raw partition with --all; ConfigError unless exactly one of them is given."""
+    if (ctx.ds is None) == (not ctx.args.all):
+        raise ConfigError("give one of --ds YYYY-MM-DD or --all")
+    if ctx.ds is None:
+        return paths.partitions(paths.RAW_EVENTS)
+    parse_ds(ctx.ds)
+    return [ctx.ds]
+
+
+def run(ctx: StageContext) -> None:
+    """Ingest --ds (or every raw partition with --all) in one Spark session."""
+    days = days_to_process(ctx)
+    cfg = ctx.config(IngestConfig)
+    if ctx.args.master:
+        cfg = dataclasses.replace(cfg, master=ctx.args.master)
+    if not days:
+        raise IngestError(f"no raw partitions under {paths.RAW_EVENTS} (run the simulator first)")
+    for ds in days:
+        raw_files(paths.RAW_EVENTS, ds)  # fail before Spark starts when a partition is missing or empty
 
     from plumbing.spark import stage_session
 
-    try:
-        with stage_session(cfg.master, "relate-ingest", cfg.shuffle_partitions) as spark:
-            run_days(spark, cfg, days)
-    except (ConfigError, ValueError) as err:  # e.g. a partition found empty once read
-        log.error("%s", err)
-        raise SystemExit(2) from None
-    return 0
+    with stage_session(cfg.master, "relate-ingest", cfg.shuffle_partitions) as spark:
+        run_days(spark, cfg, days)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ The raw report files are what the source published, landed as is under
 `data/raw/<source>/` (relate_real.upworthy lands the archive's CSV there). The job owns
 every partition of its curated tables (it reads the whole delivery), so partitions left by
 an earlier delivery that no longer have rows are dropped. Foreseeable bad input (no
-report file, a file lacking a required column, bad params) logs a clear message and exits 2.
+report file, a file lacking a required column, bad params) logs one line and exits 2.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import gzip
@@ -31,9 +30,9 @@ import time
 from pathlib import Path
 
 from plumbing import paths
-from pipelines.ingest import IngestConfig, IngestError, materialize, quality_frame, read_sql, write_partitions
+from plumbing.cli import StageContext, run_stage
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config
+from pipelines.ingest import IngestConfig, IngestError, materialize, quality_frame, read_sql, write_partitions
 from pipelines.schema import QUARANTINE_REASONS
 
 log = get_logger(__name__)
@@ -183,29 +182,25 @@ def run_source(spark, source: str, cfg: IngestConfig, raw: Path | None = None,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pipelines.ingest_reports", description=__doc__.splitlines()[0])
+    return run_stage("ingest_reports", __doc__, run, argv, ds=None, add_arguments=add_arguments)
+
+
+def add_arguments(parser) -> None:
     parser.add_argument("--source", required=True, choices=sorted(SOURCES))
     parser.add_argument("--master", help="Spark master; overrides params ingest.master")
-    parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(IngestConfig, "ingest", args.params)
-        if args.master:
-            cfg = dataclasses.replace(cfg, master=args.master)
-        report_schema(report_files(raw_dir(args.source)), SOURCES[args.source])  # fail before starting Spark
-    except (ConfigError, ValueError) as err:
-        log.error("%s", err)
-        return 2
+
+
+def run(ctx: StageContext) -> None:
+    """Ingest the landed report of --source with the event ingest's Spark settings."""
+    cfg = ctx.config(IngestConfig, "ingest")
+    if ctx.args.master:
+        cfg = dataclasses.replace(cfg, master=ctx.args.master)
+    report_schema(report_files(raw_dir(ctx.args.source)), SOURCES[ctx.args.source])  # fail before starting Spark
 
     from plumbing.spark import stage_session
 
-    try:
-        with stage_session(cfg.master, f"relate-ingest-{args.source}", cfg.shuffle_partitions) as spark:
-            run_source(spark, args.source, cfg)
-    except (ConfigError, ValueError) as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    with stage_session(cfg.master, f"relate-ingest-{ctx.args.source}", cfg.shuffle_partitions) as spark:
+        run_source(spark, ctx.args.source, cfg)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ metrics/simulate.json. Deterministic in the params: a rerun rewrites identical b
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from plumbing import atomic
+from plumbing.cli import StageContext, run_stage
 from plumbing.dates import shift_ds
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config
 from plumbing.paths import METRICS, RAW_EVENTS, SIM_TRUTH, partitions
 from relate_sim.config import SimulateConfig
 from relate_sim.writer import simulate
@@ -24,14 +23,12 @@ log = get_logger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.simulate", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="params file (default: $RELATE_PARAMS or params.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(SimulateConfig, "simulate", args.params)
-    except ConfigError as err:
-        log.error("bad config: %s", err)
-        return 2
+    return run_stage("simulate", __doc__, run, argv, ds=None)
+
+
+def run(ctx: StageContext) -> None:
+    """Simulate every configured day; a bad config exits 2 (plumbing.cli)."""
+    config = ctx.config(SimulateConfig)
     last = shift_ds(config.start_date, config.days - 1)
     log.info("simulating %s .. %s, %d impressions/day, seed %d", config.start_date, last,
              config.impressions_per_day, config.seed)
@@ -45,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
              "non-compliant share of search served %.4f, %d duplicates, %d corrupt lines",
              summary["wall_s"], totals["impression"], totals["click"], totals["conversion"], summary["ctr"],
              summary["cvr"], summary["noncompliant_served_share"], totals["duplicates"], totals["corrupt"])
-    return 0
 
 
 if __name__ == "__main__":

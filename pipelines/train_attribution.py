@@ -10,25 +10,26 @@ history), metrics/train_attribution.json and plots/attribution/training_curve.{c
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
 from plumbing import atomic, paths
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import ConfigError, require
 from plumbing.dates import parse_ds, shift_ds
+from plumbing.errors import DataError
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
+from plumbing.tables import read_partition
 from relate_models import attribution as attr
 from plumbing.metrics import weighted_auc
 
 log = get_logger(__name__)
-MODEL_DIR = paths.MODELS / "attribution"
+MODEL_DIR = paths.ATTRIBUTION_DIR
 METRICS_FILE = paths.METRICS / "train_attribution.json"
 PLOT_DIR = paths.PLOTS / "attribution"
 SOURCES = ("combo_stats", "labeled_impressions")
@@ -85,19 +86,6 @@ class TrainAttributionConfig:
 # --------------------------------------------------------------------------- reading curated data
 
 
-def read_partition(table: str, ds: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """One partition as a frame with a `dt` column; an absent or empty partition is an error."""
-    part = paths.partition(paths.curated(table), ds)
-    files = sorted(p for p in part.glob("*.parquet") if not p.name.startswith((".", "_")))
-    if not files:
-        raise ValueError(f"{part}: partition missing or has no parquet files")
-    frame = pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files], ignore_index=True)
-    if frame.empty:
-        raise ValueError(f"{part}: partition is empty")
-    frame["dt"] = ds
-    return frame
-
-
 def click_complete_days(days: list[str], label_lag_days: int) -> list[str]:
     """The days whose click labels are final: labels_as_of >= dt + label_lag_days.
 
@@ -121,19 +109,19 @@ def choose_window(cfg: TrainAttributionConfig, run_ds: str | None) -> tuple[list
     """(train days, holdout days): consecutive, ending at the latest click-complete day <= the cap."""
     available = paths.partitions(paths.curated(cfg.source))
     if not available:
-        raise ValueError(f"no partitions under {paths.curated(cfg.source)} (run ingest first)")
+        raise DataError(f"no partitions under {paths.curated(cfg.source)} (run ingest first)")
     caps = [d for d in (cfg.end_ds, run_ds) if d is not None]
     if caps:
         available = [d for d in available if d <= min(caps)]
     complete = click_complete_days(available, cfg.label_lag_days)
     if not complete:
-        raise ValueError(f"no day with complete click labels in {paths.curated(cfg.source)} (available: {available})")
+        raise DataError(f"no day with complete click labels in {paths.curated(cfg.source)} (available: {available})")
     end = complete[-1]
     n = cfg.train_days + cfg.holdout_days
     window = [shift_ds(end, -i) for i in range(n - 1, -1, -1)]
     missing = [d for d in window if d not in available]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"window {window[0]}..{end} ({cfg.train_days} train + {cfg.holdout_days} holdout days) "
             f"lacks partition(s) {', '.join(missing)} of {paths.curated(cfg.source)}"
         )
@@ -153,7 +141,7 @@ def load_rows(cfg: TrainAttributionConfig, days: list[str]) -> pd.DataFrame:
             part = read_partition("labeled_impressions", d, cols)
             part = part[part["placement"] == "feed"]
             if part.empty:
-                raise ValueError(f"labeled_impressions dt={d} has no feed impressions")
+                raise DataError(f"labeled_impressions dt={d} has no feed impressions")
             frames.append(part)
         rows = pd.concat(frames, ignore_index=True)
         rows["impressions"] = 1
@@ -206,7 +194,17 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     atomic.save_figure(fig, path, dpi=100)
 
 
-def run(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("train_attribution", __doc__, run, argv)
+
+
+def run(ctx: StageContext) -> None:
+    """Train on the days up to the run's day (default: the latest click-complete day)."""
+    train(ctx.config(TrainAttributionConfig), ctx.ds)
+
+
+def train(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:
+    """Fit the attribution model on the window ending at or before `run_ds`; write model, metrics, plots."""
     torch.manual_seed(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -216,7 +214,7 @@ def run(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:
     train = load_rows(cfg, train_days)
     holdout = load_rows(cfg, holdout_days)
     if train["clicks"].sum() <= 0:
-        raise ValueError(f"no clicks in the training window {train_days[0]}..{train_days[-1]}: nothing to attribute")
+        raise DataError(f"no clicks in the training window {train_days[0]}..{train_days[-1]}: nothing to attribute")
     settings = attr.FitSettings(steps=cfg.steps, learning_rate=cfg.learning_rate, l2=cfg.l2, l2_bias=cfg.l2_bias,
                                 l2_pair=cfg.l2_pair, seed=cfg.seed, log_every=cfg.log_every)
     model_cfg = {"embed_dim": cfg.embed_dim, "attention_dim": cfg.attention_dim, "hash_buckets": cfg.hash_buckets}
@@ -248,21 +246,6 @@ def run(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:
     plot_training_curve(history, PLOT_DIR / "training_curve.png")
     log.info("wrote %s (%d element rewards) and %s", MODEL_DIR, len(rewards), METRICS_FILE)
     return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ds", help="run date: train on days up to it (YYYY-MM-DD); default: latest complete day")
-    parser.add_argument("--params", help="params file (default: $RELATE_PARAMS or params.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        run_ds = args.ds and parse_ds(args.ds).isoformat()
-        cfg = load_config(TrainAttributionConfig, "train_attribution", args.params)
-        run(cfg, run_ds)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        log.error("train_attribution failed: %s", err)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ heldout_predictions.parquet, training_curve.json) and metrics/ctcvr_train.json.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -23,10 +22,12 @@ import pyarrow.parquet as pq
 import torch
 
 from plumbing import atomic
-from plumbing.dates import parse_ds, shift_ds
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import require
+from plumbing.dates import shift_ds
+from plumbing.errors import DataError
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
-from plumbing.paths import METRICS, MODELS, curated, partition, partitions
+from plumbing.paths import CTCVR_DIR, METRICS, TOKENIZER_DIR, curated, partition, partitions
 from relate_models import ctcvr
 from plumbing.metrics import auc, expected_calibration_error, log_loss
 from relate_models.ngram_baseline import NgramBaseline
@@ -38,15 +39,9 @@ SECTION = "train_ctcvr"
 COLUMNS = ["impression_id", "ad_text", "keyword", "vertical", "user_segment", "position", "clicked", "converted"]
 EXPOSURE_COLUMNS = ["ts", "user_id", "text_id"]  # earlier showings of a text to a user, from the logs
 OPTIONAL_COLUMNS = ["query"]  # query/text word overlap when logged; the keyword stands in otherwise
-CTCVR_DIR = MODELS / "ctcvr"
-TOKENIZER_DIR = MODELS / "tokenizer"
 PREDICTIONS = CTCVR_DIR / "heldout_predictions.parquet"
 CURVE = CTCVR_DIR / "training_curve.json"
 TRAIN_METRICS = METRICS / "ctcvr_train.json"
-
-
-class DataError(ValueError):
-    """The curated input cannot train a model (no partitions, no clicks, ...)."""
 
 
 @dataclass
@@ -249,27 +244,29 @@ def heldout_metrics(frame: pd.DataFrame, bins: int) -> dict:
     return out
 
 
-# -------------------------------------------------------------------------------- main
-def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
+# -------------------------------------------------------------------------------- stage
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(SECTION, __doc__, run, argv)
+
+
+def run(ctx: StageContext) -> None:
+    """Train on the labeled impressions up to the run's day (default: all)."""
+    train(ctx.config(TrainCTCVRConfig), ctx.ds)
+
+
+def train(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
+    """Fit the CTCVR model and its tokenizer, score the eval day next to the baseline, write all outputs."""
     started = time.monotonic()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
 
-    days = partitions(curated("labeled_impressions"))
-    if ds is not None:
-        days = [d for d in days if d <= ds]  # a run reads nothing newer than its ds
-    if not days:
-        raise DataError(f"no labeled_impressions partitions under {curated('labeled_impressions')}" + (f" up to {ds}" if ds else ""))
-    train_days, eval_day = choose_window(label_status(days), cfg.train_days)
-    log.info("eval day %s (last with complete labels); training days %s..%s", eval_day, train_days[0], train_days[-1])
-
+    days, train_days, eval_day = choose_days(cfg, ds)
     train_frame, eval_frame = load_window(cfg, days, train_days, eval_day)
-    feed_frame, feed_vocabs = None, {}
-    if cfg.feed_conversions:
-        feed_frame = load_feed_clicks(train_days, [*ctcvr.FEED_SHARED, *cfg.id_fields, *cfg.feed_fields])
+    feed_frame = load_feed_clicks(train_days, [*ctcvr.FEED_SHARED, *cfg.id_fields, *cfg.feed_fields]) \
+        if cfg.feed_conversions else None
+    if feed_frame is not None:
         log.info("feed: %d clicks, %d conversions", len(feed_frame), int(feed_frame["converted"].sum()))
-        feed_vocabs = {name: vocab(feed_frame, name) for name in cfg.feed_fields}
     check_labels(train_frame, f"training window {train_days[0]}..{train_days[-1]}")
     check_labels(eval_frame, f"eval day {eval_day}")
     log.info("train: %d impressions, %d clicks, %d conversions; eval: %d impressions",
@@ -277,49 +274,11 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
 
     tokenizer = train_tokenizer(train_frame["ad_text"].dropna().astype(str), cfg.vocab_size, cfg.tokenizer_min_frequency)
     log.info("tokenizer: %d tokens from %d distinct texts", len(tokenizer), train_frame["ad_text"].nunique())
-    model_cfg = ctcvr.CTCVRConfig(
-        vocab_size=len(tokenizer),
-        vocabs={**{name: vocab(train_frame, name) for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields)}, **feed_vocabs},
-        id_fields=list(cfg.id_fields), max_exposures=cfg.max_exposures,
-        segment_token_cross=cfg.segment_token_cross, feed_conversions=cfg.feed_conversions,
-        feed_fields=list(cfg.feed_fields) if cfg.feed_conversions else [],
-        max_tokens=cfg.max_tokens, bigram_buckets=cfg.bigram_buckets, max_position=cfg.max_position,
-        embed_dim=cfg.embed_dim, context_dim=cfg.context_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, wide=cfg.wide,
-        bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
-    )
-    encoder = ctcvr.FeatureEncoder(model_cfg, tokenizer)
-    feed = ctcvr.build_feed_clicks(encoder, feed_frame) if cfg.feed_conversions else None
-
-    rng = np.random.default_rng(cfg.seed)
-    is_val = rng.random(len(train_frame)) < cfg.val_fraction
-    fit_part, val_part = train_frame[~is_val].reset_index(drop=True), train_frame[is_val].reset_index(drop=True)
-    check_labels(fit_part, "training split")
-    result = ctcvr.fit(
-        model_cfg, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, seed=cfg.seed,
-        id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, feed=feed, log=log.info,
-    )
+    encoder = ctcvr.FeatureEncoder(model_config(cfg, tokenizer, train_frame, feed_frame), tokenizer)
+    result, fit_part, val_part = fit_model(cfg, encoder, train_frame, feed_frame)
     model_seconds = time.monotonic() - started
 
-    pred = ctcvr.predict(result.model, encoder, ctcvr.build_train_data(encoder, eval_frame))
-    baseline_start = time.monotonic()
-    baseline = NgramBaseline(n_features=cfg.baseline_n_features, C=cfg.baseline_C, max_iter=cfg.baseline_max_iter)
-    baseline.fit(train_frame, {"ctr": train_frame["clicked"].to_numpy(),
-                               "ctcvr": (train_frame["clicked"] * train_frame["converted"]).to_numpy()}, seed=cfg.seed)
-    base_pred = baseline.predict(eval_frame)
-    log.info("baseline fitted in %.1fs", time.monotonic() - baseline_start)
-
-    predictions = pd.DataFrame({
-        "impression_id": eval_frame["impression_id"].astype(str),
-        "dt": eval_day,
-        "p_ctr": pred["p_ctr"].astype(np.float64),
-        "p_cvr": pred["p_cvr"].astype(np.float64),
-        "p_ctcvr": pred["p_ctcvr"].astype(np.float64),
-        "baseline_p_ctr": base_pred["ctr"],
-        "baseline_p_ctcvr": base_pred["ctcvr"],
-        "clicked": eval_frame["clicked"].astype(np.int8),
-        "converted": eval_frame["converted"].astype(np.int8),
-    })
+    predictions = predict_eval_day(cfg, result.model, encoder, train_frame, eval_frame, eval_day)
     metrics = {
         "eval_day": eval_day,
         "train_days": train_days,
@@ -333,7 +292,79 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
         "n_parameters": int(sum(p.numel() for p in result.model.parameters())),
         **heldout_metrics(predictions, cfg.ece_bins),
     }
+    save_outputs(result, tokenizer, predictions, metrics)
+    return metrics
 
+
+def choose_days(cfg: TrainCTCVRConfig, ds: str | None) -> tuple[list[str], list[str], str]:
+    """(every labeled day up to ds, the training days, the eval day)."""
+    days = partitions(curated("labeled_impressions"))
+    if ds is not None:
+        days = [d for d in days if d <= ds]  # a run reads nothing newer than its ds
+    if not days:
+        raise DataError(f"no labeled_impressions partitions under {curated('labeled_impressions')}" + (f" up to {ds}" if ds else ""))
+    train_days, eval_day = choose_window(label_status(days), cfg.train_days)
+    log.info("eval day %s (last with complete labels); training days %s..%s", eval_day, train_days[0], train_days[-1])
+    return days, train_days, eval_day
+
+
+def model_config(cfg: TrainCTCVRConfig, tokenizer, train_frame: pd.DataFrame,
+                 feed_frame: pd.DataFrame | None) -> ctcvr.CTCVRConfig:
+    """The model's shape: the stage config plus the vocabularies seen in the training window."""
+    feed_vocabs = {name: vocab(feed_frame, name) for name in cfg.feed_fields} if cfg.feed_conversions else {}
+    return ctcvr.CTCVRConfig(
+        vocab_size=len(tokenizer),
+        vocabs={**{name: vocab(train_frame, name) for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields)}, **feed_vocabs},
+        id_fields=list(cfg.id_fields), max_exposures=cfg.max_exposures,
+        segment_token_cross=cfg.segment_token_cross, feed_conversions=cfg.feed_conversions,
+        feed_fields=list(cfg.feed_fields) if cfg.feed_conversions else [],
+        max_tokens=cfg.max_tokens, bigram_buckets=cfg.bigram_buckets, max_position=cfg.max_position,
+        embed_dim=cfg.embed_dim, context_dim=cfg.context_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, wide=cfg.wide,
+        bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
+    )
+
+
+def fit_model(cfg: TrainCTCVRConfig, encoder: ctcvr.FeatureEncoder, train_frame: pd.DataFrame,
+              feed_frame: pd.DataFrame | None) -> tuple[ctcvr.FitResult, pd.DataFrame, pd.DataFrame]:
+    """Fit on the window less a random validation share; return (result, fit rows, validation rows)."""
+    feed = ctcvr.build_feed_clicks(encoder, feed_frame) if cfg.feed_conversions else None
+    rng = np.random.default_rng(cfg.seed)
+    is_val = rng.random(len(train_frame)) < cfg.val_fraction
+    fit_part, val_part = train_frame[~is_val].reset_index(drop=True), train_frame[is_val].reset_index(drop=True)
+    check_labels(fit_part, "training split")
+    result = ctcvr.fit(
+        encoder.config, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, seed=cfg.seed,
+        id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, feed=feed, log=log.info,
+    )
+    return result, fit_part, val_part
+
+
+def predict_eval_day(cfg: TrainCTCVRConfig, model, encoder: ctcvr.FeatureEncoder, train_frame: pd.DataFrame,
+                     eval_frame: pd.DataFrame, eval_day: str) -> pd.DataFrame:
+    """The eval day's predictions of the model and of the n-gram baseline (fitted here), with labels."""
+    pred = ctcvr.predict(model, encoder, ctcvr.build_train_data(encoder, eval_frame))
+    baseline_start = time.monotonic()
+    baseline = NgramBaseline(n_features=cfg.baseline_n_features, C=cfg.baseline_C, max_iter=cfg.baseline_max_iter)
+    baseline.fit(train_frame, {"ctr": train_frame["clicked"].to_numpy(),
+                               "ctcvr": (train_frame["clicked"] * train_frame["converted"]).to_numpy()}, seed=cfg.seed)
+    base_pred = baseline.predict(eval_frame)
+    log.info("baseline fitted in %.1fs", time.monotonic() - baseline_start)
+    return pd.DataFrame({
+        "impression_id": eval_frame["impression_id"].astype(str),
+        "dt": eval_day,
+        "p_ctr": pred["p_ctr"].astype(np.float64),
+        "p_cvr": pred["p_cvr"].astype(np.float64),
+        "p_ctcvr": pred["p_ctcvr"].astype(np.float64),
+        "baseline_p_ctr": base_pred["ctr"],
+        "baseline_p_ctcvr": base_pred["ctcvr"],
+        "clicked": eval_frame["clicked"].astype(np.int8),
+        "converted": eval_frame["converted"].astype(np.int8),
+    })
+
+
+def save_outputs(result: ctcvr.FitResult, tokenizer, predictions: pd.DataFrame, metrics: dict) -> None:
+    """models/ctcvr/ (scorer, predictions, curve), models/tokenizer/ and the training metrics, each atomically."""
     scorer = ctcvr.CTCVRScorer(result.model, tokenizer)
     with atomic.directory(CTCVR_DIR) as staging:
         scorer.save(staging)
@@ -343,24 +374,8 @@ def run(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
         save_tokenizer(tokenizer, staging)
     atomic.write_json(TRAIN_METRICS, metrics)
     log.info("eval day %s: auc ctcvr %.4f (baseline %.4f), auc ctr %.4f (baseline %.4f), ece ctcvr %.5f",
-             eval_day, metrics["auc_ctcvr"], metrics["baseline_auc_ctcvr"], metrics["auc_ctr"],
+             metrics["eval_day"], metrics["auc_ctcvr"], metrics["baseline_auc_ctcvr"], metrics["auc_ctr"],
              metrics["baseline_auc_ctr"], metrics["ece_ctcvr"])
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ds", help="run date: read no partition newer than this (default: all)")
-    parser.add_argument("--params", help="params file (default params.yaml or $RELATE_PARAMS)")
-    args = parser.parse_args(argv)
-    try:
-        ds = parse_ds(args.ds) and args.ds if args.ds else None
-        cfg = load_config(TrainCTCVRConfig, SECTION, args.params)
-        run(cfg, ds)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as err:
-        log.error("train_ctcvr stopped: %s", err)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@ Validates the curated partitions of each day against the suites in pipelines.exp
 writes `data/validation/<ds>/` (one JSON result per suite, a summary, Data Docs HTML) and
 `metrics/validate.json`. Exit 0 when every suite of every day passed, after writing
 `data/validation/_SUCCESS` (downstream stages depend on it); 1 when a suite failed; 2 on
-bad arguments, bad params or missing curated partitions.
+bad arguments, bad params or missing or unreadable curated partitions (plumbing.cli).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -26,9 +25,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from plumbing import atomic, paths
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import require
 from plumbing.dates import day_bounds_ms, parse_ds, shift_ds
+from plumbing.errors import ConfigError, DataError, MissingArtifact
 from plumbing.logs import get_logger
-from plumbing.config import ConfigError, load_config, require
 
 log = get_logger("pipelines.validate")  # not __name__: it is "__main__" under `python -m`
 
@@ -52,11 +53,11 @@ class ValidateConfig:
         require(0 <= self.unexpected_examples <= 100, "validate.unexpected_examples", "must be in [0, 100]")
 
 
-class MissingPartitions(ValueError):
+class MissingPartitions(MissingArtifact):
     """A day to validate lacks curated partitions (ingest has not run for it)."""
 
 
-class UnreadablePartition(ValueError):
+class UnreadablePartition(DataError):
     """A curated partition exists but is not readable Parquet."""
 
 
@@ -75,7 +76,11 @@ def _dataset(table: str, ds: str) -> pads.Dataset:
 
 
 def read_partition(table: str, ds: str) -> pd.DataFrame:
-    """One curated partition as a frame, with its `dt` column restored from the directory name."""
+    """One curated partition as a frame, with its `dt` column restored from the directory name.
+
+    Not plumbing.tables.read_partition: GX checks integer columns as read, so nullable ints
+    stay Int64 (not float64) and an unreadable file is an UnreadablePartition.
+    """
     try:
         frame = _dataset(table, ds).to_table().to_pandas(types_mapper=_NULLABLE_INTS.get)
     except (pa.ArrowException, OSError) as err:
@@ -305,15 +310,6 @@ def log_failures(ds: str, report: dict) -> None:
 
 # ---------------------------------------------------------------- wiring
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.validate", description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ds", help="validate one day, YYYY-MM-DD")
-    which.add_argument("--all", action="store_true", help="validate every ingested day, in order")
-    parser.add_argument("--params", default=None, help="params file (default: $RELATE_PARAMS or params.yaml)")
-    return parser.parse_args(argv)
-
-
 def metrics_for(reports: dict[str, dict]) -> dict:
     return {
         "success": all(r["success"] for r in reports.values()),
@@ -336,28 +332,36 @@ def metrics_for(reports: dict[str, dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return run_stage("validate", __doc__, run, argv, ds="partition", add_arguments=add_arguments)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--all", action="store_true", help="validate every ingested day, in order")
+
+
+def days_to_validate(ctx: StageContext) -> list[str]:
+    """[--ds], or every ingested day with --all; MissingPartitions if a day lacks a table."""
+    days = [parse_ds(ctx.ds).isoformat()] if ctx.ds else ingested_days()
+    if not days:
+        raise MissingPartitions(f"no ingested days under {paths.curated('ingest_quality')}; run ingest first")
+    check_partitions(days)
+    return days
+
+
+def run(ctx: StageContext) -> int:
+    """Validate the days; 1 when a suite failed, else write the success marker."""
+    if (ctx.ds is None) == (not ctx.args.all):  # a malformed command leaves the marker alone
+        raise ConfigError("give one of --ds YYYY-MM-DD or --all")
     SUCCESS_MARKER.unlink(missing_ok=True)  # whatever happens below, downstream waits for a fresh pass
-    try:
-        cfg = load_config(ValidateConfig, "validate", args.params)
-        days = [parse_ds(args.ds).isoformat()] if args.ds else ingested_days()
-        if not days:
-            raise MissingPartitions(f"no ingested days under {paths.curated('ingest_quality')}; run ingest first")
-        check_partitions(days)
-    except (ConfigError, ValueError) as err:
-        log.error("validate: %s", err)
-        return 2
+    cfg = ctx.config(ValidateConfig)
+    days = days_to_validate(ctx)
     atomic.clean_stale_staging(paths.VALIDATION)
 
     started = time.monotonic()
     gate = Gate(cfg)
     reports = {}
     for ds in days:
-        try:
-            reports[ds] = gate.validate_day(ds)
-        except UnreadablePartition as err:
-            log.error("validate: %s", err)
-            return 2
+        reports[ds] = gate.validate_day(ds)
         if not reports[ds]["success"]:
             log_failures(ds, reports[ds])
     metrics = metrics_for(reports)

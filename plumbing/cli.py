@@ -45,7 +45,8 @@ def stage_parser(name: str, doc: str | None, ds: str | None = "as_of") -> argpar
     if ds not in DS_MODES:
         raise ValueError(f"ds mode must be one of {DS_MODES}, got {ds!r}")
     first_line = (doc or name).strip().splitlines()[0]
-    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=first_line)
+    module = name if "." in name else f"pipelines.{name}"  # checks outside pipelines/ give their module
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=first_line)
     parser.add_argument("--params", default=None, help="params file (default: params.yaml or $RELATE_PARAMS)")
     if ds == "as_of":
         parser.add_argument("--ds", default=None, help=AS_OF_HELP)

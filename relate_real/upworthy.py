@@ -26,7 +26,6 @@ prints.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
@@ -41,10 +40,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from plumbing import atomic, paths
 from pipelines import ingest_reports
+from plumbing import atomic, paths
+from plumbing.cli import StageContext, run_stage
+from plumbing.config import PROJECT_PARAMS, load_config, require
+from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
-from plumbing.config import PROJECT_PARAMS, ConfigError, load_config, require
 from plumbing.metrics import binomial_nll, binomial_nll_per_impression
 
 if TYPE_CHECKING:  # annotations only: the fits import torch lazily, inside them
@@ -122,10 +123,10 @@ def week_monday(test_week: int) -> str:
     """
     year, week = divmod(int(test_week), 100)
     if not (1970 <= year <= 9998 and 0 <= week <= 53):
-        raise ValueError(f"test_week {test_week}: not YYYYWW with week 00..53")
+        raise DataError(f"test_week {test_week}: not YYYYWW with week 00..53")
     monday = dt.datetime.strptime(f"{year} {week} 1", "%Y %W %w").date()
     if monday.year > year:
-        raise ValueError(f"test_week {test_week}: week {week} starts after {year}")
+        raise DataError(f"test_week {test_week}: week {week} starts after {year}")
     return monday.isoformat()
 
 
@@ -154,7 +155,7 @@ def _sample_tests(csv: Path, max_tests: int, seed: int) -> pd.DataFrame | None:
     try:
         raw = pd.read_csv(csv, dtype=str, keep_default_na=False, compression="infer")
     except (OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError) as err:
-        raise ValueError(f"upworthy: cannot read {csv}: {err}") from None
+        raise DataError(f"upworthy: cannot read {csv}: {err}") from None
     if "clickability_test_id" not in raw.columns:
         return None
     tests = np.sort(raw.loc[raw["clickability_test_id"] != "", "clickability_test_id"].unique())
@@ -670,21 +671,23 @@ def working_dir(path: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="configs/real_corpus.yaml")
+    return run_stage("relate_real.upworthy", __doc__, run, argv, ds=None, add_arguments=add_arguments)
+
+
+def add_arguments(parser) -> None:
+    parser.set_defaults(params="configs/real_corpus.yaml")  # the real-corpus params, not params.yaml
     parser.add_argument("--csv", help="the archive's CSV (default: upworthy.csv of the params)")
     parser.add_argument("--workdir", help="where data/curated is written (default: upworthy.workdir)")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(UpworthyConfig, "upworthy", args.params)
-        csv = Path(args.csv or cfg.csv).resolve()
-        if not csv.is_file():
-            raise FileNotFoundError(f"upworthy CSV not found: {csv}")
-        with working_dir(Path(args.workdir or cfg.workdir)):
-            counts, tables, report = adapt(cfg, csv)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        log.error("upworthy adapter failed: %s", err)
-        return 2
+
+
+def run(ctx: StageContext) -> int:
+    """Land, ingest and validate the archive; 1 when a GX suite failed."""
+    cfg = ctx.config(UpworthyConfig, "upworthy")
+    csv = Path(ctx.args.csv or cfg.csv).resolve()
+    if not csv.is_file():
+        raise MissingArtifact(f"upworthy CSV not found: {csv}")
+    with working_dir(Path(ctx.args.workdir or cfg.workdir)):
+        counts, tables, report = adapt(cfg, csv)
     log.info("upworthy: %s", json.dumps(counts))
     if not report["success"]:
         for suite in report["suites"].values():

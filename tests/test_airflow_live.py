@@ -8,7 +8,6 @@ One module-scoped Airflow serves every test here (starting one costs a minute or
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import socket

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer
 
 from pipelines import evaluate_ctcvr, train_ctcvr
-from plumbing.config import dump_params, load_params
+from plumbing.config import dump_params, load_config, load_params
 from relate_models import ctcvr
 from relate_models.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from tests.conftest import ROOT
@@ -315,7 +315,7 @@ def test_train_stage_end_to_end(tmp_path, monkeypatch):
     assert metrics["eval_day"] == "2026-01-05" and metrics["train_days"] == ["2026-01-02", "2026-01-03", "2026-01-04"]
     assert metrics["auc_ctr"] > 0.6 and metrics["auc_ctcvr"] > 0.6 and 0 <= metrics["ece_ctcvr"] < 0.1
     # earlier showings of a text to a user are counted over the search logs, history days before the window included
-    cfg = train_ctcvr.load_config(train_ctcvr.TrainCTCVRConfig, "train_ctcvr")
+    cfg = load_config(train_ctcvr.TrainCTCVRConfig, "train_ctcvr")
     train_frame, eval_frame = train_ctcvr.load_window(cfg, sorted(days), metrics["train_days"], "2026-01-05")
     logs = pd.concat([days[ds] for ds in sorted(days)]).query("placement == 'search'")  # in ts order
     expected = logs.groupby(["user_id", "text_id"]).cumcount().set_axis(logs["impression_id"])

@@ -2,9 +2,9 @@
 conservation, idempotent reruns, --all == day by day, and clean exits on bad input."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -259,15 +259,25 @@ def test_last_relabels_is_the_latest_run_within_the_window():
     (["--ds", "2026-02-30"], "not a real date"),
     (["--ds", "yesterday"], "YYYY-MM-DD"),
     (["--ds", "2026-05-01"], "raw partition for ds=2026-05-01 not found"),
-    ([], "one of the arguments --ds --all is required"),
+    ([], "give one of --ds YYYY-MM-DD or --all"),
+    (["--ds", D1, "--all"], "give one of --ds YYYY-MM-DD or --all"),
+    (["--all"], "no raw partitions under data/raw/events"),
 ])
-def test_bad_input_exits_2_with_a_message(argv, message, tmp_path, monkeypatch, capsys, caplog):
+def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, monkeypatch, caplog):
     (tmp_path / "params.yaml").write_text(PARAMS)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        ingest.main([*argv, "--params", "params.yaml"])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err + caplog.text
+    assert ingest.main([*argv, "--params", "params.yaml"]) == 2
+    assert "ingest failed: " in caplog.text and message in caplog.text
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    write_raw(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ingest, "run_days", lambda *a, **k: {}["a bug"])
+    monkeypatch.setattr("plumbing.spark.stage_session", lambda *a, **k: contextlib.nullcontext())
+    with pytest.raises(KeyError, match="a bug"):
+        ingest.main(["--ds", D1, "--params", "params.yaml"])
 
 
 def test_empty_partition_and_bad_params_exit_2(spark, tmp_path, monkeypatch, caplog):
@@ -275,17 +285,14 @@ def test_empty_partition_and_bad_params_exit_2(spark, tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     part = tmp_path / paths.RAW_EVENTS / f"dt={D1}"
     part.mkdir(parents=True)
-    with pytest.raises(SystemExit) as exit_info:  # no data files at all
-        ingest.main(["--ds", D1, "--params", "params.yaml"])
-    assert exit_info.value.code == 2 and "is empty" in caplog.text
+    assert ingest.main(["--ds", D1, "--params", "params.yaml"]) == 2  # no data files at all
+    assert "is empty" in caplog.text
     with gzip.open(part / "part-00000.jsonl.gz", "wt") as fh:
         fh.write("")
-    with pytest.raises(SystemExit) as exit_info:  # a file with no lines
-        ingest.main(["--ds", D1, "--params", "params.yaml"])
-    assert exit_info.value.code == 2 and "has no lines" in caplog.text
+    assert ingest.main(["--ds", D1, "--params", "params.yaml"]) == 2  # a file with no lines
+    assert "has no lines" in caplog.text
     assert not paths.curated("events").exists()
     (tmp_path / "params.yaml").write_text(PARAMS.replace("attribution_window_days: 3", "attribution_window_days: 0"))
-    with pytest.raises(SystemExit) as exit_info:
-        ingest.main(["--ds", D1, "--params", "params.yaml"])
-    assert exit_info.value.code == 2 and "ingest.attribution_window_days" in caplog.text
+    assert ingest.main(["--ds", D1, "--params", "params.yaml"]) == 2
+    assert "ingest.attribution_window_days" in caplog.text
     shutil.rmtree(part)

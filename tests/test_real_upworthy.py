@@ -280,3 +280,15 @@ def test_check_figures_on_a_sample_of_the_real_file(tmp_path):
         assert 0.0 <= m["text"]["models"][model]["pairwise_accuracy"] <= 1.0
     assert m["text"]["pairs"] > 0
     assert (tmp_path / "work" / "data" / "curated" / "combo_stats").is_dir()
+
+
+def test_the_entries_exit_2_naming_a_missing_csv(tmp_path, monkeypatch, caplog):
+    from evals import upworthy_check
+
+    monkeypatch.chdir(ROOT)  # the entries' default params file is cwd-relative
+    missing = tmp_path / "absent.csv"
+    assert upworthy_check.main(["--csv", str(missing), "--out", str(tmp_path / "m.json")]) == 2
+    assert uw.main(["--csv", str(missing), "--workdir", str(tmp_path / "run")]) == 2
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 2 and all(str(missing) in line for line in lines), lines
+    assert not (tmp_path / "m.json").exists()

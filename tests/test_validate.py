@@ -353,8 +353,10 @@ def test_no_ingested_days_and_bad_arguments_exit_2(tiny_params, validate_log):
     assert validate.main(["--all"]) == 2
     assert any("no ingested days" in line for line in validate_log)
     assert validate.main(["--ds", "2026-13-01"]) == 2
-    with pytest.raises(SystemExit):
-        validate.main([])  # --ds or --all is required
+    assert any("validate failed: ds '2026-13-01' is not a real date" in line for line in validate_log)
+    assert validate.main([]) == 2  # --ds or --all is required
+    assert validate.main(["--ds", "2026-01-01", "--all"]) == 2
+    assert any("give one of --ds YYYY-MM-DD or --all" in line for line in validate_log)
 
 
 def test_bad_config_is_rejected_naming_the_field(world, validate_log):
