@@ -23,47 +23,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 
 from pipelines.ab_report import bar_chart, evaluate_report, finite
-from pipelines.evaluate_harness import Harness, generate_candidates, serve_top_ranked, setup_info
+from pipelines.evaluate_harness import EvaluateConfig, Harness, generate_candidates, serve_top_ranked, setup_info
 from plumbing.atomic import write_json, write_text
 from plumbing.cli import StageContext, run_stage
-from plumbing.config import require
 from plumbing.logs import get_logger
 from plumbing.paths import METRICS, PLOTS, RELATE_DIR, REPORTS, SFT_DIR
 
 log = get_logger("evaluate")
-
-
-@dataclass
-class EvaluateConfig:
-    """The `evaluate:` params section."""
-
-    n_impressions: int  # simulated impressions per arm (the same ones for every arm)
-    seed: int  # traffic sample, serving draws and outcome draws
-    texts_per_prompt: int  # N texts sampled per held-out prompt from each policy
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    generation_seed: int
-    diversity_texts_per_prompt: int  # diversity: the texts served on a prompt's first impressions
-    fatigue: bool  # a user seeing the same (near-duplicate) text again clicks less
-    torch_threads: int  # torch intra-op threads; 0 = torch's default
-    goal_relate_ctcvr_uplift: float  # recorded in metrics/evaluate.json goals, as a share (0.15 = +15%)
-    goal_relate_compliance: float
-
-    def __post_init__(self) -> None:
-        p = "evaluate"
-        for name in ("n_impressions", "texts_per_prompt", "max_new_tokens", "diversity_texts_per_prompt"):
-            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        require(self.diversity_texts_per_prompt >= 2, f"{p}.diversity_texts_per_prompt",
-                "must be >= 2 (self-BLEU compares texts)")
-        require(self.temperature >= 0, f"{p}.temperature", f"must be >= 0, got {self.temperature}")
-        require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
-        require(self.torch_threads >= 0, f"{p}.torch_threads", f"must be >= 0, got {self.torch_threads}")
-        require(0 <= self.goal_relate_compliance <= 1, f"{p}.goal_relate_compliance",
-                f"must be in [0, 1], got {self.goal_relate_compliance}")
 
 
 def goals(arms: dict[str, dict], cfg: EvaluateConfig) -> dict:

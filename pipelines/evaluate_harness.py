@@ -13,24 +13,52 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from plumbing.config import load_config
+from plumbing.config import load_config, require
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import Progress, get_logger
 from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, CuratedReader
 from plumbing.metrics import mean_ci, paired_uplift, wilson
 from relate_models.serving import ServingConfig, learned_rewards, serving_pools
 
-if TYPE_CHECKING:
-    from pipelines.evaluate import EvaluateConfig
-
 log = get_logger("evaluate")
 EVAL_PROMPTS = DATA / "prompts" / "eval.jsonl"
 CONTEXT_COLUMNS = ["impression_id", "user_id", "user_segment", "ad_id", "vertical", "keyword", "query", "position"]
 KEY_FIELDS = ("vertical", "keyword", "query", "user_segment", "position")
+
+
+@dataclass
+class EvaluateConfig:
+    """The `evaluate:` params section: the A/B harness's traffic, sampling and goals."""
+
+    n_impressions: int  # simulated impressions per arm (the same ones for every arm)
+    seed: int  # traffic sample, serving draws and outcome draws
+    texts_per_prompt: int  # N texts sampled per held-out prompt from each policy
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    generation_seed: int
+    diversity_texts_per_prompt: int  # diversity: the texts served on a prompt's first impressions
+    fatigue: bool  # a user seeing the same (near-duplicate) text again clicks less
+    torch_threads: int  # torch intra-op threads; 0 = torch's default
+    goal_relate_ctcvr_uplift: float  # recorded in metrics/evaluate.json goals, as a share (0.15 = +15%)
+    goal_relate_compliance: float
+
+    def __post_init__(self) -> None:
+        p = "evaluate"
+        for name in ("n_impressions", "texts_per_prompt", "max_new_tokens", "diversity_texts_per_prompt"):
+            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.diversity_texts_per_prompt >= 2, f"{p}.diversity_texts_per_prompt",
+                "must be >= 2 (self-BLEU compares texts)")
+        require(self.temperature >= 0, f"{p}.temperature", f"must be >= 0, got {self.temperature}")
+        require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.torch_threads >= 0, f"{p}.torch_threads", f"must be >= 0, got {self.torch_threads}")
+        require(0 <= self.goal_relate_compliance <= 1, f"{p}.goal_relate_compliance",
+                f"must be in [0, 1], got {self.goal_relate_compliance}")
+
 
 
 # ------------------------------------------------------------------------------- traffic
