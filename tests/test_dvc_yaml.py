@@ -56,3 +56,38 @@ def test_code_deps_exist_and_stage_modules_have_main():
                 assert (ROOT / dep).exists(), f"{name}: dep {dep} does not exist"
         module = stage["cmd"].split("-m ")[1].split()[0]
         assert callable(importlib.import_module(module).main), module
+
+
+def _project_imports(path) -> set[str]:
+    """Modules of the project a file imports at any depth of its body (lazy imports count)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m.split(".")[0] in ("plumbing", "pipelines", "relate_models", "relate_sim")}
+
+
+def _code_closure(module: str) -> set[str]:
+    """The project files a stage module runs, transitively (package __init__ files aside)."""
+    seen, stack = set(), [module]
+    while stack:
+        parts = stack.pop().split(".")
+        path = next((p for p in (ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts, "__init__.py"))
+                     if p.is_file()), None)
+        if path is not None and path not in seen:
+            seen.add(path)
+            stack += _project_imports(path)
+    return {str(p.relative_to(ROOT)) for p in seen if p.name != "__init__.py"}
+
+
+def test_each_stage_depends_on_all_the_code_it_runs():
+    for name, stage in DVC.items():
+        deps = [d if isinstance(d, str) else next(iter(d)) for d in stage["deps"]]
+        module = stage["cmd"].split("-m ", 1)[1].split()[0]
+        missing = sorted(f for f in _code_closure(module)
+                         if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+        assert not missing, f"dvc.yaml stage {name}: code it runs is not a dep: {missing}"
