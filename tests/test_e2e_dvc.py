@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT, TINY_PARAMS
 
-CODE = ["dvc.yaml", "pipelines", "relate_sim", "relate_models", "sql", "dags"]
+CODE = ["dvc.yaml", "plumbing", "pipelines", "relate_sim", "relate_models", "sql", "dags"]
 
 
 def _run(cmd, cwd, env, timeout=900):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plumbing.config import load_config
+from plumbing.config import load_config, load_params
 from relate_real import upworthy as uw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,7 +257,7 @@ def test_check_figures_on_a_sample_of_the_real_file(tmp_path):
     params = tmp_path / "real.yaml"
     import yaml
 
-    config = yaml.safe_load((ROOT / "configs" / "real_corpus.yaml").read_text(encoding="utf-8"))
+    config = load_params(ROOT / "configs" / "real_corpus.yaml")  # the overlay merged: the copy stands alone
     config["upworthy"].update(csv=str(REAL_CSV), workdir=str(tmp_path / "work"), max_tests=80,
                               mil_steps=20, text_epochs=1, bow_c_grid=[1.0], text_test_fraction=0.3,
                               text_val_fraction=0.2)
