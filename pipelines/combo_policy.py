@@ -182,8 +182,10 @@ def run(cfg: ComboPolicyConfig) -> dict:
         "diversity": cg.diversity_metrics(policy, top_rows, cfg.diversity_samples, cfg.seed),
         "train_seconds": history[-1]["seconds"],
     }
+    atomic.require_finite("combo_policy", "metrics", metrics)  # a diverged run replaces nothing
     with atomic.directory(MODEL_DIR) as staging:
         policy.save(staging)
+        atomic.require_finite_weights("combo_policy", staging)
         serving.to_parquet(staging / "serving.parquet", index=False)
         (staging / "history.json").write_text(pd.DataFrame(history).to_json(orient="records", indent=1) + "\n")
     metrics["seconds"] = round(time.monotonic() - started, 2)

@@ -237,8 +237,10 @@ def train(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:
     }
     log.info("holdout AUC %.4f, NLL %.5f", metrics["holdout_auc"], metrics["holdout_nll"])
 
+    atomic.require_finite("train_attribution", "metrics", metrics)  # a diverged run replaces nothing
     with atomic.directory(MODEL_DIR) as staging:
         scorer.save(staging)
+        atomic.require_finite_weights("train_attribution", staging)
         rewards.to_parquet(staging / "element_rewards.parquet", index=False)
         (staging / "history.json").write_text(pd.DataFrame(history).to_json(orient="records", indent=2) + "\n")
     atomic.write_json(METRICS_FILE, metrics)

@@ -365,9 +365,11 @@ def predict_eval_day(cfg: TrainCTCVRConfig, model, encoder: ctcvr.FeatureEncoder
 
 def save_outputs(result: ctcvr.FitResult, tokenizer, predictions: pd.DataFrame, metrics: dict) -> None:
     """models/ctcvr/ (scorer, predictions, curve), models/tokenizer/ and the training metrics, each atomically."""
+    atomic.require_finite("train_ctcvr", "metrics", metrics)  # a diverged run replaces nothing
     scorer = ctcvr.CTCVRScorer(result.model, tokenizer)
     with atomic.directory(CTCVR_DIR) as staging:
         scorer.save(staging)
+        atomic.require_finite_weights("train_ctcvr", staging)
         predictions.to_parquet(staging / PREDICTIONS.name, index=False)
         atomic.write_json(staging / CURVE.name, {"best_epoch": result.best_epoch, "epochs": result.curve})
     with atomic.directory(TOKENIZER_DIR) as staging:

@@ -86,10 +86,11 @@ def n_parameters(model) -> int:
 
 def save_policy(model, tokenizer, directory: str | os.PathLike) -> None:
     """save_pretrained (safetensors) + tokenizer into `directory`, atomically as a whole."""
-    from plumbing.atomic import directory as atomic_directory
+    from plumbing.atomic import directory as atomic_directory, require_finite_weights
 
     with atomic_directory(directory) as staging:
         model.save_pretrained(str(staging), safe_serialization=True)
+        require_finite_weights(str(directory), staging)  # NaN weights never replace a saved policy
         tokenizer.save_pretrained(str(staging))
 
 
