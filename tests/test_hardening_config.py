@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from plumbing import atomic
-from plumbing.config import SECTIONS, ConfigError, check_sections, load_config, load_params, project_root
+from plumbing.config import ConfigError, load_config, load_params
 from plumbing.errors import DataError
-from plumbing.paths import Layout
 from tests.conftest import ROOT, TINY_PARAMS
 
 
@@ -87,6 +86,7 @@ def test_good_spark_masters_are_accepted(master):
 
 def test_unknown_sections_are_refused_by_name(tiny_params, caplog):
     from pipelines import simulate
+    from plumbing.config import SECTIONS, check_sections
 
     for path in [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]:
         check_sections(load_params(path), path)  # the project's own files pass
@@ -212,6 +212,9 @@ def test_a_finite_sft_run_writes_strict_json_and_plain_modes(sft_inputs, monkeyp
 # ------------------------------------------------------------------ 4. where things are written
 
 def test_the_layout_rule(tmp_path):
+    from plumbing.config import project_root
+    from plumbing.paths import Layout
+
     project = tmp_path / "project"
     (project / "configs").mkdir(parents=True)
     (project / "params.yaml").write_text("sft: {seed: 1}\n")
