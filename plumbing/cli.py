@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from plumbing.config import check_sections, load_config, load_params, params_path, project_root
+from plumbing.dates import parse_ds
 from plumbing.errors import ConfigError, StageError
 from plumbing.logs import get_logger
 from plumbing.paths import AS_OF_HELP, CuratedReader, Layout, read_as_of
@@ -77,6 +78,8 @@ def run_stage(name: str, doc: str | None, run: Callable[[StageContext], int | No
     log = get_logger(name)
     day = getattr(args, "ds", None)
     try:
+        if ds == "as_of" and day is not None:
+            parse_ds(day)  # a bad day is refused first, whatever the params
         params, layout = resolve_layout(name, args.params)
         with layout.entered(), read_as_of(day if ds == "as_of" else None) as curated:
             ctx = StageContext(name, params, day, curated, args, layout)
