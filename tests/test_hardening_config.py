@@ -97,13 +97,6 @@ def test_unknown_sections_are_refused_by_name(tiny_params, caplog):
     assert not Path("data").exists()
 
 
-def test_a_key_or_section_written_twice_is_refused(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("sft:\n  seed: 1\nsft:\n  seed: 2\n")
-    with pytest.raises(ConfigError, match="duplicate key 'sft'"):
-        load_params(path)
-
-
 # ------------------------------------------------------------------ 2. no non-finite output
 
 def test_write_json_refuses_nan_naming_the_key_and_leaves_the_file(tmp_path):
