@@ -43,7 +43,7 @@ class SFTConfig:
         p = "sft"
         for name in ("epochs", "batch_size", "warmup_steps", "log_every"):
             require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        require(self.learning_rate > 0, f"{p}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(0 < self.learning_rate <= 10, f"{p}.learning_rate", f"must be in (0, 10], got {self.learning_rate}")
         require(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 < self.val_fraction < 0.5, f"{p}.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
         require(self.max_tokens >= 16, f"{p}.max_tokens", f"must be >= 16, got {self.max_tokens}")

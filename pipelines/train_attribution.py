@@ -75,7 +75,7 @@ class TrainAttributionConfig:
                 raise ConfigError(f"train_attribution.end_ds: {err}") from None
         for name in ("embed_dim", "attention_dim", "hash_buckets", "steps", "log_every", "max_combinations_per_ad"):
             require(getattr(self, name) >= 1, f"train_attribution.{name}", "must be >= 1")
-        require(self.learning_rate > 0, "train_attribution.learning_rate", "must be > 0")
+        require(0 < self.learning_rate <= 10, "train_attribution.learning_rate", "must be in (0, 10]")
         require(self.l2 >= 0, "train_attribution.l2", "must be >= 0")
         require(self.l2_bias >= 0, "train_attribution.l2_bias", "must be >= 0")
         require(self.l2_pair is None or self.l2_pair > 0, "train_attribution.l2_pair",

@@ -40,9 +40,13 @@ SECTIONS = (
     "train_attribution", "evaluate_attribution", "combo_policy", "evaluate_combo", "serving", "evaluate",
     "ablation", "publish", "upworthy", "advertisegen",
 )
-# An int knob is a 64-bit integer at most (numpy, torch and Spark store it so); each config
-# states a tighter range where a size matters.
+# The range of every numeric knob, whatever its field: a seed is a 64-bit integer (numpy,
+# torch and Spark store it so), any other integer (a count, a size, a number of days) is at
+# most ten billion in magnitude, and a real number is finite and at most a million in
+# magnitude. Each config's `__post_init__` states a tighter range where it matters.
 INT_LIMIT = 2**63
+KNOB_INT_LIMIT = 10**10
+KNOB_FLOAT_LIMIT = 1e6
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -131,13 +135,13 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         try:
-            return float(value)
+            return _check_float(name, float(value))
         except OverflowError:
             raise ConfigError(f"{name}: must be a finite number, got {value}") from None
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
-    if hint is float and not math.isfinite(value):
-        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+    if hint is float:
+        return _check_float(name, value)
     if hint is int:
         return _check_int(name, value)
     return value
@@ -145,8 +149,8 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
 
 def _refuse_non_finite(name: str, value: Any) -> None:
     """Any float in a section, however typed (a bare `dict` or `Any` field included), must be finite."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+    if isinstance(value, float):
+        _check_float(name, value)
     if isinstance(value, dict):
         for key, item in value.items():
             _refuse_non_finite(f"{name}.{key}", item)
@@ -155,9 +159,21 @@ def _refuse_non_finite(name: str, value: Any) -> None:
             _refuse_non_finite(f"{name}[{i}]", item)
 
 
+def _check_float(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+    if abs(value) > KNOB_FLOAT_LIMIT:
+        raise ConfigError(f"{name}: must be at most {KNOB_FLOAT_LIMIT:,.0f} in magnitude (every real-valued knob), "
+                          f"got {value!r}")
+    return value
+
+
 def _check_int(name: str, value: int) -> int:
-    if not -INT_LIMIT <= value < INT_LIMIT:
-        raise ConfigError(f"{name}: must be a 64-bit integer (|value| < 2**63), got {value}")
+    if name.rsplit(".", 1)[-1].endswith("seed"):
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise ConfigError(f"{name}: must be a 64-bit integer (|value| < 2**63), got {value}")
+    elif abs(value) > KNOB_INT_LIMIT:
+        raise ConfigError(f"{name}: must be at most {KNOB_INT_LIMIT:,} in magnitude (every integer knob), got {value}")
     return value
 
 

@@ -55,15 +55,58 @@ def test_sizes_that_overflow_are_refused_with_their_bound():
     from pipelines.sft import SFTConfig
     from relate_sim.config import SimulateConfig
 
-    with pytest.raises(ConfigError, match=r"simulate\.impressions_per_day: must be a 64-bit integer"):
+    with pytest.raises(ConfigError, match=r"simulate\.impressions_per_day: must be at most 10,000,000,000 in magn"):
         tiny_config(SimulateConfig, "simulate", impressions_per_day=10**23)
     with pytest.raises(ConfigError, match=r"simulate\.impressions_per_day: must be in \[1, 1,000,000,000\]"):
-        tiny_config(SimulateConfig, "simulate", impressions_per_day=10**12)
+        tiny_config(SimulateConfig, "simulate", impressions_per_day=2 * 10**9)
     with pytest.raises(ConfigError, match=r"simulate\.days: must be in \[1, 3,660\]"):
         tiny_config(SimulateConfig, "simulate", days=100_000_000)
     with pytest.raises(ConfigError, match=r"sft\.seed: must be a 64-bit integer"):
         tiny_config(SFTConfig, "sft", seed=2**70)
     assert tiny_config(SimulateConfig, "simulate", days=3660, impressions_per_day=10**9).days == 3660
+    with pytest.raises(ConfigError, match=r"sft\.learning_rate: must be in \(0, 10\]"):
+        tiny_config(SFTConfig, "sft", learning_rate=1e5)  # finite, in the generic range, and still nonsense
+
+
+CONFIGS = {  # every params section and the dataclass that reads it
+    "simulate": "relate_sim.config:SimulateConfig", "ingest": "pipelines.ingest:IngestConfig",
+    "validate": "pipelines.validate:ValidateConfig", "policy": "relate_models.policy:PolicyConfig",
+    "sft": "pipelines.sft:SFTConfig", "grpo": "relate_models.grpo_trainer:GRPOStageConfig",
+    "train_ctcvr": "pipelines.train_ctcvr:TrainCTCVRConfig",
+    "evaluate_ctcvr": "pipelines.evaluate_ctcvr:EvaluateCTCVRConfig",
+    "train_attribution": "pipelines.train_attribution:TrainAttributionConfig",
+    "evaluate_attribution": "pipelines.evaluate_attribution:EvaluateAttributionConfig",
+    "combo_policy": "pipelines.combo_policy:ComboPolicyConfig",
+    "evaluate_combo": "pipelines.evaluate_combo:EvaluateComboConfig", "serving": "relate_models.serving:ServingConfig",
+    "evaluate": "pipelines.evaluate_harness:EvaluateConfig", "ablation": "pipelines.ablation:AblationConfig",
+    "publish": "pipelines.publish:PublishConfig", "upworthy": "relate_real.upworthy:UpworthyConfig",
+    "advertisegen": "relate_real.advertisegen:AdvertiseGenConfig",
+}
+
+
+def test_every_numeric_knob_of_every_section_has_an_upper_bound():
+    import dataclasses
+    import importlib
+    import typing
+
+    from plumbing.config import SECTIONS
+
+    assert set(CONFIGS) == set(SECTIONS)
+    accepted = []
+    for section, spec in CONFIGS.items():
+        module, name = spec.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        path = ROOT / "configs" / "real_corpus.yaml" if section in ("upworthy", "advertisegen") else TINY_PARAMS
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            huge = {int: (10**15, -10**15), float: (1e300, -1e300)}.get(hints[field.name], ())
+            for value in huge if not field.name.endswith("seed") else (2**64,):
+                try:
+                    load_config(cls, section, path, overrides={field.name: value})
+                    accepted.append(f"{section}.{field.name}={value}")
+                except ConfigError:
+                    pass
+    assert not accepted, accepted
 
 
 @pytest.mark.parametrize("master", ["", "lokal[2]", "local[0]", "local[*", "spark://host", "yarn; rm -rf /",
