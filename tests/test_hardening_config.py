@@ -118,6 +118,13 @@ def test_a_bad_spark_master_is_refused(master):
         tiny_config(IngestConfig, "ingest", master=master)
 
 
+def test_a_bad_master_on_the_command_line_is_refused_before_spark(tiny_params, caplog):
+    from pipelines import ingest
+
+    assert ingest.main(["--ds", "2026-01-01", "--master", "lokal[2]"]) == 2
+    assert "ingest.master: must be a Spark master URL" in caplog.text
+
+
 @pytest.mark.parametrize("master", ["local", "local[1]", "local[*]", "local[4,2]", "spark://h.example:7077",
                                     "spark://a:7077,b:7077", "yarn", "k8s://https://10.0.0.1:6443",
                                     "sc://localhost:15002"])
