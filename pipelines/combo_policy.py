@@ -67,7 +67,7 @@ class ComboPolicyConfig:
         require(self.serving_beam >= self.top_k, "combo_policy.serving_beam", f"must be >= top_k ({self.top_k})")
         require(self.group_size >= 2, "combo_policy.group_size", "must be >= 2 (the baseline is the group mean)")
         require(self.ads_per_step >= 0, "combo_policy.ads_per_step", "must be >= 0 (0 = all ads)")
-        require(self.learning_rate > 0, "combo_policy.learning_rate", "must be > 0")
+        require(0 < self.learning_rate <= 10, "combo_policy.learning_rate", "must be in (0, 10]")
         require(self.entropy_coef > 0, "combo_policy.entropy_coef", "must be > 0")
         require(self.entropy_target >= 0, "combo_policy.entropy_target", "must be >= 0")
         require(self.temperature > 0, "combo_policy.temperature", "must be > 0")
@@ -182,8 +182,10 @@ def run(cfg: ComboPolicyConfig) -> dict:
         "diversity": cg.diversity_metrics(policy, top_rows, cfg.diversity_samples, cfg.seed),
         "train_seconds": history[-1]["seconds"],
     }
+    atomic.require_finite("combo_policy", "metrics", metrics)  # a diverged run replaces nothing
     with atomic.directory(MODEL_DIR) as staging:
         policy.save(staging)
+        atomic.require_finite_weights("combo_policy", staging)
         serving.to_parquet(staging / "serving.parquet", index=False)
         (staging / "history.json").write_text(pd.DataFrame(history).to_json(orient="records", indent=1) + "\n")
     metrics["seconds"] = round(time.monotonic() - started, 2)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from plumbing.atomic import directory, write_json
+from plumbing.atomic import directory, require_finite, write_json
 from plumbing.cli import StageContext, run_stage
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
@@ -72,11 +72,12 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     relate_eval = held_out_rewards(model)
     log.info("RELATE policy on held-out prompts: %s", _fmt(relate_eval))
 
-    policy.save_policy(model, tokenizer, output_dir)
     curves = reward_curves(trainer.state.log_history, names)
+    metrics = _train_metrics(cfg, trainer.state, train_seconds, sft_eval, relate_eval, curves)
+    require_finite("grpo", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
+    policy.save_policy(model, tokenizer, output_dir)
     policy.write_curves(curves, plots_dir / "rewards.csv", plots_dir / "rewards.png", "step",
                         names + ["kl", "violation_rate"], "RELATE GRPO: mean reward per training step")
-    metrics = _train_metrics(cfg, trainer.state, train_seconds, sft_eval, relate_eval, curves)
     metrics["seconds"] = round(time.monotonic() - started, 1)
     write_json(metrics_path, metrics)
     log.info("grpo done: %d steps in %.1fs (%.2f steps/s)", metrics["steps"], train_seconds,

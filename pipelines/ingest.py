@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make `pipeline
 from plumbing import paths
 from plumbing.atomic import write_json
 from plumbing.cli import StageContext, run_stage
-from plumbing.config import require
+from plumbing.config import require, require_spark_master
 from plumbing.dates import day_bounds_ms, parse_ds, shift_ds
 from plumbing.errors import ConfigError, DataError
 from plumbing.logs import get_logger
@@ -74,8 +74,8 @@ class IngestConfig:
     attribution_window_days: int
 
     def __post_init__(self):
-        require(bool(self.master.strip()), "ingest.master", "must be a Spark master URL such as local[*]")
-        require(self.shuffle_partitions >= 1, "ingest.shuffle_partitions", "must be >= 1")
+        require_spark_master("ingest.master", self.master)
+        require(1 <= self.shuffle_partitions <= 100_000, "ingest.shuffle_partitions", "must be in 1..100000")
         # a click is linked to impressions of its own day and the day before only
         require(1 <= self.click_window_minutes <= 1440, "ingest.click_window_minutes", "must be in 1..1440")
         require(1 <= self.attribution_window_days <= 60, "ingest.attribution_window_days", "must be in 1..60")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plumbing.atomic import write_json
+from plumbing.atomic import require_finite, write_json
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
 from plumbing.errors import DataError
@@ -43,7 +43,7 @@ class SFTConfig:
         p = "sft"
         for name in ("epochs", "batch_size", "warmup_steps", "log_every"):
             require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        require(self.learning_rate > 0, f"{p}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(0 < self.learning_rate <= 10, f"{p}.learning_rate", f"must be in (0, 10], got {self.learning_rate}")
         require(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 < self.val_fraction < 0.5, f"{p}.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
         require(self.max_tokens >= 16, f"{p}.max_tokens", f"must be >= 16, got {self.max_tokens}")
@@ -87,7 +87,6 @@ def run(ctx: StageContext) -> None:
     )
     for s in samples:
         log.info("sample: %s", s[0])
-    policy.save_policy(model, tokenizer, SFT_DIR)
     best = min(curve, key=lambda r: r["val_loss"])
     metrics = {
         "n_train": len(train),
@@ -100,6 +99,8 @@ def run(ctx: StageContext) -> None:
         "val_perplexity": float(torch.exp(torch.tensor(best["val_loss"]))),
         "seconds": round(time.monotonic() - started, 1),
     }
+    require_finite("sft", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
+    policy.save_policy(model, tokenizer, SFT_DIR)
     write_json(METRICS / "sft.json", metrics)
     policy.write_curves(curve, PLOTS / "sft" / "loss.csv", PLOTS / "sft" / "loss.png", "epoch",
                         ["train_loss", "val_loss"], "SFT loss")

@@ -75,7 +75,7 @@ class TrainAttributionConfig:
                 raise ConfigError(f"train_attribution.end_ds: {err}") from None
         for name in ("embed_dim", "attention_dim", "hash_buckets", "steps", "log_every", "max_combinations_per_ad"):
             require(getattr(self, name) >= 1, f"train_attribution.{name}", "must be >= 1")
-        require(self.learning_rate > 0, "train_attribution.learning_rate", "must be > 0")
+        require(0 < self.learning_rate <= 10, "train_attribution.learning_rate", "must be in (0, 10]")
         require(self.l2 >= 0, "train_attribution.l2", "must be >= 0")
         require(self.l2_bias >= 0, "train_attribution.l2_bias", "must be >= 0")
         require(self.l2_pair is None or self.l2_pair > 0, "train_attribution.l2_pair",
@@ -237,8 +237,10 @@ def train(cfg: TrainAttributionConfig, run_ds: str | None = None) -> dict:
     }
     log.info("holdout AUC %.4f, NLL %.5f", metrics["holdout_auc"], metrics["holdout_nll"])
 
+    atomic.require_finite("train_attribution", "metrics", metrics)  # a diverged run replaces nothing
     with atomic.directory(MODEL_DIR) as staging:
         scorer.save(staging)
+        atomic.require_finite_weights("train_attribution", staging)
         rewards.to_parquet(staging / "element_rewards.parquet", index=False)
         (staging / "history.json").write_text(pd.DataFrame(history).to_json(orient="records", indent=2) + "\n")
     atomic.write_json(METRICS_FILE, metrics)

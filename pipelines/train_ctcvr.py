@@ -88,7 +88,7 @@ class TrainCTCVRConfig:
         require(self.hidden_dim >= 2, f"{SECTION}.hidden_dim", f"must be >= 2, got {self.hidden_dim}")
         require(0 <= self.dropout < 1, f"{SECTION}.dropout", f"must be in [0, 1), got {self.dropout}")
         require(0 <= self.ema_decay < 1, f"{SECTION}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        require(self.learning_rate > 0, f"{SECTION}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(0 < self.learning_rate <= 10, f"{SECTION}.learning_rate", f"must be in (0, 10], got {self.learning_rate}")
         require(self.torch_threads >= 0, f"{SECTION}.torch_threads", f"must be >= 0, got {self.torch_threads}")
         require(self.weight_decay >= 0, f"{SECTION}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(isinstance(self.id_fields, list) and all(isinstance(f, str) and f for f in self.id_fields),
@@ -365,9 +365,11 @@ def predict_eval_day(cfg: TrainCTCVRConfig, model, encoder: ctcvr.FeatureEncoder
 
 def save_outputs(result: ctcvr.FitResult, tokenizer, predictions: pd.DataFrame, metrics: dict) -> None:
     """models/ctcvr/ (scorer, predictions, curve), models/tokenizer/ and the training metrics, each atomically."""
+    atomic.require_finite("train_ctcvr", "metrics", metrics)  # a diverged run replaces nothing
     scorer = ctcvr.CTCVRScorer(result.model, tokenizer)
     with atomic.directory(CTCVR_DIR) as staging:
         scorer.save(staging)
+        atomic.require_finite_weights("train_ctcvr", staging)
         predictions.to_parquet(staging / PREDICTIONS.name, index=False)
         atomic.write_json(staging / CURVE.name, {"best_epoch": result.best_epoch, "epochs": result.curve})
     with atomic.directory(TOKENIZER_DIR) as staging:

@@ -4,18 +4,28 @@ A stage's `main(argv)` is `return run_stage(NAME, __doc__, run, argv)`. `run(ctx
 work and returns None (exit 0) or an exit code. Expected failures (plumbing.errors: config,
 data, a missing artifact) exit 2 with one line naming the field or path; anything else is a
 bug and keeps its traceback.
+
+Where a run reads and writes is its `Layout` (plumbing.paths), decided by the params file
+alone, never by the directory the command is started from: a pipeline stage runs with the
+layout's root as its working directory (the params file's directory for a params.yaml,
+`<project>/runs/<stem>/` for any other), an external check (a name outside pipelines/,
+such as evals.upworthy_check) with its project's root. Without --params or $RELATE_PARAMS
+the params file is params.yaml in the working directory; when there is none the run is
+refused.
 """
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from plumbing.config import load_config, params_path
-from plumbing.errors import StageError
+from plumbing.config import check_sections, load_config, load_params, params_path, project_root
+from plumbing.dates import parse_ds
+from plumbing.errors import ConfigError, StageError
 from plumbing.logs import get_logger
-from plumbing.paths import AS_OF_HELP, CuratedReader, read_as_of
+from plumbing.paths import AS_OF_HELP, CuratedReader, Layout, read_as_of
 
 T = TypeVar("T")
 EXPECTED_FAILURE_EXIT_CODE = 2
@@ -27,13 +37,15 @@ DS_MODES = ("as_of", "partition", None)
 
 @dataclass(frozen=True)
 class StageContext:
-    """What one stage run is given: its params file, its day, its view of the curated tables."""
+    """What one stage run is given: its params file (absolute), its day, its view of the curated
+    tables, and its layout (the root every relative path of plumbing.paths is under)."""
 
     name: str
     params: Path
     ds: str | None
     curated: CuratedReader
     args: argparse.Namespace
+    layout: Layout
 
     def config(self, cls: type[T], section: str | None = None) -> T:
         """The stage's own config section (or another stage's), built and validated."""
@@ -66,10 +78,28 @@ def run_stage(name: str, doc: str | None, run: Callable[[StageContext], int | No
     log = get_logger(name)
     day = getattr(args, "ds", None)
     try:
-        with read_as_of(day if ds == "as_of" else None) as curated:
-            ctx = StageContext(name, params_path(args.params), day, curated, args)
+        if ds == "as_of" and day is not None:
+            parse_ds(day)  # a bad day is refused first, whatever the params
+        params, layout = resolve_layout(name, args.params)
+        with layout.entered(), read_as_of(day if ds == "as_of" else None) as curated:
+            ctx = StageContext(name, params, day, curated, args, layout)
             code = run(ctx)
     except StageError as err:
         log.error("%s failed: %s", name, err)
         return EXPECTED_FAILURE_EXIT_CODE
     return 0 if code is None else int(code)
+
+
+def resolve_layout(name: str, given: str | os.PathLike | None) -> tuple[Path, Layout]:
+    """The run's params file (absolute, its sections checked) and its layout (see the module doc)."""
+    path = params_path(given)
+    if not path.is_file():
+        source = "--params" if given else "$RELATE_PARAMS" if os.environ.get("RELATE_PARAMS") else None
+        where = f"{source} names {path}" if source else f"no params.yaml in the working directory {Path.cwd()}"
+        raise ConfigError(f"params file not found: {where}; run from the project root (where params.yaml is), "
+                          "or pass --params PATH or set RELATE_PARAMS")
+    path = path.resolve()
+    check_sections(load_params(path), path)
+    project = project_root(path)
+    pipeline_stage = "." not in name
+    return path, Layout.for_params(path, project) if pipeline_stage else Layout(project)

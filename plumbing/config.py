@@ -14,7 +14,9 @@ mapping, are refused.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import sys
 import types
 import typing
@@ -29,6 +31,22 @@ DEFAULT_PARAMS = Path("params.yaml")
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / DEFAULT_PARAMS  # whatever the cwd (checks run in a work dir)
 EXTENDS = "extends"
 T = TypeVar("T")
+
+# Every top-level section a params file may hold: the stages' sections (params.yaml) and the
+# external checks' (configs/real_corpus.yaml). A stage run refuses any other (a typo'd
+# section would otherwise be ignored whole).
+SECTIONS = (
+    "simulate", "ingest", "validate", "policy", "sft", "grpo", "train_ctcvr", "evaluate_ctcvr",
+    "train_attribution", "evaluate_attribution", "combo_policy", "evaluate_combo", "serving", "evaluate",
+    "ablation", "publish", "upworthy", "advertisegen",
+)
+# The range of every numeric knob, whatever its field: a seed is a 64-bit integer (numpy,
+# torch and Spark store it so), any other integer (a count, a size, a number of days) is at
+# most ten billion in magnitude, and a real number is finite and at most a million in
+# magnitude. Each config's `__post_init__` states a tighter range where it matters.
+INT_LIMIT = 2**63
+KNOB_INT_LIMIT = 10**10
+KNOB_FLOAT_LIMIT = 1e6
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -111,13 +129,51 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
+        item = (typing.get_args(hint) + (Any, Any))[1]
+        return {k: _check_type(f"{name}.{k}", v, item) for k, v in value.items()}
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return _check_float(name, float(value))
+        except OverflowError:
+            raise ConfigError(f"{name}: must be a finite number, got {value}") from None
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
+    if hint is float:
+        return _check_float(name, value)
+    if hint is int:
+        return _check_int(name, value)
+    return value
+
+
+def _refuse_non_finite(name: str, value: Any) -> None:
+    """Any float in a section, however typed (a bare `dict` or `Any` field included), must be finite."""
+    if isinstance(value, float):
+        _check_float(name, value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(f"{name}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _refuse_non_finite(f"{name}[{i}]", item)
+
+
+def _check_float(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+    if abs(value) > KNOB_FLOAT_LIMIT:
+        raise ConfigError(f"{name}: must be at most {KNOB_FLOAT_LIMIT:,.0f} in magnitude (every real-valued knob), "
+                          f"got {value!r}")
+    return value
+
+
+def _check_int(name: str, value: int) -> int:
+    if name.rsplit(".", 1)[-1].endswith("seed"):
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise ConfigError(f"{name}: must be a 64-bit integer (|value| < 2**63), got {value}")
+    elif abs(value) > KNOB_INT_LIMIT:
+        raise ConfigError(f"{name}: must be at most {KNOB_INT_LIMIT:,} in magnitude (every integer knob), got {value}")
     return value
 
 
@@ -130,6 +186,7 @@ def build_config(cls: type[T], section: str, values: dict[str, Any]) -> T:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    _refuse_non_finite(section, values)
     kwargs = {}
     for name, field in fields.items():
         if name in values:
@@ -162,10 +219,56 @@ def load_config(cls: type[T], section: str, path: str | os.PathLike | None = Non
     return build_config(cls, section, values)
 
 
+def check_sections(params: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a top-level section no stage or check reads (SECTIONS), naming it."""
+    unknown = sorted(set(params) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; allowed: {', '.join(SECTIONS)}")
+
+
+def project_root(path: str | os.PathLike) -> Path:
+    """The directory of the file at the end of a params file's `extends:` chain (the file
+    itself when it extends nothing): the project the params belong to."""
+    path = Path(path).resolve()
+    seen = set()
+    while path not in seen:
+        seen.add(path)
+        with open(path, encoding="utf-8") as fh:
+            params = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        base = params.get(EXTENDS) if isinstance(params, dict) else None
+        if not isinstance(base, str):
+            break
+        path = (path.parent / base).resolve()
+    return path.parent
+
+
 def require(condition: bool, field: str, message: str) -> None:
     """For `__post_init__` checks: raise ConfigError naming the field."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+def require_range(cfg: Any, prefix: str, bounds: dict[str, tuple[float, float]]) -> None:
+    """For `__post_init__` checks: each named field within its closed [low, high], else ConfigError."""
+    for name, (low, high) in bounds.items():
+        value = getattr(cfg, name)
+        bound = f"[{low:,}, {high:,}]" if isinstance(low, int) and isinstance(high, int) else f"[{low:g}, {high:g}]"
+        require(low <= value <= high, f"{prefix}.{name}", f"must be in {bound}, got {value}")
+
+
+# local, local[N], local[N,F], local[*], local-cluster[...], spark://host:port[,host:port], yarn, k8s://...,
+# mesos://..., sc://... (Spark Connect)
+_SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9][0-9]{0,3})(,[1-9][0-9]{0,3})?\])?|local-cluster\[[1-9][0-9]*,[1-9][0-9]*,[1-9][0-9]*\]"
+    r"|spark://[A-Za-z0-9.\-]+:[0-9]{1,5}(,[A-Za-z0-9.\-]+:[0-9]{1,5})*|yarn"
+    r"|(k8s|mesos|sc)://[A-Za-z0-9.\-_:/\[\]]+")
+
+
+def require_spark_master(field: str, value: str) -> None:
+    """A Spark master URL of a known form (local[*], local[4], spark://host:7077, yarn, k8s://..., sc://...)."""
+    require(_SPARK_MASTER.fullmatch(value) is not None, field,
+            f"must be a Spark master URL (local, local[N], local[*], spark://host:port, yarn, k8s://..., "
+            f"mesos://..., sc://...), got {value!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         params = load_params(args[0])
+        check_sections(params, args[0])
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2

@@ -1,13 +1,17 @@
-"""Every path the stages share, relative to the project root (the stages' working dir).
+"""Every path the stages share, relative to the run's root (the stages' working dir).
 
 Model directories are named here once; a stage reads another stage's output through these
-names, never through a path it spells itself.
+names, never through a path it spells itself. The root is the run's `Layout`: the directory
+of the project's params.yaml, or `runs/<stem>/` for another params file (plumbing.cli makes
+it the working directory for the stage's run, so every relative path here lands under it).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +43,43 @@ CURATED_TABLES = (
     "combo_stats",
     "ingest_quality",
 )
+
+DEFAULT_PARAMS_NAME = "params.yaml"
+RUNS = Path("runs")  # under the project root: one directory per non-default params file
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one run reads and writes: every path above, under `root` (absolute).
+
+    `for_params` is the rule: a params file named params.yaml is a project's own, and its
+    outputs sit beside it (the default layout: DVC's, and a test's work dir). Any other params
+    file (configs/tiny.yaml, /tmp/variant.yaml) gets a run directory of its own,
+    `<project>/runs/<stem>/`, where `<project>` is the directory of the params.yaml its
+    `extends:` chain ends at (the file's own directory when it extends nothing), so a tiny run
+    never touches the committed metrics/, plots/ or reports/.
+    """
+
+    root: Path
+
+    @classmethod
+    def for_params(cls, params: str | os.PathLike, project: str | os.PathLike) -> "Layout":
+        params = Path(params).resolve()
+        if params.name == DEFAULT_PARAMS_NAME:
+            return cls(params.parent)
+        return cls(Path(project).resolve() / RUNS / params.stem)
+
+    def path(self, relative: str | os.PathLike) -> Path:
+        """A path of this module (DATA, METRICS, SFT_DIR, ...) under this run's root."""
+        return self.root / relative
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator["Layout"]:
+        """The root as the working directory (created if missing) inside the `with` block."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with contextlib.chdir(self.root):
+            yield self
+
 
 AS_OF_HELP = "end of the run's rolling window: read only curated partitions <= this day (default: all)"
 

@@ -53,7 +53,7 @@ class GRPOStageConfig:
         p = "grpo"
         self.rewards = validate_weights(self.rewards, f"{p}.rewards")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}")
-        require(self.learning_rate > 0, f"{p}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(0 < self.learning_rate <= 10, f"{p}.learning_rate", f"must be in (0, 10], got {self.learning_rate}")
         for name in ("max_steps", "prompts_per_step", "max_completion_length", "num_iterations", "logging_steps",
                      "eval_generations"):
             require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")

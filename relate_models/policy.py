@@ -14,7 +14,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from plumbing.config import require
+from plumbing.config import require, require_range
 from plumbing.errors import MissingArtifact
 
 SCRATCH = "scratch"
@@ -35,8 +35,8 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         p = "policy"
         require(bool(self.base_model.strip()), f"{p}.base_model", "must be 'scratch' or a model path")
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
-            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require_range(self, p, {"hidden_size": (1, 16384), "num_layers": (1, 256), "num_heads": (1, 256),
+                                "intermediate_size": (1, 65536), "max_positions": (1, 32768)})
         require(self.hidden_size % self.num_heads == 0, f"{p}.hidden_size", "must be divisible by policy.num_heads")
         require(self.max_positions >= 16, f"{p}.max_positions", f"must be >= 16, got {self.max_positions}")
 
@@ -86,10 +86,11 @@ def n_parameters(model) -> int:
 
 def save_policy(model, tokenizer, directory: str | os.PathLike) -> None:
     """save_pretrained (safetensors) + tokenizer into `directory`, atomically as a whole."""
-    from plumbing.atomic import directory as atomic_directory
+    from plumbing.atomic import directory as atomic_directory, require_finite_weights
 
     with atomic_directory(directory) as staging:
         model.save_pretrained(str(staging), safe_serialization=True)
+        require_finite_weights(str(directory), staging)  # NaN weights never replace a saved policy
         tokenizer.save_pretrained(str(staging))
 
 

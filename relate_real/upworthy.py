@@ -43,7 +43,7 @@ import pandas as pd
 from pipelines import ingest_reports
 from plumbing import atomic, paths
 from plumbing.cli import StageContext, run_stage
-from plumbing.config import PROJECT_PARAMS, load_config, require
+from plumbing.config import PROJECT_PARAMS, load_config, require, require_spark_master
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
 from plumbing.metrics import binomial_nll, binomial_nll_per_impression
@@ -105,7 +105,7 @@ class UpworthyConfig:
         require(bool(self.bow_c_grid) and all(c > 0 for c in self.bow_c_grid), f"{p}.bow_c_grid",
                 "must be a non-empty list of positive numbers")
         require(self.threads >= 0, f"{p}.threads", "must be >= 0")
-        require(bool(self.spark_master.strip()), f"{p}.spark_master", "must be a Spark master URL such as local[2]")
+        require_spark_master(f"{p}.spark_master", self.spark_master)
         require(self.spark_shuffle_partitions >= 1, f"{p}.spark_shuffle_partitions", "must be >= 1")
         for name, week in zip(("first", "last"), self.broken_weeks):
             try:

@@ -5,7 +5,7 @@ import dataclasses
 import re
 
 from plumbing.dates import parse_ds
-from plumbing.config import ConfigError, require
+from plumbing.config import ConfigError, require, require_range
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -44,8 +44,10 @@ class SimulateConfig:
             parse_ds(self.start_date)
         except ValueError as err:
             raise ConfigError(f"{p}.start_date: {err}") from None
-        require(self.days >= 1, f"{p}.days", f"must be >= 1, got {self.days}")
-        require(self.impressions_per_day >= 1, f"{p}.impressions_per_day", f"must be >= 1, got {self.impressions_per_day}")
+        # sizes: the upper bounds keep dates within the calendar and counts within int64 arithmetic
+        require_range(self, p, {"days": (1, 3660), "impressions_per_day": (1, 10**9), "users": (1, 10**9),
+                                "advertisers_per_vertical": (1, 1000), "products_per_advertiser": (1, 1000),
+                                "part_size": (1000, 10**9), "chunk_size": (1000, 10**8)})
         for name in ("search_share", "exploration", "review_catch_rate", "duplicate_rate", "corrupt_rate"):
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, f"{p}.{name}", f"must be in [0, 1], got {value}")
@@ -58,8 +60,6 @@ class SimulateConfig:
             require(len(set(names)) == len(names), f"{p}.{field_name}", f"names must be unique, got {names}")
             bad = [n for n in names if not _NAME_RE.match(n)]
             require(not bad, f"{p}.{field_name}", f"names must match [a-z][a-z0-9_]*, got {bad}")
-        for name in ("advertisers_per_vertical", "products_per_advertiser", "users"):
-            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(1 <= self.keywords_per_product <= 8, f"{p}.keywords_per_product", f"must be in [1, 8], got {self.keywords_per_product}")
         require(2 <= self.texts_per_ad <= 200, f"{p}.texts_per_ad", f"must be in [2, 200], got {self.texts_per_ad}")
         for name in ("titles_per_ad", "images_per_ad", "highlights_per_ad"):
@@ -67,8 +67,6 @@ class SimulateConfig:
         require(30 <= self.text_max_chars <= 1000, f"{p}.text_max_chars", f"must be in [30, 1000], got {self.text_max_chars}")
         require(1 <= self.max_conversion_delay_days <= 30, f"{p}.max_conversion_delay_days",
                 f"must be in [1, 30], got {self.max_conversion_delay_days}")
-        require(self.part_size >= 1000, f"{p}.part_size", f"must be >= 1000 lines, got {self.part_size}")
-        require(self.chunk_size >= 1000, f"{p}.chunk_size", f"must be >= 1000, got {self.chunk_size}")
         require(0 <= self.gzip_level <= 9, f"{p}.gzip_level", f"must be in [0, 9], got {self.gzip_level}")
 
     def to_dict(self) -> dict:

@@ -109,6 +109,9 @@ def test_a_key_written_twice_is_refused(tmp_path):
     path.write_text("demo:\n  days: 3\n  days: 4\n")
     with pytest.raises(ConfigError, match="duplicate key 'days'"):
         load_params(path)
+    path.write_text("demo:\n  days: 3\ndemo:\n  days: 4\n")  # a section written twice, too
+    with pytest.raises(ConfigError, match="duplicate key 'demo'"):
+        load_params(path)
 
 
 def test_the_merged_tiny_params_print_as_a_full_params_file(tmp_path):

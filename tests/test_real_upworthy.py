@@ -151,8 +151,9 @@ def test_sql_week_mapping_matches_strftime(spark, tmp_path, monkeypatch):
     assert quality["q_bad_type"] == len(weeks) - len(expected) >= 2  # 201554 and 196912 are no weeks
 
 
-def test_file_without_a_required_column_is_rejected_by_name(tmp_path, monkeypatch):
+def test_file_without_a_required_column_is_rejected_by_name(tmp_path, monkeypatch, caplog):
     from pipelines import ingest_reports
+    from tests.conftest import TINY_PARAMS
 
     monkeypatch.chdir(tmp_path)
     raw = ingest_reports.raw_dir("upworthy")
@@ -161,7 +162,9 @@ def test_file_without_a_required_column_is_rejected_by_name(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="lacks column.*test_week"):
         ingest_reports.report_schema(ingest_reports.report_files(raw), ingest_reports.SOURCES["upworthy"])
     # the CLI says so and exits 2 before starting Spark
-    assert ingest_reports.main(["--source", "upworthy", "--params", str(ROOT / "configs" / "tiny.yaml")]) == 2
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS.read_text())  # a params.yaml: the run's root is tmp_path
+    assert ingest_reports.main(["--source", "upworthy", "--params", str(tmp_path / "params.yaml")]) == 2
+    assert "test_week" in caplog.text
 
 
 def test_pairwise_accuracy_counts_ties_half():
