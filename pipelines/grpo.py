@@ -1,6 +1,7 @@
 """Stage `grpo`: RELATE, the SFT policy tuned with GRPO on multi-dimensional rewards.
 
-Reads models/sft/ (policy + tokenizer), models/ctcvr/ (the learned CTCVR reward model),
+Reads models/sft/ (policy + its tokenizer and prompt format; an adapter SFT policy keeps
+training its adapter, the KL reference being TRL's frozen copy of the SFT adapter), models/ctcvr/ (the learned CTCVR reward model),
 the curated search logs (prompts and historical ad texts) and the compliance lexicon.
 Writes the prompt split (data/prompts/: train.jsonl for GRPO, eval.jsonl held out for
 evaluation), models/relate/ (save_pretrained), metrics/grpo.json (learned rewards of the
@@ -52,6 +53,10 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     started = time.monotonic()
     model, tokenizer, scorer = _load_models()
     corpus, train_prompts, eval_prompts = _prompt_split(cfg, curated, prompts_dir)
+    meta = policy.read_meta(SFT_DIR)
+    train_prompts, eval_prompts = (
+        [{**r, "prompt": policy.format_prompt(tokenizer, r["prompt"], meta["prompt_format"])} for r in rows]
+        for rows in (train_prompts, eval_prompts))
     rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, corpus, eos_token_id=tokenizer.eos_token_id))
     names = [r.name for r in rewards]
 
@@ -72,7 +77,7 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     relate_eval = held_out_rewards(model)
     log.info("RELATE policy on held-out prompts: %s", _fmt(relate_eval))
 
-    policy.save_policy(model, tokenizer, output_dir)
+    policy.save_policy(model, tokenizer, output_dir, meta=meta)
     curves = reward_curves(trainer.state.log_history, names)
     policy.write_curves(curves, plots_dir / "rewards.csv", plots_dir / "rewards.png", "step",
                         names + ["kl", "violation_rate"], "RELATE GRPO: mean reward per training step")
@@ -89,7 +94,7 @@ def _load_models():
     from relate_models import policy
     from relate_models.ctcvr import CTCVRScorer
 
-    model, tokenizer = policy.load_policy(SFT_DIR)
+    model, tokenizer = policy.load_policy(SFT_DIR, trainable=True)
     try:
         scorer = CTCVRScorer.load(CTCVR_DIR)
     except RuntimeError as err:  # weights saved by another version of the model code
