@@ -191,12 +191,19 @@ class RelateGRPOTrainer(GRPOTrainer):
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         local_inputs, prompts, completions, ids_list, rewards = self._scored
         self._scored = None
-        advantages = self.relate_advantages(
+        advantages = self.local_advantages(
             local_inputs, prompts, completions, ids_list, rewards, output["completion_ids"].shape[1], group_size, mode
         )
-        start = self.accelerator.process_index * len(prompts)
-        output["advantages"] = advantages[start : start + len(prompts)].to(output["completion_ids"].device)
+        output["advantages"] = advantages.to(output["completion_ids"].device)
         return output
+
+    def local_advantages(self, local_inputs, prompts, completions, ids_list, rewards, length, group_size, mode):
+        """This process's rows of the advantages: groups are normalised over every process's completions
+        (a group split across ranks gets the same advantages as on one process), then sliced back."""
+        advantages = self.relate_advantages(local_inputs, prompts, completions, ids_list, rewards, length, group_size,
+                                            mode)
+        start = self.accelerator.process_index * len(prompts)
+        return advantages[start : start + len(prompts)]
 
     def relate_advantages(self, local_inputs, prompts, completions, ids_list, rewards, length, group_size, mode):
         """(all processes' batch, length) advantages; rewards are already gathered by TRL."""
