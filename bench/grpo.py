@@ -1,10 +1,12 @@
 """Benchmark: RelateGRPOTrainer beside plain TRL GRPOTrainer, same model, data and reward calls.
 
-    python bench/grpo.py [--steps 10] [--synthetic] [--params params.yaml]
+    python bench/grpo.py [--steps 10] [--synthetic] [--lora] [--params params.yaml]
 
 Uses the pipeline's artifacts (models/sft, models/ctcvr, curated text_stats) or, with
 --synthetic, a scratch policy of the `policy:` size and an untrained CTCVR model on
-synthetic ad texts. Prints steps/s, tokens/s and the overhead ratio (goal <= 10%).
+synthetic ad texts. --lora trains a LoRA adapter of `policy.lora`'s shape (enabled or not)
+in both trainers instead of every weight. Prints steps/s, tokens/s and the overhead ratio
+(goal <= 10%).
 """
 from __future__ import annotations
 
@@ -92,6 +94,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--lora", action="store_true", help="a LoRA adapter (policy.lora's r, alpha, targets)")
     parser.add_argument("--params", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: grpo.torch_threads)")
     args = parser.parse_args(argv)
@@ -99,19 +102,25 @@ def main(argv=None) -> int:
     threads = cfg.torch_threads if args.threads is None else args.threads
     if threads:
         torch.set_num_threads(threads)
+    policy_cfg = load_config(PolicyConfig, "policy", args.params)
     if args.synthetic:
-        model, tokenizer, scorer, rows, history = synthetic_world(load_config(PolicyConfig, "policy", args.params))
+        model, tokenizer, scorer, rows, history = synthetic_world(policy_cfg)
     else:
         model, tokenizer, scorer, rows, history = pipeline_world(cfg)
+    if args.lora and not hasattr(model, "peft_config"):
+        from relate_models.lora import wrap
+
+        model = wrap(model, {**policy_cfg.lora, "enabled": True})
     rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, history, eos_token_id=tokenizer.eos_token_id))
     results = {
+        "mode": "lora" if args.lora else "full",
         "trl": run(plain_trl, model, tokenizer, rewards, rows, cfg),
         "relate": run(build_trainer, model, tokenizer, rewards, rows, cfg),
     }
     results["overhead_steps"] = results["trl"]["steps_per_s"] / results["relate"]["steps_per_s"] - 1
     results["overhead_tokens"] = results["trl"]["tokens_per_s"] / results["relate"]["tokens_per_s"] - 1
     print(json.dumps(results, indent=2))
-    print(f"RELATE vs plain TRL: {results['relate']['steps_per_s']:.3f} vs {results['trl']['steps_per_s']:.3f} steps/s, "
+    print(f"{results['mode']}: RELATE vs plain TRL: {results['relate']['steps_per_s']:.3f} vs {results['trl']['steps_per_s']:.3f} steps/s, "
           f"{results['relate']['tokens_per_s']:.0f} vs {results['trl']['tokens_per_s']:.0f} tokens/s, "
           f"overhead {100 * results['overhead_steps']:+.1f}% (steps) {100 * results['overhead_tokens']:+.1f}% (tokens)")
     return 0

@@ -11,6 +11,7 @@ curves plots/grpo/rewards.{csv,png}. Never reads data/sim_truth or relate_sim.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -73,6 +74,8 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     train_started = time.monotonic()
     trainer.train()
     train_seconds = time.monotonic() - train_started
+    if not trainer.accelerator.is_main_process:  # `accelerate launch`: one process writes the artifacts
+        return {}
     model = trainer.model.eval()
     relate_eval = held_out_rewards(model)
     log.info("RELATE policy on held-out prompts: %s", _fmt(relate_eval))
@@ -112,7 +115,7 @@ def _prompt_split(cfg, curated: CuratedReader, prompts_dir) -> tuple:
     train_prompts, eval_prompts = policy.split_prompts(corpus, cfg.eval_fraction, segments, cfg.user_segment)
     if not train_prompts or not eval_prompts:
         raise DataError(f"grpo: need train and eval prompts, got {len(train_prompts)} / {len(eval_prompts)}")
-    if prompts_dir is not None:
+    if prompts_dir is not None and os.environ.get("RANK", "0") == "0":  # under a launcher: rank 0 writes
         with directory(prompts_dir) as staging:
             for name, rows in (("train.jsonl", train_prompts), ("eval.jsonl", eval_prompts)):
                 (staging / name).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows),
