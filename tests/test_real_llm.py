@@ -138,6 +138,19 @@ def test_pretrained_policy_pipeline(world, checkpoints, family, lora, capsys):  
     out = json.loads(capsys.readouterr().out)
     assert out["prompt"] == "travel | cheap flights |" and len(out["texts"]) == 3
 
+    # publish ships the artifact as it is (an adapter: adapter + base reference) and, for an adapter, merged
+    from pipelines.publish_registry import assemble
+
+    assemble(world / "staging", ["policy"], world / "metrics")
+    assert (world / "staging/policy/relate_policy.json").is_file()
+    assert (world / "staging/policy_merged").is_dir() == lora
+    if lora:
+        shipped, _ = load_policy(world / "staging/policy_merged")
+        assert not hasattr(shipped, "peft_config") and read_meta(world / "staging/policy_merged")["adapter"] is False
+        ids = torch.tensor([tokenizer("travel | cheap flights | Find", add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            assert torch.allclose(shipped(ids).logits, relate_model(ids).logits, atol=1e-5)
+
 
 def test_lora_grpo_reference_is_the_sft_adapter(world, checkpoints):  # noqa: F811
     """An adapter SFT policy keeps training its adapter; TRL's KL reference is a frozen copy of it."""
