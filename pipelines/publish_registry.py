@@ -190,7 +190,7 @@ def assemble(staging: Path, artifacts: list[str], metrics_dir: Path) -> dict:
     for name in artifacts:
         shutil.copytree(ARTIFACTS[name], staging / name, ignore=shutil.ignore_patterns(".*", "__pycache__"))
         if name == "policy":  # an adapter policy (adapter + base reference) also ships merged
-            from relate_models.lora import ship_merged
+            from relate_models.policy import ship_merged
 
             ship_merged(staging / name, staging / "policy_merged")
     evaluation = {}

@@ -97,18 +97,3 @@ def merged(model):
 
     return copy.deepcopy(model).merge_and_unload() if is_adapter(model) else model
 
-
-def ship_merged(policy_dir: Path, out_dir: Path) -> bool:
-    """For an adapter policy: a plain full-weight copy with the adapter merged in (relate_policy.json
-    says `merged_from`), loadable without PEFT or the base checkpoint. False for a full-weight policy."""
-    import json
-
-    from relate_models.policy import META_FILE, load_policy, read_meta, save_policy
-
-    if not is_adapter_dir(policy_dir):
-        return False
-    model, tokenizer = load_policy(policy_dir)
-    meta = {**read_meta(policy_dir), "adapter": False, "merged_from": json.loads((policy_dir / ADAPTER_CONFIG).read_text())
-            .get("base_model_name_or_path")}
-    save_policy(merged(model), tokenizer, out_dir, meta=meta)
-    return (Path(out_dir) / META_FILE).is_file()

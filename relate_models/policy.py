@@ -211,6 +211,23 @@ def load_policy(directory: str | os.PathLike, trainable: bool = False):
     return model.eval(), tokenizer
 
 
+def ship_merged(policy_dir: str | os.PathLike, out_dir: str | os.PathLike) -> bool:
+    """For an adapter policy: a plain full-weight copy with the adapter merged in (relate_policy.json
+    says `merged_from`), loadable without PEFT or the base checkpoint. False for a full-weight policy."""
+    import json
+
+    from relate_models import lora
+
+    policy_dir = Path(policy_dir)
+    if not lora.is_adapter_dir(policy_dir):
+        return False
+    model, tokenizer = load_policy(policy_dir)
+    adapter_config = json.loads((policy_dir / lora.ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    meta = {**read_meta(policy_dir), "adapter": False, "merged_from": adapter_config.get("base_model_name_or_path")}
+    save_policy(lora.merged(model), tokenizer, out_dir, meta=meta)
+    return True
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -242,8 +259,8 @@ def generate(
             attention[i, width - len(x) :] = 1
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
         out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention.to(model.device),
             max_new_tokens=max_new_tokens,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -325,7 +342,7 @@ def mean_loss(model, examples, pad_id: int, batch_size: int) -> float:
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(examples), batch_size):
-        batch = collate(examples[s : s + batch_size], pad_id)
+        batch = {k: v.to(model.device) for k, v in collate(examples[s : s + batch_size], pad_id).items()}
         n_tokens = int((batch["labels"][:, 1:] != -100).sum())
         total += float(model(**batch).loss) * n_tokens
         count += n_tokens
@@ -362,6 +379,7 @@ def fit_sft(model, tokenizer, train, val, *, epochs, batch_size, lr, weight_deca
         running, seen = 0.0, 0
         for s in range(0, len(order), batch_size):
             batch = collate([train[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
             loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
