@@ -71,26 +71,23 @@ def token_char_offsets(tokenizer, completion_ids: Sequence[Sequence[int]], lengt
         raise ConfigError(f"token-level credit: the policy tokenizer {type(tokenizer).__name__} has no offset "
                           "mapping (a slow tokenizer); use a fast tokenizer (tokenizer.json) or grpo.credit_assignment: false")
     special = set(tokenizer.all_special_ids)
-    out = torch.zeros(len(completion_ids), length, 2, dtype=torch.long)
-    for i, ids in enumerate(completion_ids):
-        ids = list(ids)[:length]
-        spans = _mapped_offsets(tokenizer, ids, special)
-        if spans is None:
-            spans = _prefix_offsets(tokenizer, ids)
-        for j, (start, end) in enumerate(spans):
-            out[i, j, 0], out[i, j, 1] = start, end
-    return out
+    rows = [list(ids)[:length] for ids in completion_ids]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if rows else None
+    table = [[(0, 0)] * length for _ in rows]
+    for i, ids in enumerate(rows):
+        spans = _mapped_offsets(ids, texts[i], encoded["input_ids"][i], encoded["offset_mapping"][i], special)
+        table[i][: len(ids)] = _prefix_offsets(tokenizer, ids) if spans is None else spans
+    return torch.tensor(table, dtype=torch.long).view(len(rows), length, 2)
 
 
-def _mapped_offsets(tokenizer, ids: list[int], special: set) -> list[tuple[int, int]] | None:
-    """The tokenizer's offsets of the decoded text when it encodes back to `ids`; else None."""
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+def _mapped_offsets(ids: list[int], text: str, encoded_ids: list[int], offsets, special: set):
+    """The tokenizer's offsets of the decoded text when it encodes back to `ids` (else None)."""
     kept = [j for j, t in enumerate(ids) if t not in special]
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if enc["input_ids"] != [ids[j] for j in kept]:
+    if list(encoded_ids) != [ids[j] for j in kept]:
         return None
     spans, prev = [], 0
-    mapping = dict(zip(kept, enc["offset_mapping"]))
+    mapping = dict(zip(kept, offsets))
     for j in range(len(ids)):
         start, end = mapping.get(j, (prev, prev))
         while start < end and text[start : start + 1].isspace():
