@@ -138,6 +138,15 @@ def test_pretrained_policy_pipeline(world, checkpoints, family, lora, capsys):  
     out = json.loads(capsys.readouterr().out)
     assert out["prompt"] == "travel | cheap flights |" and len(out["texts"]) == 3
 
+    # evaluate's candidates: base + adapter loaded from the artifact, prompts in its format
+    from pipelines.evaluate_harness import generate_candidates
+
+    held = [json.loads(x) for x in (world / "data/prompts/eval.jsonl").read_text().splitlines()]
+    gen = SimpleNamespace(texts_per_prompt=2, max_new_tokens=8, temperature=1.0, top_p=1.0, generation_seed=3)
+    candidates = generate_candidates(world / "models/relate", held, gen)
+    assert set(candidates) == {r["prompt_id"] for r in held} and all(len(v) == 2 for v in candidates.values())
+    assert candidates == generate_candidates(world / "models/relate", held, gen)  # same seed, same texts
+
     # publish ships the artifact as it is (an adapter: adapter + base reference) and, for an adapter, merged
     from pipelines.publish_registry import assemble
 
