@@ -66,12 +66,25 @@ def run(build, model, tokenizer, rewards, rows, cfg) -> dict:
 
     trainer = build(cfg, copy.deepcopy(model), tokenizer, rewards, rows,
                     output_dir=tempfile.mkdtemp(prefix="bench-grpo-"), logging_steps=cfg.max_steps)
+    extra = [0.0]  # seconds inside the one step RelateGRPOTrainer adds (its advantages), load-independent share
+    if hasattr(trainer, "local_advantages"):
+        inner = trainer.local_advantages
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                extra[0] += time.perf_counter() - t
+
+        trainer.local_advantages = timed
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     tokens = int(trainer.state.num_input_tokens_seen)
     return {"steps": trainer.state.global_step, "seconds": round(seconds, 2),
-            "steps_per_s": trainer.state.global_step / seconds, "tokens_per_s": tokens / seconds}
+            "steps_per_s": trainer.state.global_step / seconds, "tokens_per_s": tokens / seconds,
+            "relate_advantage_share": extra[0] / seconds}
 
 
 def plain_trl(cfg, model, tokenizer, rewards, rows, **trl_overrides):
@@ -122,7 +135,8 @@ def main(argv=None) -> int:
     print(json.dumps(results, indent=2))
     print(f"{results['mode']}: RELATE vs plain TRL: {results['relate']['steps_per_s']:.3f} vs {results['trl']['steps_per_s']:.3f} steps/s, "
           f"{results['relate']['tokens_per_s']:.0f} vs {results['trl']['tokens_per_s']:.0f} tokens/s, "
-          f"overhead {100 * results['overhead_steps']:+.1f}% (steps) {100 * results['overhead_tokens']:+.1f}% (tokens)")
+          f"overhead {100 * results['overhead_steps']:+.1f}% (steps) {100 * results['overhead_tokens']:+.1f}% (tokens); "
+          f"time in RELATE's advantages {100 * results['relate']['relate_advantage_share']:.1f}% of its run")
     return 0
 
 
