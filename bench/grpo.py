@@ -52,11 +52,13 @@ def synthetic_world(policy_cfg, n_keywords: int = 64):
 def pipeline_world(cfg):
     from plumbing.paths import MODELS, curated
     from relate_models.ctcvr import CTCVRScorer
-    from relate_models.policy import load_policy, load_search_corpus, split_prompts
+    from relate_models.policy import format_prompt, load_policy, load_search_corpus, read_meta, split_prompts
 
-    model, tokenizer = load_policy(MODELS / "sft")
+    model, tokenizer = load_policy(MODELS / "sft", trainable=True)
     corpus = load_search_corpus(curated("text_stats"))
     train, _ = split_prompts(corpus, cfg.eval_fraction, None, cfg.user_segment)
+    prompt_format = read_meta(MODELS / "sft")["prompt_format"]  # as the grpo stage feeds them
+    train = [{**r, "prompt": format_prompt(tokenizer, r["prompt"], prompt_format)} for r in train]
     return model, tokenizer, CTCVRScorer.load(MODELS / "ctcvr"), train, sorted(set(corpus["ad_text"]))
 
 
