@@ -70,7 +70,8 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
 
     sft_eval = held_out_rewards(model)
     log.info("SFT policy on held-out prompts: %s", _fmt(sft_eval))
-    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts)
+    on_cpu = {"use_cpu": True} if meta["base_model"] == policy.SCRATCH else {}  # scratch: the CPU, as always
+    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts, **on_cpu)
     train_started = time.monotonic()
     trainer.train()
     train_seconds = time.monotonic() - train_started

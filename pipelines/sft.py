@@ -75,7 +75,7 @@ def run(ctx: StageContext) -> None:
     log.info("sft: %d train / %d val examples from %d logged ad texts", len(train), len(val), len(corpus))
 
     model = policy.build_policy(policy_cfg, tokenizer)
-    if torch.cuda.is_available():  # a pretrained base model on a GPU machine
+    if torch.cuda.is_available() and policy_cfg.base_model != policy.SCRATCH:  # the scratch policy stays on the CPU
         model = model.cuda()
     log.info("policy %s: %d parameters", policy_cfg.base_model, policy.n_parameters(model))
     initial_val = policy.mean_loss(model, val, tokenizer.pad_token_id, cfg.batch_size * 2)
