@@ -1,10 +1,12 @@
 """Benchmark: RelateGRPOTrainer beside plain TRL GRPOTrainer, same model, data and reward calls.
 
-    python bench/grpo.py [--steps 10] [--synthetic] [--params params.yaml]
+    python bench/grpo.py [--steps 10] [--synthetic] [--lora] [--params params.yaml]
 
 Uses the pipeline's artifacts (models/sft, models/ctcvr, curated text_stats) or, with
 --synthetic, a scratch policy of the `policy:` size and an untrained CTCVR model on
-synthetic ad texts. Prints steps/s, tokens/s and the overhead ratio (goal <= 10%).
+synthetic ad texts. --lora trains a LoRA adapter of `policy.lora`'s shape (enabled or not)
+in both trainers instead of every weight. Prints steps/s, tokens/s and the overhead ratio
+(goal <= 10%).
 """
 from __future__ import annotations
 
@@ -50,11 +52,13 @@ def synthetic_world(policy_cfg, n_keywords: int = 64):
 def pipeline_world(cfg):
     from plumbing.paths import MODELS, curated
     from relate_models.ctcvr import CTCVRScorer
-    from relate_models.policy import load_policy, load_search_corpus, split_prompts
+    from relate_models.policy import format_prompt, load_policy, load_search_corpus, read_meta, split_prompts
 
-    model, tokenizer = load_policy(MODELS / "sft")
+    model, tokenizer = load_policy(MODELS / "sft", trainable=True)
     corpus = load_search_corpus(curated("text_stats"))
     train, _ = split_prompts(corpus, cfg.eval_fraction, None, cfg.user_segment)
+    prompt_format = read_meta(MODELS / "sft")["prompt_format"]  # as the grpo stage feeds them
+    train = [{**r, "prompt": format_prompt(tokenizer, r["prompt"], prompt_format)} for r in train]
     return model, tokenizer, CTCVRScorer.load(MODELS / "ctcvr"), train, sorted(set(corpus["ad_text"]))
 
 
@@ -64,12 +68,25 @@ def run(build, model, tokenizer, rewards, rows, cfg) -> dict:
 
     trainer = build(cfg, copy.deepcopy(model), tokenizer, rewards, rows,
                     output_dir=tempfile.mkdtemp(prefix="bench-grpo-"), logging_steps=cfg.max_steps)
+    extra = [0.0]  # seconds inside the one step RelateGRPOTrainer adds (its advantages), load-independent share
+    if hasattr(trainer, "local_advantages"):
+        inner = trainer.local_advantages
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                extra[0] += time.perf_counter() - t
+
+        trainer.local_advantages = timed
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     tokens = int(trainer.state.num_input_tokens_seen)
     return {"steps": trainer.state.global_step, "seconds": round(seconds, 2),
-            "steps_per_s": trainer.state.global_step / seconds, "tokens_per_s": tokens / seconds}
+            "steps_per_s": trainer.state.global_step / seconds, "tokens_per_s": tokens / seconds,
+            "relate_advantage_share": extra[0] / seconds}
 
 
 def plain_trl(cfg, model, tokenizer, rewards, rows, **trl_overrides):
@@ -92,6 +109,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--lora", action="store_true", help="a LoRA adapter (policy.lora's r, alpha, targets)")
     parser.add_argument("--params", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: grpo.torch_threads)")
     args = parser.parse_args(argv)
@@ -99,21 +117,28 @@ def main(argv=None) -> int:
     threads = cfg.torch_threads if args.threads is None else args.threads
     if threads:
         torch.set_num_threads(threads)
+    policy_cfg = load_config(PolicyConfig, "policy", args.params)
     if args.synthetic:
-        model, tokenizer, scorer, rows, history = synthetic_world(load_config(PolicyConfig, "policy", args.params))
+        model, tokenizer, scorer, rows, history = synthetic_world(policy_cfg)
     else:
         model, tokenizer, scorer, rows, history = pipeline_world(cfg)
+    if args.lora and not hasattr(model, "peft_config"):
+        from relate_models.lora import wrap
+
+        model = wrap(model, {**policy_cfg.lora, "enabled": True})
     rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, history, eos_token_id=tokenizer.eos_token_id))
     results = {
+        "mode": "lora" if args.lora else "full",
         "trl": run(plain_trl, model, tokenizer, rewards, rows, cfg),
         "relate": run(build_trainer, model, tokenizer, rewards, rows, cfg),
     }
     results["overhead_steps"] = results["trl"]["steps_per_s"] / results["relate"]["steps_per_s"] - 1
     results["overhead_tokens"] = results["trl"]["tokens_per_s"] / results["relate"]["tokens_per_s"] - 1
     print(json.dumps(results, indent=2))
-    print(f"RELATE vs plain TRL: {results['relate']['steps_per_s']:.3f} vs {results['trl']['steps_per_s']:.3f} steps/s, "
+    print(f"{results['mode']}: RELATE vs plain TRL: {results['relate']['steps_per_s']:.3f} vs {results['trl']['steps_per_s']:.3f} steps/s, "
           f"{results['relate']['tokens_per_s']:.0f} vs {results['trl']['tokens_per_s']:.0f} tokens/s, "
-          f"overhead {100 * results['overhead_steps']:+.1f}% (steps) {100 * results['overhead_tokens']:+.1f}% (tokens)")
+          f"overhead {100 * results['overhead_steps']:+.1f}% (steps) {100 * results['overhead_tokens']:+.1f}% (tokens); "
+          f"time in RELATE's advantages {100 * results['relate']['relate_advantage_share']:.1f}% of its run")
     return 0
 
 

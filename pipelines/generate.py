@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(ctx: StageContext) -> None:
     """Sample (and with --pool-from, pool) texts for each prompt; print them as JSON lines."""
-    from relate_models.policy import generate, load_policy, prompt_text
+    from relate_models.policy import generate, load_policy, policy_prompts, prompt_text
 
     args = ctx.args
     rows = _prompt_rows(args)
@@ -54,7 +54,7 @@ def run(ctx: StageContext) -> None:
         raise ConfigError("need --pool-from >= --num and --pool-ctcvr-weight >= 0")
     model, tokenizer = load_policy(args.policy)
     prompts = [prompt_text(r["vertical"], r["keyword"]) for r in rows]
-    texts = generate(model, tokenizer, prompts, n=args.pool_from or args.num, max_new_tokens=args.max_new_tokens,
+    texts = generate(model, tokenizer, policy_prompts(args.policy, tokenizer, rows), n=args.pool_from or args.num, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if args.pool_from:
         texts = _serving_pools(ctx, rows, prompts, texts)

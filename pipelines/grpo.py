@@ -1,6 +1,7 @@
 """Stage `grpo`: RELATE, the SFT policy tuned with GRPO on multi-dimensional rewards.
 
-Reads models/sft/ (policy + tokenizer), models/ctcvr/ (the learned CTCVR reward model),
+Reads models/sft/ (policy + its tokenizer and prompt format; an adapter SFT policy keeps
+training its adapter, the KL reference being TRL's frozen copy of the SFT adapter), models/ctcvr/ (the learned CTCVR reward model),
 the curated search logs (prompts and historical ad texts) and the compliance lexicon.
 Writes the prompt split (data/prompts/: train.jsonl for GRPO, eval.jsonl held out for
 evaluation), models/relate/ (save_pretrained), metrics/grpo.json (learned rewards of the
@@ -10,6 +11,7 @@ curves plots/grpo/rewards.{csv,png}. Never reads data/sim_truth or relate_sim.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -52,6 +54,10 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     started = time.monotonic()
     model, tokenizer, scorer = _load_models()
     corpus, train_prompts, eval_prompts = _prompt_split(cfg, curated, prompts_dir)
+    meta = policy.read_meta(SFT_DIR)
+    train_prompts, eval_prompts = (
+        [{**r, "prompt": policy.format_prompt(tokenizer, r["prompt"], meta["prompt_format"])} for r in rows]
+        for rows in (train_prompts, eval_prompts))
     rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, corpus, eos_token_id=tokenizer.eos_token_id))
     names = [r.name for r in rewards]
 
@@ -64,10 +70,13 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
 
     sft_eval = held_out_rewards(model)
     log.info("SFT policy on held-out prompts: %s", _fmt(sft_eval))
-    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts)
+    on_cpu = {"use_cpu": True} if meta["base_model"] == policy.SCRATCH else {}  # scratch: the CPU, as always
+    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts, **on_cpu)
     train_started = time.monotonic()
     trainer.train()
     train_seconds = time.monotonic() - train_started
+    if not trainer.accelerator.is_main_process:  # `accelerate launch`: one process writes the artifacts
+        return {}
     model = trainer.model.eval()
     relate_eval = held_out_rewards(model)
     log.info("RELATE policy on held-out prompts: %s", _fmt(relate_eval))
@@ -75,7 +84,7 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     curves = reward_curves(trainer.state.log_history, names)
     metrics = _train_metrics(cfg, trainer.state, train_seconds, sft_eval, relate_eval, curves)
     require_finite("grpo", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
-    policy.save_policy(model, tokenizer, output_dir)
+    policy.save_policy(model, tokenizer, output_dir, meta=meta)
     policy.write_curves(curves, plots_dir / "rewards.csv", plots_dir / "rewards.png", "step",
                         names + ["kl", "violation_rate"], "RELATE GRPO: mean reward per training step")
     metrics["seconds"] = round(time.monotonic() - started, 1)
@@ -90,7 +99,7 @@ def _load_models():
     from relate_models import policy
     from relate_models.ctcvr import CTCVRScorer
 
-    model, tokenizer = policy.load_policy(SFT_DIR)
+    model, tokenizer = policy.load_policy(SFT_DIR, trainable=True)
     try:
         scorer = CTCVRScorer.load(CTCVR_DIR)
     except RuntimeError as err:  # weights saved by another version of the model code
@@ -108,7 +117,7 @@ def _prompt_split(cfg, curated: CuratedReader, prompts_dir) -> tuple:
     train_prompts, eval_prompts = policy.split_prompts(corpus, cfg.eval_fraction, segments, cfg.user_segment)
     if not train_prompts or not eval_prompts:
         raise DataError(f"grpo: need train and eval prompts, got {len(train_prompts)} / {len(eval_prompts)}")
-    if prompts_dir is not None:
+    if prompts_dir is not None and os.environ.get("RANK", "0") == "0":  # under a launcher: rank 0 writes
         with directory(prompts_dir) as staging:
             for name, rows in (("train.jsonl", train_prompts), ("eval.jsonl", eval_prompts)):
                 (staging / name).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows),

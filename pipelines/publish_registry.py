@@ -189,6 +189,10 @@ def assemble(staging: Path, artifacts: list[str], metrics_dir: Path) -> dict:
     """Copy the artifacts and the evaluation report into `staging`; return the evaluation files read."""
     for name in artifacts:
         shutil.copytree(ARTIFACTS[name], staging / name, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+        if name == "policy":  # an adapter policy (adapter + base reference) also ships merged
+            from relate_models.policy import ship_merged
+
+            ship_merged(staging / name, staging / "policy_merged")
     evaluation = {}
     (staging / "evaluation").mkdir()
     for name in EVALUATION_FILES:

@@ -1,9 +1,11 @@
 """Stage `sft`: warm-start the policy LM on historical search ad texts.
 
-Reads the curated `text_stats` (search placement) and the shared tokenizer
-(models/tokenizer/); trains `prompt -> ad text` with a plain PyTorch loop on a
-deterministic train/val split; writes models/sft/ (save_pretrained, safetensors +
-tokenizer), metrics/sft.json and plots/sft/loss.{csv,png}.
+Reads the curated `text_stats` (search placement) and the policy tokenizer: the shared
+one (models/tokenizer/) for a scratch model, a pretrained base model's own otherwise;
+trains `prompt -> ad text` (prompts in policy.prompt_format; with policy.lora only a LoRA
+adapter trains) with a plain PyTorch loop on a deterministic train/val split; writes
+models/sft/ (save_pretrained, safetensors + tokenizer + relate_policy.json; an adapter
+artifact names its base model), metrics/sft.json and plots/sft/loss.{csv,png}.
 """
 from __future__ import annotations
 
@@ -58,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(ctx: StageContext) -> None:
     """Train the SFT policy on the logged ad texts up to the run's day."""
     from relate_models import policy
-    from relate_models.tokenizer import load_tokenizer
 
     cfg = ctx.config(SFTConfig)
     policy_cfg = ctx.config(policy.PolicyConfig, "policy")
@@ -66,14 +67,16 @@ def run(ctx: StageContext) -> None:
         torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
 
-    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    tokenizer = policy.policy_tokenizer(policy_cfg, TOKENIZER_DIR)
     corpus = policy.load_search_corpus(ctx.curated.table("text_stats"))
     if cfg.max_examples and len(corpus) > cfg.max_examples:
         corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
-    train, val = _split_examples(cfg, tokenizer, corpus)
+    train, val = _split_examples(cfg, tokenizer, corpus, policy_cfg.prompt_format)
     log.info("sft: %d train / %d val examples from %d logged ad texts", len(train), len(val), len(corpus))
 
     model = policy.build_policy(policy_cfg, tokenizer)
+    if torch.cuda.is_available() and policy_cfg.base_model != policy.SCRATCH:  # the scratch policy stays on the CPU
+        model = model.cuda()
     log.info("policy %s: %d parameters", policy_cfg.base_model, policy.n_parameters(model))
     initial_val = policy.mean_loss(model, val, tokenizer.pad_token_id, cfg.batch_size * 2)
     curve = policy.fit_sft(
@@ -81,11 +84,9 @@ def run(ctx: StageContext) -> None:
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps, seed=cfg.seed, log=log.info, log_every=cfg.log_every,
     )
-    samples = policy.generate(
-        model, tokenizer, [policy.prompt_text(v, k) for v, k in corpus[["vertical", "keyword"]].head(3).values],
-        n=1, temperature=0.0,
-    )
-    for s in samples:
+    prompts = [policy.format_prompt(tokenizer, policy.prompt_text(v, k), policy_cfg.prompt_format)
+               for v, k in corpus[["vertical", "keyword"]].head(3).values]
+    for s in policy.generate(model, tokenizer, prompts, n=1, temperature=0.0):
         log.info("sample: %s", s[0])
     best = min(curve, key=lambda r: r["val_loss"])
     metrics = {
@@ -100,20 +101,21 @@ def run(ctx: StageContext) -> None:
         "seconds": round(time.monotonic() - started, 1),
     }
     require_finite("sft", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
-    policy.save_policy(model, tokenizer, SFT_DIR)
+    policy.save_policy(model, tokenizer, SFT_DIR, meta=policy.policy_meta(policy_cfg))
     write_json(METRICS / "sft.json", metrics)
     policy.write_curves(curve, PLOTS / "sft" / "loss.csv", PLOTS / "sft" / "loss.png", "epoch",
                         ["train_loss", "val_loss"], "SFT loss")
     log.info("sft done: val loss %.4f (from %.4f) in %.1fs", metrics["val_loss"], initial_val, metrics["seconds"])
 
 
-def _split_examples(cfg: SFTConfig, tokenizer, corpus) -> tuple[list, list]:
+def _split_examples(cfg: SFTConfig, tokenizer, corpus, prompt_format: str) -> tuple[list, list]:
     """Encoded (train, val) examples; the split is a stable hash of each row, not a draw."""
     from relate_models import policy
 
     rows = list(zip(corpus["vertical"], corpus["keyword"], corpus["ad_text"]))
     is_val = [policy.stable_fraction(v, k, t) < cfg.val_fraction for v, k, t in rows]
-    examples = [policy.encode_example(tokenizer, policy.prompt_text(v, k), t, cfg.max_tokens) for v, k, t in rows]
+    prompts = {(v, k): policy.format_prompt(tokenizer, policy.prompt_text(v, k), prompt_format) for v, k, _ in rows}
+    examples = [policy.encode_example(tokenizer, prompts[v, k], t, cfg.max_tokens, prompt_format) for v, k, t in rows]
     train = [e for e, val in zip(examples, is_val) if not val]
     val = [e for e, val in zip(examples, is_val) if val]
     if not train or not val:

@@ -13,7 +13,7 @@
 With `credit_assignment=False` (the ablation) every reward is sequence-level: the same
 weighted z-sum on every token, with the same constraint.
 Padding tokens (mask 0) get 0. Everything here is a pure function of tensors except
-`token_char_offsets`, which decodes token ids with the tokenizer.
+`token_char_offsets`, which maps token ids to characters with the policy tokenizer's offsets.
 """
 from __future__ import annotations
 
@@ -58,25 +58,58 @@ def spans_to_token_mask(spans: Sequence[Sequence[tuple[int, int]]], offsets: tor
 def token_char_offsets(tokenizer, completion_ids: Sequence[Sequence[int]], length: int) -> torch.Tensor:
     """(N, length, 2) character offsets of each generated token in the decoded completion.
 
-    The completion text TRL scores is `decode(ids, skip_special_tokens=True)`, so offsets come
-    from decoding growing prefixes of the ids actually sampled (a sampled token sequence need
-    not be the tokenizer's own segmentation of the text). A token's leading whitespace is
-    trimmed from its span, as the tokenizer's own offsets do.
+    The completion text TRL scores is `decode(ids, skip_special_tokens=True)`. When the policy
+    tokenizer encodes that text back to the sampled ids, the offsets are the tokenizer's own
+    (`return_offsets_mapping`); otherwise (a sampled segmentation that is not the tokenizer's,
+    or a text decoding changed) they come from decoding growing prefixes of the sampled ids.
+    A token's leading whitespace is trimmed from its span; special tokens have zero width.
+    A slow tokenizer (no offsets) is refused.
     """
-    out = torch.zeros(len(completion_ids), length, 2, dtype=torch.long)
-    for i, ids in enumerate(completion_ids):
-        ids = list(ids)[:length]
-        prefixes = tokenizer.batch_decode([ids[: j + 1] for j in range(len(ids))], skip_special_tokens=True)
-        full = prefixes[-1] if prefixes else ""
-        prev = 0
-        for j, text in enumerate(prefixes):
-            end = len(text)
-            start = prev
-            while start < end and full[start : start + 1].isspace():
-                start += 1
-            out[i, j, 0], out[i, j, 1] = start, max(start, end)
-            prev = end
-    return out
+    if not getattr(tokenizer, "is_fast", False):
+        from plumbing.errors import ConfigError
+
+        raise ConfigError(f"token-level credit: the policy tokenizer {type(tokenizer).__name__} has no offset "
+                          "mapping (a slow tokenizer); use a fast tokenizer (tokenizer.json) or grpo.credit_assignment: false")
+    special = set(tokenizer.all_special_ids)
+    rows = [list(ids)[:length] for ids in completion_ids]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if rows else None
+    table = [[(0, 0)] * length for _ in rows]
+    for i, ids in enumerate(rows):
+        spans = _mapped_offsets(ids, texts[i], encoded["input_ids"][i], encoded["offset_mapping"][i], special)
+        table[i][: len(ids)] = _prefix_offsets(tokenizer, ids) if spans is None else spans
+    return torch.tensor(table, dtype=torch.long).view(len(rows), length, 2)
+
+
+def _mapped_offsets(ids: list[int], text: str, encoded_ids: list[int], offsets, special: set):
+    """The tokenizer's offsets of the decoded text when it encodes back to `ids` (else None)."""
+    kept = [j for j, t in enumerate(ids) if t not in special]
+    if list(encoded_ids) != [ids[j] for j in kept]:
+        return None
+    spans, prev = [], 0
+    mapping = dict(zip(kept, offsets))
+    for j in range(len(ids)):
+        start, end = mapping.get(j, (prev, prev))
+        while start < end and text[start : start + 1].isspace():
+            start += 1
+        spans.append((start, max(start, end)))
+        prev = max(prev, end)
+    return spans
+
+
+def _prefix_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
+    """Offsets from decoding growing prefixes of the sampled ids."""
+    prefixes = tokenizer.batch_decode([ids[: j + 1] for j in range(len(ids))], skip_special_tokens=True)
+    full = prefixes[-1] if prefixes else ""
+    spans, prev = [], 0
+    for text in prefixes:
+        end = len(text)
+        start = prev
+        while start < end and full[start : start + 1].isspace():
+            start += 1
+        spans.append((start, max(start, end)))
+        prev = end
+    return spans
 
 
 def combine_advantages(

@@ -47,6 +47,7 @@ class GRPOStageConfig:
     eval_generations: int  # texts per held-out prompt when comparing the SFT and RELATE policies
     torch_threads: int  # torch intra-op threads; 0 = torch's default
     lexicon: str
+    use_vllm: bool  # TRL generation through vLLM, colocate mode (CUDA only)
     seed: int
 
     def __post_init__(self) -> None:
@@ -105,6 +106,7 @@ def build_trainer(cfg: GRPOStageConfig, model, tokenizer, rewards: Sequence[Rewa
     the stage), bench/ and the real-corpus check. `trl_overrides` go to `trl_config`."""
     from datasets import Dataset
 
+    check_vllm(cfg)
     return RelateGRPOTrainer(
         model=model,
         processing_class=tokenizer,
@@ -115,8 +117,25 @@ def build_trainer(cfg: GRPOStageConfig, model, tokenizer, rewards: Sequence[Rewa
     )
 
 
+def check_vllm(cfg: GRPOStageConfig) -> None:
+    """grpo.use_vllm needs a CUDA device and the vllm package: refused clearly otherwise."""
+    if not cfg.use_vllm:
+        return
+    from plumbing.errors import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError("grpo.use_vllm: vLLM generation needs a CUDA GPU and this machine has none; "
+                          "set grpo.use_vllm: false")
+    from trl.import_utils import is_vllm_available
+
+    if not is_vllm_available():
+        raise ConfigError("grpo.use_vllm: the vllm package is not installed (or not a version TRL supports); "
+                          "pip install vllm, or set grpo.use_vllm: false")
+
+
 def trl_config(cfg: GRPOStageConfig, output_dir: str | None = None, **overrides) -> GRPOConfig:
-    """GRPOConfig for a CPU run (no checkpoints, no reporting, no gradient checkpointing)."""
+    """GRPOConfig: no checkpoints, no reporting, no gradient checkpointing; the CPU unless CUDA is
+    there; vLLM colocate generation with grpo.use_vllm."""
     kwargs = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="relate-grpo-"),
         per_device_train_batch_size=cfg.batch_size,
@@ -135,7 +154,7 @@ def trl_config(cfg: GRPOStageConfig, output_dir: str | None = None, **overrides)
         logging_steps=cfg.logging_steps,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
         bf16=False,
         activation_checkpointing=False,
         remove_unused_columns=False,
@@ -144,6 +163,8 @@ def trl_config(cfg: GRPOStageConfig, output_dir: str | None = None, **overrides)
         data_seed=cfg.seed,
         dataloader_num_workers=0,
     )
+    if cfg.use_vllm:
+        kwargs.update(use_vllm=True, vllm_mode="colocate")
     kwargs.update(overrides)
     return GRPOConfig(**kwargs)
 
@@ -170,12 +191,19 @@ class RelateGRPOTrainer(GRPOTrainer):
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         local_inputs, prompts, completions, ids_list, rewards = self._scored
         self._scored = None
-        advantages = self.relate_advantages(
+        advantages = self.local_advantages(
             local_inputs, prompts, completions, ids_list, rewards, output["completion_ids"].shape[1], group_size, mode
         )
-        start = self.accelerator.process_index * len(prompts)
-        output["advantages"] = advantages[start : start + len(prompts)].to(output["completion_ids"].device)
+        output["advantages"] = advantages.to(output["completion_ids"].device)
         return output
+
+    def local_advantages(self, local_inputs, prompts, completions, ids_list, rewards, length, group_size, mode):
+        """This process's rows of the advantages: groups are normalised over every process's completions
+        (a group split across ranks gets the same advantages as on one process), then sliced back."""
+        advantages = self.relate_advantages(local_inputs, prompts, completions, ids_list, rewards, length, group_size,
+                                            mode)
+        start = self.accelerator.process_index * len(prompts)
+        return advantages[start : start + len(prompts)]
 
     def relate_advantages(self, local_inputs, prompts, completions, ids_list, rewards, length, group_size, mode):
         """(all processes' batch, length) advantages; rewards are already gathered by TRL."""

@@ -1,8 +1,12 @@
 """The policy LM that writes ad texts: factory, prompt format, corpus, save/load, generation.
 
 `policy.base_model` is any Hugging Face causal LM path; `scratch` (the default) builds a
-small Llama-style model on the shared tokenizer, so everything runs offline on a CPU.
-A prompt is `"<vertical> | <keyword> |"`; the completion is `" " + ad text + <eos>`.
+small Llama-style model on the shared tokenizer, so everything runs offline on a CPU. A
+pretrained base model brings its own tokenizer (`policy_tokenizer`); the artifact saves it.
+A prompt is `"<vertical> | <keyword> |"`; the completion is `" " + ad text + <eos>`. With
+`policy.prompt_format: chat` the prompt goes through the tokenizer's chat template as a user
+turn and the completion is the ad text + <eos>. `relate_policy.json` in a saved policy records
+its prompt format and base model (an adapter artifact's base, see relate_models/lora.py).
 """
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ import pandas as pd
 import torch
 
 from plumbing.config import require, require_range
-from plumbing.errors import MissingArtifact
+from plumbing.errors import ConfigError, MissingArtifact
 
 SCRATCH = "scratch"
+PLAIN, CHAT = "plain", "chat"
+META_FILE = "relate_policy.json"
 
 
 @dataclass
@@ -31,10 +37,16 @@ class PolicyConfig:
     intermediate_size: int
     max_positions: int  # prompt + completion tokens
     seed: int
+    prompt_format: str  # "plain" or "chat" (the tokenizer's chat template)
+    lora: dict  # {enabled, r, alpha, dropout, target_modules}: relate_models/lora.py
 
     def __post_init__(self) -> None:
+        from relate_models.lora import validate_lora
+
         p = "policy"
         require(bool(self.base_model.strip()), f"{p}.base_model", "must be 'scratch' or a model path")
+        require(self.prompt_format in (PLAIN, CHAT), f"{p}.prompt_format", f"must be plain or chat, got {self.prompt_format!r}")
+        self.lora = validate_lora(self.lora, f"{p}.lora")
         require_range(self, p, {"hidden_size": (1, 16384), "num_layers": (1, 256), "num_heads": (1, 256),
                                 "intermediate_size": (1, 65536), "max_positions": (1, 32768)})
         require(self.hidden_size % self.num_heads == 0, f"{p}.hidden_size", "must be divisible by policy.num_heads")
@@ -45,20 +57,99 @@ def prompt_text(vertical: str, keyword: str) -> str:
     return f"{vertical} | {keyword} |"
 
 
-def completion_text(ad_text: str) -> str:
-    """What the policy writes after the prompt (a leading space, as byte-level BPE words carry)."""
-    return " " + ad_text.strip()
+def completion_text(ad_text: str, prompt_format: str = PLAIN) -> str:
+    """What the policy writes after the prompt (plain: a leading space, as byte-level BPE words carry)."""
+    return ad_text.strip() if prompt_format == CHAT else " " + ad_text.strip()
+
+
+def format_prompt(tokenizer, prompt: str, prompt_format: str) -> str:
+    """The prompt as the policy reads it: as is (plain), or a user turn through the chat template."""
+    if prompt_format == PLAIN:
+        return prompt
+    check_chat_template(tokenizer)
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def check_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ConfigError(f"policy.prompt_format: chat, but the tokenizer of {name!r} has no chat template; "
+                          "use prompt_format: plain")
+
+
+def policy_tokenizer(cfg: PolicyConfig, project_tokenizer_dir: str | os.PathLike):
+    """The project tokenizer for `scratch`; otherwise the base model's own tokenizer (checked)."""
+    if cfg.base_model == SCRATCH:
+        from relate_models.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(project_tokenizer_dir)
+    else:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
+        except OSError as err:
+            raise ConfigError(f"policy.base_model: no tokenizer for {cfg.base_model!r} ({err})") from None
+        check_policy_tokenizer(tokenizer, cfg.base_model)
+    if cfg.prompt_format == CHAT:
+        check_chat_template(tokenizer)
+    return tokenizer
+
+
+def check_policy_tokenizer(tokenizer, name: str) -> None:
+    """A policy tokenizer needs an <eos> and character offsets (token-level credit); no pad: pad = eos."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"policy.base_model: the tokenizer of {name!r} is a slow tokenizer without offset mapping; "
+                          "token-level credit needs a fast tokenizer (tokenizer.json)")
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"policy.base_model: the tokenizer of {name!r} has no eos token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def policy_meta(cfg: PolicyConfig) -> dict:
+    """What a saved policy records besides its weights: prompt format, base model, adapter or not."""
+    return {"prompt_format": cfg.prompt_format, "base_model": cfg.base_model, "adapter": cfg.lora["enabled"]}
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    """A saved policy's relate_policy.json (a policy saved before it existed: plain prompts, full weights)."""
+    import json
+
+    path = Path(directory) / META_FILE
+    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {"prompt_format": PLAIN, "base_model": SCRATCH, "adapter": False, **meta}
 
 
 def build_policy(cfg: PolicyConfig, tokenizer):
-    """A fresh scratch model, or `base_model` loaded with AutoModelForCausalLM."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    """A fresh scratch model, or `base_model` loaded with AutoModelForCausalLM; with a LoRA adapter
+    when policy.lora.enabled."""
+    model = _base_policy(cfg, tokenizer)
+    if cfg.lora["enabled"]:
+        from relate_models.lora import wrap
+
+        model = wrap(model, cfg.lora)
+    return model
+
+
+def _base_policy(cfg: PolicyConfig, tokenizer):
+    from transformers import AutoModelForCausalLM
 
     if cfg.base_model != SCRATCH:
         model = AutoModelForCausalLM.from_pretrained(cfg.base_model)
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
+        for name in ("eos_token_id", "pad_token_id"):
+            if getattr(model.generation_config, name, None) is None:
+                setattr(model.generation_config, name, getattr(tokenizer, name))
         return model
+    return _scratch_policy(cfg, tokenizer)
+
+
+def _scratch_policy(cfg: PolicyConfig, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(cfg.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -84,26 +175,58 @@ def n_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_policy(model, tokenizer, directory: str | os.PathLike) -> None:
-    """save_pretrained (safetensors) + tokenizer into `directory`, atomically as a whole."""
+def save_policy(model, tokenizer, directory: str | os.PathLike, meta: dict | None = None) -> None:
+    """save_pretrained (safetensors; an adapter model: only its adapter) + tokenizer (+ `meta` as
+    relate_policy.json) into `directory`, atomically as a whole; NaN weights never replace a saved policy."""
+    import json
+
     from plumbing.atomic import directory as atomic_directory, require_finite_weights
+    from relate_models import lora
 
     with atomic_directory(directory) as staging:
-        model.save_pretrained(str(staging), safe_serialization=True)
-        require_finite_weights(str(directory), staging)  # NaN weights never replace a saved policy
+        if lora.is_adapter(model):
+            lora.save_adapter(model, staging)
+        else:
+            model.save_pretrained(str(staging), safe_serialization=True)
+        require_finite_weights(str(directory), staging)
         tokenizer.save_pretrained(str(staging))
+        if meta is not None:
+            (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def load_policy(directory: str | os.PathLike):
-    """(model, tokenizer) from a saved policy directory; a clear error when it is missing."""
+def load_policy(directory: str | os.PathLike, trainable: bool = False):
+    """(model, tokenizer) from a saved policy directory (an adapter artifact: its base + the adapter,
+    `trainable` keeps the adapter trainable); a clear error when it is missing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from relate_models import lora
+
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
+    if lora.is_adapter_dir(directory):
+        model = lora.load_adapter_policy(directory, read_meta(directory)["base_model"], trainable)
+    elif (directory / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
+    else:
         raise MissingArtifact(f"no policy at {directory} (config.json missing)")
     tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
     return model.eval(), tokenizer
+
+
+def ship_merged(policy_dir: str | os.PathLike, out_dir: str | os.PathLike) -> bool:
+    """For an adapter policy: a plain full-weight copy with the adapter merged in (relate_policy.json
+    says `merged_from`), loadable without PEFT or the base checkpoint. False for a full-weight policy."""
+    import json
+
+    from relate_models import lora
+
+    policy_dir = Path(policy_dir)
+    if not lora.is_adapter_dir(policy_dir):
+        return False
+    model, tokenizer = load_policy(policy_dir)
+    adapter_config = json.loads((policy_dir / lora.ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    meta = {**read_meta(policy_dir), "adapter": False, "merged_from": adapter_config.get("base_model_name_or_path")}
+    save_policy(lora.merged(model), tokenizer, out_dir, meta=meta)
+    return True
 
 
 @torch.no_grad()
@@ -137,8 +260,8 @@ def generate(
             attention[i, width - len(x) :] = 1
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
         out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention.to(model.device),
             max_new_tokens=max_new_tokens,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -151,8 +274,14 @@ def generate(
 def generate_texts(policy_dir, prompt_rows: Sequence[dict], n: int, **kwargs) -> list[list[str]]:
     """For evaluators: N texts per {vertical, keyword} row from a saved policy (see `generate` for kwargs)."""
     model, tokenizer = load_policy(policy_dir)
-    prompts = [prompt_text(r["vertical"], r["keyword"]) for r in prompt_rows]
+    prompts = policy_prompts(policy_dir, tokenizer, prompt_rows)
     return generate(model, tokenizer, prompts, n=n, **kwargs)
+
+
+def policy_prompts(policy_dir, tokenizer, prompt_rows: Sequence[dict]) -> list[str]:
+    """The prompts of {vertical, keyword} rows as the saved policy reads them (its prompt format)."""
+    prompt_format = read_meta(policy_dir)["prompt_format"]
+    return [format_prompt(tokenizer, prompt_text(r["vertical"], r["keyword"]), prompt_format) for r in prompt_rows]
 
 
 def load_search_corpus(text_stats_dir: str | os.PathLike) -> pd.DataFrame:
@@ -183,10 +312,14 @@ def stable_fraction(*parts: str) -> float:
     return zlib.crc32("\x1f".join(parts).encode("utf-8")) / 2**32
 
 
-def encode_example(tokenizer, prompt: str, ad_text: str, max_tokens: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels): the prompt is context only (label -100); the ad text and <eos> are learned."""
+def encode_example(tokenizer, prompt: str, ad_text: str, max_tokens: int,
+                   prompt_format: str = PLAIN) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): the prompt is context only (label -100); the ad text and <eos> are learned.
+
+    `prompt` is already formatted (format_prompt); `prompt_format` shapes the completion."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    target = tokenizer(completion_text(ad_text), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    target = tokenizer(completion_text(ad_text, prompt_format), add_special_tokens=False)["input_ids"]
+    target = target + [tokenizer.eos_token_id]
     ids = (prompt_ids + target)[:max_tokens]
     labels = ([-100] * len(prompt_ids) + target)[:max_tokens]
     return ids, labels
@@ -210,7 +343,7 @@ def mean_loss(model, examples, pad_id: int, batch_size: int) -> float:
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(examples), batch_size):
-        batch = collate(examples[s : s + batch_size], pad_id)
+        batch = {k: v.to(model.device) for k, v in collate(examples[s : s + batch_size], pad_id).items()}
         n_tokens = int((batch["labels"][:, 1:] != -100).sum())
         total += float(model(**batch).loss) * n_tokens
         count += n_tokens
@@ -247,6 +380,7 @@ def fit_sft(model, tokenizer, train, val, *, epochs, batch_size, lr, weight_deca
         running, seen = 0.0, 0
         for s in range(0, len(order), batch_size):
             batch = collate([train[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
             loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -256,3 +256,36 @@ def test_stages_reject_bad_config_and_missing_artifacts(world, relate_log):
     params.write_text(text)
     assert grpo.main([]) == 2  # no models/sft yet
     assert "models/sft" in caplog.text
+
+
+def _launch(world: Path, out: Path, group_size: int, processes: int) -> dict:
+    """tests/rank_advantages.py on `processes` CPU processes (gloo: torchrun, which accelerate launch wraps;
+    `accelerate launch --cpu` alone starts one process without MPI)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(root / "tests/rank_advantages.py"), str(world / "models/tokenizer"), str(out), str(group_size)]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_gloo_processes_give_the_advantages_of_one(world, tmp_path):
+    """RelateGRPOTrainer.local_advantages on 2 CPU processes (gloo) == on 1 process, for the same batch,
+    with the one group of 8 split 4 + 4 across the ranks (group statistics need both halves)."""
+    one = _launch(world, tmp_path / "one.json", 8, 1)
+    two = _launch(world, tmp_path / "two.json", 8, 2)
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert len(one["rows"]) == len(two["rows"]) == 8
+    for a, b in zip(one["rows"], two["rows"]):
+        assert a == pytest.approx(b, abs=1e-6)
+    flat = [v for row in one["rows"] for v in row]
+    assert min(flat) < 0 < max(flat) and len({round(v, 5) for v in flat}) > 3  # a non-trivial batch
