@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import sys
-import types
 
 import torch
 from accelerate import Accelerator
