@@ -23,8 +23,10 @@ the driver, and the job has no Python UDFs, so executors need no Python code):
     zip -qr /tmp/relate_pipelines.zip pipelines plumbing
     spark-submit --master yarn --py-files /tmp/relate_pipelines.zip pipelines/ingest.py --all
 
-Foreseeable bad input (bad --ds, missing or empty raw partition, bad params) logs a
-one-line message and exits 2 (plumbing.cli); anything else keeps its traceback.
+Foreseeable bad input (bad --ds, missing or empty raw partition, a raw file that is
+unreadable or not named as the contract says, bad params) logs a one-line message and exits
+2 (plumbing.cli); anything else keeps its traceback. Lines that break the contract's bounds
+(pipelines/schema.py) are quarantined with a reason.
 """
 from __future__ import annotations
 
@@ -391,10 +393,12 @@ def quality_metrics(spark, curated_dir: Path = paths.CURATED) -> dict:
     """Totals over every partition in ingest_quality, by reason, and per day."""
     table = Path(curated_dir) / "ingest_quality"
     rows = [r.asDict() for r in spark.read.parquet(str(table.resolve())).collect()]
-    for r in rows:  # Spark infers the partition column as a date when reading back
-        r["dt"] = str(r["dt"])
+    for r in rows:
+        r["dt"] = str(r["dt"])  # Spark infers the partition column as a date when reading back
+        # a partition written before a count column existed (or by ingest_reports) lacks it: 0
+        r.update({c: int(r.get(c) or 0) for c in QUALITY_COLUMNS})
     rows.sort(key=lambda r: r["dt"])
-    totals = {c: sum(int(r[c]) for r in rows) for c in QUALITY_COLUMNS}
+    totals = {c: sum(r[c] for r in rows) for c in QUALITY_COLUMNS}
     return {
         "rows_in": totals["rows_in"],
         "rows_kept": totals["rows_kept"],
@@ -402,7 +406,7 @@ def quality_metrics(spark, curated_dir: Path = paths.CURATED) -> dict:
         "quarantine_rate": totals["rows_quarantined"] / max(totals["rows_in"], 1),
         "quarantined_by_reason": {r: totals[f"q_{r}"] for r in QUARANTINE_REASONS},
         "days": len(rows),
-        "per_day": {r["dt"]: {c: int(r[c]) for c in QUALITY_COLUMNS} for r in rows},
+        "per_day": {r["dt"]: {c: r[c] for c in QUALITY_COLUMNS} for r in rows},
     }
 
 

@@ -20,6 +20,7 @@ from plumbing import paths
 from plumbing.dates import day_bounds_ms
 from pipelines import ingest, schema, validate
 from tests.conftest import TINY_PARAMS
+from tests.test_ingest import spark  # noqa: F401  (the module's one Spark session)
 
 D1 = "2026-03-01"
 HOUR = 3_600_000
@@ -146,15 +147,6 @@ def write_partition(root, ds: str, files: dict[str, bytes]) -> None:
 
 def gz(data: bytes) -> bytes:
     return gzip.compress(data, mtime=0)
-
-
-@pytest.fixture(scope="module")
-def spark():
-    from plumbing.spark import get_spark
-
-    session = get_spark("local[2]", "test-ingest-fuzz", 2)
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")
