@@ -12,10 +12,8 @@ from __future__ import annotations
 import great_expectations as gx
 from great_expectations.expectations.row_conditions import Column
 
-from pipelines.schema import QUARANTINE_REASONS, RAW_EVENT_FIELDS
-
-EVENT_TYPES = ("impression", "click", "conversion")
-PLACEMENTS = ("search", "feed")
+from pipelines.schema import (EVENT_TYPES, ID_FIELDS, ID_FORBIDDEN, ID_MAX_CHARS, PLACEMENTS, POSITION_MAX,
+                              QUARANTINE_REASONS, RAW_EVENT_FIELDS, TEXT_FORBIDDEN, TEXT_MAX_CHARS, VALUE_MAX)
 
 # The parsed events table: every raw field, typed, plus the partition column.
 EVENT_COLUMNS = RAW_EVENT_FIELDS + ("dt",)
@@ -77,13 +75,26 @@ def events_suite() -> gx.ExpectationSuite:
         *_not_null(["click_id", "value"], row_condition=Column("event_type") == "conversion"),
         E.ExpectColumnValuesToBeInSet(column="placement", value_set=list(PLACEMENTS)),
         E.ExpectColumnValuesToBeInTypeList(column="position", type_list=INT_TYPES),
-        E.ExpectColumnValuesToBeBetween(column="position", min_value=1),
+        E.ExpectColumnValuesToBeBetween(column="position", min_value=1, max_value=POSITION_MAX),
         E.ExpectColumnValuesToBeInTypeList(column="propensity", type_list=FLOAT_TYPES),
         E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True),
         E.ExpectColumnValuesToBeInTypeList(column="value", type_list=FLOAT_TYPES),
-        E.ExpectColumnValuesToBeBetween(column="value", min_value=0),
+        E.ExpectColumnValuesToBeBetween(column="value", min_value=0, max_value=VALUE_MAX, strict_max=True),
+        *_string_bounds(),
     ]
     return _suite("events", expectations)
+
+
+def _string_bounds() -> list:
+    """The contract's bounds on every id and text column (pipelines.schema; nulls pass: absent)."""
+    expectations = []
+    for column in ID_FIELDS:
+        expectations += [E.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1, max_value=ID_MAX_CHARS),
+                         E.ExpectColumnValuesToNotMatchRegex(column=column, regex=ID_FORBIDDEN)]
+    for column, max_chars in TEXT_MAX_CHARS.items():
+        expectations += [E.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1, max_value=max_chars),
+                         E.ExpectColumnValuesToNotMatchRegex(column=column, regex=TEXT_FORBIDDEN)]
+    return expectations
 
 
 def labeled_impressions_suite() -> gx.ExpectationSuite:

@@ -23,14 +23,18 @@ the driver, and the job has no Python UDFs, so executors need no Python code):
     zip -qr /tmp/relate_pipelines.zip pipelines plumbing
     spark-submit --master yarn --py-files /tmp/relate_pipelines.zip pipelines/ingest.py --all
 
-Foreseeable bad input (bad --ds, missing or empty raw partition, bad params) logs a
-one-line message and exits 2 (plumbing.cli); anything else keeps its traceback.
+Foreseeable bad input (bad --ds, missing or empty raw partition, a raw file that is
+unreadable or not named as the contract says, bad params) logs a one-line message and exits
+2 (plumbing.cli); anything else keeps its traceback. Lines that break the contract's bounds
+(pipelines/schema.py) are quarantined with a reason.
 """
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import sys
 import time
+import zlib
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by spark-submit: make `pipelines` importable
@@ -43,14 +47,16 @@ from plumbing.config import require, require_spark_master
 from plumbing.dates import day_bounds_ms, parse_ds, shift_ds
 from plumbing.errors import ConfigError, DataError
 from plumbing.logs import get_logger
-from pipelines.schema import QUARANTINE_REASONS, RAW_EVENT_FIELDS
+from pipelines.schema import (DATA_FILE_PREFIX, DATA_FILE_SUFFIXES, IGNORED_FILE_PREFIXES, QUARANTINE_REASONS,
+                              RAW_EVENT_FIELDS, sql_bounds)
 
 log = get_logger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 EVENT_COLUMNS = RAW_EVENT_FIELDS
-QUALITY_COLUMNS = ("rows_in", "rows_kept", "rows_quarantined") + tuple(f"q_{r}" for r in QUARANTINE_REASONS)
-RAW_PATTERNS = ("*.jsonl.gz", "*.jsonl")
+QUALITY_COLUMNS = (("rows_in", "rows_kept", "rows_quarantined") + tuple(f"q_{r}" for r in QUARANTINE_REASONS)
+                   + ("files_read", "files_ignored"))
+DATA_FILE_NAMES = " or ".join(f"{DATA_FILE_PREFIX}*{suffix}" for suffix in DATA_FILE_SUFFIXES)
 # Sort keys that make each written partition's row order (and so its file) reproducible.
 SORT_KEYS = {
     "events": ("ts", "event_id"),
@@ -87,14 +93,46 @@ def read_sql(name: str) -> str:
 
 def raw_files(raw_dir: Path, ds: str) -> list[str]:
     """The data files of raw partition ds, sorted; IngestError if it is missing or has none."""
+    return partition_files(raw_dir, ds)[0]
+
+
+def partition_files(raw_dir: Path, ds: str) -> tuple[list[str], list[str]]:
+    """(the data files of raw partition ds, sorted; the names of the hidden and marker files it holds).
+
+    Every entry is accounted for: data files (DATA_FILE_NAMES) are read, names starting with
+    IGNORED_FILE_PREFIXES are not, and any other entry refuses the partition (IngestError
+    naming it), as does a partition that is missing or has no data file.
+    """
     part = paths.partition(raw_dir, ds)
     if not part.is_dir():
         raise IngestError(f"raw partition for ds={ds} not found: {part}")
-    # absolute: the Spark JVM resolves relative paths against its own working directory
-    files = sorted({str(f.resolve()) for pattern in RAW_PATTERNS for f in part.glob(pattern) if not f.name.startswith((".", "_"))})
+    files, ignored, foreign = [], [], []
+    for entry in sorted(part.iterdir()):
+        if entry.name.startswith(IGNORED_FILE_PREFIXES):
+            ignored.append(entry.name)
+        elif entry.name.startswith(DATA_FILE_PREFIX) and entry.name.endswith(DATA_FILE_SUFFIXES) and entry.is_file():
+            files.append(str(entry.resolve()))  # absolute: the Spark JVM resolves paths against its own cwd
+        else:
+            foreign.append(entry.name)
+    if foreign:
+        raise IngestError(f"raw partition for ds={ds} holds {', '.join(map(repr, foreign))}, not named {DATA_FILE_NAMES}"
+                          f" (nor hidden): move it out of {part}")
     if not files:
-        raise IngestError(f"raw partition for ds={ds} is empty (no {' or '.join(RAW_PATTERNS)} files): {part}")
-    return files
+        raise IngestError(f"raw partition for ds={ds} is empty (no {DATA_FILE_NAMES} files): {part}")
+    return files, ignored
+
+
+def check_readable(file: str) -> None:
+    """IngestError naming `file` unless it is readable to its end (gzip: decompressed, not kept)."""
+    try:
+        with (gzip.open(file, "rb") if file.endswith(".gz") else open(file, "rb")) as fh:
+            while fh.read(1 << 20):
+                pass
+        if file.endswith(".gz") and Path(file).stat().st_size == 0:
+            raise EOFError("an empty file, not gzip")
+    except (OSError, EOFError, zlib.error) as err:
+        raise IngestError(f"raw file {file} is unreadable ({type(err).__name__}: {err}); "
+                          f"replace it with a complete delivery or move it out of the partition") from None
 
 
 def materialize(df):
@@ -135,6 +173,7 @@ class IngestJob:
     def __init__(self, spark, cfg: IngestConfig, raw_dir: Path = paths.RAW_EVENTS, curated_dir: Path = paths.CURATED):
         self.spark, self.cfg = spark, cfg
         self.raw_dir, self.curated_dir = Path(raw_dir), Path(curated_dir)
+        self.files: dict[str, tuple[int, int]] = {}  # per parsed partition: (files read, files ignored)
         self.sql = {name: read_sql(name) for name in
                     ("parse_day", "link_events", "line_outcomes", "labeled_impressions", "text_stats", "combo_stats")}
 
@@ -145,7 +184,12 @@ class IngestJob:
 
         files, frames = 0, []
         for d in days:
-            day_files = raw_files(self.raw_dir, d)
+            day_files, ignored = partition_files(self.raw_dir, d)
+            for file in day_files:  # one clear refusal naming the file, before Spark fails on it
+                check_readable(file)
+            if ignored:
+                log.warning("ds=%s: not read (hidden or marker files): %s", d, ", ".join(ignored))
+            self.files[d] = (len(day_files), len(ignored))
             files += len(day_files)
             start_ms, end_ms = day_bounds_ms(d)
             frames.append(self.spark.read.text(day_files).select(
@@ -158,7 +202,7 @@ class IngestJob:
         if files < self.spark.sparkContext.defaultParallelism:
             lines = lines.repartition(self.cfg.shuffle_partitions)
         lines.createOrReplaceTempView("raw_lines")
-        return materialize(self.spark.sql(self.sql["parse_day"]))
+        return materialize(self.spark.sql(self.sql["parse_day"], args=sql_bounds()))
 
     def window_days(self, ds: str) -> list[str]:
         """Raw partitions a run for ds reads (ds-W-1 .. ds), those that exist; ds must."""
@@ -301,6 +345,7 @@ class IngestJob:
                 raise RuntimeError(f"ds={ds}: rows_in {rows_in} != kept {rows_kept} + quarantined {rows_quarantined}")
             quality[ds] = {"rows_in": rows_in, "rows_kept": rows_kept, "rows_quarantined": rows_quarantined}
             quality[ds].update({f"q_{r}": by_outcome.get(r, 0) for r in QUARANTINE_REASONS})
+            quality[ds]["files_read"], quality[ds]["files_ignored"] = self.files[ds]
         return quality
 
     def write(self, table: str, df, owned_days: list[str], nonempty_days: set[str]) -> None:
@@ -348,10 +393,12 @@ def quality_metrics(spark, curated_dir: Path = paths.CURATED) -> dict:
     """Totals over every partition in ingest_quality, by reason, and per day."""
     table = Path(curated_dir) / "ingest_quality"
     rows = [r.asDict() for r in spark.read.parquet(str(table.resolve())).collect()]
-    for r in rows:  # Spark infers the partition column as a date when reading back
-        r["dt"] = str(r["dt"])
+    for r in rows:
+        r["dt"] = str(r["dt"])  # Spark infers the partition column as a date when reading back
+        # a partition written before a count column existed (or by ingest_reports) lacks it: 0
+        r.update({c: int(r.get(c) or 0) for c in QUALITY_COLUMNS})
     rows.sort(key=lambda r: r["dt"])
-    totals = {c: sum(int(r[c]) for r in rows) for c in QUALITY_COLUMNS}
+    totals = {c: sum(r[c] for r in rows) for c in QUALITY_COLUMNS}
     return {
         "rows_in": totals["rows_in"],
         "rows_kept": totals["rows_kept"],
@@ -359,7 +406,7 @@ def quality_metrics(spark, curated_dir: Path = paths.CURATED) -> dict:
         "quarantine_rate": totals["rows_quarantined"] / max(totals["rows_in"], 1),
         "quarantined_by_reason": {r: totals[f"q_{r}"] for r in QUARANTINE_REASONS},
         "days": len(rows),
-        "per_day": {r["dt"]: {c: int(r[c]) for c in QUALITY_COLUMNS} for r in rows},
+        "per_day": {r["dt"]: {c: r[c] for c in QUALITY_COLUMNS} for r in rows},
     }
 
 

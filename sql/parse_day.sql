@@ -10,9 +10,18 @@
 -- again with every field as a string, so that an absent field (missing_field) is told
 -- apart from a present field of the wrong type (bad_type), then cast with try_cast. Only
 -- refused lines pay for the second parse and the bad-type regex.
-WITH parsed AS (
-  SELECT raw_line, dt, day_start_ms, day_end_ms,
-         from_json(
+-- The contract's bounds (pipelines/schema.py) come in as parameters: :line_max_chars,
+-- :id_max_chars, :id_forbidden, :text_forbidden, :<field>_max_chars, :position_max,
+-- :value_max, :non_string_value. A line too long or not UTF-8 is not parsed at all.
+WITH screened AS (
+  SELECT *,
+         char_length(raw_line) > :line_max_chars AS too_long,
+         NOT is_valid_utf8(raw_line) AS bad_encoding
+  FROM raw_lines
+),
+parsed AS (
+  SELECT raw_line, dt, day_start_ms, day_end_ms, too_long, bad_encoding,
+         CASE WHEN NOT (too_long OR bad_encoding) THEN from_json(
            raw_line,
            'event_id STRING, event_type STRING, ts BIGINT, impression_id STRING, click_id STRING,
             user_id STRING, user_segment STRING, placement STRING, vertical STRING,
@@ -23,11 +32,11 @@ WITH parsed AS (
            -- NaN/Infinity (bare or as strings) are refused too: the string path judges them
            map('mode', 'PERMISSIVE', 'columnNameOfCorruptRecord', '_corrupt_record',
                'allowNonNumericNumbers', 'false')
-         ) AS j
-  FROM raw_lines
+         ) END AS j
+  FROM screened
 ),
 flagged AS (
-  SELECT *, (j IS NULL OR j._corrupt_record IS NOT NULL) AS refused FROM parsed
+  SELECT *, NOT (too_long OR bad_encoding) AND (j IS NULL OR j._corrupt_record IS NOT NULL) AS refused FROM parsed
 ),
 reparsed AS (
   SELECT *,
@@ -44,7 +53,7 @@ reparsed AS (
   FROM flagged
 ),
 typed AS (
-  SELECT raw_line, dt, day_start_ms, day_end_ms,
+  SELECT raw_line, dt, day_start_ms, day_end_ms, too_long, bad_encoding,
          -- a JSON object parses with _corrupt_record NULL; anything else (truncated
          -- text, arrays, bare scalars, empty lines) does not
          refused AND (s IS NULL OR s._corrupt_record IS NOT NULL) AS malformed,
@@ -79,9 +88,35 @@ typed AS (
          IF(refused, try_cast(s.value AS DOUBLE), j.value) AS value
   FROM reparsed
 ),
+bounded AS (
+  SELECT *,
+         -- a string field sent as another JSON type (a number, bool, object or array) comes out
+         -- of from_json as that value's JSON text: only a field that looks like one sends the
+         -- raw line to the :non_string_value regex
+         exists(array(event_id, event_type, impression_id, click_id, user_id, user_segment, placement,
+                      vertical, advertiser_id, product_id, ad_id, query, keyword, text_id, ad_text,
+                      title_id, image_id, highlight_id),
+                v -> v RLIKE '^([\\[{]|-?[0-9][0-9.eE+-]*$|true$|false$)') AS non_string_suspect,
+         exists(array(event_id, impression_id, click_id, user_id, advertiser_id, product_id, ad_id,
+                      text_id, title_id, image_id, highlight_id),
+                v -> char_length(v) NOT BETWEEN 1 AND :id_max_chars OR v RLIKE :id_forbidden) AS bad_id,
+         char_length(user_segment) NOT BETWEEN 1 AND :user_segment_max_chars
+           OR char_length(vertical) NOT BETWEEN 1 AND :vertical_max_chars
+           OR char_length(query) NOT BETWEEN 1 AND :query_max_chars
+           OR char_length(keyword) NOT BETWEEN 1 AND :keyword_max_chars
+           OR char_length(ad_text) NOT BETWEEN 1 AND :ad_text_max_chars
+           OR exists(array(user_segment, vertical, query, keyword, ad_text), v -> v RLIKE :text_forbidden)
+           OR placement NOT IN ('search', 'feed')
+           OR position NOT BETWEEN 1 AND :position_max
+           OR NOT (propensity > 0 AND propensity <= 1)
+           OR NOT (value >= 0 AND value < :value_max) AS out_of_bounds
+  FROM typed
+),
 checked AS (
   SELECT *,
     CASE
+      WHEN too_long THEN 'line_too_long'
+      WHEN bad_encoding THEN 'bad_encoding'
       WHEN malformed THEN 'malformed_json'
       WHEN event_id IS NULL OR event_type IS NULL OR NOT has_ts THEN 'missing_field'
       WHEN event_type NOT IN ('impression', 'click', 'conversion') THEN 'unknown_event_type'
@@ -101,10 +136,16 @@ checked AS (
              position IS NULL OR position < 1 OR placement NOT IN ('search', 'feed')
              OR propensity IS NULL OR NOT (propensity > 0 AND propensity <= 1))
         THEN 'bad_type'
-      WHEN event_type = 'conversion' AND (value IS NULL OR NOT (value >= 0 AND value < 1e12)) THEN 'bad_type'
+      WHEN event_type = 'conversion' AND (value IS NULL OR NOT (value >= 0 AND value < :value_max)) THEN 'bad_type'
+      -- the bounds of every field present, whatever the event type (NULL: absent, passes)
+      WHEN non_string_suspect AND raw_line RLIKE :non_string_value THEN 'bad_type'
+      WHEN (has_position AND position IS NULL) OR (has_propensity AND propensity IS NULL)
+           OR (has_value AND value IS NULL) THEN 'bad_type'
+      WHEN bad_id THEN 'bad_id_format'
+      WHEN out_of_bounds THEN 'field_out_of_bounds'
       WHEN ts < day_start_ms OR ts >= day_end_ms THEN 'ts_outside_partition'
     END AS reason
-  FROM typed
+  FROM bounded
 ),
 ranked AS (
   SELECT *,
@@ -117,7 +158,11 @@ ranked AS (
 )
 SELECT -- a kept impression is never quarantined later (only clicks and conversions can be
        -- orphans), so its raw line, most of the bytes, is dropped here
-       CASE WHEN reason IS NULL AND delivery = 1 AND event_type = 'impression' THEN NULL ELSE raw_line END AS raw_line,
+       -- a line too long is kept cut to :line_max_chars, one not UTF-8 with U+FFFD for its bad bytes
+       CASE WHEN reason IS NULL AND delivery = 1 AND event_type = 'impression' THEN NULL
+            WHEN too_long THEN left(raw_line, :line_max_chars)
+            WHEN bad_encoding THEN make_valid_utf8(raw_line)
+            ELSE raw_line END AS raw_line,
        CASE WHEN reason IS NULL AND delivery > 1 THEN 'duplicate_event_id' ELSE reason END AS reason,
        event_id, event_type, ts, impression_id, click_id, user_id, user_segment, placement,
        vertical, advertiser_id, product_id, ad_id, position, query, keyword, text_id, ad_text,

@@ -273,6 +273,27 @@ def corrupt_ts_outside_day(ds):
     _write("events", ds, frame, EVENT_SCHEMA)
 
 
+def corrupt_json_object_in_an_id(ds):  # what a Spark string field makes of {"a": 1}
+    _write("events", ds, _set("events", ds, "user_id", 2, '{"a":1}'), EVENT_SCHEMA)
+
+
+def corrupt_id_too_long(ds):
+    _write("events", ds, _set("events", ds, "event_id", 2, "e" * 65), EVENT_SCHEMA)
+
+
+def corrupt_huge_ad_text(ds):
+    frame = _read("events", ds)
+    row = frame.index[frame["placement"] == "search"][0]
+    frame.loc[row, "ad_text"] = "A" * 5_000_000
+    _write("events", ds, frame, EVENT_SCHEMA)
+
+
+def corrupt_position_out_of_bounds(ds):
+    frame = _read("events", ds)
+    frame.loc[0, "position"] = 1000
+    _write("events", ds, frame, EVENT_SCHEMA)
+
+
 def corrupt_rows_lost_between_tables(ds):
     frame = _read("labeled_impressions", ds)
     _write("labeled_impressions", ds, frame.iloc[:-10])
@@ -296,6 +317,10 @@ def corrupt_volume_drop(ds):
         (corrupt_missing_column, "events", "expect_table_columns_to_match_set", None),
         (corrupt_unknown_event_type, "events", "expect_column_values_to_be_in_set", "event_type"),
         (corrupt_ts_outside_day, "events", "expect_column_values_to_be_between", "ts"),
+        (corrupt_json_object_in_an_id, "events", "expect_column_values_to_not_match_regex", "user_id"),
+        (corrupt_id_too_long, "events", "expect_column_value_lengths_to_be_between", "event_id"),
+        (corrupt_huge_ad_text, "events", "expect_column_value_lengths_to_be_between", "ad_text"),
+        (corrupt_position_out_of_bounds, "events", "expect_column_values_to_be_between", "position"),
         (corrupt_rows_lost_between_tables, "labeled_impressions", "expect_table_row_count_to_equal", None),
         (corrupt_volume_drop, "volume", "expect_table_row_count_to_be_between", None),
     ],
