@@ -14,6 +14,7 @@ Served probabilities: p_click = sigmoid(click) * decay ** earlier exposures (fat
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -23,6 +24,16 @@ from relate_sim.world import FEED_POSITIONS, SEARCH_POSITIONS, World
 
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def is_compliant(world: World, analysis: grammar.TextAnalysis) -> bool:
+    """The grammar's categories, plus the phrases a compliance rule in force on the world's day bans."""
+    return analysis.compliant and not (world.banned_phrases and set(analysis.phrase_ids) & world.banned_phrases)
+
+
+def signature_hash(signature: str) -> int:
+    """A stable 62-bit key of a creative signature (user fatigue is kept per user and signature across days)."""
+    return int.from_bytes(hashlib.blake2b(signature.encode("utf-8"), digest_size=8).digest(), "little") >> 2
 
 
 def text_base_effects(world: World, analysis: grammar.TextAnalysis) -> tuple[float, float]:
@@ -124,13 +135,12 @@ class TruthTables:
     text_context_click: np.ndarray  # [A, T, K, M] keyword + query relevance
     text_context_conv: np.ndarray  # [A, T, K, M]
     text_compliant: np.ndarray  # [A, T]
-    text_signature: np.ndarray  # [A, T] global signature index
+    text_signature: np.ndarray  # [A, T] signature_hash of the text's near-duplicate signature
     combo_click: np.ndarray  # [A, Ti*I*H] element part of the click logit (no segment/position)
     combo_image: np.ndarray  # [A, Ti*I*H] image index of each combo
-    combo_signature: np.ndarray  # [A, Ti*I*H] global signature index (title + image)
+    combo_signature: np.ndarray  # [A, Ti*I*H] signature_hash of (title id, image id)
     combo_conv: np.ndarray  # [A, Ti*I*H]
     segment_image_click: np.ndarray  # [A, I, S]
-    n_signatures: int
 
 
 def build_tables(world: World) -> TruthTables:
@@ -143,15 +153,14 @@ def build_tables(world: World) -> TruthTables:
     ctx_click, ctx_conv = np.zeros((A, T, K, M)), np.zeros((A, T, K, M))
     compliant = np.zeros((A, T), dtype=bool)
     signature = np.zeros((A, T), dtype=np.int64)
-    signatures: dict[str, int] = {}
     for a in range(A):
         for t, text in enumerate(world.texts[a]):
             analysis = grammar.analyze_text(text, cfg.text_max_chars)
             served[a][t] = analysis.served
             text_click[a, t], text_conv[a, t] = text_base_effects(world, analysis)
             text_segment_click[a, t] = text_segment_effects(world, analysis)
-            compliant[a, t] = analysis.compliant
-            signature[a, t] = signatures.setdefault(analysis.signature, len(signatures))
+            compliant[a, t] = is_compliant(world, analysis)
+            signature[a, t] = signature_hash(analysis.signature)
             for k in range(K):
                 for m in range(M):
                     keyword, query = world.keyword_query(a, k, m)
@@ -165,9 +174,9 @@ def build_tables(world: World) -> TruthTables:
                    + c["title_image_interaction"] * interaction[:, :, :, None])
     combo_conv = np.broadcast_to(world.highlight_conv[:, None, None, :], (A, Ti, I, H))
     combo_image = np.broadcast_to(np.arange(I)[None, None, :, None], (A, Ti, I, H))
-    pair = np.arange(Ti)[:, None] * I + np.arange(I)[None, :]
-    combo_signature = len(signatures) + np.arange(A)[:, None, None, None] * (Ti * I) + np.broadcast_to(
-        pair[None, :, :, None], (A, Ti, I, H))
+    pair = np.array([[[signature_hash(f"{world.title_id(a, t)}|{world.image_id(a, i)}") for i in range(I)]
+                      for t in range(Ti)] for a in range(A)], dtype=np.int64)
+    combo_signature = np.broadcast_to(pair[:, :, :, None], (A, Ti, I, H))
     segment_image_click = c["segment_image_preference"] * np.einsum(
         "aid,sd->ais", world.image_attributes - 0.5, world.segment_image_preference)
     return TruthTables(
@@ -175,7 +184,7 @@ def build_tables(world: World) -> TruthTables:
         text_context_click=ctx_click, text_context_conv=ctx_conv, text_compliant=compliant,
         text_signature=signature, combo_click=combo_click.reshape(A, -1), combo_image=combo_image.reshape(A, -1).copy(),
         combo_signature=combo_signature.reshape(A, -1).copy(), combo_conv=combo_conv.reshape(A, -1).copy(),
-        segment_image_click=segment_image_click, n_signatures=len(signatures) + A * Ti * I,
+        segment_image_click=segment_image_click,
     )
 
 
