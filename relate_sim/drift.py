@@ -9,8 +9,10 @@ every world is exactly the market without drift. The effects (sizes in docs/simu
   ad (search texts, feed titles, images, highlights) is retired and a new element launches
   in its slot (generation g+1; ids get a `-g<N>` suffix). New elements are drawn like the
   originals, from a stream of their own (seed, kind, ad, slot, generation);
-- wear-out: feed titles and images lose click logit with their days in market,
-  `wear_out_logit * (1 - exp(-age / wear_out_days))` (original elements: age = day);
+- wear-out: creatives lose click logit with their days in market,
+  `wear_out_logit * (1 - exp(-age / wear_out_days))`: feed titles and images by days since
+  launch (original elements: age = day); search texts by days since the ad first served the
+  text's near-duplicate signature (kept in the state like phrase shares; never served: 0);
 - random walks: product appeal (click and conversion logits) and segment preferences
   (segment x vertical click, segment x benefit-phrase click, segment x image attribute) add a
   normal increment per day, drawn from a stream per day;
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -169,8 +172,27 @@ def banned_phrase_ids(world, day: int) -> frozenset[int]:
     return frozenset(i for i, (phrase, _, _) in enumerate(grammar.LEXICON) if phrase in drift.rule_phrases)
 
 
-def market_as_of(base, day: int, phrase_shares: dict[int, np.ndarray] | None = None):
-    """The world on `day` (0 = start_date). Day 0 (or drift off) returns `base` itself."""
+def signature_hash(signature: str) -> int:
+    """A stable 62-bit key of a creative signature (user fatigue is kept per user and signature across days)."""
+    return int.from_bytes(hashlib.blake2b(signature.encode("utf-8"), digest_size=8).digest(), "little") >> 2
+
+
+def text_key(ad: int, signature: str) -> int:
+    """The key of an ad's search creative (its near-duplicate signature) in the first-served memory."""
+    return signature_hash(f"{ad}|{signature}")
+
+
+def wear(drift: DriftConfig, age) -> np.ndarray:
+    """Click logit a creative `age` days in market has lost."""
+    return drift.wear_out_logit * (1.0 - np.exp(-np.maximum(np.asarray(age, dtype=float), 0.0) / drift.wear_out_days))
+
+
+def market_as_of(base, day: int, phrase_shares: dict[int, np.ndarray] | None = None,
+                 first_served: dict[int, int] | None = None):
+    """The world on `day` (0 = start_date). Day 0 (or drift off) returns `base` itself.
+
+    first_served: {text_key(ad, signature): first day served} of the days before `day`
+    (search text wear-out); None = no text served before."""
     if day < 0:
         raise ValueError(f"day must be >= 0 (the world starts on its start_date), got {day}")
     if day == 0 or not base.config.drift.enabled:
@@ -190,7 +212,7 @@ def market_as_of(base, day: int, phrase_shares: dict[int, np.ndarray] | None = N
     world.phrase_click = world.phrase_click - phrase_fatigue(base, ema)
     # a day's world is known by its base world (and the day): world.json's fingerprint
     world.__dict__.update(day=day, generations=gen, launch_days=launch, banned_phrases=banned, phrase_ema=ema,
-                          _fingerprint=base.fingerprint())
+                          text_first_served=dict(first_served or {}), _fingerprint=base.fingerprint())
     return world
 
 
@@ -234,8 +256,7 @@ def _apply_lifecycle(world, base, day: int, gen: dict, launch: dict) -> None:
             rng = _rng(cfg.seed, _STREAM_ELEMENT, KINDS.index(kind), int(a), int(k), int(gen[kind][a, k]))
             world_mod.draw_new_element(rng, world, kind, int(a), int(k), weights, banned_phrase_ids(base, day))
     for kind, utility in (("title", world.title_utility), ("image", world.image_utility)):
-        age = day - launch[kind]
-        utility -= drift.wear_out_logit * (1.0 - np.exp(-age / drift.wear_out_days))
+        utility -= wear(drift, day - launch[kind])
     world.policy_pair_image = world_mod.pair_images(world.title_utility, world.image_utility)
 
 

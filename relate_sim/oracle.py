@@ -96,38 +96,41 @@ class Oracle:
         self._seg_mass = None
         self._truth_dir = truth_dir
 
-    def as_of(self, day: int | str, phrase_shares: Mapping[int, Any] | None = None) -> "Oracle":
+    def as_of(self, day: int | str, phrase_shares: Mapping[int, Any] | None = None,
+              first_served: Mapping[int, int] | None = None) -> "Oracle":
         """The oracle of the market on `day` (days since start_date, or a YYYY-MM-DD date).
 
         True probabilities then use that day's drifted truth (relate_sim/drift.py): live
-        elements, appeal, preferences, season, phrase fatigue and compliance rules. Phrase
-        fatigue needs each earlier day's served phrase shares: `phrase_shares` {day index:
-        shares} (e.g. `drift.served_phrase_shares`), else the simulator's state files of the
+        elements, appeal, preferences, season, wear-out, phrase fatigue and compliance rules.
+        The market's memory of the days before: `phrase_shares` {day index: served share per
+        lexicon phrase} (e.g. `drift.served_phrase_shares`) and `first_served` {drift.text_key:
+        day}; when `phrase_shares` is None both come from the simulator's state files of the
         truth dir this oracle was loaded from. An oracle without as_of is the day-0 market."""
-        base = getattr(self.world, "_base", None) or self.world
+        base = self.world.__dict__.get("_base") or self.world
         if isinstance(day, str):
             day = day_index(base.config.start_date, day)
         if phrase_shares is None:
-            phrase_shares = self._stored_phrase_shares(base, day)
-        world = market_as_of(base, day, {int(d): np.asarray(v, dtype=float) for d, v in phrase_shares.items()})
+            phrase_shares, first_served = self._stored_memory(base, day)
+        world = market_as_of(base, day, {int(d): np.asarray(v, dtype=float) for d, v in phrase_shares.items()},
+                             dict(first_served or {}))
         world.__dict__["_base"] = base
         return Oracle(world, self._truth_dir)
 
-    def _stored_phrase_shares(self, base: World, day: int) -> dict:
-        drift = base.config.drift
-        if not drift.enabled or day == 0:
-            return {}
+    def _stored_memory(self, base: World, day: int) -> tuple[dict, dict]:
+        if not base.config.drift.enabled or day == 0:
+            return {}, {}
         if self._truth_dir is None:
-            if drift.phrase_fatigue_logit == 0:
-                return {d: np.zeros(len(grammar.LEXICON)) for d in range(day)}
             raise ValueError("as_of needs phrase_shares (or an oracle from Oracle.load(), which reads the simulator's)")
-        out = {}
+        shares, first = {}, {}
         for d in range(day):
-            path = Path(self._truth_dir) / "state" / f"dt={shift_ds(base.config.start_date, d)}" / "phrases.json"
-            if not path.is_file():
-                raise MissingArtifact(f"{path} is missing: the market of day {day} needs the days before it simulated")
-            out[d] = json.loads(path.read_text())["shares"]
-        return out
+            folder = Path(self._truth_dir) / "state" / f"dt={shift_ds(base.config.start_date, d)}"
+            if not (folder / "phrases.json").is_file():
+                raise MissingArtifact(f"{folder} is missing: the market of day {day} needs the days before it simulated")
+            shares[d] = json.loads((folder / "phrases.json").read_text())["shares"]
+            with np.load(folder / "exposures.npz") as npz:
+                for key in npz["first_served"].tolist():
+                    first.setdefault(key, d)
+        return shares, first
 
     # ---- construction ------------------------------------------------------------------
     @classmethod

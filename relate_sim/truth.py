@@ -14,11 +14,11 @@ Served probabilities: p_click = sigmoid(click) * decay ** earlier exposures (fat
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
 
 from relate_sim import grammar
+from relate_sim.drift import signature_hash, text_key, wear
 from relate_sim.world import FEED_POSITIONS, SEARCH_POSITIONS, World
 
 
@@ -31,9 +31,13 @@ def is_compliant(world: World, analysis: grammar.TextAnalysis) -> bool:
     return analysis.compliant and not (world.banned_phrases and set(analysis.phrase_ids) & world.banned_phrases)
 
 
-def signature_hash(signature: str) -> int:
-    """A stable 62-bit key of a creative signature (user fatigue is kept per user and signature across days)."""
-    return int.from_bytes(hashlib.blake2b(signature.encode("utf-8"), digest_size=8).digest(), "little") >> 2
+def text_wear(world: World, ad: int, signature: str) -> float:
+    """Click logit the ad's creative with this signature has lost to wear-out by the world's day (drift.py)."""
+    first = world.__dict__.get("text_first_served")
+    if not first:
+        return 0.0
+    day = first.get(text_key(ad, signature))
+    return 0.0 if day is None else float(wear(world.config.drift, world.day - day))
 
 
 def text_base_effects(world: World, analysis: grammar.TextAnalysis) -> tuple[float, float]:
@@ -96,7 +100,8 @@ def search_logits(world: World, ad: int, segment: int, position: int, text: str,
     c = world.coef
     ctx_click, ctx_conv = text_context_effects(world, analysis, keyword, query)
     click = (c["base_click_search"] + product["appeal_click"] + world.segment_vertical_click[segment, product["vertical"]]
-             + world.search_position_click[position - 1] + base_click + segment_click[segment] + ctx_click)
+             + world.search_position_click[position - 1] + base_click + segment_click[segment] + ctx_click
+             - text_wear(world, ad, analysis.signature))
     conv = c["base_conv"] + product["appeal_conv"] + world.segment_conv[segment] + base_conv + ctx_conv
     return float(click), float(conv), analysis
 
@@ -158,6 +163,7 @@ def build_tables(world: World) -> TruthTables:
             analysis = grammar.analyze_text(text, cfg.text_max_chars)
             served[a][t] = analysis.served
             text_click[a, t], text_conv[a, t] = text_base_effects(world, analysis)
+            text_click[a, t] -= text_wear(world, a, analysis.signature)
             text_segment_click[a, t] = text_segment_effects(world, analysis)
             compliant[a, t] = is_compliant(world, analysis)
             signature[a, t] = signature_hash(analysis.signature)

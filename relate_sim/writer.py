@@ -31,7 +31,7 @@ from relate_sim.logging_policy import ServingPolicy, Traffic, build_policy, samp
 from relate_sim.truth import (TruthTables, build_tables, combo_parts, fatigue_factor, feed_logits_vec,
                               search_logits_vec, sigmoid)
 from plumbing.errors import MissingArtifact
-from relate_sim.drift import market_as_of
+from relate_sim.drift import market_as_of, text_key
 from relate_sim.world import World, _rng, build_world
 
 log = get_logger(__name__)
@@ -195,12 +195,13 @@ class Simulation:
     policy: ServingPolicy
     frags: Fragments | None = None
     phrase_incidence: np.ndarray | None = None  # [A * T, P] the pool texts' lexicon phrases
+    text_keys: np.ndarray | None = None  # [A, T] drift.text_key of each pool text (its first-served memory)
 
 
 def prepare(config: SimulateConfig, day: int = 0, phrase_shares: dict | None = None,
-            base: World | None = None) -> Simulation:
+            base: World | None = None, first_served: dict | None = None) -> Simulation:
     """The market of `day` (0 = start_date; see relate_sim/drift.py)."""
-    world = market_as_of(base or build_world(config), day, phrase_shares)
+    world = market_as_of(base or build_world(config), day, phrase_shares, first_served)
     tables = build_tables(world)
     return Simulation(world=world, tables=tables, policy=build_policy(world, tables))
 
@@ -209,10 +210,13 @@ def _with_fragments(sim: Simulation) -> Simulation:
     world, cfg = sim.world, sim.world.config
     sim.frags = build_fragments(world, sim.tables)
     incidence = np.zeros((world.n_ads * cfg.texts_per_ad, len(grammar.LEXICON)))
+    keys = np.zeros((world.n_ads, cfg.texts_per_ad), dtype=np.int64)
     for a, pool in enumerate(world.texts):
         for t, text in enumerate(pool):
-            incidence[a * cfg.texts_per_ad + t, list(grammar.analyze_text(text, cfg.text_max_chars).phrase_ids)] = 1.0
-    sim.phrase_incidence = incidence
+            analysis = grammar.analyze_text(text, cfg.text_max_chars)
+            incidence[a * cfg.texts_per_ad + t, list(analysis.phrase_ids)] = 1.0
+            keys[a, t] = text_key(a, analysis.signature)
+    sim.phrase_incidence, sim.text_keys = incidence, keys
     return sim
 
 
@@ -222,11 +226,13 @@ class CarryState:
 
     exposures: per (user, creative signature) showings so far (user fatigue); pending: click and
     conversion lines of earlier impressions that fall on later days, per day index; phrase_shares:
-    each earlier day's share of served search impressions per lexicon phrase (phrase fatigue)."""
+    each earlier day's share of served search impressions per lexicon phrase (phrase fatigue);
+    first_served: {drift.text_key: the day an ad first served the text signature} (text wear-out)."""
 
     exposures: ExposureCounter
     pending: dict[int, list[str]]
     phrase_shares: dict[int, np.ndarray]
+    first_served: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 def _state_ok(folder: Path, fingerprint: str) -> bool:
@@ -255,6 +261,8 @@ def load_state(config: SimulateConfig, truth_root: Path, day: int, fingerprint: 
         with np.load(folder / "exposures.npz") as npz:
             keys.append(npz["keys"])
             counts.append(npz["counts"])
+            for key in npz["first_served"].tolist():
+                state.first_served.setdefault(key, d)
         for target, lines in orjson.loads(gzip.decompress((folder / "pending.json.gz").read_bytes())).items():
             if int(target) >= day:
                 state.pending[int(target)].extend(lines)
@@ -288,7 +296,7 @@ def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path, days: lis
     for day in days:
         if prev is None or day != prev + 1:
             state = load_state(config, truth_root, day, base.fingerprint())
-        sim = sim0 or _with_fragments(prepare(config, day, state.phrase_shares, base=base))
+        sim = sim0 or _with_fragments(prepare(config, day, state.phrase_shares, base, state.first_served))
         if day == 0:
             log.info("world: %d ads, %d users, %d texts (%d blocked by review), built in %.1fs", base.n_ads,
                      config.users, base.n_ads * config.texts_per_ad, int(base.text_blocked.sum()),
@@ -351,6 +359,8 @@ def simulate_day(sim: Simulation, state: CarryState, raw_root: Path, truth_root:
     summary = dict(sorted(counts.items()))
     _write_state(truth_root / "state" / f"dt={ds}", day_state, summary, sim.world.fingerprint())
     state.phrase_shares[day] = day_state.shares(len(grammar.LEXICON))
+    for key in day_state.first_served:
+        state.first_served.setdefault(key, day)
     log.info("%s: %d impressions, %d clicks, %d conversions (%d carried in), %d lines, %d duplicates, "
              "%d corrupt, %.1fs", ds, counts["impression"], counts["click"], counts["conversion"],
              counts["carried_in"], counts["lines"], counts["duplicates"], counts["corrupt"], time.monotonic() - t_day)
@@ -365,6 +375,7 @@ class _DayState:
     pending: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
     phrase_counts: np.ndarray | None = None
     search: int = 0
+    first_served: set = dataclasses.field(default_factory=set)  # text keys first served this day
 
     def shares(self, n_phrases: int) -> np.ndarray:
         counts = self.phrase_counts if self.phrase_counts is not None else np.zeros(n_phrases)
@@ -376,7 +387,8 @@ def _write_state(folder: Path, day_state: _DayState, summary: dict, fingerprint:
     uniq, counts = np.unique(keys, return_counts=True)
     with atomic.directory(folder) as out:
         with open(out / "exposures.npz", "wb") as fh:
-            np.savez(fh, keys=uniq, counts=counts.astype(np.int64))
+            np.savez(fh, keys=uniq, counts=counts.astype(np.int64),
+                     first_served=np.array(sorted(day_state.first_served), dtype=np.int64))
         pending = {str(k): v for k, v in sorted(day_state.pending.items())}
         (out / "pending.json.gz").write_bytes(gzip.compress(orjson.dumps(pending), mtime=0))
         shares = day_state.shares(len(grammar.LEXICON))
@@ -402,6 +414,8 @@ def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState
     day_state.phrase_counts = (0 if day_state.phrase_counts is None else day_state.phrase_counts) \
         + served @ sim.phrase_incidence
     day_state.search += len(s_idx)
+    day_state.first_served.update(k for k in np.unique(sim.text_keys[traffic.ad[s_idx], creative[s_idx]]).tolist()
+                                  if k not in state.first_served)
     counts = collections.Counter()
     counts["impression"] = n
     counts["search"] = len(s_idx)
