@@ -1,14 +1,17 @@
 """Stage `simulate`: write the simulated ad market's raw event logs and its hidden truth.
 
-    python -m pipelines.simulate [--params params.yaml] [--ds YYYY-MM-DD]
+    python -m pipelines.simulate [--params params.yaml] [--ds YYYY-MM-DD] [--serving DIR]
 
 Without --ds: every day start_date .. start_date + days - 1, in order. With --ds D: day D
-only, from the carry state the days before it left in data/sim_truth/state/ (simulate them
-first; exit 2 otherwise). The market drifts day by day (simulate.drift, docs/simulator.md).
-Writes data/raw/events/dt=*/part-*.jsonl.gz (each day atomically), data/sim_truth/
-(world.json, per-impression true probabilities, per-day state) and metrics/simulate.json
-(every simulated day so far). Deterministic: day D's bytes are a pure function of the params
-and the days before D, so `--ds D` per day in order writes what one run without --ds writes.
+only, from the carry state the days before it left in data/sim_truth/state/ (those without
+state are simulated first). --serving DIR: the champion's serving tables (text_pools.parquet,
+combos.parquet; relate_sim/serving_tables.py) served on the simulated day(s), mixed with the
+logging policy's exploration; without it the logging policy serves. The market drifts day by
+day (simulate.drift, docs/simulator.md). Writes data/raw/events/dt=*/part-*.jsonl.gz (each
+day atomically), data/sim_truth/ (world.json, per-impression true probabilities, per-day
+state) and metrics/simulate.json (every simulated day so far). Deterministic: day D's bytes
+are a pure function of the params, the serving tables and the days before D, so `--ds D` per
+day in order writes what one run without --ds writes.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from plumbing.logs import get_logger
 from plumbing.paths import METRICS, RAW_EVENTS, SIM_TRUTH, partitions
 from relate_sim.config import SimulateConfig
 from relate_sim.drift import day_index
+from relate_sim.serving_tables import ServingTables
 from relate_sim.writer import simulate
 
 __all__ = ["SimulateConfig", "main"]
@@ -29,7 +33,11 @@ log = get_logger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("simulate", __doc__, run, argv, ds="partition")
+    return run_stage("simulate", __doc__, run, argv, ds="partition", add_arguments=_arguments)
+
+
+def _arguments(parser) -> None:
+    parser.add_argument("--serving", default=None, help="folder of the champion's serving tables (default: none)")
 
 
 def run(ctx: StageContext) -> None:
@@ -47,7 +55,8 @@ def run(ctx: StageContext) -> None:
         days = [day]
     log.info("simulating %s, %d impressions/day, seed %d, drift %s", ctx.ds or f"{config.start_date} .. {last}",
              config.impressions_per_day, config.seed, "on" if config.drift.enabled else "off")
-    summary = simulate(config, RAW_EVENTS, SIM_TRUTH, days=days)
+    serving = ServingTables.load(ctx.args.serving) if ctx.args.serving else None
+    summary = simulate(config, RAW_EVENTS, SIM_TRUTH, days=days, serving=serving)
     stale = [ds for ds in partitions(RAW_EVENTS) if not config.start_date <= ds <= last]
     if stale:
         log.warning("raw partitions outside this run's range are left as they were: %s", ", ".join(stale))

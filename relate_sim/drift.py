@@ -1,6 +1,6 @@
-"""The drifting market: the world as of a day, a pure function of (seed, day, phrase-share history).
+"""The drifting market: its config and the pure parts of each effect (relate_sim/market.py applies them).
 
-`market_as_of(base, day, phrase_shares)` returns a `World` whose arrays hold day `day`'s truth
+`market.market_as_of(base, day, phrase_shares, first_served)` returns a `World` whose arrays hold day `day`'s truth
 (day 0 = `simulate.start_date`); every other module (truth tables, logging policy, oracle)
 works on it unchanged. Day 0 is the base world itself (the same object), so the first day of
 every world is exactly the market without drift. The effects (sizes in docs/simulator.md):
@@ -28,7 +28,6 @@ every world is exactly the market without drift. The effects (sizes in docs/simu
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 
@@ -39,7 +38,7 @@ from plumbing.dates import parse_ds
 from relate_sim import grammar
 
 KINDS = ("text", "title", "image", "highlight")
-_STREAM_LIFECYCLE, _STREAM_ELEMENT, _STREAM_WALK, _STREAM_REVIEW = 40, 41, 42, 43
+_STREAM_LIFECYCLE, _STREAM_WALK = 40, 42  # relate_sim/market.py: 41 (new elements), 43 (re-review)
 
 
 @dataclasses.dataclass
@@ -118,7 +117,7 @@ def lifecycle(world, day: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
     return gen, launch
 
 
-def _random_walk(world, day: int) -> dict[str, np.ndarray]:
+def random_walk(world, day: int) -> dict[str, np.ndarray]:
     """Summed daily increments of days 1..day for appeal and segment preferences."""
     cfg, drift = world.config, world.config.drift
     n_products, (S, V) = len(world.products), world.segment_vertical_click.shape
@@ -187,35 +186,6 @@ def wear(drift: DriftConfig, age) -> np.ndarray:
     return drift.wear_out_logit * (1.0 - np.exp(-np.maximum(np.asarray(age, dtype=float), 0.0) / drift.wear_out_days))
 
 
-def market_as_of(base, day: int, phrase_shares: dict[int, np.ndarray] | None = None,
-                 first_served: dict[int, int] | None = None):
-    """The world on `day` (0 = start_date). Day 0 (or drift off) returns `base` itself.
-
-    first_served: {text_key(ad, signature): first day served} of the days before `day`
-    (search text wear-out); None = no text served before."""
-    if day < 0:
-        raise ValueError(f"day must be >= 0 (the world starts on its start_date), got {day}")
-    if day == 0 or not base.config.drift.enabled:
-        return base
-    world = dataclasses.replace(base, products=copy.deepcopy(base.products), texts=[list(t) for t in base.texts],
-                                titles=[list(t) for t in base.titles], highlights=[list(h) for h in base.highlights])
-    for field in dataclasses.fields(world):
-        value = getattr(world, field.name)
-        if isinstance(value, np.ndarray):
-            setattr(world, field.name, value.copy())
-    gen, launch = lifecycle(base, day)
-    _apply_lifecycle(world, base, day, gen, launch)
-    _apply_walks(world, base, day)
-    banned = banned_phrase_ids(base, day)
-    _rereview(world, base, day, banned)
-    ema = smoothed_phrase_share(base, day, phrase_shares or {})
-    world.phrase_click = world.phrase_click - phrase_fatigue(base, ema)
-    # a day's world is known by its base world (and the day): world.json's fingerprint
-    world.__dict__.update(day=day, generations=gen, launch_days=launch, banned_phrases=banned, phrase_ema=ema,
-                          text_first_served=dict(first_served or {}), _fingerprint=base.fingerprint())
-    return world
-
-
 def served_phrase_shares(texts, max_chars: int) -> np.ndarray:
     """Share of `texts` (one per served search impression) using each lexicon phrase: the input of phrase fatigue."""
     counts = np.zeros(len(grammar.LEXICON))
@@ -224,52 +194,3 @@ def served_phrase_shares(texts, max_chars: int) -> np.ndarray:
         counts[list(grammar.analyze_text(text, max_chars).phrase_ids)] += 1.0
         n += 1
     return counts / max(n, 1)
-
-
-def _apply_walks(world, base, day: int) -> None:
-    walk = _random_walk(base, day)
-    season = world.config.drift.season_conv_logit if in_season(base, day) else 0.0
-    season_v = {world.verticals.index(v) for v in world.config.drift.season_verticals if v in world.verticals}
-    for j, product in enumerate(world.products):
-        product["appeal_click"] = float(product["appeal_click"] + walk["appeal_click"][j])
-        product["appeal_conv"] = float(product["appeal_conv"] + walk["appeal_conv"][j]
-                                       + (season if product["vertical"] in season_v else 0.0))
-    for name in ("segment_vertical_click", "phrase_segment_click", "segment_image_preference"):
-        setattr(world, name, getattr(world, name) + walk[name])
-
-
-def _image_weights(base) -> np.ndarray:
-    """The attribute weights of image utility, recovered from the base world by least squares."""
-    D = base.image_attributes.shape[2]
-    x = (base.image_attributes - 0.5).reshape(-1, D)
-    return np.linalg.lstsq(x, base.image_utility.reshape(-1), rcond=None)[0]
-
-
-def _apply_lifecycle(world, base, day: int, gen: dict, launch: dict) -> None:
-    """Put every slot's live generation in place, then wear feed titles and images by age."""
-    from relate_sim import world as world_mod  # the element draws live with the world's
-
-    cfg, drift = world.config, world.config.drift
-    weights = _image_weights(base)
-    for kind in KINDS:
-        for a, k in zip(*np.nonzero(gen[kind])):
-            rng = _rng(cfg.seed, _STREAM_ELEMENT, KINDS.index(kind), int(a), int(k), int(gen[kind][a, k]))
-            world_mod.draw_new_element(rng, world, kind, int(a), int(k), weights, banned_phrase_ids(base, day))
-    for kind, utility in (("title", world.title_utility), ("image", world.image_utility)):
-        utility -= wear(drift, day - launch[kind])
-    world.policy_pair_image = world_mod.pair_images(world.title_utility, world.image_utility)
-
-
-def _rereview(world, base, day: int, banned: frozenset[int]) -> None:
-    """On and after the rule date the review blocks live texts using a banned phrase (at its catch rate)."""
-    if not banned:
-        return
-    cfg = world.config
-    rng = _rng(cfg.seed, _STREAM_REVIEW)
-    catch = rng.random(world.text_blocked.shape) < cfg.review_catch_rate
-    for a, pool in enumerate(world.texts):
-        for t, text in enumerate(pool):
-            if catch[a, t] and set(grammar.analyze_text(text, cfg.text_max_chars).phrase_ids) & banned:
-                world.text_blocked[a, t] = True
-        if world.text_blocked[a].all():  # keep the ad servable
-            world.text_blocked[a, 0] = False

@@ -21,6 +21,7 @@ from plumbing.config import build_config, load_params
 from relate_sim import drift, grammar
 from relate_sim.config import SimulateConfig
 from relate_sim.logging_policy import build_policy
+from relate_sim.market import market_as_of
 from relate_sim.oracle import Oracle
 from relate_sim.truth import build_tables
 from relate_sim.world import build_world
@@ -100,7 +101,7 @@ def effect_sizes(config: SimulateConfig, eval_day: int = 20) -> dict:
     """Each effect on its own scale, day 0 -> `eval_day` (phrase fatigue: zero shares, see frozen_champion)."""
     base = build_world(config)
     zeros = {d: np.zeros(len(grammar.LEXICON)) for d in range(eval_day)}
-    late = drift.market_as_of(base, eval_day, zeros)
+    late = market_as_of(base, eval_day, zeros)
     gen, _ = drift.lifecycle(base, eval_day)
     d = config.drift
     full = d.phrase_fatigue_logit

@@ -28,7 +28,8 @@ from plumbing.errors import MissingArtifact
 from relate_sim import grammar
 from plumbing.dates import shift_ds
 from relate_sim.config import SimulateConfig
-from relate_sim.drift import day_index, market_as_of
+from relate_sim.drift import day_index
+from relate_sim.market import market_as_of
 from relate_sim.logging_policy import sample_traffic, segment_weights_for_ad
 from relate_sim.truth import (build_tables, fatigue_factor, feed_logits, feed_logits_vec, is_compliant, search_logits,
                               sigmoid)

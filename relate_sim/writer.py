@@ -26,12 +26,14 @@ from plumbing import atomic
 from plumbing.dates import day_bounds_ms, shift_ds
 from plumbing.logs import get_logger
 from relate_sim import grammar
+from relate_sim.champion import serve_champion
 from relate_sim.config import SimulateConfig
 from relate_sim.logging_policy import ServingPolicy, Traffic, build_policy, sample_rows, sample_traffic
 from relate_sim.truth import (TruthTables, build_tables, combo_parts, fatigue_factor, feed_logits_vec,
                               search_logits_vec, sigmoid)
 from plumbing.errors import MissingArtifact
-from relate_sim.drift import market_as_of, text_key
+from relate_sim.drift import text_key
+from relate_sim.market import market_as_of
 from relate_sim.world import World, _rng, build_world
 
 log = get_logger(__name__)
@@ -196,6 +198,7 @@ class Simulation:
     frags: Fragments | None = None
     phrase_incidence: np.ndarray | None = None  # [A * T, P] the pool texts' lexicon phrases
     text_keys: np.ndarray | None = None  # [A, T] drift.text_key of each pool text (its first-served memory)
+    champion: object | None = None  # champion.ChampionMixture when serving tables are given
 
 
 def prepare(config: SimulateConfig, day: int = 0, phrase_shares: dict | None = None,
@@ -279,24 +282,27 @@ def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path, days: lis
 
     Each day is a pure function of (seed, day, the carry state of the days before it, `serving`):
     simulating every day in one call writes the same bytes as simulating them one by one in order.
-    `serving`: the champion's serving tables (relate_sim/serving_tables.py); None = the logging policy."""
-    if serving is not None:
-        raise NotImplementedError("serving the champion's tables is not implemented yet: the schema is in "
-                                  "relate_sim/serving_tables.py (docs/simulator.md); pass serving=None")
+    `serving`: the champion's serving tables (serving_tables.ServingTables) served on `days` mixed
+    with the logging policy's exploration (relate_sim/champion.py); None = the logging policy. Days
+    before `days[0]` without state are simulated first, served by the logging policy."""
     t0 = time.monotonic()
     days = list(range(config.days)) if days is None else days
     base = build_world(config)
     atomic.clean_stale_staging(raw_root)
     atomic.clean_stale_staging(truth_root / "impressions")
     atomic.write_json(truth_root / "world.json", {"fingerprint": base.fingerprint(), **base.to_dict()})
+    served_days = set(days)  # catch-up days are served by the logging policy
     if days and days[0] > 0:  # catch up: the days before the first one that have no state of this world yet
         days = list(range(first_unsimulated_day(config, truth_root, base.fingerprint(), days[0]), days[0])) + days
     state, prev = None, None
-    sim0 = _with_fragments(prepare(config, 0, base=base)) if not config.drift.enabled else None
+    sim0 = _with_fragments(prepare(config, 0, base=base)) if not config.drift.enabled and serving is None else None
     for day in days:
         if prev is None or day != prev + 1:
             state = load_state(config, truth_root, day, base.fingerprint())
-        sim = sim0 or _with_fragments(prepare(config, day, state.phrase_shares, base, state.first_served))
+        sim = sim0 or prepare(config, day, state.phrase_shares, base, state.first_served)
+        if serving is not None and day in served_days:
+            sim = serve_champion(sim, serving)
+        sim = sim if sim is sim0 else _with_fragments(sim)
         if day == 0:
             log.info("world: %d ads, %d users, %d texts (%d blocked by review), built in %.1fs", base.n_ads,
                      config.users, base.n_ads * config.texts_per_ad, int(base.text_blocked.sum()),
@@ -404,7 +410,7 @@ def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState
     world, tables, cfg = sim.world, sim.tables, sim.world.config
     traffic = sample_traffic(world, rng, n, cfg.search_share)
     ts = np.sort(rng.integers(lo, hi, size=n))
-    creative, propensity = _serve(sim.policy, rng, traffic)
+    creative, propensity, by_champion = _serve(sim, rng, traffic)
     p_click, p_conv, seen, keys = _true_probabilities(world, tables, state.exposures, traffic, creative)
     day_state.keys.append(keys)
     out = _draw_outcomes(rng, world, traffic.ad, ts, p_click, p_conv)
@@ -423,6 +429,9 @@ def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState
     counts["impression_clicked"] = int(out.clicked.sum())
     counts["click_converted"] = int(out.converted.sum())
     counts["repeat_exposures"] = int((seen > 0).sum())
+    if sim.champion is not None:
+        counts["champion_search"] = int(by_champion[s_idx].sum())
+        counts["champion_feed"] = int(by_champion.sum()) - counts["champion_search"]
 
     ids = [f"{ds.replace('-', '')}{offset + i:09d}" for i in range(n)]
     lines = _impression_lines(sim.frags, traffic, ids, ts, creative, propensity)
@@ -434,17 +443,27 @@ def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState
     return counts, truth
 
 
-def _serve(policy: ServingPolicy, rng: np.random.Generator, traffic: Traffic) -> tuple[np.ndarray, np.ndarray]:
-    """The logging policy's creative per impression (text index on search, combination index on
-    feed) and its propensity."""
+def _serve(sim: Simulation, rng: np.random.Generator, traffic: Traffic):
+    """The creative per impression (text index on search, combination index on feed), its propensity,
+    and whether it is one of the champion's (all False without serving tables)."""
     search = traffic.search
     s_idx, f_idx = np.flatnonzero(search), np.flatnonzero(~search)
     creative = np.zeros(len(search), dtype=np.int64)
-    creative[s_idx] = sample_rows(rng, policy.text_probs, traffic.ad[s_idx])
-    creative[f_idx] = sample_rows(rng, policy.combo_probs, traffic.ad[f_idx])
-    propensity = np.where(search, policy.text_probs[traffic.ad, np.where(search, creative, 0)],
-                          policy.combo_probs[traffic.ad, np.where(search, 0, creative)])
-    return creative, propensity
+    if sim.champion is None:
+        policy = sim.policy
+        creative[s_idx] = sample_rows(rng, policy.text_probs, traffic.ad[s_idx])
+        creative[f_idx] = sample_rows(rng, policy.combo_probs, traffic.ad[f_idx])
+        propensity = np.where(search, policy.text_probs[traffic.ad, np.where(search, creative, 0)],
+                              policy.combo_probs[traffic.ad, np.where(search, 0, creative)])
+        return creative, propensity, np.zeros(len(search), dtype=bool)
+    mix, K = sim.champion, sim.world.config.keywords_per_product
+    row = traffic.ad * K + traffic.keyword
+    creative[s_idx] = sample_rows(rng, mix.text_probs, row[s_idx])
+    creative[f_idx] = sample_rows(rng, mix.combo_probs, traffic.ad[f_idx])
+    s_creative, f_creative = np.where(search, creative, 0), np.where(search, 0, creative)
+    propensity = np.where(search, mix.text_probs[row, s_creative], mix.combo_probs[traffic.ad, f_creative])
+    by_champion = np.where(search, mix.text_champion[row, s_creative], mix.combo_champion[traffic.ad, f_creative])
+    return creative, propensity, by_champion
 
 
 def _true_probabilities(world: World, tables: TruthTables, exposures: ExposureCounter, traffic: Traffic,

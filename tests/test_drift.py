@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from plumbing.config import build_config, load_params
@@ -15,10 +17,12 @@ from relate_models.compliance import ComplianceChecker
 from relate_sim import drift, grammar
 from relate_sim.config import SimulateConfig
 from relate_sim.drift_check import frozen_champion_loss
+from plumbing.errors import DataError, MissingArtifact
+from relate_sim.market import market_as_of
 from relate_sim.oracle import Oracle
-from relate_sim.truth import search_logits, search_logits_vec
+from relate_sim.serving_tables import TEXT_POOL_SCHEMA, ServingTables, validate
 from relate_sim.world import build_world
-from relate_sim.writer import prepare, simulate
+from relate_sim.writer import simulate
 from tests.conftest import TINY_PARAMS
 
 OFF = {"element_replace_rate": 0.0, "wear_out_logit": 0.0, "appeal_walk_sd": 0.0, "preference_walk_sd": 0.0,
@@ -73,10 +77,10 @@ def full_run(tmp_path_factory):
 def test_day_zero_is_the_base_world_and_drift_off_never_moves():
     cfg = config()
     base = build_world(cfg)
-    assert drift.market_as_of(base, 0) is base
+    assert market_as_of(base, 0) is base
     off = build_world(config({"enabled": False}))
-    assert drift.market_as_of(off, 9, shares(9)) is off
-    later = drift.market_as_of(base, 5, shares(5))
+    assert market_as_of(off, 9, shares(9)) is off
+    later = market_as_of(base, 5, shares(5))
     assert later.day == 5 and later.fingerprint() == base.fingerprint()
     assert later.products[0]["appeal_click"] != base.products[0]["appeal_click"]
 
@@ -146,9 +150,9 @@ def test_season_raises_conversion_in_its_verticals_only():
     cfg = config(only(season_conv_logit=0.3))
     base = build_world(cfg)
     start = drift.day_index(cfg.start_date, cfg.drift.season_start)
-    inside = drift.market_as_of(base, start, shares(start))
-    before = drift.market_as_of(base, start - 1, shares(start - 1))
-    after = drift.market_as_of(base, start + cfg.drift.season_days, shares(start + cfg.drift.season_days))
+    inside = market_as_of(base, start, shares(start))
+    before = market_as_of(base, start - 1, shares(start - 1))
+    after = market_as_of(base, start + cfg.drift.season_days, shares(start + cfg.drift.season_days))
     for j, product in enumerate(base.products):
         lift = inside.products[j]["appeal_conv"] - before.products[j]["appeal_conv"]
         seasonal = base.verticals[product["vertical"]] in cfg.drift.season_verticals
@@ -163,16 +167,16 @@ def test_phrase_fatigue_follows_the_served_share():
     heavy = np.zeros(len(grammar.LEXICON))
     heavy[shop_now] = 0.9
     day = 14
-    worn = drift.market_as_of(base, day, {d: heavy for d in range(day)})
+    worn = market_as_of(base, day, {d: heavy for d in range(day)})
     ema = 0.9 * (1 - 0.5 ** (day / cfg.drift.phrase_fatigue_half_life_days))
     expected = 0.8 * (ema - 0.15) / 0.85
     assert base.phrase_click[shop_now] - worn.phrase_click[shop_now] == pytest.approx(expected)
     others = np.arange(len(grammar.LEXICON)) != shop_now
     assert np.array_equal(worn.phrase_click[others], base.phrase_click[others])
-    light = drift.market_as_of(base, day, {d: heavy * 0.1 for d in range(day)})  # under the free share
+    light = market_as_of(base, day, {d: heavy * 0.1 for d in range(day)})  # under the free share
     assert np.array_equal(light.phrase_click, base.phrase_click)
     with pytest.raises(KeyError, match="phrase shares of day"):
-        drift.market_as_of(base, 3, {0: heavy})
+        market_as_of(base, 3, {0: heavy})
 
 
 def test_compliance_rule_flips_texts_with_the_banned_phrase_on_its_date():
@@ -201,24 +205,6 @@ def test_compliance_rule_flips_texts_with_the_banned_phrase_on_its_date():
     uses = [(a, t) for a, pool in enumerate(world.texts) for t, text in enumerate(pool)
             if set(grammar.analyze_text(text, cfg.text_max_chars).phrase_ids) & world.banned_phrases]
     assert uses and np.mean([world.text_blocked[a, t] for a, t in uses]) > 0.4
-
-
-def test_vectorised_truth_equals_the_pure_function_on_a_drifted_day():
-    cfg = config()
-    first = {drift.text_key(a, grammar.analyze_text(t, cfg.text_max_chars).signature): 0
-             for a, pool in enumerate(build_world(cfg).texts) for t in pool}
-    sim = prepare(cfg, 6, shares(6), first_served=first)
-    w, rng = sim.world, np.random.default_rng(0)
-    assert w.day == 6 and w.__dict__["text_first_served"]
-    n = 200
-    ad, seg = rng.integers(0, w.n_ads, n), rng.integers(0, len(w.segments), n)
-    pos, text = rng.integers(1, 5, n), rng.integers(0, cfg.texts_per_ad, n)
-    kw, mod = rng.integers(0, cfg.keywords_per_product, n), rng.integers(0, 7, n)
-    click_vec, conv_vec = search_logits_vec(w, sim.tables, ad, seg, pos, text, kw, mod)
-    for j in range(n):
-        keyword, query = w.keyword_query(ad[j], kw[j], mod[j])
-        click, conv, _ = search_logits(w, ad[j], seg[j], pos[j], w.texts[ad[j]][text[j]], keyword, query)
-        assert click == pytest.approx(click_vec[j], abs=1e-12) and conv == pytest.approx(conv_vec[j], abs=1e-12)
 
 
 def test_oracle_scores_only_live_elements():
@@ -258,3 +244,75 @@ def test_stage_simulates_one_day_and_exits_2_outside_the_range(tiny_params):
     assert sorted(metrics["days"]) == [shift_ds(cfg.start_date, d) for d in range(3)]
     assert stage.main(["--ds", shift_ds(cfg.start_date, cfg.days)]) == 2
     assert stage.main(["--ds", "2026-13-01"]) == 2
+
+
+def champion_tables(cfg: SimulateConfig, day: int = 2) -> ServingTables:
+    """A champion: one new text and one pool text for every (ad, keyword) of the first ads, top combos."""
+    world = market_as_of(build_world(cfg), day, shares(day))
+    pools, combos = [], []
+    for a in range(4):
+        info = world.products[world.ads[a]["product"]]
+        for kw in info["keywords"]:
+            pools += [{"ad_id": world.ads[a]["id"], "keyword": kw, "text": f"Discover {kw}. Free shipping. Shop now",
+                       "score": 0.9, "rank": 1},
+                      {"ad_id": world.ads[a]["id"], "keyword": kw, "text": world.texts[a][0], "score": 0.5, "rank": 2}]
+        combos += [{"ad_id": world.ads[a]["id"], "rank": r + 1, "title_id": world.title_id(a, r),
+                    "image_id": world.image_id(a, r), "highlight_id": world.highlight_id(a, 0), "score": 1.0 - r}
+                   for r in range(2)]
+    return ServingTables.from_tables(pa.Table.from_pylist(pools), pa.Table.from_pylist(combos), "v-test")
+
+
+def test_serving_tables_are_served_mixed_with_exploration(full_run, tmp_path):
+    cfg, root = full_run
+    tables = champion_tables(cfg)
+    for rerun in ("a", "b"):
+        simulate(cfg, tmp_path / rerun / "raw", tmp_path / rerun / "truth", days=[2], serving=tables)
+    day = "dt=" + shift_ds(cfg.start_date, 2)
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")  # a pure function of (seed, day, tables)
+    assert {k: v for k, v in digests(tmp_path / "a").items() if day not in k and "world" not in k} == \
+        {k: v for k, v in digests(root).items() if set(k.split("/")) & {"dt=2026-01-01", "dt=2026-01-02"}}
+    summary = json.loads((tmp_path / "a" / "truth" / "state" / day / "summary.json").read_text())
+    assert summary["champion_search"] > 0 and summary["champion_feed"] > 0
+    oracle = Oracle.load(tmp_path / "a" / "truth").as_of(2)
+    rows = impressions(tmp_path / "a")[day[3:]]
+    world = oracle.world
+    new_texts = {r["ad_text"] for r in rows if r["placement"] == "search" and r["ad_text"].startswith("Discover ")
+                 and world.ad_index(r["ad_id"]) < 4}
+    assert new_texts, "the champion's new texts were never served"
+    for r in rows:
+        a = world.ad_index(r["ad_id"])
+        if a >= 4 or r["placement"] != "search":
+            continue
+        eps = world.ad_exploration[a]
+        servable = int((~world.text_blocked[a]).sum())
+        in_pool = r["ad_text"] in [grammar.serve(t, cfg.text_max_chars) for t in world.texts[a]]
+        champion = [f"Discover {r['keyword']}. Free shipping. Shop now"]  # the pool text only if not blocked
+        champion += [grammar.serve(world.texts[a][0], cfg.text_max_chars)] if not world.text_blocked[a, 0] else []
+        pool_share = in_pool and not r["ad_text"].startswith("Discover ")
+        expected = (1 - eps) * (r["ad_text"] in champion) / len(champion) + eps * pool_share / servable
+        assert r["propensity"] == pytest.approx(expected, rel=1e-9), r
+        assert r["text_id"] == hashlib.sha1(r["ad_text"].encode()).hexdigest()[:16]
+    # the logged truth of a text the world never had is the oracle's, as of the day
+    truth = pq.read_table(tmp_path / "a" / "truth" / "impressions" / day).to_pandas().set_index("impression_id")
+    checked = 0
+    for r in rows:
+        if r["placement"] == "search" and r["ad_text"] in new_texts:
+            p_click, p_conv, ok = oracle.true_text_probs(r, r["ad_text"])
+            row = truth.loc[r["impression_id"]]
+            assert ok and row["p_conv_given_click"] == pytest.approx(p_conv, rel=1e-9)
+            assert row["p_click"] <= p_click * (1 + 1e-9)  # equal up to user fatigue
+            checked += 1
+    assert checked > 10
+
+
+def test_serving_tables_validation_names_the_field(tmp_path):
+    cfg = config()
+    good = champion_tables(cfg)
+    assert good.version == "v-test" and len(good.text_pools) == 4 * cfg.keywords_per_product
+    bad = pa.table({"ad_id": ["ad-0000"], "keyword": ["x"], "text": ["t"], "score": [None], "rank": [1]})
+    with pytest.raises(DataError, match="score"):
+        validate(bad, TEXT_POOL_SCHEMA, "text_pools.parquet")
+    with pytest.raises(DataError, match="missing column"):
+        validate(bad.drop(["rank"]), TEXT_POOL_SCHEMA, "text_pools.parquet")
+    with pytest.raises(MissingArtifact):
+        ServingTables.load(tmp_path)

@@ -15,7 +15,9 @@ from scipy.stats import spearmanr
 
 from plumbing.dates import day_bounds_ms, ds_range, shift_ds
 from plumbing.config import ConfigError, build_config
+from relate_sim import grammar
 from relate_sim.config import SimulateConfig
+from relate_sim.drift import text_key
 from relate_sim.oracle import Oracle
 from relate_sim.truth import search_logits, search_logits_vec
 from relate_sim.writer import DAY_MS, day_offset, prepare, simulate
@@ -202,10 +204,15 @@ def test_propensity_is_the_policy_probability_and_texts_respect_review(tiny_run)
     assert checked > 100
 
 
-def test_vectorised_truth_equals_the_pure_function():
+@pytest.mark.parametrize("day", [0, 6], ids=["day0", "drifted_day"])
+def test_vectorised_truth_equals_the_pure_function(day):
+    """Also on a drifted day (relate_sim/drift.py), with worn-out texts."""
     cfg = tiny_config()
-    sim = prepare(cfg)
+    first = {text_key(a, grammar.analyze_text(t, cfg.text_max_chars).signature): 0
+             for a, pool in enumerate(prepare(cfg).world.texts) for t in pool}
+    sim = prepare(cfg, day, {d: np.zeros(len(grammar.LEXICON)) for d in range(day)}, first_served=first)
     w, rng = sim.world, np.random.default_rng(0)
+    assert w.day == day
     n = 300
     ad, seg = rng.integers(0, w.n_ads, n), rng.integers(0, len(w.segments), n)
     pos, text = rng.integers(1, 5, n), rng.integers(0, cfg.texts_per_ad, n)
