@@ -292,6 +292,15 @@ def test_serving_tables_are_served_mixed_with_exploration(full_run, tmp_path):
         expected = (1 - eps) * (r["ad_text"] in champion) / len(champion) + eps * pool_share / servable
         assert r["propensity"] == pytest.approx(expected, rel=1e-9), r
         assert r["text_id"] == hashlib.sha1(r["ad_text"].encode()).hexdigest()[:16]
+    n_combos = cfg.titles_per_ad * cfg.images_per_ad * cfg.highlights_per_ad
+    feed = [r for r in rows if r["placement"] == "feed" and world.ad_index(r["ad_id"]) < 4]
+    for r in feed:
+        a = world.ad_index(r["ad_id"])
+        champion = {(world.title_id(a, k), world.image_id(a, k), world.highlight_id(a, 0)) for k in range(2)}
+        chosen = (r["title_id"], r["image_id"], r["highlight_id"]) in champion
+        eps = world.ad_exploration[a]
+        assert r["propensity"] == pytest.approx((1 - eps) * chosen / 2 + eps / n_combos, rel=1e-9), r
+    assert feed
     # the logged truth of a text the world never had is the oracle's, as of the day
     truth = pq.read_table(tmp_path / "a" / "truth" / "impressions" / day).to_pandas().set_index("impression_id")
     checked = 0
