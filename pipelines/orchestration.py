@@ -71,7 +71,7 @@ def ensure_raw_partition(ds: str, source: str) -> str:
     if source != "simulator":
         raise FileNotFoundError(f"raw logs for {ds} have not landed: {path} is missing or empty")
     # a child process in the project root: the Airflow worker's own directory stays as it is
-    done = subprocess.run(stage_argv(RAW_LOGS_STAGE.name), cwd=PROJECT_ROOT,
+    done = subprocess.run(stage_argv(RAW_LOGS_STAGE.name, ds), cwd=PROJECT_ROOT,
                           env={**os.environ, **stage_env()}, check=False)
     if done.returncode != 0:
         raise RuntimeError("the simulator failed; see the log above")

@@ -57,7 +57,7 @@ LAND_RAW_LOGS = "land_raw_logs"
 STAGES: tuple[Stage, ...] = (
     # Airflow lands the day's raw logs instead: it runs the simulator when that is the source
     # and the day is missing; with real logs a missing day fails the run.
-    Stage("simulate", "data", task=LAND_RAW_LOGS),
+    Stage("simulate", "data", ds="partition", task=LAND_RAW_LOGS),
     Stage("ingest", "data", ds="partition", upstream=("simulate",), dvc_args=("--all",), outlet="relate_curated"),
     Stage("validate", "data", ds="partition", upstream=("ingest",), dvc_args=("--all",), retries=False,
           outlet="relate_validated_day"),

@@ -5,7 +5,8 @@ import dataclasses
 import re
 
 from plumbing.dates import parse_ds
-from plumbing.config import ConfigError, require, require_range
+from plumbing.config import ConfigError, build_config, require, require_range
+from relate_sim.drift import DriftConfig
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -36,6 +37,7 @@ class SimulateConfig:
     user_segments: list[str]
     chunk_size: int  # impressions simulated per vectorised chunk: bounds memory at 10M+/day
     gzip_level: int
+    drift: DriftConfig | dict  # the `drift:` mapping, built into a DriftConfig (relate_sim/drift.py)
 
     def __post_init__(self) -> None:
         p = "simulate"
@@ -67,6 +69,10 @@ class SimulateConfig:
         require(30 <= self.text_max_chars <= 1000, f"{p}.text_max_chars", f"must be in [30, 1000], got {self.text_max_chars}")
         require(1 <= self.max_conversion_delay_days <= 30, f"{p}.max_conversion_delay_days",
                 f"must be in [1, 30], got {self.max_conversion_delay_days}")
+        if isinstance(self.drift, dict):
+            self.drift = build_config(DriftConfig, f"{p}.drift", self.drift)
+        unknown = sorted(set(self.drift.season_verticals) - set(self.verticals))
+        require(not unknown, f"{p}.drift.season_verticals", f"must be among {p}.verticals, got {unknown}")
         require(0 <= self.gzip_level <= 9, f"{p}.gzip_level", f"must be in [0, 9], got {self.gzip_level}")
 
     def to_dict(self) -> dict:

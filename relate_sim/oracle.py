@@ -26,9 +26,13 @@ from plumbing.config import build_config, load_params
 from plumbing.metrics import wilson
 from plumbing.errors import MissingArtifact
 from relate_sim import grammar
+from plumbing.dates import shift_ds
 from relate_sim.config import SimulateConfig
+from relate_sim.drift import day_index
+from relate_sim.market import market_as_of
 from relate_sim.logging_policy import sample_traffic, segment_weights_for_ad
-from relate_sim.truth import build_tables, fatigue_factor, feed_logits, feed_logits_vec, search_logits, sigmoid
+from relate_sim.truth import (build_tables, fatigue_factor, feed_logits, feed_logits_vec, is_compliant, search_logits,
+                              sigmoid)
 from relate_sim.world import FEED_POSITION_PROBS, FEED_POSITIONS, World, _rng, build_world
 
 TextPolicy = Union[Callable[[dict], str], Mapping[Any, Union[str, list]]]
@@ -87,10 +91,47 @@ class ABResult:
 class Oracle:
     """Ground truth over one world. Build with `Oracle.load()`, `Oracle.from_params()` or `Oracle(world)`."""
 
-    def __init__(self, world: World):
+    def __init__(self, world: World, truth_dir: str | Path | None = None):
         self.world = world
         self._tables = None
         self._seg_mass = None
+        self._truth_dir = truth_dir
+
+    def as_of(self, day: int | str, phrase_shares: Mapping[int, Any] | None = None,
+              first_served: Mapping[int, int] | None = None) -> "Oracle":
+        """The oracle of the market on `day` (days since start_date, or a YYYY-MM-DD date).
+
+        True probabilities then use that day's drifted truth (relate_sim/drift.py): live
+        elements, appeal, preferences, season, wear-out, phrase fatigue and compliance rules.
+        The market's memory of the days before: `phrase_shares` {day index: served share per
+        lexicon phrase} (e.g. `drift.served_phrase_shares`) and `first_served` {drift.text_key:
+        day}; when `phrase_shares` is None both come from the simulator's state files of the
+        truth dir this oracle was loaded from. An oracle without as_of is the day-0 market."""
+        base = self.world.__dict__.get("_base") or self.world
+        if isinstance(day, str):
+            day = day_index(base.config.start_date, day)
+        if phrase_shares is None:
+            phrase_shares, first_served = self._stored_memory(base, day)
+        world = market_as_of(base, day, {int(d): np.asarray(v, dtype=float) for d, v in phrase_shares.items()},
+                             dict(first_served or {}))
+        world.__dict__["_base"] = base
+        return Oracle(world, self._truth_dir)
+
+    def _stored_memory(self, base: World, day: int) -> tuple[dict, dict]:
+        if not base.config.drift.enabled or day == 0:
+            return {}, {}
+        if self._truth_dir is None:
+            raise ValueError("as_of needs phrase_shares (or an oracle from Oracle.load(), which reads the simulator's)")
+        shares, first = {}, {}
+        for d in range(day):
+            folder = Path(self._truth_dir) / "state" / f"dt={shift_ds(base.config.start_date, d)}"
+            if not (folder / "phrases.json").is_file():
+                raise MissingArtifact(f"{folder} is missing: the market of day {day} needs the days before it simulated")
+            shares[d] = json.loads((folder / "phrases.json").read_text())["shares"]
+            with np.load(folder / "exposures.npz") as npz:
+                for key in npz["first_served"].tolist():
+                    first.setdefault(key, d)
+        return shares, first
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -107,7 +148,7 @@ class Oracle:
         if world.fingerprint() != stored.get("fingerprint"):
             raise ValueError(f"{path} does not match the world this code builds from its config "
                              "(simulator code changed?): rerun `python -m pipelines.simulate`")
-        return cls(world)
+        return cls(world, path.parent)
 
     @classmethod
     def from_params(cls, params_path: str | Path | None = None) -> "Oracle":
@@ -146,7 +187,7 @@ class Oracle:
         click, conv, analysis = search_logits(w, ad, w.segment_index(context["user_segment"]),
                                               int(context["position"]), text, str(context["keyword"]),
                                               str(context.get("query") or context["keyword"]))
-        if not analysis.compliant:
+        if not is_compliant(w, analysis):
             return 0.0, 0.0, False
         return float(sigmoid(click) * fatigue_factor(w, exposures)), float(sigmoid(conv)), True
 

@@ -18,11 +18,26 @@ import dataclasses
 import numpy as np
 
 from relate_sim import grammar
+from relate_sim.drift import signature_hash, text_key, wear
 from relate_sim.world import FEED_POSITIONS, SEARCH_POSITIONS, World
 
 
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def is_compliant(world: World, analysis: grammar.TextAnalysis) -> bool:
+    """The grammar's categories, plus the phrases a compliance rule in force on the world's day bans."""
+    return analysis.compliant and not (world.banned_phrases and set(analysis.phrase_ids) & world.banned_phrases)
+
+
+def text_wear(world: World, ad: int, signature: str) -> float:
+    """Click logit the ad's creative with this signature has lost to wear-out by the world's day (drift.py)."""
+    first = world.__dict__.get("text_first_served")
+    if not first:
+        return 0.0
+    day = first.get(text_key(ad, signature))
+    return 0.0 if day is None else float(wear(world.config.drift, world.day - day))
 
 
 def text_base_effects(world: World, analysis: grammar.TextAnalysis) -> tuple[float, float]:
@@ -85,7 +100,8 @@ def search_logits(world: World, ad: int, segment: int, position: int, text: str,
     c = world.coef
     ctx_click, ctx_conv = text_context_effects(world, analysis, keyword, query)
     click = (c["base_click_search"] + product["appeal_click"] + world.segment_vertical_click[segment, product["vertical"]]
-             + world.search_position_click[position - 1] + base_click + segment_click[segment] + ctx_click)
+             + world.search_position_click[position - 1] + base_click + segment_click[segment] + ctx_click
+             - text_wear(world, ad, analysis.signature))
     conv = c["base_conv"] + product["appeal_conv"] + world.segment_conv[segment] + base_conv + ctx_conv
     return float(click), float(conv), analysis
 
@@ -124,13 +140,12 @@ class TruthTables:
     text_context_click: np.ndarray  # [A, T, K, M] keyword + query relevance
     text_context_conv: np.ndarray  # [A, T, K, M]
     text_compliant: np.ndarray  # [A, T]
-    text_signature: np.ndarray  # [A, T] global signature index
+    text_signature: np.ndarray  # [A, T] signature_hash of the text's near-duplicate signature
     combo_click: np.ndarray  # [A, Ti*I*H] element part of the click logit (no segment/position)
     combo_image: np.ndarray  # [A, Ti*I*H] image index of each combo
-    combo_signature: np.ndarray  # [A, Ti*I*H] global signature index (title + image)
+    combo_signature: np.ndarray  # [A, Ti*I*H] signature_hash of (title id, image id)
     combo_conv: np.ndarray  # [A, Ti*I*H]
     segment_image_click: np.ndarray  # [A, I, S]
-    n_signatures: int
 
 
 def build_tables(world: World) -> TruthTables:
@@ -143,15 +158,15 @@ def build_tables(world: World) -> TruthTables:
     ctx_click, ctx_conv = np.zeros((A, T, K, M)), np.zeros((A, T, K, M))
     compliant = np.zeros((A, T), dtype=bool)
     signature = np.zeros((A, T), dtype=np.int64)
-    signatures: dict[str, int] = {}
     for a in range(A):
         for t, text in enumerate(world.texts[a]):
             analysis = grammar.analyze_text(text, cfg.text_max_chars)
             served[a][t] = analysis.served
             text_click[a, t], text_conv[a, t] = text_base_effects(world, analysis)
+            text_click[a, t] -= text_wear(world, a, analysis.signature)
             text_segment_click[a, t] = text_segment_effects(world, analysis)
-            compliant[a, t] = analysis.compliant
-            signature[a, t] = signatures.setdefault(analysis.signature, len(signatures))
+            compliant[a, t] = is_compliant(world, analysis)
+            signature[a, t] = signature_hash(analysis.signature)
             for k in range(K):
                 for m in range(M):
                     keyword, query = world.keyword_query(a, k, m)
@@ -165,9 +180,9 @@ def build_tables(world: World) -> TruthTables:
                    + c["title_image_interaction"] * interaction[:, :, :, None])
     combo_conv = np.broadcast_to(world.highlight_conv[:, None, None, :], (A, Ti, I, H))
     combo_image = np.broadcast_to(np.arange(I)[None, None, :, None], (A, Ti, I, H))
-    pair = np.arange(Ti)[:, None] * I + np.arange(I)[None, :]
-    combo_signature = len(signatures) + np.arange(A)[:, None, None, None] * (Ti * I) + np.broadcast_to(
-        pair[None, :, :, None], (A, Ti, I, H))
+    pair = np.array([[[signature_hash(f"{world.title_id(a, t)}|{world.image_id(a, i)}") for i in range(I)]
+                      for t in range(Ti)] for a in range(A)], dtype=np.int64)
+    combo_signature = np.broadcast_to(pair[:, :, :, None], (A, Ti, I, H))
     segment_image_click = c["segment_image_preference"] * np.einsum(
         "aid,sd->ais", world.image_attributes - 0.5, world.segment_image_preference)
     return TruthTables(
@@ -175,7 +190,7 @@ def build_tables(world: World) -> TruthTables:
         text_context_click=ctx_click, text_context_conv=ctx_conv, text_compliant=compliant,
         text_signature=signature, combo_click=combo_click.reshape(A, -1), combo_image=combo_image.reshape(A, -1).copy(),
         combo_signature=combo_signature.reshape(A, -1).copy(), combo_conv=combo_conv.reshape(A, -1).copy(),
-        segment_image_click=segment_image_click, n_signatures=len(signatures) + A * Ti * I,
+        segment_image_click=segment_image_click,
     )
 
 

@@ -114,25 +114,51 @@ class World:
         except ValueError:
             raise ValueError(f"unknown user_segment {segment!r}; known: {self.segments}") from None
 
-    @staticmethod
-    def title_id(ad: int, k: int) -> str:
-        return f"ttl-{ad:04d}-{k:02d}"
+    # ---- drift (relate_sim/drift.py sets these on a world as of a later day) -----------------
+    @property
+    def day(self) -> int:
+        """Days since start_date this world's truth holds for (0: the base world)."""
+        return self.__dict__.get("day", 0)
 
-    @staticmethod
-    def image_id(ad: int, k: int) -> str:
-        return f"img-{ad:04d}-{k:02d}"
+    @property
+    def banned_phrases(self) -> frozenset:
+        """Lexicon indices a compliance rule in force on this day bans (beyond the grammar's categories)."""
+        return self.__dict__.get("banned_phrases", frozenset())
 
-    @staticmethod
-    def highlight_id(ad: int, k: int) -> str:
-        return f"hlt-{ad:04d}-{k:02d}"
+    def generation(self, kind: str, ad: int, k: int) -> int:
+        gens = self.__dict__.get("generations")
+        return 0 if gens is None else int(gens[kind][ad, k])
 
-    @staticmethod
-    def parse_element_id(element_id: str, kind: str, ad: int) -> int:
+    def _element_id(self, prefix: str, kind: str, ad: int, k: int) -> str:
+        g = self.generation(kind, ad, k)
+        return f"{prefix}-{ad:04d}-{k:02d}" + (f"-g{g}" if g else "")
+
+    def title_id(self, ad: int, k: int) -> str:
+        return self._element_id("ttl", "title", ad, k)
+
+    def image_id(self, ad: int, k: int) -> str:
+        return self._element_id("img", "image", ad, k)
+
+    def highlight_id(self, ad: int, k: int) -> str:
+        return self._element_id("hlt", "highlight", ad, k)
+
+    def parse_element_id(self, element_id: str, kind: str, ad: int) -> int:
+        """The slot of a live element id of `ad`; a retired (or not yet launched) one raises ValueError."""
         prefix = {"title": "ttl", "image": "img", "highlight": "hlt"}[kind]
         parts = str(element_id).split("-")
-        if len(parts) != 3 or parts[0] != prefix or int(parts[1]) != ad:
+        if len(parts) not in (3, 4) or parts[0] != prefix or int(parts[1]) != ad:
             raise ValueError(f"{kind} id {element_id!r} does not belong to ad {ad}")
-        return int(parts[2])
+        k = int(parts[2])
+        g = int(parts[3][1:]) if len(parts) == 4 and parts[3].startswith("g") else 0
+        if len(parts) == 4 and not parts[3].startswith("g"):
+            raise ValueError(f"{kind} id {element_id!r} does not belong to ad {ad}")
+        if not 0 <= k < {"title": len(self.titles[ad]), "image": self.image_utility.shape[1],
+                         "highlight": len(self.highlights[ad])}[kind]:
+            raise ValueError(f"{kind} id {element_id!r}: no slot {k} in ad {ad}")
+        if g != self.generation(kind, ad, k):
+            raise ValueError(f"{kind} {element_id!r} is not live on day {self.day} "
+                             f"(slot {k} holds generation {self.generation(kind, ad, k)})")
+        return k
 
     def keyword_query(self, ad: int, kw: int, mod: int) -> tuple[str, str]:
         keyword = self.products[self.ads[ad]["product"]]["keywords"][kw]
@@ -364,15 +390,55 @@ def _draw_logging_policy(rng: np.random.Generator, config: SimulateConfig, title
     policy_title_score = 0.5 * title_utility + rng.normal(0.0, 0.3, size=(A, Ti))
     policy_image_score = 0.5 * image_utility + rng.normal(0.0, 0.3, size=(A, I))
     policy_highlight_score = rng.normal(0.0, 0.3, size=(A, config.highlights_per_ad))
+    policy_pair_image = pair_images(title_utility, image_utility)
+    return {"ad_exploration": ad_exploration, "policy_text_score": policy_text_score,
+            "policy_title_score": policy_title_score, "policy_image_score": policy_image_score,
+            "policy_highlight_score": policy_highlight_score, "policy_pair_image": policy_pair_image}
+
+
+def pair_images(title_utility: np.ndarray, image_utility: np.ndarray) -> np.ndarray:
+    """The image the logging policy pairs with each title: the weakest titles get the strongest images."""
+    (A, Ti), I = title_utility.shape, image_utility.shape[1]
     policy_pair_image = np.zeros((A, Ti), dtype=np.int64)
     for a in range(A):
         by_title = np.argsort(title_utility[a])  # worst title first
         by_image = np.argsort(-image_utility[a])  # best image first
         for rank, t in enumerate(by_title):
             policy_pair_image[a, t] = by_image[rank % I]
-    return {"ad_exploration": ad_exploration, "policy_text_score": policy_text_score,
-            "policy_title_score": policy_title_score, "policy_image_score": policy_image_score,
-            "policy_highlight_score": policy_highlight_score, "policy_pair_image": policy_pair_image}
+    return policy_pair_image
+
+
+def draw_new_element(rng: np.random.Generator, world: World, kind: str, a: int, k: int,
+                     image_weights: np.ndarray, banned: frozenset) -> None:
+    """Launch a new element of `kind` in slot `k` of ad `a` (in place), drawn like the originals."""
+    cfg = world.config
+    product = world.products[world.ads[a]["product"]]
+    brand = world.advertisers[product["advertiser"]]["name"]
+    if kind == "text":
+        text = _compose_text(rng, cfg.verticals[product["vertical"]], brand, product["noun"], product["keywords"])
+        analysis = grammar.analyze_text(text, cfg.text_max_chars)
+        compliant = analysis.compliant and not set(analysis.phrase_ids) & banned
+        world.texts[a][k] = text
+        world.text_blocked[a, k] = (not compliant) and rng.random() < cfg.review_catch_rate
+        world.policy_text_score[a, k] = rng.normal(0.0, 0.3)
+    elif kind == "title":
+        plain_hooks = [p for p, slot, cat in grammar.LEXICON if slot == "hook" and cat == "plain"]
+        hook = plain_hooks[rng.integers(len(plain_hooks))]
+        world.titles[a][k] = f"{_cap(hook)} {product['noun']}" if rng.random() < 0.6 else f"{brand} {product['noun']}"
+        world.title_utility[a, k] = rng.normal(0.0, 0.4)
+        world.title_latent[a, k] = rng.normal(0.0, 1.0, size=LATENT_DIM) / np.sqrt(LATENT_DIM)
+        world.policy_title_score[a, k] = 0.5 * world.title_utility[a, k] + rng.normal(0.0, 0.3)
+    elif kind == "image":
+        world.image_attributes[a, k] = rng.beta(1.5, 1.5, size=len(IMAGE_ATTRIBUTES))
+        world.image_utility[a, k] = (world.image_attributes[a, k] - 0.5) @ image_weights + rng.normal(0.0, 0.3)
+        world.image_latent[a, k] = rng.normal(0.0, 1.0, size=LATENT_DIM) / np.sqrt(LATENT_DIM)
+        world.policy_image_score[a, k] = 0.5 * world.image_utility[a, k] + rng.normal(0.0, 0.3)
+    else:
+        benefits = [p for p, slot, _ in grammar.LEXICON if slot == "benefit"]
+        world.highlights[a][k] = _cap(benefits[rng.integers(len(benefits))])
+        world.highlight_utility[a, k] = rng.normal(0.0, 0.2)
+        world.highlight_conv[a, k] = rng.normal(0.0, 0.15)
+        world.policy_highlight_score[a, k] = rng.normal(0.0, 0.3)
 
 
 def _draw_users(rng: np.random.Generator, config: SimulateConfig, S: int) -> dict:

@@ -26,10 +26,14 @@ from plumbing import atomic
 from plumbing.dates import day_bounds_ms, shift_ds
 from plumbing.logs import get_logger
 from relate_sim import grammar
+from relate_sim.champion import serve_champion
 from relate_sim.config import SimulateConfig
 from relate_sim.logging_policy import ServingPolicy, Traffic, build_policy, sample_rows, sample_traffic
 from relate_sim.truth import (TruthTables, build_tables, combo_parts, fatigue_factor, feed_logits_vec,
                               search_logits_vec, sigmoid)
+from plumbing.errors import MissingArtifact
+from relate_sim.drift import text_key
+from relate_sim.market import market_as_of
 from relate_sim.world import World, _rng, build_world
 
 log = get_logger(__name__)
@@ -186,66 +190,136 @@ def day_offset(ts_ms: np.ndarray, first_day_start_ms: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class Simulation:
+    """One day's market: the world as of the day, its truth tables, logging policy and JSON fragments."""
+
     world: World
     tables: TruthTables
     policy: ServingPolicy
+    frags: Fragments | None = None
+    phrase_incidence: np.ndarray | None = None  # [A * T, P] the pool texts' lexicon phrases
+    text_keys: np.ndarray | None = None  # [A, T] drift.text_key of each pool text (its first-served memory)
+    champion: object | None = None  # champion.ChampionMixture when serving tables are given
 
 
-def prepare(config: SimulateConfig) -> Simulation:
-    world = build_world(config)
+def prepare(config: SimulateConfig, day: int = 0, phrase_shares: dict | None = None,
+            base: World | None = None, first_served: dict | None = None) -> Simulation:
+    """The market of `day` (0 = start_date; see relate_sim/drift.py)."""
+    world = market_as_of(base or build_world(config), day, phrase_shares, first_served)
     tables = build_tables(world)
     return Simulation(world=world, tables=tables, policy=build_policy(world, tables))
 
 
-def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path) -> dict:
-    """Write every day partition and the truth; return a summary with counts per day."""
+def _with_fragments(sim: Simulation) -> Simulation:
+    world, cfg = sim.world, sim.world.config
+    sim.frags = build_fragments(world, sim.tables)
+    incidence = np.zeros((world.n_ads * cfg.texts_per_ad, len(grammar.LEXICON)))
+    keys = np.zeros((world.n_ads, cfg.texts_per_ad), dtype=np.int64)
+    for a, pool in enumerate(world.texts):
+        for t, text in enumerate(pool):
+            analysis = grammar.analyze_text(text, cfg.text_max_chars)
+            incidence[a * cfg.texts_per_ad + t, list(analysis.phrase_ids)] = 1.0
+            keys[a, t] = text_key(a, analysis.signature)
+    sim.phrase_incidence, sim.text_keys = incidence, keys
+    return sim
+
+
+@dataclasses.dataclass
+class CarryState:
+    """What day D needs from the days before it (each day's part: data/sim_truth/state/dt=<ds>/).
+
+    exposures: per (user, creative signature) showings so far (user fatigue); pending: click and
+    conversion lines of earlier impressions that fall on later days, per day index; phrase_shares:
+    each earlier day's share of served search impressions per lexicon phrase (phrase fatigue);
+    first_served: {drift.text_key: the day an ad first served the text signature} (text wear-out)."""
+
+    exposures: ExposureCounter
+    pending: dict[int, list[str]]
+    phrase_shares: dict[int, np.ndarray]
+    first_served: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
+def _state_ok(folder: Path, fingerprint: str) -> bool:
+    path = folder / "phrases.json"
+    return path.is_file() and orjson.loads(path.read_bytes()).get("world_fingerprint") == fingerprint
+
+
+def first_unsimulated_day(config: SimulateConfig, truth_root: Path, fingerprint: str, day: int) -> int:
+    """The first day before `day` without a state folder of this world (`day` if there is none)."""
+    for d in range(day):
+        if not _state_ok(truth_root / "state" / f"dt={shift_ds(config.start_date, d)}", fingerprint):
+            return d
+    return day
+
+
+def load_state(config: SimulateConfig, truth_root: Path, day: int, fingerprint: str | None = None) -> CarryState:
+    """The carry state before `day`, from the state files of days 0 .. day - 1 (MissingArtifact if one is missing)."""
+    state = CarryState(ExposureCounter(), collections.defaultdict(list), {})
+    keys, counts = [], []
+    for d in range(day):
+        ds = shift_ds(config.start_date, d)
+        folder = truth_root / "state" / f"dt={ds}"
+        if not _state_ok(folder, build_world(config).fingerprint() if fingerprint is None else fingerprint):
+            raise MissingArtifact(f"day {ds} has not been simulated ({folder} missing): simulate the days before "
+                                  f"{shift_ds(config.start_date, day)} first, in order")
+        with np.load(folder / "exposures.npz") as npz:
+            keys.append(npz["keys"])
+            counts.append(npz["counts"])
+            for key in npz["first_served"].tolist():
+                state.first_served.setdefault(key, d)
+        for target, lines in orjson.loads(gzip.decompress((folder / "pending.json.gz").read_bytes())).items():
+            if int(target) >= day:
+                state.pending[int(target)].extend(lines)
+        state.phrase_shares[d] = np.asarray(orjson.loads((folder / "phrases.json").read_bytes())["shares"])
+    if keys:
+        state.exposures.keys, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        state.exposures.counts = np.bincount(inverse, weights=np.concatenate(counts)).astype(np.int64)
+    return state
+
+
+def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path, days: list[int] | None = None,
+             serving=None) -> dict:
+    """Write the partitions of `days` (default: all, in order) and their truth; return a summary.
+
+    Each day is a pure function of (seed, day, the carry state of the days before it, `serving`):
+    simulating every day in one call writes the same bytes as simulating them one by one in order.
+    `serving`: the champion's serving tables (serving_tables.ServingTables) served on `days` mixed
+    with the logging policy's exploration (relate_sim/champion.py); None = the logging policy. Days
+    before `days[0]` without state are simulated first, served by the logging policy."""
     t0 = time.monotonic()
-    sim = prepare(config)
-    world, tables, policy = sim.world, sim.tables, sim.policy
-    frags = build_fragments(world, tables)
-    log.info("world: %d ads, %d users, %d texts (%d blocked by review), built in %.1fs", world.n_ads, config.users,
-             world.n_ads * config.texts_per_ad, int(world.text_blocked.sum()), time.monotonic() - t0)
+    days = list(range(config.days)) if days is None else days
+    base = build_world(config)
     atomic.clean_stale_staging(raw_root)
     atomic.clean_stale_staging(truth_root / "impressions")
-    atomic.write_json(truth_root / "world.json", {"fingerprint": world.fingerprint(), **world.to_dict()})
+    atomic.write_json(truth_root / "world.json", {"fingerprint": base.fingerprint(), **base.to_dict()})
+    served_days = set(days)  # catch-up days are served by the logging policy
+    if days and days[0] > 0:  # catch up: the days before the first one that have no state of this world yet
+        days = list(range(first_unsimulated_day(config, truth_root, base.fingerprint(), days[0]), days[0])) + days
+    state, prev = None, None
+    sim0 = _with_fragments(prepare(config, 0, base=base)) if not config.drift.enabled and serving is None else None
+    for day in days:
+        if prev is None or day != prev + 1:
+            state = load_state(config, truth_root, day, base.fingerprint())
+        sim = sim0 or prepare(config, day, state.phrase_shares, base, state.first_served)
+        if serving is not None and day in served_days:
+            sim = serve_champion(sim, serving)
+        sim = sim if sim is sim0 else _with_fragments(sim)
+        if day == 0:
+            log.info("world: %d ads, %d users, %d texts (%d blocked by review), built in %.1fs", base.n_ads,
+                     config.users, base.n_ads * config.texts_per_ad, int(base.text_blocked.sum()),
+                     time.monotonic() - t0)
+        simulate_day(sim, state, raw_root, truth_root, day)
+        prev = day
+    return summarize(config, truth_root, base, time.monotonic() - t0)
 
-    first_ms, _ = day_bounds_ms(config.start_date)
-    exposures = ExposureCounter()
-    pending: dict[int, list[str]] = collections.defaultdict(list)
+
+def summarize(config: SimulateConfig, truth_root: Path, world: World, wall_s: float) -> dict:
+    """Counts per simulated day (from the state folders) and their totals."""
     summary_days = {}
     for day in range(config.days):
         ds = shift_ds(config.start_date, day)
-        t_day = time.monotonic()
-        counts = collections.Counter()
-        with atomic.directory(raw_root / f"dt={ds}") as raw_dir, \
-                atomic.directory(truth_root / "impressions" / f"dt={ds}") as truth_dir:
-            parts = PartWriter(raw_dir, config, _rng(config.seed, 3, day))
-            carried = pending.pop(day, [])
-            counts["carried_in"] = len(carried)
-            for line in carried:
-                counts[line[line.index('"event_type":"') + 14:].split('"', 1)[0]] += 1
-            parts.write(carried)
-            truth_writer = pq.ParquetWriter(truth_dir / "part-00000.parquet", TRUTH_SCHEMA, compression="zstd")
-            n_chunks = max(1, math.ceil(config.impressions_per_day / config.chunk_size))
-            sizes = np.diff(np.linspace(0, config.impressions_per_day, n_chunks + 1).round().astype(np.int64))
-            offset = 0
-            for chunk, n in enumerate(sizes.tolist()):
-                rng = _rng(config.seed, 2, day, chunk)
-                lo = first_ms + day * DAY_MS + chunk * DAY_MS // n_chunks
-                hi = first_ms + day * DAY_MS + (chunk + 1) * DAY_MS // n_chunks
-                chunk_counts, truth = _simulate_chunk(sim, frags, rng, exposures, pending, parts, day, ds, offset,
-                                                      n, lo, hi, first_ms)
-                counts.update(chunk_counts)
-                truth_writer.write_table(truth)
-                offset += n
-            truth_writer.close()
-            parts.close()
-            counts.update(parts.stats)
-        summary_days[ds] = dict(sorted(counts.items()))
-        log.info("%s: %d impressions, %d clicks, %d conversions (%d carried in), %d lines, %d duplicates, "
-                 "%d corrupt, %.1fs", ds, counts["impression"], counts["click"], counts["conversion"],
-                 counts["carried_in"], counts["lines"], counts["duplicates"], counts["corrupt"],
-                 time.monotonic() - t_day)
+        path = truth_root / "state" / f"dt={ds}" / "summary.json"
+        if path.is_file():
+            summary_days[ds] = orjson.loads(path.read_bytes())
     totals = collections.Counter()
     for c in summary_days.values():
         totals.update(c)
@@ -253,21 +327,101 @@ def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path) -> dict:
             "ctr": totals["impression_clicked"] / max(totals["impression"], 1),
             "cvr": totals["click_converted"] / max(totals["impression_clicked"], 1),
             "noncompliant_served_share": totals["search_noncompliant"] / max(totals["search"], 1),
-            "wall_s": time.monotonic() - t0, "world_fingerprint": world.fingerprint()}
+            "wall_s": wall_s, "world_fingerprint": world.fingerprint()}
 
 
-def _simulate_chunk(sim: Simulation, frags: Fragments, rng: np.random.Generator, exposures: ExposureCounter,
-                    pending: dict, parts: PartWriter, day: int, ds: str, offset: int, n: int, lo: int, hi: int,
-                    first_ms: int):
+def simulate_day(sim: Simulation, state: CarryState, raw_root: Path, truth_root: Path, day: int) -> dict:
+    """Write day `day`'s raw partition, its truth and its state folder; advance `state` past the day."""
+    config = sim.world.config
+    ds = shift_ds(config.start_date, day)
+    first_ms, _ = day_bounds_ms(config.start_date)
+    t_day = time.monotonic()
+    counts = collections.Counter()
+    day_state = _DayState()
+    with atomic.directory(raw_root / f"dt={ds}") as raw_dir, \
+            atomic.directory(truth_root / "impressions" / f"dt={ds}") as truth_dir:
+        parts = PartWriter(raw_dir, config, _rng(config.seed, 3, day))
+        carried = state.pending.pop(day, [])
+        counts["carried_in"] = len(carried)
+        for line in carried:
+            counts[line[line.index('"event_type":"') + 14:].split('"', 1)[0]] += 1
+        parts.write(carried)
+        truth_writer = pq.ParquetWriter(truth_dir / "part-00000.parquet", TRUTH_SCHEMA, compression="zstd")
+        n_chunks = max(1, math.ceil(config.impressions_per_day / config.chunk_size))
+        sizes = np.diff(np.linspace(0, config.impressions_per_day, n_chunks + 1).round().astype(np.int64))
+        offset = 0
+        for chunk, n in enumerate(sizes.tolist()):
+            rng = _rng(config.seed, 2, day, chunk)
+            lo = first_ms + day * DAY_MS + chunk * DAY_MS // n_chunks
+            hi = first_ms + day * DAY_MS + (chunk + 1) * DAY_MS // n_chunks
+            chunk_counts, truth = _simulate_chunk(sim, rng, state, day_state, parts, day, ds, offset, n, lo, hi,
+                                                  first_ms)
+            counts.update(chunk_counts)
+            truth_writer.write_table(truth)
+            offset += n
+        truth_writer.close()
+        parts.close()
+        counts.update(parts.stats)
+    summary = dict(sorted(counts.items()))
+    _write_state(truth_root / "state" / f"dt={ds}", day_state, summary, sim.world.fingerprint())
+    state.phrase_shares[day] = day_state.shares(len(grammar.LEXICON))
+    for key in day_state.first_served:
+        state.first_served.setdefault(key, day)
+    log.info("%s: %d impressions, %d clicks, %d conversions (%d carried in), %d lines, %d duplicates, "
+             "%d corrupt, %.1fs", ds, counts["impression"], counts["click"], counts["conversion"],
+             counts["carried_in"], counts["lines"], counts["duplicates"], counts["corrupt"], time.monotonic() - t_day)
+    return summary
+
+
+@dataclasses.dataclass
+class _DayState:
+    """What one day adds to the carry state."""
+
+    keys: list = dataclasses.field(default_factory=list)
+    pending: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+    phrase_counts: np.ndarray | None = None
+    search: int = 0
+    first_served: set = dataclasses.field(default_factory=set)  # text keys first served this day
+
+    def shares(self, n_phrases: int) -> np.ndarray:
+        counts = self.phrase_counts if self.phrase_counts is not None else np.zeros(n_phrases)
+        return counts / max(self.search, 1)
+
+
+def _write_state(folder: Path, day_state: _DayState, summary: dict, fingerprint: str) -> None:
+    keys = np.concatenate(day_state.keys) if day_state.keys else np.zeros(0, dtype=np.int64)
+    uniq, counts = np.unique(keys, return_counts=True)
+    with atomic.directory(folder) as out:
+        with open(out / "exposures.npz", "wb") as fh:
+            np.savez(fh, keys=uniq, counts=counts.astype(np.int64),
+                     first_served=np.array(sorted(day_state.first_served), dtype=np.int64))
+        pending = {str(k): v for k, v in sorted(day_state.pending.items())}
+        (out / "pending.json.gz").write_bytes(gzip.compress(orjson.dumps(pending), mtime=0))
+        shares = day_state.shares(len(grammar.LEXICON))
+        (out / "phrases.json").write_bytes(orjson.dumps({
+            "world_fingerprint": fingerprint, "search_impressions": day_state.search, "shares": shares.tolist(),
+            "phrases": [p for p, _, _ in grammar.LEXICON]}))
+        (out / "summary.json").write_bytes(orjson.dumps(summary))
+
+
+def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState, day_state: _DayState,
+                    parts: PartWriter, day: int, ds: str, offset: int, n: int, lo: int, hi: int, first_ms: int):
     """Draw, label and write `n` impressions in [lo, hi); return the chunk's counts and truth table."""
     world, tables, cfg = sim.world, sim.tables, sim.world.config
     traffic = sample_traffic(world, rng, n, cfg.search_share)
     ts = np.sort(rng.integers(lo, hi, size=n))
-    creative, propensity = _serve(sim.policy, rng, traffic)
-    p_click, p_conv, seen = _true_probabilities(world, tables, exposures, traffic, creative)
+    creative, propensity, by_champion = _serve(sim, rng, traffic)
+    p_click, p_conv, seen, keys = _true_probabilities(world, tables, state.exposures, traffic, creative)
+    day_state.keys.append(keys)
     out = _draw_outcomes(rng, world, traffic.ad, ts, p_click, p_conv)
 
     s_idx = np.flatnonzero(traffic.search)
+    served = np.bincount(traffic.ad[s_idx] * cfg.texts_per_ad + creative[s_idx], minlength=len(sim.phrase_incidence))
+    day_state.phrase_counts = (0 if day_state.phrase_counts is None else day_state.phrase_counts) \
+        + served @ sim.phrase_incidence
+    day_state.search += len(s_idx)
+    day_state.first_served.update(k for k in np.unique(sim.text_keys[traffic.ad[s_idx], creative[s_idx]]).tolist()
+                                  if k not in state.first_served)
     counts = collections.Counter()
     counts["impression"] = n
     counts["search"] = len(s_idx)
@@ -275,10 +429,13 @@ def _simulate_chunk(sim: Simulation, frags: Fragments, rng: np.random.Generator,
     counts["impression_clicked"] = int(out.clicked.sum())
     counts["click_converted"] = int(out.converted.sum())
     counts["repeat_exposures"] = int((seen > 0).sum())
+    if sim.champion is not None:
+        counts["champion_search"] = int(by_champion[s_idx].sum())
+        counts["champion_feed"] = int(by_champion.sum()) - counts["champion_search"]
 
     ids = [f"{ds.replace('-', '')}{offset + i:09d}" for i in range(n)]
-    lines = _impression_lines(frags, traffic, ids, ts, creative, propensity)
-    _route_events(out, ids, day, cfg.days - 1, first_ms, lines, pending, counts)
+    lines = _impression_lines(sim.frags, traffic, ids, ts, creative, propensity)
+    _route_events(out, ids, day, cfg.days - 1, first_ms, lines, (state.pending, day_state.pending), counts)
     parts.write(lines)
     truth = pa.table({"impression_id": pa.array(["i" + s for s in ids], pa.string()),
                       "p_click": pa.array(p_click, pa.float64()),
@@ -286,23 +443,33 @@ def _simulate_chunk(sim: Simulation, frags: Fragments, rng: np.random.Generator,
     return counts, truth
 
 
-def _serve(policy: ServingPolicy, rng: np.random.Generator, traffic: Traffic) -> tuple[np.ndarray, np.ndarray]:
-    """The logging policy's creative per impression (text index on search, combination index on
-    feed) and its propensity."""
+def _serve(sim: Simulation, rng: np.random.Generator, traffic: Traffic):
+    """The creative per impression (text index on search, combination index on feed), its propensity,
+    and whether it is one of the champion's (all False without serving tables)."""
     search = traffic.search
     s_idx, f_idx = np.flatnonzero(search), np.flatnonzero(~search)
     creative = np.zeros(len(search), dtype=np.int64)
-    creative[s_idx] = sample_rows(rng, policy.text_probs, traffic.ad[s_idx])
-    creative[f_idx] = sample_rows(rng, policy.combo_probs, traffic.ad[f_idx])
-    propensity = np.where(search, policy.text_probs[traffic.ad, np.where(search, creative, 0)],
-                          policy.combo_probs[traffic.ad, np.where(search, 0, creative)])
-    return creative, propensity
+    if sim.champion is None:
+        policy = sim.policy
+        creative[s_idx] = sample_rows(rng, policy.text_probs, traffic.ad[s_idx])
+        creative[f_idx] = sample_rows(rng, policy.combo_probs, traffic.ad[f_idx])
+        propensity = np.where(search, policy.text_probs[traffic.ad, np.where(search, creative, 0)],
+                              policy.combo_probs[traffic.ad, np.where(search, 0, creative)])
+        return creative, propensity, np.zeros(len(search), dtype=bool)
+    mix, K = sim.champion, sim.world.config.keywords_per_product
+    row = traffic.ad * K + traffic.keyword
+    creative[s_idx] = sample_rows(rng, mix.text_probs, row[s_idx])
+    creative[f_idx] = sample_rows(rng, mix.combo_probs, traffic.ad[f_idx])
+    s_creative, f_creative = np.where(search, creative, 0), np.where(search, 0, creative)
+    propensity = np.where(search, mix.text_probs[row, s_creative], mix.combo_probs[traffic.ad, f_creative])
+    by_champion = np.where(search, mix.text_champion[row, s_creative], mix.combo_champion[traffic.ad, f_creative])
+    return creative, propensity, by_champion
 
 
 def _true_probabilities(world: World, tables: TruthTables, exposures: ExposureCounter, traffic: Traffic,
-                        creative: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """True P(click) (fatigue included), P(conversion | click) and the earlier exposures of each
-    impression's creative to its user (recorded in `exposures`)."""
+                        creative: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """True P(click) (fatigue included), P(conversion | click), the earlier exposures of each
+    impression's creative to its user (recorded in `exposures`) and the exposure keys."""
     search = traffic.search
     s_idx, f_idx = np.flatnonzero(search), np.flatnonzero(~search)
     click_logit, conv_logit = np.zeros(len(search)), np.zeros(len(search))
@@ -313,8 +480,10 @@ def _true_probabilities(world: World, tables: TruthTables, exposures: ExposureCo
         world, tables, traffic.ad[f_idx], traffic.segment[f_idx], traffic.position[f_idx], creative[f_idx])
     signature = np.where(search, tables.text_signature[traffic.ad, np.where(search, creative, 0)],
                          tables.combo_signature[traffic.ad, np.where(search, 0, creative)])
-    seen = exposures.count_and_update(traffic.user.astype(np.int64) * tables.n_signatures + signature)
-    return sigmoid(click_logit) * fatigue_factor(world, seen), sigmoid(conv_logit), seen
+    # one key per (user, signature): the 62-bit signature hash mixed with the user (collisions ~ n^2 / 2^64)
+    keys = (signature.astype(np.uint64) ^ (traffic.user.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))).view(np.int64)
+    seen = exposures.count_and_update(keys)
+    return sigmoid(click_logit) * fatigue_factor(world, seen), sigmoid(conv_logit), seen, keys
 
 
 @dataclasses.dataclass
@@ -341,9 +510,9 @@ def _draw_outcomes(rng: np.random.Generator, world: World, ad: np.ndarray, ts: n
 
 
 def _route_events(out: _Outcomes, ids: list[str], day: int, last_day: int, first_ms: int, lines: list[str],
-                  pending: dict, counts: collections.Counter) -> None:
-    """Click and conversion lines into today's `lines`, a later day's `pending` list, or (after the
-    last simulated day) only a count."""
+                  pending: tuple[dict, ...], counts: collections.Counter) -> None:
+    """Click and conversion lines into today's `lines`, a later day's list in each `pending` buffer,
+    or (after the last simulated day) only a count."""
     click_rows = np.flatnonzero(out.clicked)
     click_lines = [f'{{"event_id":"ec{ids[i]}","event_type":"click","ts":{t},"impression_id":"i{ids[i]}",'
                    f'"click_id":"c{ids[i]}"}}' for i, t in zip(click_rows.tolist(), out.click_ts[click_rows].tolist())]
@@ -359,7 +528,8 @@ def _route_events(out: _Outcomes, ids: list[str], day: int, last_day: int, first
                 lines.append(line)
                 counts[kind] += 1
             elif d <= last_day:
-                pending[d].append(line)
+                for buffer in pending:  # the in-memory carry state and the day's own state file
+                    buffer[d].append(line)
             else:  # after the last simulated day: it has not happened yet
                 counts[f"{kind}_after_last_day"] += 1
 

@@ -222,7 +222,7 @@ def test_land_raw_logs_runs_the_simulator_in_the_project_root_without_chdir(tmp_
     assert os.getcwd() == here
     assert landed == str(root / "data" / "raw" / "events" / "dt=2026-01-02")
     (argv, cwd, env), = calls
-    assert argv == orchestration.stage_argv("simulate") and cwd == root
+    assert argv == orchestration.stage_argv("simulate", "2026-01-02") and cwd == root
     assert env["PYTHONPATH"] == str(root)
     monkeypatch.setattr(orchestration.subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 1))
     with pytest.raises(RuntimeError, match="the simulator failed"):
