@@ -32,7 +32,7 @@ DEFAULT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 def config(drift_overrides: dict | None = None, params: Path = TINY_PARAMS, **overrides) -> SimulateConfig:
     values = dict(load_params(params)["simulate"])
-    values["drift"] = {**values["drift"], **(drift_overrides or {})}
+    values["drift"] = {**values["drift"], "enabled": True, **(drift_overrides or {})}  # these tests study drift
     return build_config(SimulateConfig, "simulate", {**values, **overrides})
 
 

@@ -37,6 +37,7 @@ FEED_ONLY = {"title_id": str, "image_id": str, "highlight_id": str}
 
 def tiny_config(**overrides) -> SimulateConfig:
     values = yaml.safe_load(TINY_PARAMS.read_text())["simulate"]
+    values["drift"] = {**values["drift"], "enabled": True}  # the simulator's own tests run the drifting market
     values.update(overrides)
     return build_config(SimulateConfig, "simulate", values)
 
