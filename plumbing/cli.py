@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from plumbing.config import load_config, params_path
+from plumbing.dates import parse_ds
 from plumbing.errors import StageError
 from plumbing.logs import get_logger
 from plumbing.paths import AS_OF_HELP, CuratedReader, read_as_of
@@ -66,6 +67,8 @@ def run_stage(name: str, doc: str | None, run: Callable[[StageContext], int | No
     log = get_logger(name)
     day = getattr(args, "ds", None)
     try:
+        if day is not None:  # every stage refuses a malformed or empty --ds (never "every day")
+            parse_ds(day)
         with read_as_of(day if ds == "as_of" else None) as curated:
             ctx = StageContext(name, params_path(args.params), day, curated, args)
             code = run(ctx)
