@@ -16,6 +16,12 @@ params hash, metrics); it is `dvc add`-ed and pushed to the DVC remote `remote_u
 (a local directory by default; `s3://...` or `gs://...` with dvc-s3 / dvc-gs installed and
 the usual cloud credentials), and `registry/champion.json` moves to it atomically.
 On refusal nothing is written under registry/ and the champion stays.
+
+Before any gate it verifies (exit 2 otherwise, nothing written): the day was validated
+(data/validation/_SUCCESS lists it) and has curated data; no model was trained on data after
+it; `registry_dir` lies inside the project and is no system path; `champion.json` fits its
+schema (a malformed one is refused and left as it is); `--to` is a registry version, given
+with `--rollback`. docs/operations.md "What publish verifies" lists each check.
 Either way reports/publish.md and metrics/publish.json say which gate passed or failed and
 by how much.
 

@@ -226,8 +226,8 @@ def verify_day(ds: str, metrics_dir: Path = METRICS) -> dict:
     if not days:
         raise MissingArtifact(f"the models name no training days (none of {', '.join(TRAINING_DAY_KEYS)} under "
                               f"{metrics_dir}): cannot tell which data they were trained on")
-    later = {key: day for key, day in days.items() if day > ds}
+    later = [f"{key} = {day}" for key, day in days.items() if day > ds]
     if later:
-        raise DataError(f"the models were trained on data after {ds} ({', '.join(f'{k} = {d}' for k, d in later.items())}): "
+        raise DataError(f"the models were trained on data after {ds} ({', '.join(later)}): "
                         f"retrain them with --ds {ds}, or publish the day they were trained for")
     return {"validated": str(VALIDATED_MARKER), "data": str(part), "newest_trained_day": days}

@@ -108,8 +108,8 @@ CHAMPION_SCHEMA: dict[str, tuple[type, ...]] = {
 CHAMPION_OPTIONAL: dict[str, tuple[type, ...]] = {"rolled_back_from": (str,)}
 
 
-def champion_problem(obj: Any) -> str | None:
-    """What is wrong with a champion pointer (None: it fits the schema)."""
+def champion_problem(obj: Any, registry: Path) -> str | None:
+    """What is wrong with a champion pointer of `registry` (None: it fits the schema)."""
     if not isinstance(obj, dict):
         return f"a JSON object expected, got {type(obj).__name__}"
     missing = sorted(set(CHAMPION_SCHEMA) - set(obj))
@@ -126,8 +126,8 @@ def champion_problem(obj: Any) -> str | None:
         return f"not a version name (YYYY-MM-DD-<10 hex digits>): {bad[0]!r}"
     if obj["history"][-1:] != [obj["version"]]:
         return f"history must end with the version {obj['version']!r}"
-    if Path(obj["path"]).name != obj["version"]:
-        return f"path {obj['path']!r} is not the version's directory"
+    if Path(obj["path"]).resolve() != (registry / obj["version"]).resolve():
+        return f"path {obj['path']!r} is not the version's directory {registry / obj['version']}"
     if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in obj["metrics"].values()):
         return "metrics must map gate names to numbers or null"
     return None
@@ -142,7 +142,7 @@ def read_champion(registry: Path) -> dict | None:
         raise DataError(f"{err}; left as it is: repair it (its history names the versions) or move it away") from None
     if obj is None:
         return None
-    problem = champion_problem(obj)
+    problem = champion_problem(obj, registry)
     if problem:
         raise DataError(f"{path} is malformed ({problem}); left as it is: repair it (its history names the "
                         "versions) or move it away")
@@ -326,7 +326,7 @@ def promote(registry: Path, champion: dict | None, version: str, fields: dict) -
 
 def write_champion(registry: Path, pointer: dict) -> None:
     """Replace champion.json atomically, only with a pointer that fits its schema."""
-    problem = champion_problem(pointer)
+    problem = champion_problem(pointer, registry)
     if problem:
         raise DataError(f"refusing to write {registry / CHAMPION_FILE}: {problem}; the champion stays")
     atomic.write_json(registry / CHAMPION_FILE, pointer)

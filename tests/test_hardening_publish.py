@@ -166,6 +166,7 @@ MALFORMED = {
     "version of the wrong type": None,  # filled in from a real pointer below
     "history not a list": None,
     "a path elsewhere": None,
+    "the version's name elsewhere": None,
     "not JSON": "{version: ",
     "not text": b"\xff\xfe\x00champion",
 }
@@ -179,6 +180,8 @@ def _malformed(good: dict, kind: str) -> bytes:
         bad["history"] = good["version"]
     elif kind == "a path elsewhere":
         bad["path"] = "/etc"
+    elif kind == "the version's name elsewhere":
+        bad["path"] = f"/tmp/{good['version']}"
     else:
         raw = MALFORMED[kind]
         return raw if isinstance(raw, bytes) else raw.encode()
