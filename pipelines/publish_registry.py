@@ -32,7 +32,7 @@ CHAMPION_FILE = "champion.json"
 VALIDATED_MARKER = VALIDATION / "_SUCCESS"  # pipelines.validate writes the days that passed, one a line
 # A version is `<ds>-<first 10 hex digits of the content sha256>` (pipelines.publish.release).
 VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}-[0-9a-f]{10}$")
-# The registry is never one of these, nor inside one (checked on the path as written and as resolved).
+# publish.registry_dir is never one of these, nor inside one (besides "/" itself).
 SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
                                       "/root", "/run", "/sbin", "/sys", "/usr", "/var"))
 
