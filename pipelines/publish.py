@@ -16,6 +16,12 @@ params hash, metrics); it is `dvc add`-ed and pushed to the DVC remote `remote_u
 (a local directory by default; `s3://...` or `gs://...` with dvc-s3 / dvc-gs installed and
 the usual cloud credentials), and `registry/champion.json` moves to it atomically.
 On refusal nothing is written under registry/ and the champion stays.
+
+Before any gate it verifies (exit 2 otherwise, nothing written): the day was validated
+(data/validation/_SUCCESS lists it) and has curated data; no model was trained on data after
+it; `registry_dir` lies inside the project and is no system path; `champion.json` fits its
+schema (a malformed one is refused and left as it is); `--to` is a registry version, given
+with `--rollback`. docs/operations.md "What publish verifies" lists each check.
 Either way reports/publish.md and metrics/publish.json say which gate passed or failed and
 by how much.
 
@@ -40,10 +46,10 @@ from pathlib import Path
 
 from pipelines.publish_card import fmt, model_card, publish_report
 from pipelines.publish_gates import (GATES, artifact_rows, candidate_metrics, champion_on_candidate_day, check_gates,
-                                     eval_day, eval_serving)
-from pipelines.publish_registry import (ARTIFACTS, data_partitions, git_revision, missing_artifacts, params_hash,
-                                        promote, read_champion, register, registry_lock, rollback, stage_version,
-                                        track_and_push)
+                                     eval_day, eval_serving, verify_day)
+from pipelines.publish_registry import (ARTIFACTS, check_registry_dir, data_partitions, git_revision,
+                                        missing_artifacts, params_hash, promote, read_champion, register,
+                                        registry_lock, rollback, stage_version, track_and_push)
 from plumbing import atomic
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import ConfigError, require
@@ -79,6 +85,7 @@ class PublishConfig:
     def __post_init__(self) -> None:
         p = SECTION
         require(bool(self.registry_dir.strip()), f"{p}.registry_dir", "must not be empty")
+        check_registry_dir(self.registry_dir)  # inside the project, or absolute and no system path
         require(bool(self.remote_name.strip()) and " " not in self.remote_name, f"{p}.remote_name",
                 f"must be a non-empty name without spaces, got {self.remote_name!r}")
         require(bool(self.remote_url.strip()), f"{p}.remote_url", "must not be empty")
@@ -126,11 +133,12 @@ def latest_ingested_day() -> str:
 
 
 def publish(ds: str, cfg: PublishConfig, params_file: Path, root: Path | None = None) -> dict:
-    """Gate, and on pass register and promote. Returns the publish report (also written)."""
+    """Verify the day, gate, and on pass register and promote. Returns the publish report (also written)."""
     root = (root or Path.cwd()).resolve()
-    registry = Path(cfg.registry_dir)
+    registry = check_registry_dir(cfg.registry_dir, root)
+    verified = verify_day(ds)
     with registry_lock(registry):
-        champion = read_champion(registry)
+        champion = read_champion(registry)  # a malformed champion.json is refused here, before anything is written
         values = candidate_metrics()
         day, serving = eval_day(), eval_serving()
         rescored, champion_source = champion_on_candidate_day(cfg, champion, day, ds, params_file, serving)
@@ -139,7 +147,8 @@ def publish(ds: str, cfg: PublishConfig, params_file: Path, root: Path | None = 
         report = {"ds": ds, "eval_day": day, "published": False, "version": None, "gates": gates,
                   "failed_gates": [g["gate"] for g in failed], "candidate_metrics": values,
                   "champion_before": champion.get("version") if champion else None,
-                  "champion_metrics_source": champion_source, "champion_rescored_metrics": rescored}
+                  "champion_metrics_source": champion_source, "champion_rescored_metrics": rescored,
+                  "verified": verified}
         if failed:
             report["champion_after"] = report["champion_before"]
             return report
@@ -188,11 +197,16 @@ def run(ctx: StageContext) -> int:
     """Roll back, or gate this run's models and publish them; a refusal exits --refused-exit-code."""
     cfg = ctx.config(PublishConfig, SECTION)
     root = Path.cwd()
+    if ctx.args.to is not None and not ctx.args.rollback:
+        raise ConfigError(f"--to {ctx.args.to!r} is only meaningful with --rollback; nothing published or rolled back")
     if ctx.args.rollback:
+        if ctx.ds is not None:
+            raise ConfigError("--ds is not meaningful with --rollback (it names a day to publish); nothing rolled back")
         pointer = rollback(cfg, ctx.args.to, root)
         log.info("rolled back: champion %s -> %s", pointer["rolled_back_from"], pointer["version"])
         return 0
-    ds = ctx.ds or latest_ingested_day()  # --ds: the version's day; default the newest curated day
+    # --ds: the version's day; default the newest curated day (an empty --ds is refused, never "every day")
+    ds = latest_ingested_day() if ctx.ds is None else ctx.ds
     parse_ds(ds)
     report = publish(ds, cfg, ctx.params, root)
     write_report(report)

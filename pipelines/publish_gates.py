@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.publish_registry import read_json
-from plumbing.errors import StageError
+from pipelines.publish_registry import VALIDATED_MARKER, read_json, validated_days
+from plumbing.dates import parse_ds
+from plumbing.errors import DataError, MissingArtifact, StageError
 from plumbing.logs import get_logger
-from plumbing.paths import METRICS
+from plumbing.paths import METRICS, curated, partition
 
 log = get_logger("publish")
 
@@ -182,3 +183,51 @@ def artifact_rows(missing: dict[str, Path]) -> list[dict]:
     return [{"gate": f"artifact_{name}", "kind": "artifact", "metric": str(path), "value": None,
              "required": "a non-empty directory", "margin": None, "passed": False,
              "reason": f"{path} is missing or empty"} for name, path in missing.items()]
+
+
+# ---------------------------------------------------------------- before any gate: the day and the models' data
+
+# metrics file -> its keys that name the days its model was trained or scored on (a day or a list of days)
+TRAINING_DAY_KEYS = {"ctcvr_train.json": ("train_days", "eval_day"), "ctcvr.json": ("eval_day",),
+                     "train_attribution.json": ("window_end",), "attribution.json": ("holdout_days",)}
+
+
+def trained_days(metrics_dir: Path = METRICS) -> dict[str, str]:
+    """`file:key` -> the newest day it names, over the models' metrics files present."""
+    newest = {}
+    for name, keys in TRAINING_DAY_KEYS.items():
+        recorded = read_json(metrics_dir / name)
+        for key in keys if isinstance(recorded, dict) else ():
+            value = recorded.get(key)
+            days = value if isinstance(value, list) else [] if value is None else [value]
+            for day in days:
+                if not isinstance(day, str):
+                    raise DataError(f"{metrics_dir / name}: {key} must name days as YYYY-MM-DD, got {day!r}")
+                parse_ds(day)
+            if days:
+                newest[f"{metrics_dir / name}:{key}"] = max(days)
+    return newest
+
+
+def verify_day(ds: str, metrics_dir: Path = METRICS) -> dict:
+    """What publish checks before any gate; an expected failure (exit 2) when the day cannot be published.
+
+    The day passed validation (listed in its marker), has data (a curated partition), and the
+    models were trained on data up to it: no metrics file names a later day.
+    """
+    if ds not in validated_days():
+        state = "does not list it" if VALIDATED_MARKER.is_file() else "is missing"
+        raise DataError(f"day {ds} was never validated: {VALIDATED_MARKER} {state}; "
+                        f"run `python -m pipelines.validate --ds {ds}` first")
+    part = partition(curated("labeled_impressions"), ds)
+    if not part.is_dir() or not any(part.iterdir()):
+        raise DataError(f"no data for {ds}: {part} is missing or empty (a day after the last logs?)")
+    days = trained_days(metrics_dir)
+    if not days:
+        raise MissingArtifact(f"the models name no training days (none of {', '.join(TRAINING_DAY_KEYS)} under "
+                              f"{metrics_dir}): cannot tell which data they were trained on")
+    later = [f"{key} = {day}" for key, day in days.items() if day > ds]
+    if later:
+        raise DataError(f"the models were trained on data after {ds} ({', '.join(later)}): "
+                        f"retrain them with --ds {ds}, or publish the day they were trained for")
+    return {"validated": str(VALIDATED_MARKER), "data": str(part), "newest_trained_day": days}

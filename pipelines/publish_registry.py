@@ -22,13 +22,19 @@ from typing import Any
 
 from plumbing import atomic
 from plumbing.config import load_params
-from plumbing.errors import DataError, StageError
+from plumbing.errors import ConfigError, DataError, StageError
 from plumbing.logs import get_logger
 from plumbing.paths import (ATTRIBUTION_DIR, COMBO_POLICY_DIR, CTCVR_DIR, CURATED_TABLES, METRICS, RELATE_DIR,
                             TOKENIZER_DIR, VALIDATION, curated, partitions)
 
 log = get_logger("publish")
 CHAMPION_FILE = "champion.json"
+VALIDATED_MARKER = VALIDATION / "_SUCCESS"  # pipelines.validate writes the days that passed, one a line
+# A version is `<ds>-<first 10 hex digits of the content sha256>` (pipelines.publish.release).
+VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}-[0-9a-f]{10}$")
+# publish.registry_dir is never one of these, nor inside one (besides "/" itself).
+SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                                      "/root", "/run", "/sbin", "/sys", "/usr", "/var"))
 
 # The artifact set: name in the registry -> source directory. The policy directory holds
 # its own tokenizer (save_pretrained); `tokenizer` is the shared BPE the CTCVR model reads.
@@ -48,18 +54,99 @@ class PublishError(StageError):
     """A failed DVC command or an unusable registry (not a gate refusal)."""
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> Any:
     """A JSON file's content; None when the file is absent."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as err:
         raise DataError(f"{path} is not valid JSON: {err}") from None
 
 
+# ---------------------------------------------------------------- the registry's place
+
+def _system_dir(path: Path) -> Path | None:
+    """The system directory `path` is, or lies under (None: not a system path)."""
+    if path == Path(path.anchor):
+        return path
+    return next((s for s in SYSTEM_DIRS if path == s or s in path.parents), None)
+
+
+def check_registry_dir(value: str, root: Path | None = None) -> Path:
+    """`publish.registry_dir` as a path; refused (naming the field) when it cannot be the registry.
+
+    As written (the config check): an absolute path must not be a system directory nor lie in
+    one; a relative one must name a directory inside the project (no '..' out of it). With
+    `root`, also as resolved from the project root, links followed: it must lie inside the
+    project, since DVC tracks (`dvc add`) only paths inside its project.
+    """
+    field, written = "publish.registry_dir", Path(os.path.normpath(value))
+    if written.is_absolute():
+        system = _system_dir(written)
+        if system is not None:
+            raise ConfigError(f"{field}: {value!r} is a system path (under {system}); give a directory of the project")
+    elif written == Path(".") or written.parts[0] == "..":
+        raise ConfigError(f"{field}: {value!r} must be a directory inside the project (relative, without '..')")
+    if root is None:
+        return Path(value)
+    resolved, project = (root / value).resolve(), root.resolve()
+    if project not in resolved.parents:
+        raise ConfigError(f"{field}: {value!r} resolves to {resolved}, outside the project {project} (a link?): "
+                          "DVC tracks registry versions only inside the project")
+    return Path(value)
+
+
+# ---------------------------------------------------------------- champion.json
+
+# key -> the JSON types its value may have; every key is required and no other is allowed,
+# except `rolled_back_from` (a rollback's pointer).
+CHAMPION_SCHEMA: dict[str, tuple[type, ...]] = {
+    "version": (str,), "path": (str,), "history": (list,), "metrics": (dict,),
+    "ds": (str, type(None)), "eval_day": (str, type(None)), "serving": (dict, type(None)),
+}
+CHAMPION_OPTIONAL: dict[str, tuple[type, ...]] = {"rolled_back_from": (str,)}
+
+
+def champion_problem(obj: Any, registry: Path) -> str | None:
+    """What is wrong with a champion pointer of `registry` (None: it fits the schema)."""
+    if not isinstance(obj, dict):
+        return f"a JSON object expected, got {type(obj).__name__}"
+    missing = sorted(set(CHAMPION_SCHEMA) - set(obj))
+    unknown = sorted(set(obj) - set(CHAMPION_SCHEMA) - set(CHAMPION_OPTIONAL))
+    if missing or unknown:
+        return f"missing key(s) {missing}" if missing else f"unknown key(s) {unknown}"
+    for key, types in {**CHAMPION_SCHEMA, **CHAMPION_OPTIONAL}.items():
+        if key in obj and not isinstance(obj[key], types):
+            return f"{key} must be {' or '.join('null' if t is type(None) else t.__name__ for t in types)}, " \
+                   f"got {type(obj[key]).__name__}"
+    names = [obj["version"], *obj["history"], *([obj["rolled_back_from"]] if "rolled_back_from" in obj else [])]
+    bad = [n for n in names if not isinstance(n, str) or not VERSION_RE.match(n)]
+    if bad:
+        return f"not a version name (YYYY-MM-DD-<10 hex digits>): {bad[0]!r}"
+    if obj["history"][-1:] != [obj["version"]]:
+        return f"history must end with the version {obj['version']!r}"
+    if Path(obj["path"]).resolve() != (registry / obj["version"]).resolve():
+        return f"path {obj['path']!r} is not the version's directory {registry / obj['version']}"
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in obj["metrics"].values()):
+        return "metrics must map gate names to numbers or null"
+    return None
+
+
 def read_champion(registry: Path) -> dict | None:
-    return read_json(registry / CHAMPION_FILE)
+    """The champion pointer (None: no champion yet); a malformed one is refused and left as it is."""
+    path = registry / CHAMPION_FILE
+    try:
+        obj = read_json(path)
+    except DataError as err:
+        raise DataError(f"{err}; left as it is: repair it (its history names the versions) or move it away") from None
+    if obj is None:
+        return None
+    problem = champion_problem(obj, registry)
+    if problem:
+        raise DataError(f"{path} is malformed ({problem}); left as it is: repair it (its history names the "
+                        "versions) or move it away")
+    return obj
 
 
 @contextlib.contextmanager
@@ -142,9 +229,16 @@ def git_revision(root: Path) -> dict:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
+def validated_days() -> list[str]:
+    """The days the last validation run passed (pipelines.validate's marker; [] when absent)."""
+    try:
+        return VALIDATED_MARKER.read_text(encoding="utf-8").split()
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
+        return []
+
+
 def data_partitions(ds: str, metrics_dir: Path = METRICS) -> dict:
     """Which partitions the models saw: curated partitions up to ds, the validated days, training windows."""
-    success = VALIDATION / "_SUCCESS"
     windows = {}
     for name in ("ctcvr_train.json", "train_attribution.json"):
         m = read_json(metrics_dir / name) or {}
@@ -153,7 +247,7 @@ def data_partitions(ds: str, metrics_dir: Path = METRICS) -> dict:
     return {
         "run_ds": ds,
         "curated": {t: [d for d in partitions(curated(t)) if d <= ds] for t in CURATED_TABLES},
-        "validated_days": success.read_text(encoding="utf-8").split() if success.is_file() else [],
+        "validated_days": validated_days(),
         "training_windows": windows,
     }
 
@@ -230,36 +324,54 @@ def promote(registry: Path, champion: dict | None, version: str, fields: dict) -
     if not history or history[-1] != version:
         history.append(version)
     pointer = {"version": version, "path": str(registry / version), **fields, "history": history}
-    atomic.write_json(registry / CHAMPION_FILE, pointer)
+    write_champion(registry, pointer)
     return pointer
+
+
+def write_champion(registry: Path, pointer: dict) -> None:
+    """Replace champion.json atomically, only with a pointer that fits its schema."""
+    problem = champion_problem(pointer, registry)
+    if problem:
+        raise DataError(f"refusing to write {registry / CHAMPION_FILE}: {problem}; the champion stays")
+    atomic.write_json(registry / CHAMPION_FILE, pointer)
+
+
+def registry_version(registry: Path, name: str) -> str:
+    """`name` when it is a version registered under `registry` (here, or tracked by its .dvc file)."""
+    if not VERSION_RE.match(name):
+        raise ConfigError(f"--to must name a registry version (YYYY-MM-DD-<10 hex digits>, as {CHAMPION_FILE}'s "
+                          f"history lists them), got {name!r}")
+    if not (registry / name / "manifest.json").is_file() and not (registry / f"{name}.dvc").is_file():
+        raise PublishError(f"unknown version {name!r}: no {registry / name} and no {registry / name}.dvc")
+    return name
 
 
 def rollback(cfg, to: str | None, root: Path) -> dict:
     """Point the champion at the previous version (or `to`), pulling it from the remote when missing."""
-    registry = Path(cfg.registry_dir)
+    registry = check_registry_dir(cfg.registry_dir, root)
     with registry_lock(registry):
         champion = read_champion(registry)
         if not champion:
             raise PublishError(f"no champion to roll back: {registry / CHAMPION_FILE} is missing")
-        history = list(champion.get("history", [champion["version"]]))
+        history = list(champion["history"])
         if to is None:
             if len(history) < 2:
                 raise PublishError(f"nothing to roll back to: {champion['version']} is the only version promoted")
             history.pop()
             target = history[-1]
         else:
-            if not (registry / to / "manifest.json").is_file() and not (registry / f"{to}.dvc").is_file():
-                raise PublishError(f"unknown version {to!r}: no {registry / to} and no {registry / to}.dvc")
-            target = to
+            target = registry_version(registry, to)
             history.append(target)
         target_dir = registry / target
         if not target_dir.is_dir():
             ensure_dvc(root, cfg)
             dvc(root, "pull", "-q", "-r", cfg.remote_name, str(target_dir) + ".dvc")
-        manifest = read_json(target_dir / "manifest.json") or {}
+        manifest = read_json(target_dir / "manifest.json")
+        if not isinstance(manifest, dict) or manifest.get("version") != target:
+            raise DataError(f"{target_dir / 'manifest.json'} is missing or names another version: not rolled back")
         pointer = {"version": target, "path": str(target_dir), "ds": manifest.get("ds"),
                    "eval_day": manifest.get("eval_day"), "serving": manifest.get("serving"),
                    "metrics": manifest.get("metrics", {}),
                    "history": history, "rolled_back_from": champion["version"]}
-        atomic.write_json(registry / CHAMPION_FILE, pointer)
+        write_champion(registry, pointer)
         return pointer

@@ -78,8 +78,8 @@ def run_stage(name: str, doc: str | None, run: Callable[[StageContext], int | No
     log = get_logger(name)
     day = getattr(args, "ds", None)
     try:
-        if ds == "as_of" and day is not None:
-            parse_ds(day)  # a bad day is refused first, whatever the params
+        if day is not None:  # every stage refuses a malformed or empty --ds first (never "every day"), whatever the params
+            parse_ds(day)
         params, layout = resolve_layout(name, args.params)
         with layout.entered(), read_as_of(day if ds == "as_of" else None) as curated:
             ctx = StageContext(name, params, day, curated, args, layout)

@@ -16,6 +16,7 @@ import yaml
 
 from tests.conftest import TINY_PARAMS
 
+DAYS = ("2026-01-05", "2026-01-06", "2026-01-07")  # validated, with curated data
 ARTIFACT_DIRS = {"policy": "models/relate", "tokenizer": "models/tokenizer", "ctcvr": "models/ctcvr",
                  "attribution": "models/attribution", "combo_policy": "models/combo_policy"}
 
@@ -41,8 +42,13 @@ def _write_run(root: Path, seed: str, **metrics) -> None:
     (root / "metrics").mkdir(exist_ok=True)
     for name, obj in _metrics(**metrics).items():
         (root / "metrics" / name).write_text(json.dumps(obj))
+    # the days publish may name a version after: validated, with data (publish checks both)
     (root / "data" / "validation").mkdir(parents=True, exist_ok=True)
-    (root / "data" / "validation" / "_SUCCESS").write_text("2026-01-06\n2026-01-07\n")
+    (root / "data" / "validation" / "_SUCCESS").write_text("".join(f"{d}\n" for d in DAYS))
+    for day in DAYS:
+        part = root / "data" / "curated" / "labeled_impressions" / f"dt={day}"
+        part.mkdir(parents=True, exist_ok=True)
+        (part / "part-0.parquet").write_bytes(b"stand-in")
 
 
 @pytest.fixture
@@ -85,7 +91,8 @@ def test_pass_publishes_a_tracked_pushed_versioned_set_and_moves_the_champion(pr
         assert (vdir / name / "model.safetensors").is_file()
     assert (vdir / "evaluation" / "evaluate.json").is_file()
     manifest = json.loads((vdir / "manifest.json").read_text())
-    assert manifest["data"]["validated_days"] == ["2026-01-06", "2026-01-07"]
+    assert manifest["data"]["validated_days"] == list(DAYS)
+    assert report["verified"]["newest_trained_day"] == {"metrics/ctcvr.json:eval_day": "2026-01-04"}
     assert len(manifest["params_sha256"]) == 64 and "commit" in manifest["git"]
     assert manifest["metrics"]["attribution_auc_ratio"] == pytest.approx(0.70 / 0.72)
     card = (vdir / "MODEL_CARD.md").read_text()

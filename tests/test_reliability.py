@@ -124,6 +124,7 @@ def test_model_trained_on_corrupted_labels_is_refused_by_the_publish_gate(projec
         stage(project, "pipelines.publish", "--ds", run_ds)
         return json.loads((project / "metrics" / "publish.json").read_text())
 
+    stage(project, "pipelines.validate", "--ds", run_ds)  # publish names versions after validated days only
     clean = train_evaluate_publish()
     assert clean["published"] is True, clean
     champion = json.loads((project / "registry" / "champion.json").read_text())
