@@ -36,7 +36,8 @@ class ComplianceChecker:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, as_of: str | None = None) -> "ComplianceChecker":
         """The lexicon at `path` plus the rules of `<its folder>/compliance_rules/*.yaml` that apply to
-        it and are in effect on `as_of` (YYYY-MM-DD; None: every rule, the strictest policy)."""
+        it and are in effect on `as_of` (YYYY-MM-DD). None: the lexicon alone. A dated rule belongs to
+        the market it was announced in: a run that trains or scores as of a day passes that day."""
         path = Path(path or DEFAULT_LEXICON)
         if not path.is_absolute() and not path.is_file() and (PROJECT_ROOT / path).is_file():
             path = PROJECT_ROOT / path  # a params path relative to the project root, run from elsewhere
@@ -45,7 +46,7 @@ class ComplianceChecker:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         for rule_path in sorted((path.parent / "compliance_rules").glob("*.yaml")):
             rule = yaml.safe_load(rule_path.read_text(encoding="utf-8")) or {}
-            if rule.get("applies_to") == path.name and (as_of is None or str(rule.get("effective")) <= as_of):
+            if rule.get("applies_to") == path.name and as_of is not None and str(rule.get("effective")) <= as_of:
                 for name, spec in (rule.get("categories") or {}).items():
                     merged = dict(data["categories"].get(name) or {})
                     for key in ("phrases", "patterns"):
