@@ -12,22 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plumbing.atomic import save_figure
-
-
-def finite(obj):
-    """NaN/inf to None (and numpy scalars to Python ones), so the JSON stays strict."""
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+from plumbing.atomic import save_figure, undefined_as_null
 
 
 def _per_mille_ci(m: dict, key: str) -> str:
@@ -164,7 +149,7 @@ def evaluate_report(harness, arms: dict[str, dict], outcomes: dict, metrics: dic
         examples_table(harness.contexts, outcomes), "",
         "![A/B](../plots/evaluate/ab.png)", "",
         "## GenCO combinations", "",
-        "```json", json.dumps(finite(_scalars(metrics.get("combo", {}))), indent=2, sort_keys=True), "```", "",
+        "```json", json.dumps(undefined_as_null(_scalars(metrics.get("combo", {}))), indent=2, sort_keys=True), "```", "",
     ]
     return "\n".join(lines)
 

@@ -23,8 +23,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from pipelines.ab_report import bar_chart, finite, markdown_table
-from plumbing.atomic import write_json, write_text
+from pipelines.ab_report import bar_chart, markdown_table
+from plumbing.atomic import undefined_as_null, write_json, write_text
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
 from plumbing.errors import MissingArtifact
@@ -89,7 +89,7 @@ def run(ctx: StageContext) -> None:
         names, credit = LADDER[rung]
         arms[rung].update({"rewards": list(names), "credit_assignment": credit, **training.get(rung, {})})
     metrics = {"arms": arms, "rungs": cfg.rungs, "setup": setup, "seconds": round(time.monotonic() - started, 1)}
-    write_json(METRICS / "ablation.json", finite(metrics))
+    write_json(METRICS / "ablation.json", undefined_as_null(metrics))
     bar_chart(arms, PLOTS / "ablation" / "ab.png", "Ablation ladder: simulated A/B")
     write_text(REPORTS / "ablation.md", render_report(arms, cfg, eval_cfg))
     log.info("ablation done in %.1fs", metrics["seconds"])

@@ -24,9 +24,9 @@ from __future__ import annotations
 import sys
 import time
 
-from pipelines.ab_report import bar_chart, evaluate_report, finite
+from pipelines.ab_report import bar_chart, evaluate_report
 from pipelines.evaluate_harness import EvaluateConfig, Harness, generate_candidates, serve_top_ranked, setup_info
-from plumbing.atomic import write_json, write_text
+from plumbing.atomic import undefined_as_null, write_json, write_text
 from plumbing.cli import StageContext, run_stage
 from plumbing.logs import get_logger
 from plumbing.paths import METRICS, PLOTS, RELATE_DIR, REPORTS, SFT_DIR
@@ -70,7 +70,7 @@ def run(ctx: StageContext) -> None:
     combo = evaluate_combos(ctx.params)
     metrics = {**arms, "goals": goals(arms, cfg), "setup": setup_info(harness), "combo": combo,
                "seconds": round(time.monotonic() - started, 1)}
-    write_json(METRICS / "evaluate.json", finite(metrics))
+    write_json(METRICS / "evaluate.json", undefined_as_null(metrics))
     bar_chart(arms, PLOTS / "evaluate" / "ab.png", f"Simulated A/B on {cfg.n_impressions:,} held-out impressions")
     write_text(REPORTS / "evaluate.md", evaluate_report(harness, arms, outcomes, metrics))
     log.info("evaluate done in %.1fs: goals %s", metrics["seconds"], metrics["goals"])

@@ -371,7 +371,8 @@ def save_outputs(result: ctcvr.FitResult, tokenizer, predictions: pd.DataFrame, 
         scorer.save(staging)
         atomic.require_finite_weights("train_ctcvr", staging)
         predictions.to_parquet(staging / PREDICTIONS.name, index=False)
-        atomic.write_json(staging / CURVE.name, {"best_epoch": result.best_epoch, "epochs": result.curve})
+        atomic.write_json(staging / CURVE.name,  # a val AUC without positives is undefined: null
+                          atomic.undefined_as_null({"best_epoch": result.best_epoch, "epochs": result.curve}))
     with atomic.directory(TOKENIZER_DIR) as staging:
         save_tokenizer(tokenizer, staging)
     atomic.write_json(TRAIN_METRICS, metrics)

@@ -57,6 +57,24 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def undefined_as_null(obj: Any) -> Any:
+    """NaN/inf (an undefined metric, e.g. an AUC without positives) to None, numpy scalars to Python
+    ones: what a metrics file may hold where a value is undefined, so the JSON stays strict."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: undefined_as_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [undefined_as_null(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
 def _non_finite(obj: Any, key: str) -> tuple[str, Any] | None:
     """(key path, value) of the first non-finite number in a JSON-like object, else None."""
     if isinstance(obj, dict):
