@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         log.error("advertisegen_check: %s", err)
         return 2
-    atomic.write_json(args.out, metrics)
+    atomic.write_json(args.out, atomic.undefined_as_null(metrics))  # self-BLEU of one text is undefined: null
     report = ag.report_markdown(metrics)
     atomic.write_text(args.report, report)
     print(report)
