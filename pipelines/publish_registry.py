@@ -25,7 +25,7 @@ from plumbing.config import load_params
 from plumbing.errors import ConfigError, DataError, StageError
 from plumbing.logs import get_logger
 from plumbing.paths import (ATTRIBUTION_DIR, COMBO_POLICY_DIR, CTCVR_DIR, CURATED_TABLES, METRICS, RELATE_DIR,
-                            TOKENIZER_DIR, VALIDATION, curated, partitions)
+                            SERVING_DIR, TOKENIZER_DIR, VALIDATION, curated, partitions)
 
 log = get_logger("publish")
 CHAMPION_FILE = "champion.json"
@@ -44,6 +44,7 @@ ARTIFACTS: dict[str, Path] = {
     "ctcvr": CTCVR_DIR,
     "attribution": ATTRIBUTION_DIR,
     "combo_policy": COMBO_POLICY_DIR,
+    "serving": SERVING_DIR,
 }
 # Metrics files copied into the artifact set as its evaluation report (those that exist).
 EVALUATION_FILES = ("evaluate.json", "ctcvr.json", "attribution.json", "grpo.json", "sft.json",
@@ -131,6 +132,17 @@ def champion_problem(obj: Any, registry: Path) -> str | None:
     if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in obj["metrics"].values()):
         return "metrics must map gate names to numbers or null"
     return None
+
+
+def champion_serving(registry: Path) -> tuple[str, Path] | None:
+    """(version, serving-table folder) of the champion an ad server would serve today; None: no
+    champion, or one published before serving tables were part of the artifact set (the logging
+    policy then serves)."""
+    champion = read_champion(registry)
+    if champion is None:
+        return None
+    folder = registry / champion["version"] / "serving"
+    return (champion["version"], folder) if folder.is_dir() else None
 
 
 def read_champion(registry: Path) -> dict | None:

@@ -33,6 +33,7 @@ ATTRIBUTION_DIR = MODELS / "attribution"
 SFT_DIR = MODELS / "sft"
 RELATE_DIR = MODELS / "relate"
 COMBO_POLICY_DIR = MODELS / "combo_policy"
+SERVING_DIR = MODELS / "serving"  # the serving tables a champion is published with (pipelines.serving_tables)
 ABLATION_DIR = MODELS / "ablation"
 
 CURATED_TABLES = (
