@@ -17,48 +17,18 @@ from typing import Sequence
 
 import numpy as np
 
-from plumbing.config import load_config, require
+from pipelines.evaluate_config import EvaluateConfig, generate_candidates
+from plumbing.config import load_config
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import Progress, get_logger
-from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, CuratedReader
 from plumbing.metrics import mean_ci, paired_uplift, wilson
+from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, CuratedReader
 from relate_models.serving import ServingConfig, learned_rewards, serving_pools
 
 log = get_logger("evaluate")
 EVAL_PROMPTS = DATA / "prompts" / "eval.jsonl"
 CONTEXT_COLUMNS = ["impression_id", "user_id", "user_segment", "ad_id", "vertical", "keyword", "query", "position"]
 KEY_FIELDS = ("vertical", "keyword", "query", "user_segment", "position")
-
-
-@dataclass
-class EvaluateConfig:
-    """The `evaluate:` params section: the A/B harness's traffic, sampling and goals."""
-
-    n_impressions: int  # simulated impressions per arm (the same ones for every arm)
-    seed: int  # traffic sample, serving draws and outcome draws
-    texts_per_prompt: int  # N texts sampled per held-out prompt from each policy
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    generation_seed: int
-    diversity_texts_per_prompt: int  # diversity: the texts served on a prompt's first impressions
-    fatigue: bool  # a user seeing the same (near-duplicate) text again clicks less
-    torch_threads: int  # torch intra-op threads; 0 = torch's default
-    goal_relate_ctcvr_uplift: float  # recorded in metrics/evaluate.json goals, as a share (0.15 = +15%)
-    goal_relate_compliance: float
-
-    def __post_init__(self) -> None:
-        p = "evaluate"
-        for name in ("n_impressions", "texts_per_prompt", "max_new_tokens", "diversity_texts_per_prompt"):
-            require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        require(self.diversity_texts_per_prompt >= 2, f"{p}.diversity_texts_per_prompt",
-                "must be >= 2 (self-BLEU compares texts)")
-        require(self.temperature >= 0, f"{p}.temperature", f"must be >= 0, got {self.temperature}")
-        require(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1], got {self.top_p}")
-        require(self.torch_threads >= 0, f"{p}.torch_threads", f"must be >= 0, got {self.torch_threads}")
-        require(0 <= self.goal_relate_compliance <= 1, f"{p}.goal_relate_compliance",
-                f"must be in [0, 1], got {self.goal_relate_compliance}")
-
 
 
 # ------------------------------------------------------------------------------- traffic
@@ -121,16 +91,6 @@ def load_oracle():
 
 
 # ------------------------------------------------------------------------------- serving
-def generate_candidates(policy_dir: Path, prompts: Sequence[dict], cfg: "EvaluateConfig",
-                        n: int | None = None) -> dict[str, list[str]]:
-    """prompt_id -> n (default N) texts sampled from the policy (the same seed for every policy)."""
-    from relate_models.policy import generate_texts
-
-    texts = generate_texts(policy_dir, prompts, n or cfg.texts_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.generation_seed)
-    return {row["prompt_id"]: group for row, group in zip(prompts, texts)}
-
-
 def serve_sampled(candidates: dict[str, list[str]], contexts: Sequence[dict], draws: np.ndarray) -> list[str]:
     """One of the prompt's N texts per impression, picked by the shared uniform `draws` in [0, 1)."""
     return [candidates[c["prompt_id"]][int(u * len(candidates[c["prompt_id"]]))] for c, u in zip(contexts, draws)]

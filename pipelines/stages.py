@@ -69,7 +69,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("grpo", "policies", ds="as_of", upstream=("sft",)),
     Stage("combo_policy", "policies", ds="as_of"),
     Stage("evaluate", "release", ds="as_of"),
-    Stage("publish", "release", ds="partition", upstream=("evaluate",), retries=False,
+    Stage("serving_tables", "release", ds="as_of"),
+    Stage("publish", "release", ds="partition", upstream=("evaluate", "serving_tables"), retries=False,
           outlet="relate_published_model", refused_exit_code=PUBLISH_REFUSED_EXIT_CODE),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

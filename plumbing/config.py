@@ -38,7 +38,7 @@ T = TypeVar("T")
 SECTIONS = (
     "simulate", "ingest", "validate", "policy", "sft", "grpo", "train_ctcvr", "evaluate_ctcvr",
     "train_attribution", "evaluate_attribution", "combo_policy", "evaluate_combo", "serving", "evaluate",
-    "ablation", "publish", "upworthy", "advertisegen",
+    "ablation", "closed_loop", "publish", "upworthy", "advertisegen",
 )
 # The range of every numeric knob, whatever its field: a seed is a 64-bit integer (numpy,
 # torch and Spark store it so), any other integer (a count, a size, a number of days) is at

@@ -363,7 +363,7 @@ def simulate_day(sim: Simulation, state: CarryState, raw_root: Path, truth_root:
         parts.close()
         counts.update(parts.stats)
     summary = dict(sorted(counts.items()))
-    _write_state(truth_root / "state" / f"dt={ds}", day_state, summary, sim.world.fingerprint())
+    _write_state(truth_root / "state" / f"dt={ds}", day_state, summary, sim.world.fingerprint(), served_record(sim, day_state))
     state.phrase_shares[day] = day_state.shares(len(grammar.LEXICON))
     for key in day_state.first_served:
         state.first_served.setdefault(key, day)
@@ -382,13 +382,42 @@ class _DayState:
     phrase_counts: np.ndarray | None = None
     search: int = 0
     first_served: set = dataclasses.field(default_factory=set)  # text keys first served this day
+    text_served: np.ndarray | None = None  # [A * T] search impressions per pool text
+    truth_sums: dict = dataclasses.field(default_factory=dict)  # placement -> sums of the true rates (served.json)
+
+    def add_truth(self, placement: str, p_click: np.ndarray, p_conv: np.ndarray, champion: np.ndarray,
+                  compliant: np.ndarray) -> None:
+        """Accumulate what the served impressions' true rates sum to (means and CIs need only sums)."""
+        x, y = p_click, p_click * p_conv
+        sums = self.truth_sums.setdefault(placement, collections.Counter())
+        sums.update({"n": len(x), "champion": int(champion.sum()), "compliant": int(compliant.sum()),
+                     "champion_compliant": int((champion & compliant).sum()), "sum_ctr": float(x.sum()),
+                     "sum_ctr2": float(x @ x), "sum_ctcvr": float(y.sum()), "sum_ctcvr2": float(y @ y),
+                     "sum_ctr_ctcvr": float(x @ y)})
 
     def shares(self, n_phrases: int) -> np.ndarray:
         counts = self.phrase_counts if self.phrase_counts is not None else np.zeros(n_phrases)
         return counts / max(self.search, 1)
 
 
-def _write_state(folder: Path, day_state: _DayState, summary: dict, fingerprint: str) -> None:
+def served_record(sim: Simulation, day_state: _DayState) -> dict:
+    """What the day served, from the truth: who served (the champion's version or the logging policy),
+    per placement the sums of the served impressions' true rates, and each served search text's
+    impressions and compliance (the closed loop's measurements, pipelines.closed_loop_metrics)."""
+    world, T = sim.world, sim.world.config.texts_per_ad
+    counts = day_state.text_served if day_state.text_served is not None else np.zeros(world.n_ads * T)
+    texts = collections.Counter()
+    compliant = {}
+    for i in np.flatnonzero(counts).tolist():
+        a, t = divmod(i, T)
+        texts[world.texts[a][t]] += int(counts[i])
+        compliant[world.texts[a][t]] = bool(sim.tables.text_compliant[a, t])
+    return {"served_by": sim.champion.version if sim.champion is not None else None,
+            "truth_sums": {k: dict(v) for k, v in sorted(day_state.truth_sums.items())},
+            "search_texts": [[text, n, compliant[text]] for text, n in sorted(texts.items())]}
+
+
+def _write_state(folder: Path, day_state: _DayState, summary: dict, fingerprint: str, served: dict) -> None:
     keys = np.concatenate(day_state.keys) if day_state.keys else np.zeros(0, dtype=np.int64)
     uniq, counts = np.unique(keys, return_counts=True)
     with atomic.directory(folder) as out:
@@ -402,6 +431,7 @@ def _write_state(folder: Path, day_state: _DayState, summary: dict, fingerprint:
             "world_fingerprint": fingerprint, "search_impressions": day_state.search, "shares": shares.tolist(),
             "phrases": [p for p, _, _ in grammar.LEXICON]}))
         (out / "summary.json").write_bytes(orjson.dumps(summary))
+        (out / "served.json").write_bytes(orjson.dumps(served))
 
 
 def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState, day_state: _DayState,
@@ -417,6 +447,11 @@ def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState
 
     s_idx = np.flatnonzero(traffic.search)
     served = np.bincount(traffic.ad[s_idx] * cfg.texts_per_ad + creative[s_idx], minlength=len(sim.phrase_incidence))
+    day_state.text_served = served if day_state.text_served is None else day_state.text_served + served
+    compliant = np.ones(n, dtype=bool)  # feed combinations carry no ad text to judge
+    compliant[s_idx] = tables.text_compliant[traffic.ad[s_idx], creative[s_idx]]
+    for placement, rows in (("search", s_idx), ("feed", np.flatnonzero(~traffic.search))):
+        day_state.add_truth(placement, p_click[rows], p_conv[rows], by_champion[rows], compliant[rows])
     day_state.phrase_counts = (0 if day_state.phrase_counts is None else day_state.phrase_counts) \
         + served @ sim.phrase_incidence
     day_state.search += len(s_idx)
@@ -425,7 +460,7 @@ def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState
     counts = collections.Counter()
     counts["impression"] = n
     counts["search"] = len(s_idx)
-    counts["search_noncompliant"] = int((~tables.text_compliant[traffic.ad[s_idx], creative[s_idx]]).sum())
+    counts["search_noncompliant"] = int((~compliant[s_idx]).sum())
     counts["impression_clicked"] = int(out.clicked.sum())
     counts["click_converted"] = int(out.converted.sum())
     counts["repeat_exposures"] = int((seen > 0).sum())

@@ -1,0 +1,173 @@
+"""The closed loop's report: metrics/closed_loop.json, the per-day CSV (the DVC plot), the
+trajectory plot and reports/closed_loop.md, from each arm's day records (pipelines.closed_loop).
+
+Goals (issue 20, over the loop's last `closed_loop.last_days` days): `daily` true CTCVR of served
+search traffic >= +30% over `logging` and >= +5% over `frozen`; feed true CTR >= +100% over
+`logging`; the compliance of the texts the champion served >= 99.5% on every loop day.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from pipelines.closed_loop_metrics import pooled, uplift
+from plumbing import atomic
+from plumbing.paths import METRICS, PLOTS, REPORTS
+
+GOALS = {"uplift_daily_vs_logging": 0.30, "uplift_daily_vs_frozen": 0.05, "feed_ctr_uplift_daily_vs_logging": 1.00,
+         "served_compliance_min": 0.995}
+
+
+def loop_days(records: list[dict], cfg) -> list[dict]:
+    return [r for r in records if r["day"] >= cfg.warmup_days]
+
+
+def arm_summary(records: list[dict], cfg) -> dict:
+    """One arm: the last days pooled, verdict counts, wall time per stage."""
+    days = loop_days(records, cfg)
+    last = days[-cfg.last_days:]
+    runs = [r for r in records if r["day"] >= cfg.warmup_days - 1]  # the first training is on the last warm-up day
+    measures = [r["measure"] for r in last]
+    search, feed = pooled(measures, "search"), pooled(measures, "feed")
+    compliance = [r["measure"]["search"]["champion_compliance"] for r in days]
+    stage_seconds: dict[str, list[float]] = {}
+    for r in runs:
+        for name, s in r["stage_seconds"].items():
+            stage_seconds.setdefault(name, []).append(s)
+    return {
+        "last7": {"true_ctcvr": search["true_ctcvr"], "true_ctcvr_ci95": search["true_ctcvr_ci95"],
+                  "feed_true_ctr": feed["true_ctr"], "feed_true_ctr_ci95": feed["true_ctr_ci95"],
+                  "search": search, "feed": feed,
+                  "distinct2": _mean([r["measure"]["search_distinct2"] for r in last])},
+        "window": [last[0]["ds"], last[-1]["ds"]] if last else None,
+        "published_days": [r["ds"] for r in runs if r.get("published")],
+        "refused_days": [r["ds"] for r in runs if r.get("published") is False],
+        "validation_failed_days": [r["ds"] for r in records if not r.get("validated", True)],
+        "champion_compliance_min": min((c for c in compliance if c is not None), default=None),
+        "served_compliance_min": min((r["measure"]["search"]["compliance"] for r in days), default=None),
+        "stage_seconds_mean": {k: round(sum(v) / len(v), 1) for k, v in stage_seconds.items()},
+        "day_seconds_total": round(sum(r["seconds"] for r in days), 1),
+    }
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def build_summary(records: dict[str, list[dict]], cfg, params: Path) -> dict:
+    """metrics/closed_loop.json: the arms, the uplifts with CIs, the goals."""
+    arms = {arm: arm_summary(recs, cfg) for arm, recs in records.items()}
+    out = {"params": str(params), "days": cfg.total_days, "warmup_days": cfg.warmup_days, "loop_days": cfg.days,
+           "last_days": cfg.last_days, "arms": arms}
+    last = {arm: [r["measure"] for r in loop_days(recs, cfg)[-cfg.last_days:]] for arm, recs in records.items()}
+    for other in ("logging", "frozen"):
+        if "daily" in arms and other in arms:
+            a, b = pooled(last["daily"], "search"), pooled(last[other], "search")
+            up = uplift(a, b, "true_ctcvr")
+            out[f"uplift_daily_vs_{other}"], out[f"uplift_daily_vs_{other}_ci95"] = up["uplift"], up["ci95"]
+    if "daily" in arms and "logging" in arms:
+        up = uplift(pooled(last["daily"], "feed"), pooled(last["logging"], "feed"), "true_ctr")
+        out["feed_ctr_uplift_daily_vs_logging"], out["feed_ctr_uplift_daily_vs_logging_ci95"] = up["uplift"], up["ci95"]
+    if "daily" in arms:
+        out["served_compliance_min"] = arms["daily"]["champion_compliance_min"]
+        out["served_compliance_all_min"] = arms["daily"]["served_compliance_min"]
+    out["goals"] = {k: {"target": v, "value": out.get(k), "met": out.get(k) is not None and out[k] >= v}
+                    for k, v in GOALS.items() if k in out}
+    out["headline"] = headline(out)
+    return out
+
+
+def headline(out: dict) -> str:
+    parts = [f"{k} {_pct(g['value'], 'uplift' in k)} (goal {_pct(g['target'], 'uplift' in k)}: "
+             f"{'met' if g['met'] else 'NOT met'})" for k, g in out["goals"].items()]
+    return "; ".join(parts) or "no daily arm to compare"
+
+
+def _pct(x, signed: bool = True) -> str:
+    return "n/a" if x is None else f"{x:+.1%}" if signed else f"{x:.1%}"
+
+
+def days_csv(records: dict[str, list[dict]]) -> str:
+    """One row per (day): each arm's search true CTCVR, feed true CTR, champion share, compliance."""
+    by_day: dict[str, dict] = {}
+    for arm, recs in records.items():
+        for r in recs:
+            row = by_day.setdefault(r["ds"], {"ds": r["ds"], "day": r["day"]})
+            m = r["measure"]
+            row.update({f"{arm}_search_true_ctcvr": m["search"]["true_ctcvr"], f"{arm}_feed_true_ctr": m["feed"]["true_ctr"],
+                        f"{arm}_champion_share": m["search"]["champion_share"],
+                        f"{arm}_served_compliance": m["search"]["compliance"], f"{arm}_distinct2": m["search_distinct2"]})
+    rows = [by_day[d] for d in sorted(by_day)]
+    fields = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("ds", "day"), k))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def trajectory_plot(records: dict[str, list[dict]], cfg, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("search true CTCVR", lambda m: m["search"]["true_ctcvr"]), ("feed true CTR", lambda m: m["feed"]["true_ctr"]),
+              ("champion share of search", lambda m: m["search"]["champion_share"]),
+              ("served search compliance", lambda m: m["search"]["compliance"]))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for ax, (title, value) in zip(axes.flat, panels):
+        for arm, recs in records.items():
+            ax.plot([r["day"] for r in recs], [value(r["measure"]) for r in recs], marker=".", label=arm)
+        ax.axvline(cfg.warmup_days - 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    for ax in axes[1]:
+        ax.set_xlabel("day (dotted: end of the warm-up)")
+    atomic.save_figure(fig, path)
+
+
+def markdown(out: dict) -> str:
+    lines = ["# Closed loop", "", f"{out['days']} days ({out['warmup_days']} warm-up), params `{out['params']}`; "
+             f"last {out['last_days']} days pooled. How to read it: docs/operations.md \"The closed loop\".", "",
+             "| arm | search true CTCVR (95% CI) | feed true CTR (95% CI) | distinct-2 | published days | refused | "
+             "validation failed |", "|---|---|---|---|---|---|---|"]
+    for arm, a in out["arms"].items():
+        last = a["last7"]
+        lines.append(f"| {arm} | {last['true_ctcvr']:.5f} ({_ci(last['true_ctcvr_ci95'])}) | {last['feed_true_ctr']:.4f} "
+                     f"({_ci(last['feed_true_ctr_ci95'])}) | {_num(last['distinct2'])} | {len(a['published_days'])} | "
+                     f"{len(a['refused_days'])} | {len(a['validation_failed_days'])} |")
+    lines += ["", "| goal | value | target | met |", "|---|---|---|---|"]
+    for name, g in out["goals"].items():
+        ci = out.get(f"{name}_ci95")
+        signed = "uplift" in name
+        lines.append(f"| {name} | {_pct(g['value'], signed)}{f' ({_ci(ci, pct=True)})' if ci else ''} | "
+                     f"{_pct(g['target'], signed)} | "
+                     f"{'yes' if g['met'] else '**no**'} |")
+    if "daily" in out["arms"]:
+        lines += ["", "Mean seconds per stage, daily arm: " + ", ".join(
+            f"{k} {v}" for k, v in out["arms"]["daily"]["stage_seconds_mean"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def _ci(ci, pct: bool = False) -> str:
+    if not ci:
+        return "n/a"
+    return f"{ci[0]:+.1%} .. {ci[1]:+.1%}" if pct else f"{ci[0]:.5f} .. {ci[1]:.5f}"
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def write_report(records: dict[str, list[dict]], cfg, params: Path) -> dict:
+    """Write the four outputs under the params file's run root (the working directory); return the summary."""
+    out = build_summary(records, cfg, params)
+    atomic.write_json(METRICS / "closed_loop.json", atomic.undefined_as_null(out))
+    atomic.write_text(METRICS / "closed_loop_days.csv", days_csv(records))
+    trajectory_plot(records, cfg, PLOTS / "closed_loop" / "trajectories.png")
+    atomic.write_text(REPORTS / "closed_loop.md", markdown(out))
+    return out
