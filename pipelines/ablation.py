@@ -29,7 +29,7 @@ from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
 from plumbing.errors import MissingArtifact
 from plumbing.logs import get_logger
-from plumbing.paths import ABLATION_DIR, METRICS, PLOTS, REPORTS, SFT_DIR
+from plumbing.paths import ABLATION_DIR, ALL_CURATED, METRICS, PLOTS, REPORTS, SFT_DIR, CuratedReader
 
 log = get_logger("ablation")
 TRAIN_METRICS = "grpo_metrics.json"  # beside each rung's policy (written after the policy directory)
@@ -83,19 +83,20 @@ def run(ctx: StageContext) -> None:
     grpo_cfg = ctx.config(GRPOStageConfig, "grpo")
     eval_cfg = dataclasses.replace(ctx.config(EvaluateConfig, "evaluate"), n_impressions=cfg.n_impressions)
     started = time.monotonic()
-    training = {rung: train_rung(grpo_cfg, rung, ctx.args.skip_training) for rung in cfg.rungs}
-    arms, setup = evaluate_rungs(cfg, eval_cfg, ctx)
+    training = {rung: train_rung(grpo_cfg, rung, ctx.args.skip_training, ctx.curated) for rung in cfg.rungs}
+    arms, setup, eval_day = evaluate_rungs(cfg, eval_cfg, ctx)
     for rung in cfg.rungs:
         names, credit = LADDER[rung]
         arms[rung].update({"rewards": list(names), "credit_assignment": credit, **training.get(rung, {})})
-    metrics = {"arms": arms, "rungs": cfg.rungs, "setup": setup, "seconds": round(time.monotonic() - started, 1)}
+    metrics = {"arms": arms, "rungs": cfg.rungs, "eval_day": eval_day, "setup": setup,
+               "seconds": round(time.monotonic() - started, 1)}
     write_json(METRICS / "ablation.json", undefined_as_null(metrics))
     bar_chart(arms, PLOTS / "ablation" / "ab.png", "Ablation ladder: simulated A/B")
     write_text(REPORTS / "ablation.md", render_report(arms, cfg, eval_cfg))
     log.info("ablation done in %.1fs", metrics["seconds"])
 
 
-def train_rung(grpo_cfg, rung: str, skip_training: bool) -> dict:
+def train_rung(grpo_cfg, rung: str, skip_training: bool, curated: CuratedReader = ALL_CURATED) -> dict:
     """One rung's GRPO run (or its recorded metrics with skip_training): time, steps, learned held-out gain."""
     from pipelines import grpo
 
@@ -106,15 +107,15 @@ def train_rung(grpo_cfg, rung: str, skip_training: bool) -> dict:
         metrics = json.loads((out_dir / TRAIN_METRICS).read_text(encoding="utf-8"))
     else:
         log.info("ablation rung %s: rewards %s, credit assignment %s", rung, *LADDER[rung])
-        metrics = grpo.train_relate(rung_config(grpo_cfg, rung), output_dir=out_dir,
+        metrics = grpo.train_relate(rung_config(grpo_cfg, rung), curated, output_dir=out_dir,
                                     metrics_path=out_dir / TRAIN_METRICS,
                                     plots_dir=PLOTS / "ablation" / rung, prompts_dir=None)
     return {"train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
             "learned_held_out_gain": metrics["held_out"]["gain"]}
 
 
-def evaluate_rungs(cfg: AblationConfig, eval_cfg, ctx: StageContext) -> tuple[dict, dict]:
-    """(per-arm summaries, setup) of SFT and every rung's plain samples on the same held-out traffic."""
+def evaluate_rungs(cfg: AblationConfig, eval_cfg, ctx: StageContext) -> tuple[dict, dict, str | None]:
+    """(per-arm summaries, setup, eval day) of SFT and every rung's plain samples on the same held-out traffic."""
     from pipelines.evaluate_harness import Harness, generate_candidates, setup_info
 
     harness = Harness.build(eval_cfg, ctx.params, curated=ctx.curated)
@@ -122,7 +123,7 @@ def evaluate_rungs(cfg: AblationConfig, eval_cfg, ctx: StageContext) -> tuple[di
     for rung in cfg.rungs:
         texts = generate_candidates(ABLATION_DIR / rung, harness.prompts, eval_cfg)
         outcomes[rung] = harness.sampled_arm(rung, texts)
-    return harness.summarize_all(outcomes), setup_info(harness)
+    return harness.summarize_all(outcomes), setup_info(harness), harness.eval_day
 
 
 def render_report(arms: dict, cfg: AblationConfig, eval_cfg) -> str:

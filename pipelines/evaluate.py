@@ -8,7 +8,9 @@ Variants (arms), all on the held-out prompts (data/prompts/eval.jsonl, written b
 Traffic: real search contexts (ad_id, keyword, query, user_segment, position, user_id) of
 the held-out prompts, sampled from the curated logs. Every arm serves the same impressions
 with the same random draws (common random numbers); outcomes come from the simulator's
-ground truth (relate_sim.oracle), with fatigue on repeated exposures. Reported per arm, with
+ground truth (relate_sim.oracle) of the market on the eval day (the --ds, else the newest curated
+partition; `eval_day` in the metrics, which publish reads), and the learned compliance reward
+applies the rules in effect that day; fatigue on repeated exposures. Reported per arm, with
 95% intervals: A/B CTR, CVR, CTCVR (observed clicks/conversions, Wilson), the true CTCVR of
 the served texts (the oracle's probabilities averaged over the traffic, no outcome noise),
 compliance rate, distinct-2 and self-BLEU of the texts served per prompt, and the learned
@@ -67,8 +69,9 @@ def run(ctx: StageContext) -> None:
 
     from pipelines.evaluate_combo import evaluate_combos  # GenCO: its artifacts must exist
 
-    combo = evaluate_combos(ctx.params)
-    metrics = {**arms, "goals": goals(arms, cfg), "setup": setup_info(harness), "combo": combo,
+    combo = evaluate_combos(ctx.params, harness.eval_day)
+    metrics = {**arms, "eval_day": harness.eval_day, "goals": goals(arms, cfg), "setup": setup_info(harness),
+               "combo": combo,
                "seconds": round(time.monotonic() - started, 1)}
     write_json(METRICS / "evaluate.json", undefined_as_null(metrics))
     bar_chart(arms, PLOTS / "evaluate" / "ab.png", f"Simulated A/B on {cfg.n_impressions:,} held-out impressions")

@@ -9,6 +9,8 @@ marginal CTR of the training window (`baseline_*`), which the confounded logging
 fools. Bag level: AUC of the model's p_click on the held-out days' feed impressions, beside
 the oracle AUC of the true p_click (per impression, context included) and of the true
 combination CTR (averaged over contexts: the ceiling for a model that sees no context).
+The truth is the market's as of the newest day of the model's window (`eval_day`: its last
+held-out day, from the model's metadata): a drifting market retires and re-prices elements.
 
 Noise ceiling (`noise_ceiling`): what the data scale allows. Clicks are redrawn from the
 true combination CTRs on the training window's own logged impressions (x each of
@@ -72,10 +74,19 @@ class EvaluateAttributionConfig:
 # --------------------------------------------------------------------------- element level
 
 
-def true_utilities() -> tuple[pd.DataFrame, "Oracle"]:  # noqa: F821
-    from relate_sim.oracle import Oracle
+def window_day(scorer: attr.AttributionScorer) -> str:
+    """The newest day of the model's training window (its held-out days included): the market it is judged in."""
+    days = list(scorer.meta.get("train_days") or []) + list(scorer.meta.get("holdout_days") or [])
+    if not days:
+        raise DataError(f"{MODEL_DIR}/config.json names no train_days or holdout_days")
+    return max(days)
 
-    oracle = Oracle.load()
+
+def true_utilities(day: str | None = None) -> tuple[pd.DataFrame, "Oracle"]:  # noqa: F821
+    """The true element utilities of the market as of `day` (None: day 0), and its oracle."""
+    from relate_sim.oracle import Oracle  # not evaluate_harness.load_oracle: this stage never loads the policy code
+
+    oracle = Oracle.load() if day is None else Oracle.load().as_of(day)
     table = pd.DataFrame(oracle.element_utilities()).rename(columns={"element_type": "slot"})
     return table[KEYS + ["utility", "uniform_marginal_ctr"]], oracle
 
@@ -280,7 +291,8 @@ def attribution_metrics(cfg: EvaluateAttributionConfig) -> dict:
     if not rewards_path.is_file():
         raise MissingArtifact(f"missing {rewards_path} (run pipelines.train_attribution first)")
     rewards = pd.read_parquet(rewards_path)
-    truth, oracle = true_utilities()
+    day = window_day(scorer)
+    truth, oracle = true_utilities(day)
     frame = rewards.merge(truth, on=KEYS, how="inner")
     if frame.empty:
         raise DataError("no learned element matches an element of the simulated world (stale model or world?)")
@@ -302,6 +314,7 @@ def attribution_metrics(cfg: EvaluateAttributionConfig) -> dict:
         "elements_matched": len(frame),
         "elements_in_world": len(truth),
         "goal_spearman": cfg.goal_spearman,
+        "eval_day": day,
     }
     metrics["meets_goal"] = bool(metrics["spearman_vs_truth"] >= cfg.goal_spearman)
     metrics["beats_baseline"] = bool(metrics["spearman_vs_truth"] > metrics["baseline_spearman_vs_truth"])

@@ -1,12 +1,13 @@
 """The champion's gated metrics on the candidate's evaluation day, for publish's no-regression gate.
 
 The champion's recorded metrics were measured on the day it was published; comparing a
-candidate with them would compare two days' traffic. So its artifacts are scored again on the
-candidate's evaluation data with the evaluate stages' own code: the A/B harness of
+candidate with them would compare two days' traffic (and, the market drifting, two days'
+markets). So its artifacts are scored again on the candidate's evaluation data, against the
+market as of the candidate's day, with the evaluate stages' own code: the A/B harness of
 `pipelines.evaluate_harness` (the candidate's held-out prompts and logged contexts up to `ds`, the
 candidate's SFT policy as the common baseline, the same seeds) for the text-policy gates,
 and `pipelines.evaluate_attribution.holdout_auc` on the candidate's held-out days for the MIL
-model. The result has the shape of the metrics files, so publish reads it with the same keys.
+model (the oracle as of the newest of them, as the candidate's attribution.json). The result has the shape of the metrics files, so publish reads it with the same keys.
 
 Not scored again, and why (publish then compares with the recorded value and says so):
 `ctcvr.json` (the held-out AUC needs train_ctcvr's prediction pass over the day, which lives
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from pipelines.evaluate import EvaluateConfig
 from pipelines.evaluate_attribution import holdout_auc
-from pipelines.evaluate_harness import Harness, generate_candidates
+from pipelines.evaluate_harness import Harness, generate_candidates, load_oracle
 from plumbing.config import load_config
 from plumbing.logs import get_logger
 from plumbing.paths import METRICS, SFT_DIR, read_as_of
@@ -44,8 +45,10 @@ def champion_metrics(version_dir: Path, ds: str, params_path=None) -> dict[str, 
         }
         arms = harness.summarize_all(outcomes)
         holdout_days = json.loads((METRICS / "attribution.json").read_text(encoding="utf-8"))["holdout_days"]
-        attribution = holdout_auc(AttributionScorer.load(version_dir / "attribution"), harness.oracle, holdout_days)
+        attribution = holdout_auc(AttributionScorer.load(version_dir / "attribution"), load_oracle(max(holdout_days)),
+                                  holdout_days)
     log.info("champion %s on the candidate's data (ds %s): true CTCVR uplift %+.4f, compliance %.4f, "
              "MIL holdout AUC %.4f", version_dir.name, ds, arms["relate"]["true_ctcvr_uplift_vs_sft"],
              arms["relate"]["compliance_rate"], attribution["holdout_auc"])
-    return {"evaluate.json": {"relate": arms["relate"], "sft": arms["sft"]}, "attribution.json": attribution}
+    return {"evaluate.json": {"relate": arms["relate"], "sft": arms["sft"], "eval_day": harness.eval_day},
+            "attribution.json": {**attribution, "eval_day": max(holdout_days)}}

@@ -16,7 +16,12 @@ headline `true_ctr_ratio_to_oracle` is expected_ctr(generator_top1) / expected_c
 observed CTR difference and its 95% CI beside it. `learned_vs_true` puts the MIL model's
 predicted CTR of the generator's picks next to their true CTR (the gap is reward hacking).
 
-`evaluate_combos(params_path)` returns the dict (the evaluate stage merges it under "combo");
+The truth is the market's as of the eval day (`eval_day`: the evaluate stage's; standalone, the
+newest curated partition). A drifting market retires elements: a combination holding one is not
+served that day, so an arm falls back to logging for that ad (counted in ads_fallback), and the
+logging arm keeps its still-live logged combinations.
+
+`evaluate_combos(params_path, day)` returns the dict (the evaluate stage merges it under "combo");
 `main()` also writes metrics/evaluate_combo.json.
 
     python -m pipelines.evaluate_combo [--params params.yaml]
@@ -73,17 +78,44 @@ def greedy_marginal(rows: pd.DataFrame) -> dict[str, tuple]:
     return {ad: tuple(best.get((ad, s)) for s in attr.SLOTS) for ad in rows["ad_id"].unique()}
 
 
-def logging_policy(rows: pd.DataFrame, seed: int):
-    """fn(context) -> a logged combination of the ad, drawn in proportion to its logged impressions."""
-    rng = np.random.default_rng(seed)
+def logging_policy(rows: pd.DataFrame, seed: int, oracle=None):
+    """fn(context) -> a logged combination of the ad, drawn in proportion to its logged impressions.
+
+    An ad none of whose logged combinations is still live (a drifting market retired them) gets a
+    uniform draw of its live elements from `oracle`, as an exploring ad server would serve it."""
+    rng, explore = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     table = {ad: (list(map(tuple, g[COLS].to_numpy())), g["impressions"].to_numpy(np.float64) / g["impressions"].sum())
              for ad, g in rows.groupby("ad_id", sort=True)}
 
     def choose(ctx: dict) -> tuple:
+        if ctx["ad_id"] not in table and oracle is not None:
+            info = oracle.ad_info(ctx["ad_id"])
+            return tuple(str(explore.choice(info[f"{s}_ids"])) for s in attr.SLOTS)
         combos, p = table[ctx["ad_id"]]
         return combos[int(rng.choice(len(combos), p=p))]
 
     return choose
+
+
+def live_ids(oracle) -> dict[str, set]:
+    """slot -> the element ids live in the oracle's market (every ad's; an id names its ad)."""
+    infos = [oracle.ad_info(ad) for ad in oracle.ad_ids]
+    return {s: {e for info in infos for e in info[f"{s}_ids"]} for s in attr.SLOTS}
+
+
+def live_choices(choices: dict, live: dict[str, set]) -> dict:
+    """An arm's choices without the combinations holding an element retired by the eval day.
+
+    The ad server cannot serve those on that day; an ad left with none falls back to logging."""
+    def ok(combo) -> bool:
+        return all(e in live[s] for s, e in zip(attr.SLOTS, combo))
+
+    out = {}
+    for ad, choice in choices.items():
+        kept = [c for c in choice if ok(c)] if isinstance(choice, list) else choice if ok(choice) else None
+        if kept:
+            out[ad] = kept
+    return out
 
 
 def with_fallback(choices: dict, fallback):
@@ -104,11 +136,11 @@ def arm_summary(result) -> dict:
             "impressions": result.impressions, "clicks": result.clicks, "repeat_exposures": result.repeat_exposures}
 
 
-def load_oracle():
-    """The simulator's truth (a function, so tests can stand a synthetic world in for it)."""
-    from relate_sim.oracle import Oracle
+def load_oracle(day: str | None = None):
+    """The simulator's truth as of `day` (a function, so tests can stand a synthetic world in for it)."""
+    from pipelines.evaluate_harness import load_oracle as as_of
 
-    return Oracle.load()
+    return as_of(day)
 
 
 def load_serving() -> pd.DataFrame:
@@ -122,15 +154,17 @@ def load_serving() -> pd.DataFrame:
     return serving
 
 
-def combo_metrics(cfg: EvaluateComboConfig) -> dict:
-    """Every arm's simulated A/B and the headline ratios (see the module docstring)."""
+def combo_metrics(cfg: EvaluateComboConfig, day: str | None = None) -> dict:
+    """Every arm's simulated A/B and the headline ratios (see the module docstring), in the market as of `day`."""
     from plumbing.metrics import diff_ci
 
     serving = load_serving()
     scorer = attr.AttributionScorer.load(ATTRIBUTION_DIR)
-    oracle = load_oracle()
+    oracle = load_oracle(day)
+    live = live_ids(oracle)
     rows = logged_rows(scorer)
-    logged = logging_policy(rows, cfg.seed)
+    rows = rows[np.logical_and.reduce([rows[attr.SLOT_COLUMNS[s]].isin(live[s]) for s in attr.SLOTS])]
+    logged = logging_policy(rows, cfg.seed, oracle)
 
     serving = serving.sort_values(["ad_id", "rank"])
     top1 = {ad: tuple(g.iloc[0][COLS]) for ad, g in serving.groupby("ad_id")}
@@ -145,6 +179,8 @@ def combo_metrics(cfg: EvaluateComboConfig) -> dict:
         "greedy_marginal": greedy_marginal(rows),
         "mil_argmax": {ad: b[:3] for ad, b in mil_argmax(scorer, problem, cfg.max_enumerate).items()},
     }
+    arms = {name: live_choices(choices, live) for name, choices in arms.items()}
+    top1 = arms["generator_top1"]
     results = {"logging": oracle.ab_test_combos(logged, cfg.n_impressions, cfg.seed)}
     for name, choices in arms.items():
         log.info("simulated A/B: %s (%d impressions)", name, cfg.n_impressions)
@@ -161,27 +197,32 @@ def combo_metrics(cfg: EvaluateComboConfig) -> dict:
     out["observed_ctr_diff_vs_logging"] = {"estimate": diff, "ci95": [lo, hi]}
     for name in arms:
         out["arms"][name]["ratio_to_oracle"] = results[name].expected_ctr / ora.expected_ctr
-    # per ad, without traffic or fatigue: how close each pick is to the ad's own best
-    per_ad = [oracle.true_combo_ctr(ad, *c) / best[ad]["ctr"] for ad, c in top1.items() if ad in world_ads]
-    learned = serving[serving["rank"] == 1]
-    true_top1 = np.array([oracle.true_combo_ctr(ad, *top1[ad]) for ad in learned["ad_id"]])
-    out["per_ad_ratio_to_oracle_mean"] = float(np.mean(per_ad))
-    out["per_ad_ratio_to_oracle_min"] = float(np.min(per_ad))
-    out["top1_is_oracle_best_share"] = float(np.mean([top1[ad] == tuple(best[ad][c] for c in COLS) for ad in top1]))
-    out["learned_vs_true"] = {"top1_mil_predicted_ctr": float(learned["score"].mean()),
-                              "top1_true_ctr": float(true_top1.mean())}
+    out.update(per_ad_metrics(oracle, top1, best, serving, world_ads, day))
     out["goal_ratio"] = cfg.goal_ctr_ratio_to_oracle
     out["meets_goal"] = bool(out["true_ctr_ratio_to_oracle"] >= cfg.goal_ctr_ratio_to_oracle)
-    out["n_impressions_per_arm"] = cfg.n_impressions
+    out["n_impressions_per_arm"], out["eval_day"] = cfg.n_impressions, day
     log.info("generator top-1 true CTR %.5f = %.3f of oracle best (%.5f); %+.1f%% vs logging (%.5f)",
              gen.expected_ctr, out["true_ctr_ratio_to_oracle"], ora.expected_ctr,
              100 * out["true_ctr_uplift_vs_logging"], logg.expected_ctr)
     return out
 
 
-def evaluate_combos(params_path=None) -> dict:
-    """The combination metrics for the evaluate stage (merged under "combo")."""
-    return combo_metrics(load_config(EvaluateComboConfig, "evaluate_combo", params_path))
+def per_ad_metrics(oracle, top1: dict, best: dict, serving: pd.DataFrame, world_ads: set, day: str | None) -> dict:
+    """Per ad, without traffic or fatigue: how close each live top-1 pick is to the ad's own best."""
+    per_ad = [oracle.true_combo_ctr(ad, *c) / best[ad]["ctr"] for ad, c in top1.items() if ad in world_ads]
+    if not per_ad:  # every top-1 pick holds an element retired by the eval day
+        raise DataError(f"no generator top-1 combination is live on {day}: the serving table is stale")
+    learned = serving[(serving["rank"] == 1) & serving["ad_id"].isin(top1)]
+    true_top1 = np.array([oracle.true_combo_ctr(ad, *top1[ad]) for ad in learned["ad_id"]])
+    return {"per_ad_ratio_to_oracle_mean": float(np.mean(per_ad)), "per_ad_ratio_to_oracle_min": float(np.min(per_ad)),
+            "top1_is_oracle_best_share": float(np.mean([top1[ad] == tuple(best[ad][c] for c in COLS) for ad in top1])),
+            "learned_vs_true": {"top1_mil_predicted_ctr": float(learned["score"].mean()),
+                                "top1_true_ctr": float(true_top1.mean())}}
+
+
+def evaluate_combos(params_path=None, day: str | None = None) -> dict:
+    """The combination metrics for the evaluate stage (merged under "combo"), as of its eval day."""
+    return combo_metrics(load_config(EvaluateComboConfig, "evaluate_combo", params_path), day)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(ctx: StageContext) -> None:
-    metrics = combo_metrics(ctx.config(EvaluateComboConfig))
+    metrics = combo_metrics(ctx.config(EvaluateComboConfig), ctx.curated.run_day())
     atomic.write_json(METRICS_FILE, metrics)
     log.info("wrote %s", METRICS_FILE)
 

@@ -3,7 +3,8 @@
 Traffic: real search contexts (ad_id, keyword, query, user_segment, position, user_id) of
 the held-out prompts, sampled from the curated logs. Every arm serves the same impressions
 with the same random draws (common random numbers); outcomes come from the simulator's
-ground truth (relate_sim.oracle), with fatigue on repeated exposures. Users: the evaluate
+ground truth (relate_sim.oracle) of the market as of the run's day (`Harness.eval_day`: its
+--ds, else the newest curated partition), with fatigue on repeated exposures. Users: the evaluate
 stage, the ablation ladder, publish's champion re-scoring (evaluate_champion) and bench/.
 It reads the oracle, so it sits inside the honesty boundary; the statistics are
 plumbing.metrics', the reports pipelines.ab_report's.
@@ -83,11 +84,19 @@ def scorer_context(ctx: dict) -> dict:
             "user_segment": ctx["user_segment"], "position": int(ctx["position"])}
 
 
-def load_oracle():
-    """The simulator's ground truth (relate_sim.oracle)."""
+def load_oracle(day: str | None = None):
+    """The simulator's ground truth (relate_sim.oracle) of the market as of `day` (None: the day-0 world).
+
+    A drifting market moves every day: a run scores against the day it is as of, never day 0."""
     from relate_sim.oracle import Oracle
 
-    return Oracle.load()
+    oracle = Oracle.load()
+    if day is None:
+        return oracle
+    try:
+        return oracle.as_of(day)
+    except ValueError as err:  # a day before the world's start_date
+        raise DataError(f"eval day {day}: {err}") from None
 
 
 # ------------------------------------------------------------------------------- serving
@@ -264,6 +273,7 @@ class Harness:
     scorer: object
     ab: ABTest
     rewards: list | None = None
+    eval_day: str | None = None  # the market and compliance rules scored against (CuratedReader.run_day)
 
     @classmethod
     def build(cls, cfg: "EvaluateConfig", params_path=None, prompts_path: Path = EVAL_PROMPTS,
@@ -273,14 +283,15 @@ class Harness:
 
         serving = serving or load_config(ServingConfig, "serving", params_path)
         serving.check_pool_size(cfg.texts_per_prompt, "evaluate.texts_per_prompt")
-        oracle = load_oracle()
+        eval_day = curated.run_day()
+        oracle = load_oracle(eval_day)
         prompts = load_prompts(prompts_path)
         contexts = sample_contexts(prompts, cfg.n_impressions, cfg.seed, curated.table("labeled_impressions"))
-        log.info("A/B traffic: %d logged search contexts over %d held-out prompts", len(contexts),
-                 len({c["prompt_id"] for c in contexts}))
+        log.info("A/B traffic: %d logged search contexts over %d held-out prompts, scored as of %s", len(contexts),
+                 len({c["prompt_id"] for c in contexts}), eval_day)
         scorer = CTCVRScorer.load(CTCVR_DIR)
         return cls(cfg, serving, oracle, prompts, contexts, scorer, ABTest(oracle, contexts, cfg.seed, cfg.fatigue),
-                   learned_rewards(scorer, params_path, curated))
+                   learned_rewards(scorer, params_path, curated), eval_day)
 
     def run_arm(self, name: str, served: list[str]) -> ArmOutcome:
         outcome = self.ab.run(name, served)

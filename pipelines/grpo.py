@@ -2,7 +2,8 @@
 
 Reads models/sft/ (policy + its tokenizer and prompt format; an adapter SFT policy keeps
 training its adapter, the KL reference being TRL's frozen copy of the SFT adapter), models/ctcvr/ (the learned CTCVR reward model),
-the curated search logs (prompts and historical ad texts) and the compliance lexicon.
+the curated search logs (prompts and historical ad texts) and the compliance lexicon (with its dated
+rules in effect on the run's day: the --ds, else the newest curated partition).
 Writes the prompt split (data/prompts/: train.jsonl for GRPO, eval.jsonl held out for
 evaluation), models/relate/ (save_pretrained), metrics/grpo.json (learned rewards of the
 SFT and RELATE policies on the held-out prompts, speed) and the per-reward training
@@ -58,7 +59,9 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     train_prompts, eval_prompts = (
         [{**r, "prompt": policy.format_prompt(tokenizer, r["prompt"], meta["prompt_format"])} for r in rows]
         for rows in (train_prompts, eval_prompts))
-    rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, corpus, eos_token_id=tokenizer.eos_token_id))
+    as_of = curated.run_day()  # the compliance rules in effect on the run's day
+    rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, corpus, eos_token_id=tokenizer.eos_token_id,
+                                                              as_of=as_of))
     names = [r.name for r in rewards]
 
     def held_out_rewards(m) -> dict[str, float]:
@@ -87,7 +90,7 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     policy.save_policy(model, tokenizer, output_dir, meta=meta)
     policy.write_curves(curves, plots_dir / "rewards.csv", plots_dir / "rewards.png", "step",
                         names + ["kl", "violation_rate"], "RELATE GRPO: mean reward per training step")
-    metrics["seconds"] = round(time.monotonic() - started, 1)
+    metrics["seconds"], metrics["compliance_as_of"] = round(time.monotonic() - started, 1), as_of
     write_json(metrics_path, metrics)
     log.info("grpo done: %d steps in %.1fs (%.2f steps/s)", metrics["steps"], train_seconds,
              metrics["steps_per_second"])

@@ -109,6 +109,15 @@ class CuratedReader:
     def table(self, table: str) -> Path:
         return self.root / _check_table(table)
 
+    def run_day(self, table: str = "labeled_impressions") -> str | None:
+        """The day a run is as of: its --ds, else the newest partition of `table` it reads (None: none).
+
+        The market and the compliance rules a run trains or scores against are those of this day."""
+        if self.as_of is not None:
+            return self.as_of
+        days = partitions(self.table(table))
+        return days[-1] if days else None
+
 
 ALL_CURATED = CuratedReader()
 

@@ -75,11 +75,12 @@ class GRPOStageConfig:
 
 
 def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | None = None,
-                   latin_script: bool = True):
+                   latin_script: bool = True, as_of: str | None = None):
     """The RewardContext of `cfg`'s rewards.
 
     `corpus`: policy.load_search_corpus's frame (its ad texts are the history a copy is
-    checked against), or those historical texts themselves.
+    checked against), or those historical texts themselves. `as_of`: the run's day; the
+    compliance reward applies the dated rules in effect then (None: the lexicon alone).
     """
     from relate_models.compliance import ComplianceChecker
     from relate_models.rewards import RewardContext
@@ -87,7 +88,7 @@ def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | Non
     texts = corpus["ad_text"] if hasattr(corpus, "columns") else corpus
     return RewardContext(
         scorer=scorer,
-        compliance=ComplianceChecker.load(cfg.lexicon),
+        compliance=ComplianceChecker.load(cfg.lexicon, as_of=as_of),
         historical_texts=sorted(set(texts)),
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,

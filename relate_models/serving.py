@@ -109,11 +109,12 @@ def serving_pools(candidates: dict[str, list[str]], prompts: Sequence[dict], rew
 
 
 def learned_rewards(scorer, params_path, curated: CuratedReader = ALL_CURATED):
-    """The grpo stage's reward functions (learned rewards only), to score served texts."""
+    """The grpo stage's reward functions (learned rewards only), to score served texts, with the
+    compliance rules in effect on the run's day (`curated.run_day()`), as the policy was trained."""
     from relate_models.grpo_trainer import GRPOStageConfig, reward_context
     from relate_models.policy import load_search_corpus
     from relate_models.rewards import build_rewards
 
     grpo_cfg = load_config(GRPOStageConfig, "grpo", params_path)
-    ctx = reward_context(grpo_cfg, scorer, load_search_corpus(curated.table("text_stats")))
+    ctx = reward_context(grpo_cfg, scorer, load_search_corpus(curated.table("text_stats")), as_of=curated.run_day())
     return build_rewards(["ctcvr", "quality_structural", "quality_compliance", "diversity"], ctx)

@@ -473,7 +473,7 @@ def test_evaluate_stage_end_to_end_with_a_stand_in_truth(tiny_params, world, mon
     synthetic_curated_tree(Path.cwd(), world)
     assert train_attribution.main([]) == 0
     truth = truth_table(world).assign(uniform_marginal_ctr=lambda t: t["utility"])
-    monkeypatch.setattr(evaluate_attribution, "true_utilities", lambda: (truth, _SyntheticOracle(world)))
+    monkeypatch.setattr(evaluate_attribution, "true_utilities", lambda day=None: (truth, _SyntheticOracle(world)))
     assert evaluate_attribution.main([]) == 0
     metrics = json.loads(Path("metrics/attribution.json").read_text())
     assert metrics["elements_matched"] == len(truth) and metrics["groups"] == 3 * len(world)

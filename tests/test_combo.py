@@ -202,6 +202,9 @@ class _StandInOracle:
         best = max(itertools.product(ad["title"], ad["image"], ad["highlight"]), key=lambda c: true_logit(ad, c))
         return {"ad_id": ad_id, **dict(zip(attr.ELEMENT_COLUMNS, best)), "ctr": self.true_combo_ctr(ad_id, *best)}
 
+    def ad_info(self, ad_id) -> dict:
+        return {f"{s}_ids": list(self.world[ad_id][s]) for s in attr.SLOTS}
+
     def ab_test_combos(self, policy, n_impressions: int, seed: int):
         from relate_sim.oracle import ABResult
 
@@ -245,7 +248,7 @@ def test_policy_and_evaluate_stages_end_to_end(tiny_params, monkeypatch):
     assert combo_policy.main([]) == 0
     pd.testing.assert_frame_equal(serving, pd.read_parquet("models/combo_policy/serving.parquet"))
 
-    monkeypatch.setattr(evaluate_combo, "load_oracle", lambda: _StandInOracle(world))
+    monkeypatch.setattr(evaluate_combo, "load_oracle", lambda day=None: _StandInOracle(world))
     assert evaluate_combo.main([]) == 0
     result = json.loads(Path("metrics/evaluate_combo.json").read_text())
     assert set(result["arms"]) == {"generator_top1", "generator_top_k", "oracle_best", "logging", "greedy_marginal",

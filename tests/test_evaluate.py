@@ -190,7 +190,7 @@ def curated_without_spark(root: Path) -> None:
         stats.to_parquet(out / "part-00000.parquet", index=False)
 
 
-def fake_evaluate_combos(params_path=None) -> dict:
+def fake_evaluate_combos(params_path=None, day=None) -> dict:
     """FAKE of pipelines.evaluate_combo.evaluate_combos (GenCO's own stage and artifacts)."""
     return {"fake": True, "genco": {"true_ctr_uplift_vs_logging": 0.1}}
 
@@ -253,6 +253,40 @@ def test_evaluate_end_to_end_writes_required_keys(tiny_pipeline):
     previous = json.loads(first)
     previous.pop("seconds")
     assert again == previous
+
+
+def test_evaluate_scores_against_the_market_as_of_its_day(tiny_pipeline, tmp_path, monkeypatch):
+    """Drift on: the oracle is the market of the run's day (--ds, else the newest partition read), recorded."""
+    from pipelines import evaluate
+    from pipelines.evaluate_harness import EvaluateConfig, Harness
+    from plumbing.dates import shift_ds
+    from plumbing.paths import read_as_of
+    from relate_sim.writer import simulate
+
+    values = yaml.safe_load(TINY_PARAMS.read_text())
+    values["simulate"]["drift"]["enabled"] = True
+    run = tmp_path / "drifting"
+    (run / "data").mkdir(parents=True)
+    params = run / "params.yaml"
+    params.write_text(yaml.safe_dump(values))
+    cfg = build_config(SimulateConfig, "simulate", values["simulate"])
+    simulate(cfg, tmp_path / "raw", run / "data/sim_truth")  # the drifting market's truth and its daily memory
+    for name in ("data/curated", "data/prompts", "models"):  # the drift-off run's logs and models
+        (run / name).symlink_to(tiny_pipeline / name, target_is_directory=True)
+    monkeypatch.chdir(run)
+    monkeypatch.setenv("RELATE_PARAMS", str(params))
+    eval_cfg = load_config(EvaluateConfig, "evaluate", params)
+    ds, last = shift_ds(cfg.start_date, 3), shift_ds(cfg.start_date, cfg.days - 1)
+    with read_as_of(ds) as curated:
+        harness = Harness.build(eval_cfg, params, curated=curated)
+    assert (harness.eval_day, harness.oracle.world.day) == (ds, 3)
+    ctx = harness.contexts[0]
+    text = f"Shop {ctx['keyword']}. Free shipping. Book today"
+    assert harness.oracle.true_text_probs(ctx, text) != Oracle.load().true_text_probs(ctx, text)  # the market moved
+    latest = Harness.build(eval_cfg, params)  # no --ds (dvc repro): the newest curated partition
+    assert (latest.eval_day, latest.oracle.world.day) == (last, cfg.days - 1)
+    assert evaluate.main(["--ds", ds]) == 0
+    assert json.loads((run / "metrics/evaluate.json").read_text())["eval_day"] == ds  # what publish reads
 
 
 def test_ablation_trains_and_evaluates_each_rung(tiny_pipeline):

@@ -100,6 +100,7 @@ def test_sft_grpo_generate_pipeline(world, capsys):
     assert not torch.equal(flat_params(sft_model), flat_params(relate_model))  # GRPO steps moved the policy
     metrics = json.loads((world / "metrics/grpo.json").read_text())
     assert metrics["steps"] == 3
+    assert metrics["compliance_as_of"] == "2026-01-02"  # no --ds: the newest curated partition's rules
     assert set(metrics["held_out"]["relate"]) >= {"ctcvr", "quality_structural", "quality_compliance", "diversity"}
     curves = pd.read_csv(world / "plots/grpo/rewards.csv")
     assert list(curves["step"]) == [1, 2, 3]

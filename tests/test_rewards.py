@@ -1,6 +1,8 @@
 """Each RELATE reward on crafted texts; the registry and weight validation."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -179,3 +181,41 @@ def test_registry_granularities():
 
     ctx = context(scorer=object(), compliance=ComplianceChecker.load())
     assert {r.name: r.granularity for r in build_rewards(list(REGISTRY), ctx)} == REWARD_GRANULARITY
+
+
+def test_grpo_and_serving_compliance_apply_the_rule_in_effect_on_the_run_day(tmp_path):
+    """The dated rule (relate_models/data/compliance_rules/2026-01-11.yaml) reaches GRPO's reward and the
+    serving pool's through the run's day: its --ds, else the newest curated partition read."""
+    import pandas as pd
+
+    from plumbing.dates import shift_ds
+    from plumbing.paths import CuratedReader
+    from relate_models.grpo_trainer import reward_context
+    from relate_models.serving import learned_rewards
+
+    rule_day = "2026-01-11"
+    text = "Top rated cheap flights. Book today"
+
+    def flagged_by_grpo(as_of) -> bool:
+        return reward_context(GRPO, None, [text], as_of=as_of).compliance.penalty(text) > 0
+
+    assert [flagged_by_grpo(d) for d in (None, shift_ds(rule_day, -1), rule_day, shift_ds(rule_day, 3))] == \
+        [False, False, True, True]
+
+    curated = tmp_path / "curated"
+    stats = pd.DataFrame([{"vertical": "travel", "keyword": "cheap flights", "ad_text": "Fly cheap. Book today",
+                           "impressions": 10, "clicks": 1, "conversions": 0}])
+    for day in (shift_ds(rule_day, -1), rule_day):
+        for table in ("text_stats", "labeled_impressions"):
+            (curated / table / f"dt={day}").mkdir(parents=True)
+        stats.to_parquet(curated / "text_stats" / f"dt={day}" / "part-00000.parquet", index=False)
+
+    def flagged_by_serving(reader: CuratedReader) -> bool:
+        rewards = {r.name: r for r in learned_rewards(object(), TINY_PARAMS, reader)}
+        return rewards["quality_compliance"].score([text])[0] < 0
+
+    assert not flagged_by_serving(CuratedReader(curated, as_of=shift_ds(rule_day, -1)))  # --ds the day before
+    assert flagged_by_serving(CuratedReader(curated, as_of=rule_day))
+    assert flagged_by_serving(CuratedReader(curated))  # no --ds: the newest partition, the rule's day
+    shutil.rmtree(curated / "labeled_impressions" / f"dt={rule_day}")
+    assert not flagged_by_serving(CuratedReader(curated))
