@@ -92,7 +92,8 @@ def _load(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def overlay(base: dict[str, Any], changes: dict[str, Any], name: str | os.PathLike = "overlay") -> dict[str, Any]:
-    """`base` with each section's keys replaced by those of `changes` (new sections are added)."""
+    """`base` with each section's keys replaced by those of `changes` (new sections are added;
+    nested mappings are merged key by key)."""
     merged = {section: dict(values) if isinstance(values, dict) else values for section, values in base.items()}
     for section, values in changes.items():
         if section not in merged:
@@ -103,8 +104,17 @@ def overlay(base: dict[str, Any], changes: dict[str, Any], name: str | os.PathLi
         unknown = sorted(set(values) - set(merged[section]))
         if unknown:
             raise ConfigError(f"{name}: {', '.join(f'{section}.{k}' for k in unknown)} not in the file it extends")
-        merged[section].update(values)
+        for key, value in values.items():
+            merged[section][key] = _merged(merged[section][key], value)
     return merged
+
+
+def _merged(base: Any, change: Any) -> Any:
+    """A nested mapping (simulate.drift, grpo.rewards) keeps the base's keys the change leaves out;
+    anything else is replaced. The section's own dataclass refuses a misspelt nested key."""
+    if isinstance(base, dict) and isinstance(change, dict):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in change.items()}}
+    return change
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
