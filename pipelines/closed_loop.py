@@ -17,7 +17,7 @@ A failed validation trains nothing that day (the champion keeps serving); a gate
 the champion; a stage that dies is retried `closed_loop.retries` times. The loop resumes after
 the last finished day when run again. Measured from the truth of what was served
 (pipelines.closed_loop_metrics); the report (pipelines.closed_loop_report) goes to
-metrics/closed_loop.json, metrics/closed_loop_days.csv, plots/closed_loop/trajectories.png and
+metrics/closed_loop.json, plots/closed_loop/days.csv, plots/closed_loop/trajectories.png and
 reports/closed_loop.md of the params file's run. docs/operations.md explains how to read them.
 
 --faults injects faults (the reliability test; comma-separated): `corrupt@DS` garbles a share of

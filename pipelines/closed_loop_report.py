@@ -167,7 +167,7 @@ def write_report(records: dict[str, list[dict]], cfg, params: Path) -> dict:
     """Write the four outputs under the params file's run root (the working directory); return the summary."""
     out = build_summary(records, cfg, params)
     atomic.write_json(METRICS / "closed_loop.json", atomic.undefined_as_null(out))
-    atomic.write_text(METRICS / "closed_loop_days.csv", days_csv(records))
+    atomic.write_text(PLOTS / "closed_loop" / "days.csv", days_csv(records))
     trajectory_plot(records, cfg, PLOTS / "closed_loop" / "trajectories.png")
     atomic.write_text(REPORTS / "closed_loop.md", markdown(out))
     return out

@@ -119,13 +119,20 @@ def choose_window(cfg: TrainAttributionConfig, run_ds: str | None) -> tuple[list
     end = complete[-1]
     n = cfg.train_days + cfg.holdout_days
     window = [shift_ds(end, -i) for i in range(n - 1, -1, -1)]
+    if window[0] < available[0]:  # a young deployment: train on the days there are (a gap later is still refused)
+        window = [d for d in window if d >= available[0]]
+        if len(window) <= cfg.holdout_days:
+            raise DataError(f"only {len(window)} click-complete day(s) up to {end} in {paths.curated(cfg.source)}; "
+                            f"need {cfg.holdout_days} holdout day(s) and at least one train day")
+        log.warning("history starts %s: training on %d day(s), not train_days=%d", available[0],
+                    len(window) - cfg.holdout_days, cfg.train_days)
     missing = [d for d in window if d not in available]
     if missing:
         raise DataError(
             f"window {window[0]}..{end} ({cfg.train_days} train + {cfg.holdout_days} holdout days) "
             f"lacks partition(s) {', '.join(missing)} of {paths.curated(cfg.source)}"
         )
-    return window[: cfg.train_days], window[cfg.train_days :]
+    return window[: len(window) - cfg.holdout_days], window[len(window) - cfg.holdout_days :]
 
 
 def load_rows(cfg: TrainAttributionConfig, days: list[str]) -> pd.DataFrame:

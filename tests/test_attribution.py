@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -366,6 +367,13 @@ def test_train_stage_end_to_end_on_a_tiny_curated_tree(tiny_params, world):
     pd.testing.assert_frame_equal(rewards, pd.read_parquet(model_dir / "element_rewards.parquet"))
     # --ds caps the window
     assert train_attribution.main(["--ds", "2026-01-02"]) == 2  # only one complete day: too short
+    # a history shorter than train_days (a young deployment): trains on the days there are
+    params = yaml.safe_load(tiny_params.read_text())
+    params["train_attribution"]["train_days"] = 6
+    tiny_params.write_text(yaml.safe_dump(params))
+    assert train_attribution.main([]) == 0
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["train_days"] == ["2026-01-01", "2026-01-02"] and config["holdout_days"] == ["2026-01-03"]
 
 
 def test_train_stage_uses_labels_as_of_to_pick_complete_days(tiny_params, world):
