@@ -96,9 +96,11 @@ def days_csv(records: dict[str, list[dict]]) -> str:
         for r in recs:
             row = by_day.setdefault(r["ds"], {"ds": r["ds"], "day": r["day"]})
             m = r["measure"]
-            row.update({f"{arm}_search_true_ctcvr": m["search"]["true_ctcvr"], f"{arm}_feed_true_ctr": m["feed"]["true_ctr"],
+            row.update({f"{arm}_search_true_ctcvr": m["search"]["true_ctcvr"],
+                        f"{arm}_feed_true_ctr": m["feed"]["true_ctr"],
                         f"{arm}_champion_share": m["search"]["champion_share"],
-                        f"{arm}_served_compliance": m["search"]["compliance"], f"{arm}_distinct2": m["search_distinct2"]})
+                        f"{arm}_served_compliance": m["search"]["compliance"],
+                        f"{arm}_distinct2": m["search_distinct2"]})
     rows = [by_day[d] for d in sorted(by_day)]
     fields = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("ds", "day"), k))
     buffer = io.StringIO()
@@ -114,7 +116,8 @@ def trajectory_plot(records: dict[str, list[dict]], cfg, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("search true CTCVR", lambda m: m["search"]["true_ctcvr"]), ("feed true CTR", lambda m: m["feed"]["true_ctr"]),
+    panels = (("search true CTCVR", lambda m: m["search"]["true_ctcvr"]),
+              ("feed true CTR", lambda m: m["feed"]["true_ctr"]),
               ("champion share of search", lambda m: m["search"]["champion_share"]),
               ("served search compliance", lambda m: m["search"]["compliance"]))
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
@@ -137,7 +140,8 @@ def markdown(out: dict) -> str:
              "validation failed |", "|---|---|---|---|---|---|---|"]
     for arm, a in out["arms"].items():
         last = a["last7"]
-        lines.append(f"| {arm} | {last['true_ctcvr']:.5f} ({_ci(last['true_ctcvr_ci95'])}) | {last['feed_true_ctr']:.4f} "
+        lines.append(f"| {arm} | {last['true_ctcvr']:.5f} ({_ci(last['true_ctcvr_ci95'])}) | "
+                     f"{last['feed_true_ctr']:.4f} "
                      f"({_ci(last['feed_true_ctr_ci95'])}) | {_num(last['distinct2'])} | {len(a['published_days'])} | "
                      f"{len(a['refused_days'])} | {len(a['validation_failed_days'])} |")
     lines += ["", "| goal | value | target | met |", "|---|---|---|---|"]

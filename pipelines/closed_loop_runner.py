@@ -187,7 +187,8 @@ class DayRunner:
         rec["verdict"] = (f"published {report['version']}" if rec["published"]
                           else f"publish refused ({', '.join(rec['refused_gates'])}): the champion stays")
 
-    def stage(self, name: str, ds: str | None, rec: dict, extra: list[str] = (), allowed: set[int] = frozenset()) -> int:
+    def stage(self, name: str, ds: str | None, rec: dict, extra: list[str] = (),
+              allowed: set[int] = frozenset()) -> int:
         """Run one stage command for `ds`, retrying a failure; its exit code (0 or one of `allowed`)."""
         argv = stage_argv(name, ds) if ds else [sys.executable, "-m", f"pipelines.{name}"]
         argv += ["--params", str(self.ws.params), *extra]

@@ -24,9 +24,9 @@ from plumbing.config import ConfigError, require
 from plumbing.dates import parse_ds, shift_ds
 from plumbing.errors import DataError
 from plumbing.logs import get_logger
+from plumbing.metrics import weighted_auc
 from plumbing.tables import read_partition
 from relate_models import attribution as attr
-from plumbing.metrics import weighted_auc
 
 log = get_logger(__name__)
 MODEL_DIR = paths.ATTRIBUTION_DIR

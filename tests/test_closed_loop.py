@@ -128,7 +128,8 @@ def test_bad_arguments_exit_2_naming_the_field(tmp_path, args, field):
 def _records(arm: str, ctcvr: float, ctr: float, days: int = 8, n: int = 10_000) -> list[dict]:
     def sums(mean: float) -> dict:
         return {"n": n, "champion": n // 2, "compliant": n, "champion_compliant": n // 2, "sum_ctr": mean * n,
-                "sum_ctr2": (mean ** 2 + 1e-6) * n, "sum_ctcvr": mean * n / 10, "sum_ctcvr2": ((mean / 10) ** 2 + 1e-8) * n,
+                "sum_ctr2": (mean ** 2 + 1e-6) * n, "sum_ctcvr": mean * n / 10,
+                "sum_ctcvr2": ((mean / 10) ** 2 + 1e-8) * n,
                 "sum_ctr_ctcvr": (mean ** 2 / 10) * n}
 
     out = []
