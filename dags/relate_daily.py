@@ -1,7 +1,9 @@
 """
 ### RELATE daily retraining
 
-For the run's `ds`: land the raw logs (the simulator, when it is the source), ingest them
+For the run's `ds`: land the raw logs (the simulator, when it is the source, serving the
+champion in service at the start of `ds`: the published serving tables, or the logging policy
+before the first champion; the task's XCom `served_by` says which), ingest them
 with Spark, gate them with Great Expectations, retrain the reward models on the rolling
 window ending at `ds` and score them against the oracle, retrain the policies (SFT, GRPO,
 combo generator), evaluate, and publish through the gates. The tasks, their groups and their
@@ -17,8 +19,10 @@ task runs the same `python -m pipelines.<stage>` entry point; see `pipelines/orc
 
 Backfill (the DAG unpaused): `airflow backfill create --dag-id relate_daily --from-date 2026-01-04
 --to-date 2026-01-10 --max-active-runs 1` (a backfill's run limit is its own, not the DAG's, and
-the days share models/). Reprocessing a day (`--reprocess-behavior completed`) is idempotent:
-each stage overwrites exactly the partitions it owns, training is seeded, and publishing the
+the days share models/), or in the UI: Trigger -> Backfill. A missing day is simulated with the
+champion the days before it left in service, so a backfill over N days is the closed loop.
+Reprocessing a day (`--reprocess-behavior completed`) is idempotent: its raw logs are not
+simulated again, each stage overwrites exactly the partitions it owns, training is seeded, and publishing the
 same models again resolves to the same registry version (tests/test_airflow_live.py).
 """
 from __future__ import annotations
@@ -57,7 +61,7 @@ END_DATE = os.environ.get("RELATE_DAG_END_DATE")
 
 
 def land_raw_logs_task(row: Stage):
-    """The day's raw logs: there already, or the simulator's when it is the source."""
+    """The day's raw logs: there already, or the simulator's (the current champion serving) when it is the source."""
 
     @task(task_id=row.task_id)
     def land_raw_logs(ds=None, params=None):

@@ -3,29 +3,35 @@ callbacks. Kept out of `dags/` so the DAG file stays thin and cheap to parse.
 
 The DAG runs each stage of `pipelines.stages.STAGES` as `python -m pipelines.<stage> [--ds DS]`
 in the project root: the same entry points `dvc.yaml` runs, so nothing is implemented twice.
+Its first task simulates a missing day with the champion of the moment serving (issue 20's
+closed loop): a backfill over N days retrains on logs its own champions served.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.stages import PUBLISH_REFUSED_EXIT_CODE, RAW_LOGS_STAGE, stage
 from plumbing.dates import parse_ds
 
-__all__ = ["PROJECT_ROOT", "PUBLISH_REFUSED_EXIT_CODE", "ensure_raw_partition", "on_publish_refused",
-           "on_task_failure", "stage_argv", "stage_command", "stage_env"]
+__all__ = ["LOGGING_POLICY", "PROJECT_ROOT", "PUBLISH_REFUSED_EXIT_CODE", "champion_in_cwd", "ensure_raw_partition",
+           "on_publish_refused", "on_task_failure", "serving_champion", "stage_argv", "stage_command", "stage_env"]
 
 PROJECT_ROOT = Path(os.environ.get("RELATE_HOME") or Path(__file__).resolve().parents[1])
 
 log = logging.getLogger("relate.orchestration")
+LOGGING_POLICY = "logging policy"  # who served a simulated day when no champion's tables exist
 
 
-def stage_argv(name: str, ds: str | None = None) -> list[str]:
-    """The command line that runs one stage of the table for a run date (validated)."""
+def stage_argv(name: str, ds: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """The command line that runs one stage of the table for a run date (validated), plus
+    `extra` arguments of that stage's own (simulate's --serving)."""
     row = stage(name)
     argv = [sys.executable, "-m", row.module]
     if row.ds is not None:
@@ -35,7 +41,7 @@ def stage_argv(name: str, ds: str | None = None) -> list[str]:
         argv += ["--ds", ds]
     if row.refused_exit_code is not None:
         argv += ["--refused-exit-code", str(row.refused_exit_code)]
-    return argv
+    return argv + list(extra)
 
 
 def stage_command(name: str, ds: str | None = None) -> str:
@@ -56,28 +62,70 @@ def stage_env() -> dict[str, str]:
     }
 
 
-def ensure_raw_partition(ds: str, source: str) -> str:
+def champion_in_cwd() -> list[str] | None:
+    """[version, serving folder] of the champion in service, run in the project root (see serving_champion)."""
+    from pipelines.publish_registry import champion_serving, check_registry_dir
+    from plumbing.config import load_params, params_path
+    from plumbing.errors import ConfigError
+
+    written = (load_params().get("publish") or {}).get("registry_dir")
+    if not isinstance(written, str) or not written.strip():
+        raise ConfigError(f"publish.registry_dir: missing or empty in {params_path()}")
+    found = champion_serving(check_registry_dir(written, Path.cwd()))
+    return None if found is None else [found[0], str(found[1])]
+
+
+# champion.json's `path` is relative to the project root and publish_registry resolves it against
+# the working directory, so the lookup runs where the stages run, in a child process.
+CHAMPION_LOOKUP = ("import json; from pipelines.orchestration import champion_in_cwd; "
+                   "print(json.dumps(champion_in_cwd()))")
+
+
+def serving_champion() -> tuple[str, Path] | None:
+    """(version, serving-table folder) of the champion in service now; None: the logging policy serves.
+
+    The registry is `publish.registry_dir` of the params file the stages read (params.yaml or
+    $RELATE_PARAMS, relative to the project root, where they run); a malformed champion.json
+    or registry_dir fails the lookup with its own message."""
+    done = subprocess.run([sys.executable, "-c", CHAMPION_LOOKUP], cwd=PROJECT_ROOT,
+                          env={**os.environ, **stage_env()}, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"looking up the champion to serve failed:\n{done.stderr[-3000:]}")
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return None if found is None else (found[0], PROJECT_ROOT / found[1])
+
+
+def ensure_raw_partition(ds: str, source: str) -> dict[str, str | None]:
     """Make sure raw logs for `ds` exist: run the simulator when it is the data source.
 
-    With real logs a missing partition fails the run with a message naming it (the log
-    shipper is late or broken); nothing downstream runs.
+    A simulated day is served by the champion in service at its start (its serving tables),
+    or by the logging policy when there is none. Returns (the task's XCom) the partition and
+    `served_by`: the champion's version, LOGGING_POLICY, or None when the day was already
+    there (not simulated again, so a rerun never changes a day's logs). With real logs a
+    missing partition fails the run with a message naming it (the log shipper is late or
+    broken); nothing downstream runs.
     """
     from plumbing.paths import RAW_EVENTS, partition
 
     parse_ds(ds)
     path = PROJECT_ROOT / partition(RAW_EVENTS, ds)
     if path.is_dir() and any(path.glob("*.jsonl.gz")):
-        return str(path)
+        log.info("raw logs for %s already landed (%s): not simulated again", ds, path)
+        return {"partition": str(path), "served_by": None}
     if source != "simulator":
         raise FileNotFoundError(f"raw logs for {ds} have not landed: {path} is missing or empty")
+    champion = serving_champion()
+    served_by = champion[0] if champion else LOGGING_POLICY
+    log.info("simulating %s served by %s", ds, f"champion {served_by} ({champion[1]})" if champion else served_by)
+    extra = ["--serving", str(champion[1])] if champion else []
     # a child process in the project root: the Airflow worker's own directory stays as it is
-    done = subprocess.run(stage_argv(RAW_LOGS_STAGE.name, ds), cwd=PROJECT_ROOT,
+    done = subprocess.run(stage_argv(RAW_LOGS_STAGE.name, ds, extra), cwd=PROJECT_ROOT,
                           env={**os.environ, **stage_env()}, check=False)
     if done.returncode != 0:
         raise RuntimeError("the simulator failed; see the log above")
     if not path.is_dir():
         raise FileNotFoundError(f"the simulator ran but wrote no partition for {ds}: is ds inside simulate.start_date + days?")
-    return str(path)
+    return {"partition": str(path), "served_by": served_by}
 
 
 def on_task_failure(context) -> None:
@@ -100,8 +148,6 @@ def on_task_failure(context) -> None:
 
 def on_publish_refused(context) -> None:
     """Airflow skipped callback of the publish task: say why nothing was published."""
-    import json
-
     ds = context.get("ds", "?")
     reasons = "see the task log"
     report = PROJECT_ROOT / "metrics" / "publish.json"

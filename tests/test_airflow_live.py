@@ -1,25 +1,34 @@
 """A real Airflow: `scripts/airflow.sh start` (standalone on a free loopback port) over a tiny
-copy of the project, `airflow backfill create` of relate_daily for two days, a second backfill
-that reprocesses the last day (the outputs must not change: reruns are idempotent), then
-headless Chromium (Debian's, driven by Playwright) logs into the UI, opens relate_daily and sees
-its successful backfill runs; the screenshot goes to reports/airflow_ui.png.
+copy of the project whose simulated days stop before DAYS. Headless Chromium (Debian's, driven by
+Playwright) creates the backfill of relate_daily over DAYS the way users do, in the UI (Trigger ->
+Backfill, the dates, Run Backfill); without Chromium `airflow backfill create` does. The DAG's
+first task simulates each day with the champion then in service, so the backfill is the closed
+loop of issue 20. A second backfill, from the CLI, reprocesses the last day (the outputs must not
+change: reruns are idempotent); then the UI shows the successful backfill runs (screenshot:
+reports/airflow_ui.png).
 
 One module-scoped Airflow serves every test here (starting one costs a minute or two).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from pipelines.orchestration import LOGGING_POLICY
+from plumbing.dates import shift_ds
 from tests.conftest import ROOT
 from tests.test_dags import airflow_env, make_project, stage
 
@@ -27,6 +36,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "live-test-password"
 DAYS = ["2026-01-05", "2026-01-06"]  # inside the tiny simulation (2026-01-01 .. 2026-01-07)
 RUN_TIMEOUT_S = 1500
+UI = CHROMIUM.exists() and importlib.util.find_spec("playwright") is not None
 
 
 def free_port() -> int:
@@ -113,6 +123,12 @@ class Airflow:
         tis = self.api(f"/dags/relate_daily/dagRuns/{run_id}/taskInstances")["task_instances"]
         return {t["task_id"]: t["state"] for t in tis}
 
+    def served_by(self, run_id: str) -> str | None:
+        """Who served the run's simulated day: land_raw_logs' XCom (a champion version or LOGGING_POLICY)."""
+        path = "/dags/relate_daily/dagRuns/{}/taskInstances/data.land_raw_logs/xcomEntries/return_value"
+        value = self.api(path.format(urllib.parse.quote(run_id, safe="")))["value"]
+        return (json.loads(value) if isinstance(value, str) else value)["served_by"]
+
     def task_log_tail(self) -> str:
         logs = sorted((self.home / "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)
         return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-2500:]}" for p in logs[-2:])
@@ -154,13 +170,74 @@ def registry_state(project: Path) -> dict:
             "champion": json.loads((registry / "champion.json").read_text())["version"]}
 
 
+@contextlib.contextmanager
+def ui_page(af: Airflow, profile: Path):
+    """A page of headless Chromium logged into the Airflow UI as admin."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        # a fresh profile directory (Playwright passes it as --user-data-dir)
+        browser = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, viewport={"width": 1400, "height": 900},
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{af.url}/", timeout=60_000)
+            page.locator("input[name=username]").fill("admin", timeout=60_000)
+            page.locator("input[name=password]").fill(PASSWORD)
+            page.locator("button[type=submit]").click()
+            page.wait_for_url(lambda url: "/login" not in url, timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def create_backfill_in_ui(af: Airflow, work: Path) -> None:
+    """What a user does: open relate_daily, Trigger -> Backfill, the dates of DAYS, missing runs
+    only, one run at a time, the DAG unpaused on trigger, Run Backfill."""
+    with ui_page(af, work / "chromium-profile") as page:
+        page.goto(f"{af.url}/dags/relate_daily", timeout=60_000)
+        page.get_by_role("button", name="Trigger").first.click(timeout=90_000)
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text("Backfill", exact=True).click()
+        for i, day in enumerate((DAYS[0], DAYS[-1])):  # From, To: a date-and-time popover each (UTC)
+            dialog.get_by_test_id("datetime-input").nth(i).click()
+            page.get_by_placeholder("YYYY/MM/DD").fill(day.replace("-", "/"))
+            page.get_by_placeholder("HH:mm").fill("00:00")
+            page.keyboard.press("Escape")  # closes the popover, not the dialog
+        dialog.get_by_text("Missing Runs", exact=True).click()
+        dialog.locator("input[name=max_active_runs]").fill("1")
+        unpause = dialog.get_by_role("checkbox", name="Unpause relate_daily on trigger")
+        if not unpause.is_checked():
+            unpause.check()
+        try:  # the form's dry run counts the runs it would create
+            dialog.get_by_text(f"{len(DAYS)} runs will be triggered").wait_for(timeout=60_000)
+            dialog.get_by_role("button", name="Run Backfill").click()
+            page.get_by_text("Backfill generated").first.wait_for(timeout=120_000)
+        finally:
+            page.screenshot(path=str(work / "backfill_dialog.png"), full_page=True)
+
+
+def create_backfill(af: Airflow, work: Path) -> str:
+    """The backfill of DAYS: from the UI when Chromium is there, else from the CLI; says which."""
+    if UI:
+        create_backfill_in_ui(af, work)
+        return "ui"
+    af.cli("dags", "unpause", "relate_daily")
+    af.cli("backfill", "create", "--dag-id", "relate_daily", "--from-date", DAYS[0], "--to-date", DAYS[-1],
+           "--max-active-runs", "1")
+    return "cli"
+
+
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
-    """Tiny project with its raw logs and curated history, a running standalone Airflow, and a
-    finished backfill of DAYS (one run at a time: the days share the project's models)."""
+    """Tiny project with raw logs and curated history up to the day before DAYS, a running
+    standalone Airflow, and a finished backfill of DAYS (one run at a time: the days share the
+    project's models, and each day is served by the champion the days before it left)."""
     work = tmp_path_factory.mktemp("live")
     project = make_project(work / "project")
-    stage(project, "pipelines.simulate")
+    stage(project, "pipelines.simulate", "--ds", shift_ds(DAYS[0], -1))  # and the days before it
     stage(project, "pipelines.ingest", "--all")
     af = Airflow(project, work / "airflow")
     af.home.mkdir()
@@ -174,10 +251,9 @@ def airflow(tmp_path_factory):
         while "relate_daily" not in af.cli("dags", "list", "-o", "plain"):  # the DAG processor's first pass
             assert time.monotonic() < deadline, "relate_daily never showed up in the metadata database"
             time.sleep(5)
-        af.cli("dags", "unpause", "relate_daily")
         t0 = time.monotonic()
-        af.cli("backfill", "create", "--dag-id", "relate_daily", "--from-date", DAYS[0], "--to-date", DAYS[-1],
-               "--max-active-runs", "1")
+        af.created_in = create_backfill(af, work)
+        af.backfills = af.api("/backfills?dag_id=relate_daily")["backfills"]
         af.backfill_runs = af.wait_for_runs(DAYS)
         af.backfill_seconds = time.monotonic() - t0
         af.outputs = outputs(project)
@@ -201,6 +277,44 @@ def test_backfill_runs_every_day_successfully(airflow):
     report = json.loads((project / "metrics" / "publish.json").read_text())
     assert report["ds"] == DAYS[-1]
     print(f"backfill of {len(DAYS)} days: {airflow.backfill_seconds:.0f}s")
+
+
+@pytest.mark.skipif(not UI, reason="Debian chromium or playwright is missing (scripts/setup.sh installs them)")
+def test_the_backfill_was_created_in_the_ui(airflow):
+    assert airflow.created_in == "ui"
+    (backfill,) = airflow.backfills  # the dialog created exactly one, as filled in
+    assert (backfill["from_date"][:10], backfill["to_date"][:10]) == (DAYS[0], DAYS[-1]), backfill
+    assert backfill["max_active_runs"] == 1 and backfill["reprocess_behavior"] == "none", backfill
+    assert airflow.api("/dags/relate_daily")["is_paused"] is False  # "Unpause relate_daily on trigger"
+
+
+def champion_after(project: Path, day: str) -> str | None:
+    """The champion in service at the end of `day`: the last promotion of a version of that day or before."""
+    history = json.loads((project / "registry" / "champion.json").read_text())["history"]
+    return next((v for v in reversed(history) if v[:10] <= day), None)
+
+
+def test_the_backfill_is_the_closed_loop(airflow):
+    """The first day is served by the logging policy (no champion yet). The next is served by the
+    champion the first left in service when that version carries serving tables, and then the
+    champion's creatives take search traffic; otherwise the logging policy serves it too."""
+    project = airflow.project
+    served = {d: airflow.served_by(r["dag_run_id"]) for d, r in airflow.backfill_runs.items()}
+    assert served[DAYS[0]] == LOGGING_POLICY, served
+    champion = champion_after(project, DAYS[0]) if (project / "registry" / "champion.json").exists() else None
+    has_tables = champion is not None and (project / "registry" / champion / "serving").is_dir()
+    publish = yaml.safe_load((project / "params.yaml").read_text()).get("publish", {})
+    if champion is not None and "serving" in publish.get("artifacts", []):
+        assert has_tables, f"{champion} was published without the serving artifact the params require"
+    summary = json.loads((project / "data" / "sim_truth" / "state" / f"dt={DAYS[1]}" / "summary.json").read_text())
+    print(f"day 1 left champion {champion} (serving tables: {has_tables}); day 2 served by {served[DAYS[1]]}, "
+          f"champion search impressions {summary.get('champion_search')}")
+    if has_tables:
+        assert served[DAYS[1]] == champion, served
+        assert summary["champion_search"] > 0, summary
+    else:
+        assert served[DAYS[1]] == LOGGING_POLICY, served
+        assert "champion_search" not in summary, summary
 
 
 def test_reprocessing_a_day_is_idempotent(airflow):
@@ -227,37 +341,19 @@ def test_reprocessing_a_day_is_idempotent(airflow):
     assert after["registry"] == before["registry"]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is missing (scripts/setup.sh installs it)")
+@pytest.mark.skipif(not UI, reason="Debian chromium or playwright is missing (scripts/setup.sh installs them)")
 def test_ui_shows_the_successful_backfill_of_relate_daily(airflow, tmp_path):
-    pytest.importorskip("playwright", reason="playwright is missing (pip install -r requirements.txt)")
-    from playwright.sync_api import sync_playwright
-
     assert any(r["state"] == "success" for r in airflow.runs().values())
     shot = tmp_path / "airflow_ui.png"
-    with sync_playwright() as pw:
-        # a fresh profile directory (Playwright passes it as --user-data-dir)
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-            viewport={"width": 1400, "height": 900}, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{airflow.url}/", timeout=60_000)
-            page.locator("input[name=username]").fill("admin", timeout=60_000)
-            page.locator("input[name=password]").fill(PASSWORD)
-            page.locator("button[type=submit]").click()
-            page.wait_for_url(lambda url: "/login" not in url, timeout=60_000)
-            page.goto(f"{airflow.url}/dags/relate_daily/runs", timeout=60_000)
-            page.get_by_text("relate_daily").first.wait_for(timeout=90_000)
-            page.get_by_text("backfill__", exact=False).first.wait_for(timeout=90_000)
-            page.get_by_text("success", exact=False).first.wait_for(timeout=90_000)
-            page.wait_for_timeout(1500)  # let the grid finish painting for the screenshot
-            page.screenshot(path=str(shot), full_page=True)
-            body = page.inner_text("body").lower()
-        finally:
-            browser.close()
-    assert "relate_daily" in body and "success" in body and "backfill__2026-01-06" in body
+    with ui_page(airflow, tmp_path / "chromium-profile") as page:
+        page.goto(f"{airflow.url}/dags/relate_daily/runs", timeout=60_000)
+        page.get_by_text("relate_daily").first.wait_for(timeout=90_000)
+        page.get_by_text("backfill__", exact=False).first.wait_for(timeout=90_000)
+        page.get_by_text("success", exact=False).first.wait_for(timeout=90_000)
+        page.wait_for_timeout(1500)  # let the grid finish painting for the screenshot
+        page.screenshot(path=str(shot), full_page=True)
+        body = page.inner_text("body").lower()
+    assert "relate_daily" in body and "success" in body and f"backfill__{DAYS[-1]}" in body
     assert shot.stat().st_size > 10_000
     (ROOT / "reports").mkdir(exist_ok=True)
     shutil.copy2(shot, ROOT / "reports" / "airflow_ui.png")

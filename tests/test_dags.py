@@ -204,31 +204,104 @@ def test_relate_daily_tasks_are_the_stage_table(parsed):
             assert task["skip_on_exit_code"] == [row.refused_exit_code], row.name
 
 
-def test_land_raw_logs_runs_the_simulator_in_the_project_root_without_chdir(tmp_path, monkeypatch):
+def fake_simulator(root: Path, calls: list):
+    """subprocess.run standing in for the simulator: records the call, lands the day's partition.
+    Other children (the champion lookup) run for real."""
+    real = subprocess.run
+
+    def run(argv, cwd, env, check, **kwargs):
+        if "pipelines.simulate" not in argv:
+            return real(argv, cwd=cwd, env=env, check=check, **kwargs)
+        calls.append((argv, cwd, env))
+        ds = argv[argv.index("--ds") + 1]
+        part = root / "data" / "raw" / "events" / f"dt={ds}"
+        part.mkdir(parents=True)
+        (part / "part-00000.jsonl.gz").write_bytes(b"")
+        return subprocess.CompletedProcess(argv, 0)
+    return run
+
+
+@pytest.fixture
+def orchestrated(tmp_path, monkeypatch):
+    """pipelines.orchestration over a project (the code linked in) whose params name `registry`."""
     from pipelines import orchestration
 
     root = tmp_path / "project"
+    root.mkdir()
+    for package in ("pipelines", "plumbing"):
+        (root / package).symlink_to(ROOT / package)
+    (root / "params.yaml").write_text("publish:\n  registry_dir: registry\n")
+    monkeypatch.delenv("RELATE_PARAMS", raising=False)
     monkeypatch.setattr(orchestration, "PROJECT_ROOT", root)
     calls = []
+    monkeypatch.setattr(orchestration.subprocess, "run", fake_simulator(root, calls))
+    return orchestration, root, calls
 
-    def simulate(argv, cwd, env, check):
-        calls.append((argv, cwd, env))
-        (root / "data" / "raw" / "events" / "dt=2026-01-02").mkdir(parents=True)
-        return subprocess.CompletedProcess(argv, 0)
 
-    monkeypatch.setattr(orchestration.subprocess, "run", simulate)
+def publish_champion(root: Path, registry: str, version: str, serving: bool) -> Path:
+    """A registry whose champion.json names `version` as publish writes it (its path relative to
+    the project root), with a serving/ folder when `serving`."""
+    folder = root / registry / version / "serving"
+    (folder if serving else folder.parent).mkdir(parents=True)
+    (root / registry / "champion.json").write_text(json.dumps({
+        "version": version, "path": f"{registry}/{version}", "history": [version], "metrics": {},
+        "ds": version[:10], "eval_day": None, "serving": None}))
+    return folder
+
+
+def test_land_raw_logs_runs_the_simulator_in_the_project_root_without_chdir(orchestrated, monkeypatch):
+    orchestration, root, calls = orchestrated
     here = os.getcwd()
     landed = orchestration.ensure_raw_partition("2026-01-02", "simulator")
     assert os.getcwd() == here
-    assert landed == str(root / "data" / "raw" / "events" / "dt=2026-01-02")
+    assert landed == {"partition": str(root / "data" / "raw" / "events" / "dt=2026-01-02"),
+                      "served_by": orchestration.LOGGING_POLICY}
     (argv, cwd, env), = calls
-    assert argv == orchestration.stage_argv("simulate", "2026-01-02") and cwd == root
-    assert env["PYTHONPATH"] == str(root)
-    monkeypatch.setattr(orchestration.subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 1))
+    # no champion yet: the logging policy serves, the command is the stage table's own
+    assert argv == orchestration.stage_argv("simulate", "2026-01-02") and "--serving" not in argv
+    assert cwd == root and env["PYTHONPATH"] == str(root)
+    # a day already there is not simulated again (its logs never change on a rerun)
+    assert orchestration.ensure_raw_partition("2026-01-02", "simulator")["served_by"] is None
+    assert len(calls) == 1
+    lookup = subprocess.run  # the fake above: runs the champion lookup for real
+    monkeypatch.setattr(orchestration.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 1)
+                        if "pipelines.simulate" in argv else lookup(argv, **kw))
     with pytest.raises(RuntimeError, match="the simulator failed"):
         orchestration.ensure_raw_partition("2026-01-03", "simulator")
     with pytest.raises(FileNotFoundError, match="raw logs for 2026-01-03 have not landed"):
         orchestration.ensure_raw_partition("2026-01-03", "logs")
+
+
+def test_land_raw_logs_serves_the_champions_tables(orchestrated):
+    orchestration, root, calls = orchestrated
+    folder = publish_champion(root, "registry", "2026-01-02-0123456789", serving=True)
+    landed = orchestration.ensure_raw_partition("2026-01-03", "simulator")
+    assert landed["served_by"] == "2026-01-02-0123456789"
+    (argv, _, _), = calls
+    assert argv == orchestration.stage_argv("simulate", "2026-01-03", ["--serving", str(folder)])
+    assert argv[argv.index("--serving") + 1] == str(folder) and argv[argv.index("--ds") + 1] == "2026-01-03"
+
+
+def test_land_raw_logs_without_serving_tables_or_with_another_registry(orchestrated, monkeypatch, tmp_path):
+    orchestration, root, calls = orchestrated
+    # a champion published before serving tables were an artifact: the logging policy serves
+    publish_champion(root, "registry", "2026-01-02-0123456789", serving=False)
+    assert orchestration.ensure_raw_partition("2026-01-03", "simulator")["served_by"] == orchestration.LOGGING_POLICY
+    # the registry is the one the params file the stages read names ($RELATE_PARAMS, relative to the root)
+    (root / "other.yaml").write_text("publish:\n  registry_dir: releases\n")
+    folder = publish_champion(root, "releases", "2026-01-03-abcdef0123", serving=True)
+    monkeypatch.setenv("RELATE_PARAMS", "other.yaml")
+    assert orchestration.serving_champion() == ("2026-01-03-abcdef0123", folder)
+    assert orchestration.ensure_raw_partition("2026-01-04", "simulator")["served_by"] == "2026-01-03-abcdef0123"
+    assert "--serving" not in calls[0][0] and calls[1][0][-2:] == ["--serving", str(folder)]
+    (root / "other.yaml").write_text("publish:\n  registry_dir: ''\n")
+    with pytest.raises(RuntimeError, match="publish.registry_dir: missing or empty"):
+        orchestration.serving_champion()
+    # a malformed champion pointer fails the day (the simulator does not quietly fall back)
+    monkeypatch.delenv("RELATE_PARAMS")
+    (root / "registry" / "champion.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="champion.json is malformed"):
+        orchestration.ensure_raw_partition("2026-01-05", "simulator")
 
 
 def test_orchestration_and_dags_never_chdir():
