@@ -11,7 +11,7 @@ mixed with the logging policy's exploration), and reads nothing else of the pipe
 warmup_days-1 on each arm, in its own run directory `runs/loop_<params stem>/<arm>/` with the same
 market and traffic seeds:
 - `logging`: never trains; the logging policy serves every day;
-- `frozen`: trains and publishes once, on the last warm-up day; that champion serves to the end;
+- `frozen`: trains from the last warm-up day until the gates pass once; that champion serves to the end;
 - `daily`: trains and publishes (through the gates) every day but the last.
 A failed validation trains nothing that day (the champion keeps serving); a gate refusal keeps
 the champion; a stage that dies is retried `closed_loop.retries` times. The loop resumes after
@@ -89,14 +89,15 @@ class ArmPlan:
     last_train: int  # inclusive; -1 = never
     faults: Faults = field(default_factory=Faults)
 
+    until_published: bool = False  # frozen: trains only until a champion is published
+
     @classmethod
     def of(cls, arm: str, cfg: ClosedLoopConfig, faults: Faults) -> "ArmPlan":
-        first = cfg.warmup_days - 1
-        last = {"logging": -1, "frozen": first, "daily": cfg.total_days - 2}[arm]
-        return cls(arm, first, last, faults)
+        last = -1 if arm == "logging" else cfg.total_days - 2  # the last day's models would never serve
+        return cls(arm, cfg.warmup_days - 1, last, faults, until_published=arm == "frozen")
 
-    def trains(self, day: int) -> bool:
-        return self.first_train <= day <= self.last_train
+    def trains(self, day: int, has_champion: bool) -> bool:
+        return self.first_train <= day <= self.last_train and not (self.until_published and has_champion)
 
 
 def main(argv: list[str] | None = None) -> int:

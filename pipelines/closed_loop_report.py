@@ -41,6 +41,7 @@ def arm_summary(records: list[dict], cfg) -> dict:
                   "search": search, "feed": feed,
                   "distinct2": _mean([r["measure"]["search_distinct2"] for r in last])},
         "window": [last[0]["ds"], last[-1]["ds"]] if last else None,
+        "first_day_served_by_a_champion": next((r["ds"] for r in records if r.get("served_by")), None),
         "published_days": [r["ds"] for r in runs if r.get("published")],
         "refused_days": [r["ds"] for r in runs if r.get("published") is False],
         "validation_failed_days": [r["ds"] for r in records if not r.get("validated", True)],

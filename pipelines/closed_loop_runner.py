@@ -7,7 +7,6 @@ stage that dies. Nothing here reads the simulator's truth (pipelines.closed_loop
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import shutil
@@ -102,10 +101,7 @@ class Workspace:
         atomic.write_json(self.root / "loop" / "records.json", self.records() + [atomic.undefined_as_null(record)])
 
     def champion(self) -> tuple[str, Path] | None:
-        registry = Path(load_params(self.params)["publish"]["registry_dir"])
-        with contextlib.chdir(self.root):  # champion.json's paths are relative to the run root, as publish wrote them
-            served = champion_serving(registry)
-        return (served[0], self.root / served[1]) if served else None
+        return champion_serving(self.root / load_params(self.params)["publish"]["registry_dir"])
 
 
 class DayRunner:
@@ -127,7 +123,7 @@ class DayRunner:
         rec["validated"] = self.stage("validate", ds, rec, allowed={VALIDATION_FAILED_EXIT_CODE}) == 0
         if not rec["validated"]:
             rec["verdict"] = "validation failed: nothing trained, the champion keeps serving"
-        elif self.plan.trains(day):
+        elif self.plan.trains(day, served is not None or self.ws.champion() is not None):
             self.train_and_publish(ds, rec)
         else:
             rec["verdict"] = "no training on this day"

@@ -8,7 +8,6 @@ closed loop): a backfill over N days retrains on logs its own champions served.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -20,7 +19,7 @@ from pathlib import Path
 from pipelines.stages import PUBLISH_REFUSED_EXIT_CODE, RAW_LOGS_STAGE, stage
 from plumbing.dates import parse_ds
 
-__all__ = ["LOGGING_POLICY", "PROJECT_ROOT", "PUBLISH_REFUSED_EXIT_CODE", "champion_in_cwd", "ensure_raw_partition",
+__all__ = ["LOGGING_POLICY", "PROJECT_ROOT", "PUBLISH_REFUSED_EXIT_CODE", "ensure_raw_partition",
            "on_publish_refused", "on_task_failure", "serving_champion", "stage_argv", "stage_command", "stage_env"]
 
 PROJECT_ROOT = Path(os.environ.get("RELATE_HOME") or Path(__file__).resolve().parents[1])
@@ -62,37 +61,22 @@ def stage_env() -> dict[str, str]:
     }
 
 
-def champion_in_cwd() -> list[str] | None:
-    """[version, serving folder] of the champion in service, run in the project root (see serving_champion)."""
-    from pipelines.publish_registry import champion_serving, check_registry_dir
-    from plumbing.config import load_params, params_path
-    from plumbing.errors import ConfigError
-
-    written = (load_params().get("publish") or {}).get("registry_dir")
-    if not isinstance(written, str) or not written.strip():
-        raise ConfigError(f"publish.registry_dir: missing or empty in {params_path()}")
-    found = champion_serving(check_registry_dir(written, Path.cwd()))
-    return None if found is None else [found[0], str(found[1])]
-
-
-# champion.json's `path` is relative to the project root and publish_registry resolves it against
-# the working directory, so the lookup runs where the stages run, in a child process.
-CHAMPION_LOOKUP = ("import json; from pipelines.orchestration import champion_in_cwd; "
-                   "print(json.dumps(champion_in_cwd()))")
-
-
 def serving_champion() -> tuple[str, Path] | None:
     """(version, serving-table folder) of the champion in service now; None: the logging policy serves.
 
-    The registry is `publish.registry_dir` of the params file the stages read (params.yaml or
-    $RELATE_PARAMS, relative to the project root, where they run); a malformed champion.json
-    or registry_dir fails the lookup with its own message."""
-    done = subprocess.run([sys.executable, "-c", CHAMPION_LOOKUP], cwd=PROJECT_ROOT,
-                          env={**os.environ, **stage_env()}, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"looking up the champion to serve failed:\n{done.stderr[-3000:]}")
-    found = json.loads(done.stdout.strip().splitlines()[-1])
-    return None if found is None else (found[0], PROJECT_ROOT / found[1])
+    The registry is `publish.registry_dir` of the params file the stages read ($RELATE_PARAMS, or
+    the project's params.yaml); a malformed champion.json or registry_dir fails the lookup with
+    its own message."""
+    from pipelines.publish_registry import champion_serving, check_registry_dir
+    from plumbing.config import load_params
+    from plumbing.errors import ConfigError
+
+    params = PROJECT_ROOT / (os.environ.get("RELATE_PARAMS") or "params.yaml")  # relative: to where the stages run
+    written = (load_params(params).get("publish") or {}).get("registry_dir")
+    if not isinstance(written, str) or not written.strip():
+        raise ConfigError(f"publish.registry_dir: missing or empty in {params}")
+    found = champion_serving(PROJECT_ROOT / check_registry_dir(written, PROJECT_ROOT))
+    return None if found is None else (found[0], found[1])
 
 
 def ensure_raw_partition(ds: str, source: str) -> dict[str, str | None]:

@@ -127,7 +127,9 @@ def champion_problem(obj: Any, registry: Path) -> str | None:
         return f"not a version name (YYYY-MM-DD-<10 hex digits>): {bad[0]!r}"
     if obj["history"][-1:] != [obj["version"]]:
         return f"history must end with the version {obj['version']!r}"
-    if Path(obj["path"]).resolve() != (registry / obj["version"]).resolve():
+    path = Path(obj["path"])  # as publish wrote it: relative to the project root, or absolute
+    if path.parts[-2:] != (registry.name, obj["version"]) or \
+            (path.is_absolute() and path.resolve() != (registry / obj["version"]).resolve()):
         return f"path {obj['path']!r} is not the version's directory {registry / obj['version']}"
     if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in obj["metrics"].values()):
         return "metrics must map gate names to numbers or null"

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plumbing.errors import ConfigError, DataError
+
 from tests.conftest import ROOT, TINY_PARAMS
 
 DAGS = ROOT / "dags"
@@ -295,12 +297,12 @@ def test_land_raw_logs_without_serving_tables_or_with_another_registry(orchestra
     assert orchestration.ensure_raw_partition("2026-01-04", "simulator")["served_by"] == "2026-01-03-abcdef0123"
     assert "--serving" not in calls[0][0] and calls[1][0][-2:] == ["--serving", str(folder)]
     (root / "other.yaml").write_text("publish:\n  registry_dir: ''\n")
-    with pytest.raises(RuntimeError, match="publish.registry_dir: missing or empty"):
+    with pytest.raises(ConfigError, match="publish.registry_dir: missing or empty"):
         orchestration.serving_champion()
     # a malformed champion pointer fails the day (the simulator does not quietly fall back)
     monkeypatch.delenv("RELATE_PARAMS")
     (root / "registry" / "champion.json").write_text("{}")
-    with pytest.raises(RuntimeError, match="champion.json is malformed"):
+    with pytest.raises(DataError, match="champion.json is malformed"):
         orchestration.ensure_raw_partition("2026-01-05", "simulator")
 
 

@@ -18,7 +18,8 @@ from tests.conftest import TINY_PARAMS
 
 DAYS = ("2026-01-05", "2026-01-06", "2026-01-07")  # validated, with curated data
 ARTIFACT_DIRS = {"policy": "models/relate", "tokenizer": "models/tokenizer", "ctcvr": "models/ctcvr",
-                 "attribution": "models/attribution", "combo_policy": "models/combo_policy"}
+                 "attribution": "models/attribution", "combo_policy": "models/combo_policy",
+                 "serving": "models/serving"}
 
 
 def _metrics(uplift=0.05, compliance=0.99, combo=0.8, ctcvr=0.95, attr_auc=0.70, oracle_auc=0.72, day="2026-01-04",
