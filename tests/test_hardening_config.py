@@ -80,7 +80,7 @@ CONFIGS = {  # every params section and the dataclass that reads it
     "evaluate_combo": "pipelines.evaluate_combo:EvaluateComboConfig", "serving": "relate_models.serving:ServingConfig",
     "evaluate": "pipelines.evaluate_harness:EvaluateConfig", "ablation": "pipelines.ablation:AblationConfig",
     "publish": "pipelines.publish:PublishConfig", "upworthy": "relate_real.upworthy:UpworthyConfig",
-    "advertisegen": "relate_real.advertisegen:AdvertiseGenConfig",
+    "advertisegen": "relate_real.advertisegen:AdvertiseGenConfig", "closed_loop": "pipelines.closed_loop:ClosedLoopConfig",
 }
 
 
