@@ -2,7 +2,8 @@
 
 Reads only models/attribution (the reward model and its element vocabulary: each ad's
 candidate titles, images and highlights) and data/curated/combo_stats (each ad's vertical,
-a context feature) - never the simulator's truth. Trains `relate_models.combo_generator`
+a context feature, and the elements live on the newest day: retired ones are never picked) -
+never the simulator's truth. Trains `relate_models.combo_generator`
 with group-baseline policy gradient and per-slot credit, then decodes the top-k
 combinations per ad with beam search.
 
@@ -90,9 +91,29 @@ def ad_verticals(scorer: attr.AttributionScorer) -> dict[str, str]:
     return dict(zip(rows["ad_id"].astype(str), rows["vertical"].astype(str)))
 
 
-def build_problem(scorer: attr.AttributionScorer, verticals: dict[str, str]) -> cg.ComboProblem:
-    """Each ad's candidates are the elements the reward model was trained on (it can score them)."""
+def live_elements(curated: paths.CuratedReader) -> dict[str, dict[str, set[str]]] | None:
+    """ad_id -> slot -> the elements served on the newest combo_stats day this run reads: the ads'
+    catalog as of the run (an element retired since training can no longer be served); None: no day."""
+    days = paths.partitions(curated.table("combo_stats"))
+    if not days:
+        return None
+    frame = read_partition("combo_stats", days[-1], ["ad_id", *attr.ELEMENT_COLUMNS], curated=curated)
+    live: dict[str, dict[str, set[str]]] = {}
+    for slot, column in zip(attr.SLOTS, attr.ELEMENT_COLUMNS):
+        for ad, element in zip(frame["ad_id"].astype(str), frame[column].astype(str)):
+            live.setdefault(ad, {s: set() for s in attr.SLOTS})[slot].add(element)
+    return live
+
+
+def build_problem(scorer: attr.AttributionScorer, verticals: dict[str, str],
+                  live: dict[str, dict[str, set[str]]] | None = None) -> cg.ComboProblem:
+    """Each ad's candidates are the elements the reward model was trained on (it can score them) that
+    are still live (`live`; a slot none of whose trained elements is live keeps them all)."""
     per_ad = {a: scorer.vocab.ad_elements(a) for a in scorer.vocab.ads}
+    for ad, slots in per_ad.items():
+        for slot, elements in slots.items():
+            kept = [e for e in elements if live is None or e in live.get(ad, {}).get(slot, ())]
+            slots[slot] = kept or elements
     ads = [a for a in scorer.vocab.ads if any(per_ad[a].values())]
     if not ads:
         raise ValueError("the attribution model has no ad with candidate elements")
@@ -141,12 +162,13 @@ def serving_table(policy: cg.ComboPolicy, scorer: attr.AttributionScorer, top_k:
     return frame[SERVING_COLUMNS], top_rows
 
 
-def run(cfg: ComboPolicyConfig) -> dict:
+def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED) -> dict:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
     scorer = attr.AttributionScorer.load(ATTRIBUTION_DIR)
-    problem = build_problem(scorer, ad_verticals(scorer))
+    live = live_elements(curated)
+    problem = build_problem(scorer, ad_verticals(scorer), live)
     sizes = [problem.n_combinations(a) for a in range(len(problem.ad_ids))]
     log.info("%d ads, %d-%d combinations each (never enumerated for training)", len(problem.ad_ids),
              min(sizes), max(sizes))
@@ -202,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_stage(ctx: StageContext) -> None:
-    run(ctx.config(ComboPolicyConfig))
+    run(ctx.config(ComboPolicyConfig), ctx.curated)
 
 
 if __name__ == "__main__":

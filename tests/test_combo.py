@@ -275,3 +275,21 @@ def test_stages_exit_2_on_bad_config_or_missing_inputs(tiny_params):
 
     with pytest.raises(ConfigError, match="combo_policy.serving_beam"):
         load_config(combo_policy.ComboPolicyConfig, "combo_policy", TINY_PARAMS, overrides={"top_k": 5, "serving_beam": 4})
+
+
+def test_the_problem_keeps_only_live_elements_where_any_is_live():
+    from types import SimpleNamespace
+
+    from pipelines.combo_policy import build_problem
+
+    elements = [("a1", "title", "t1"), ("a1", "title", "t2"), ("a1", "image", "i1"), ("a1", "highlight", "h1"),
+                ("a1", "highlight", "h2")]
+    vocab = SimpleNamespace(ads=["a1"], elements=elements, ad_product={"a1": "p1"})
+    vocab.ad_elements = lambda ad: {s: [e for a, slot, e in elements if a == ad and slot == s]
+                                    for s in ("title", "image", "highlight")}
+    scorer = SimpleNamespace(vocab=vocab)
+    live = {"a1": {"title": {"t2", "t9"}, "image": {"i7"}, "highlight": {"h1", "h2"}}}
+    problem = build_problem(scorer, {"a1": "travel"}, live)
+    # t1 retired; no trained image is live (keep them all rather than leave the slot empty)
+    assert problem.candidates == [[["t2"], ["i1"], ["h1", "h2"]]]
+    assert build_problem(scorer, {"a1": "travel"}).candidates == [[["t1", "t2"], ["i1"], ["h1", "h2"]]]
