@@ -59,9 +59,12 @@ def _mean(values) -> float | None:
 
 def build_summary(records: dict[str, list[dict]], cfg, params: Path) -> dict:
     """metrics/closed_loop.json: the arms, the uplifts with CIs, the goals."""
+    # arms still running (or stopped) are compared on the days every arm has run
+    end = min((max(r["day"] for r in recs) for recs in records.values() if recs), default=-1)
+    records = {arm: [r for r in recs if r["day"] <= end] for arm, recs in records.items()}
     arms = {arm: arm_summary(recs, cfg) for arm, recs in records.items()}
     out = {"params": str(params), "days": cfg.total_days, "warmup_days": cfg.warmup_days, "loop_days": cfg.days,
-           "last_days": cfg.last_days, "arms": arms}
+           "last_days": cfg.last_days, "compared_through_day": end, "arms": arms}
     last = {arm: [r["measure"] for r in loop_days(recs, cfg)[-cfg.last_days:]] for arm, recs in records.items()}
     for other in ("logging", "frozen"):
         if "daily" in arms and other in arms:
