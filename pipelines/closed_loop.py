@@ -131,7 +131,9 @@ def run(ctx: StageContext) -> None:
     for arm in set(cfg.arms) - set(arms):  # arms run before (by another --arm) join the report
         if (home / arm).is_dir():
             records[arm] = Workspace.create(home / arm, ctx.params, cfg.total_days).records()
-    summary = write_report(records, cfg, ctx.params)
+    project = project_root(ctx.params)
+    shown = ctx.params.relative_to(project) if ctx.params.is_relative_to(project) else ctx.params
+    summary = write_report(records, cfg, shown)
     log.info("closed loop done: %s", summary["headline"])
 
 
