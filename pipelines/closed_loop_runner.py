@@ -195,6 +195,8 @@ class DayRunner:
             code, seconds, killed = spawn(argv, logfile, self.cfg.kill_after_s if kill else None)
             if killed:
                 rec["faults"].append(f"kill: {name} SIGKILLed after {seconds:.1f}s")
+            elif kill:
+                rec["faults"].append(f"kill missed: {name} ended in {seconds:.1f}s, before kill_after_s")
             if code == 0 or code in allowed:
                 rec["stage_seconds"][name] = round(seconds, 1)
                 rec["attempts"][name] = attempt
