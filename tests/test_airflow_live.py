@@ -203,8 +203,9 @@ def create_backfill_in_ui(af: Airflow, work: Path) -> None:
         dialog.get_by_text("Backfill", exact=True).click()
         for i, day in enumerate((DAYS[0], DAYS[-1])):  # From, To: a date-and-time popover each (UTC)
             dialog.get_by_test_id("datetime-input").nth(i).click()
-            page.get_by_placeholder("YYYY/MM/DD").fill(day.replace("-", "/"))
-            page.get_by_placeholder("HH:mm").fill("00:00")
+            # the popover just opened is the newest in the DOM; the From popover's inputs may linger
+            page.get_by_placeholder("YYYY/MM/DD").last.fill(day.replace("-", "/"))
+            page.get_by_placeholder("HH:mm").last.fill("00:00")
             page.keyboard.press("Escape")  # closes the popover, not the dialog
         dialog.get_by_text("Missing Runs", exact=True).click()
         dialog.locator("input[name=max_active_runs]").fill("1")
