@@ -121,7 +121,8 @@ def run(ctx: StageContext) -> None:
         raise ConfigError(f"--arm {ctx.args.arm!r}: not one of closed_loop.arms {cfg.arms} (or all)")
     start = load_params(ctx.params)["simulate"]["start_date"]
     faults = Faults.parse(ctx.args.faults, start, cfg.total_days, {s.name for s in STAGES})
-    home = project_root(ctx.params) / RUNS / f"loop_{ctx.params.stem}"
+    project = project_root(ctx.params)
+    home = project / RUNS / f"loop_{ctx.params.stem}"
     warm = Workspace.create(home / WARMUP, ctx.params, cfg.total_days)
     warm_up(DayRunner(warm, cfg, ArmPlan("logging", 0, -1, faults)), range(cfg.warmup_days - 1), start, cfg)
     records = {}
@@ -131,7 +132,6 @@ def run(ctx: StageContext) -> None:
     for arm in set(cfg.arms) - set(arms):  # arms run before (by another --arm) join the report
         if (home / arm).is_dir():
             records[arm] = Workspace.create(home / arm, ctx.params, cfg.total_days).records()
-    project = project_root(ctx.params)
     shown = ctx.params.relative_to(project) if ctx.params.is_relative_to(project) else ctx.params
     summary = write_report(records, cfg, shown)
     log.info("closed loop done: %s", summary["headline"])

@@ -17,10 +17,10 @@ import numpy as np
 import orjson
 
 from plumbing.errors import MissingArtifact
+from plumbing.metrics import Z95
 from plumbing.paths import SIM_TRUTH
 from relate_models.text_metrics import distinct_n
 
-Z95 = 1.959963984540054
 SUM_KEYS = ("n", "champion", "compliant", "champion_compliant", "sum_ctr", "sum_ctr2", "sum_ctcvr", "sum_ctcvr2",
             "sum_ctr_ctcvr")
 

@@ -21,8 +21,9 @@ import numpy as np
 import yaml
 
 from pipelines.orchestration import stage_argv, stage_env
-from pipelines.publish_registry import VALIDATED_MARKER, champion_serving, read_json
+from pipelines.publish_registry import VALIDATED_MARKER, champion_serving, read_json, serving_folder
 from pipelines.stages import PUBLISH_REFUSED_EXIT_CODE, STAGES
+from pipelines.stages import stage as stage_row
 from plumbing import atomic
 from plumbing.cli import EXPECTED_FAILURE_EXIT_CODE
 from plumbing.config import load_params
@@ -100,8 +101,12 @@ class Workspace:
     def append(self, record: dict) -> None:
         atomic.write_json(self.root / "loop" / "records.json", self.records() + [atomic.undefined_as_null(record)])
 
+    @property
+    def registry(self) -> Path:
+        return self.root / load_params(self.params)["publish"]["registry_dir"]
+
     def champion(self) -> tuple[str, Path] | None:
-        return champion_serving(self.root / load_params(self.params)["publish"]["registry_dir"])
+        return champion_serving(self.registry)
 
 
 class DayRunner:
@@ -157,7 +162,7 @@ class DayRunner:
         started = read_json(marker)
         if started and started["ds"] == ds:
             version = started["served_by"]
-            return (version, self.ws.root / "registry" / version / "serving") if version else None
+            return (version, serving_folder(self.ws.registry, version)) if version else None
         served = self.ws.champion()
         atomic.write_json(marker, {"ds": ds, "served_by": served[0] if served else None})
         return served
@@ -186,7 +191,7 @@ class DayRunner:
     def stage(self, name: str, ds: str | None, rec: dict, extra: list[str] = (),
               allowed: set[int] = frozenset()) -> int:
         """Run one stage command for `ds`, retrying a failure; its exit code (0 or one of `allowed`)."""
-        argv = stage_argv(name, ds) if ds else [sys.executable, "-m", f"pipelines.{name}"]
+        argv = stage_argv(name, ds) if ds else [sys.executable, "-m", stage_row(name).module]  # a batch (--all)
         argv += ["--params", str(self.ws.params), *extra]
         logfile = self.ws.root / "logs" / (ds or "batch") / f"{name}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)

@@ -75,8 +75,7 @@ def serving_champion() -> tuple[str, Path] | None:
     written = (load_params(params).get("publish") or {}).get("registry_dir")
     if not isinstance(written, str) or not written.strip():
         raise ConfigError(f"publish.registry_dir: missing or empty in {params}")
-    found = champion_serving(PROJECT_ROOT / check_registry_dir(written, PROJECT_ROOT))
-    return None if found is None else (found[0], found[1])
+    return champion_serving(PROJECT_ROOT / check_registry_dir(written, PROJECT_ROOT))
 
 
 def ensure_raw_partition(ds: str, source: str) -> dict[str, str | None]:
@@ -132,6 +131,8 @@ def on_task_failure(context) -> None:
 
 def on_publish_refused(context) -> None:
     """Airflow skipped callback of the publish task: say why nothing was published."""
+    import json
+
     ds = context.get("ds", "?")
     reasons = "see the task log"
     report = PROJECT_ROOT / "metrics" / "publish.json"

@@ -143,8 +143,13 @@ def champion_serving(registry: Path) -> tuple[str, Path] | None:
     champion = read_champion(registry)
     if champion is None:
         return None
-    folder = registry / champion["version"] / "serving"
+    folder = serving_folder(registry, champion["version"])
     return (champion["version"], folder) if folder.is_dir() else None
+
+
+def serving_folder(registry: Path, version: str) -> Path:
+    """Where a registered version's serving tables (the `serving` artifact) lie."""
+    return registry / version / "serving"
 
 
 def read_champion(registry: Path) -> dict | None:

@@ -361,3 +361,15 @@ def test_dag_publish_outcome_matches_its_report(daily_run):
     else:
         assert report["published"] is False and report["failed_gates"]
         assert not (project / "registry" / "champion.json").exists()
+
+
+def test_publish_refused_callback_names_the_failed_gates(tmp_path, monkeypatch, caplog):
+    from pipelines import orchestration
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "publish.json").write_text(json.dumps(
+        {"ds": "2026-01-05", "gates": [{"gate": "relate_compliance", "value": 0.9, "required": 0.95, "passed": False}]}))
+    monkeypatch.setattr(orchestration, "PROJECT_ROOT", tmp_path)
+    caplog.set_level("WARNING", logger="relate.orchestration")
+    orchestration.on_publish_refused({"ds": "2026-01-05"})
+    assert "relate_compliance: 0.9 < 0.95" in caplog.text
