@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         sft_cfg = load_config(SFTConfig, "sft", args.params)
         grpo_cfg = load_config(GRPOStageConfig, "grpo", args.params)
         if "ctcvr" in grpo_cfg.rewards:
-            raise ConfigError("grpo.rewards.ctcvr: AdvertiseGen has no clicks to train a CTCVR model on; drop it")
+            raise ConfigError("grpo.rewards.ctcvr: AdvertiseGen has no clicks to train a CTCVR model on; set its weight to 0")
         paths = {name: Path(p).resolve() for name, p in
                  (("train", cfg.train_json), ("dev", cfg.dev_json), ("lexicon", grpo_cfg.lexicon))}
         for name, path in paths.items():

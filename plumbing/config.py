@@ -5,9 +5,9 @@ field (`simulate.days: expected int, got 'ten'`), so a typo never falls back to 
 Config dataclasses carry types and validation, not values: every knob's one value is in
 params.yaml. Another params file may hold only what differs from it: `extends: <file>`
 (relative to the file that names it) loads that file first, then each section's keys of
-this one replace the base's (a key's value is replaced whole, a mapping such as
-`grpo.rewards` included). A key the base section lacks, and a key written twice in one
-mapping, are refused.
+this one replace the base's; a nested mapping (`simulate.drift`, `grpo.rewards`) is merged
+key by key, so an overlay turns a reward off with weight 0 rather than by leaving it out.
+A key the base section lacks, and a key written twice in one mapping, are refused.
 
     python -m plumbing.config configs/tiny.yaml > params.yaml   # the merged file (what DVC reads)
 """

@@ -255,7 +255,9 @@ REGISTRY: dict[str, Callable[[RewardContext], Reward]] = {
 
 
 def validate_weights(weights: dict, field_name: str = "grpo.rewards") -> dict[str, float]:
-    """Reward name -> weight; unknown names and negative or non-numeric weights are rejected."""
+    """Reward name -> weight, the rewards of weight 0 left out (an overlay turns a reward off with 0:
+    params files merge nested mappings key by key); unknown names and negative or non-numeric
+    weights are rejected."""
     from plumbing.config import ConfigError
 
     if not isinstance(weights, dict) or not weights:
@@ -271,7 +273,7 @@ def validate_weights(weights: dict, field_name: str = "grpo.rewards") -> dict[st
         out[name] = float(weight)
     if sum(out.values()) <= 0:
         raise ConfigError(f"{field_name}: at least one weight must be > 0")
-    return out
+    return {name: weight for name, weight in out.items() if weight > 0}
 
 
 def build_rewards(names: Sequence[str], ctx: RewardContext) -> list[Reward]:

@@ -92,7 +92,10 @@ def test_an_overlay_extends_its_base_key_by_key(tmp_path):
     overlay.write_text("extends: ../base.yaml\ndemo: {names: [c]}\nextra: {y: 2}\n")
     params = load_params(overlay)
     assert params == {"demo": {"days": 3, "rate": 0.25, "names": ["c"]}, "other": {"x": 1}, "extra": {"y": 2}}
-    assert load_config(_Cfg, "demo", overlay).names == ["c"]  # a value is replaced whole, not merged
+    assert load_config(_Cfg, "demo", overlay).names == ["c"]  # a list is replaced whole, not merged
+    (tmp_path / "base.yaml").write_text("demo: {days: 3, weights: {a: 1.0, b: 2.0}}\n")
+    overlay.write_text("extends: ../base.yaml\ndemo: {weights: {b: 0}}\n")
+    assert load_params(overlay)["demo"]["weights"] == {"a": 1.0, "b": 0}  # a nested mapping merges key by key
     overlay.write_text("extends: ../base.yaml\ndemo: {dayz: 4}\n")
     with pytest.raises(ConfigError, match=r"demo.dayz not in the file it extends"):
         load_params(overlay)

@@ -169,6 +169,9 @@ def test_bad_weights_rejected_naming_the_field():
         validate_weights({"ctcvr": 1.0, "diversity": -0.5})
     with pytest.raises(ConfigError, match=r"grpo.rewards.ctcvr: weight must be a number"):
         validate_weights({"ctcvr": "high"})
+    assert validate_weights({"ctcvr": 0, "diversity": 0.5}) == {"diversity": 0.5}  # weight 0: the reward is off
+    with pytest.raises(ConfigError, match="at least one weight"):
+        validate_weights({"ctcvr": 0})
     for overrides, field in (({"rewards": {"nope": 1}}, r"grpo.rewards.nope"), ({"beta": -1.0}, r"grpo.beta"),
                              ({"num_generations": 1}, r"grpo.num_generations"),
                              ({"rewardz": {}}, r"grpo: unknown key\(s\) rewardz")):
