@@ -25,7 +25,7 @@ from plumbing.config import load_params
 from plumbing.errors import ConfigError, DataError, StageError
 from plumbing.logs import get_logger
 from plumbing.paths import (ATTRIBUTION_DIR, COMBO_POLICY_DIR, CTCVR_DIR, CURATED_TABLES, METRICS, RELATE_DIR,
-                            SERVING_DIR, TOKENIZER_DIR, VALIDATION, curated, partitions)
+                            SERVING_DIR, SFT_DIR, TOKENIZER_DIR, VALIDATION, curated, partitions)
 
 log = get_logger("publish")
 CHAMPION_FILE = "champion.json"
@@ -37,9 +37,11 @@ SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "
                                       "/root", "/run", "/sbin", "/sys", "/usr", "/var"))
 
 # The artifact set: name in the registry -> source directory. The policy directory holds
-# its own tokenizer (save_pretrained); `tokenizer` is the shared BPE the CTCVR model reads.
+# its own tokenizer (save_pretrained); `tokenizer` is the shared BPE the CTCVR model reads;
+# `sft` is the policy before GRPO, which a warm start continues and keeps as GRPO's KL reference.
 ARTIFACTS: dict[str, Path] = {
     "policy": RELATE_DIR,
+    "sft": SFT_DIR,
     "tokenizer": TOKENIZER_DIR,
     "ctcvr": CTCVR_DIR,
     "attribution": ATTRIBUTION_DIR,
