@@ -1,6 +1,6 @@
 """Command `closed_loop`: daily retraining as a closed loop on the drifting simulated market.
 
-    python -m pipelines.closed_loop [--params params.yaml] [--arm all|logging|frozen|daily] [--days N]
+    python -m pipelines.closed_loop [--params params.yaml] [--arm all|logging|frozen|daily|daily_warm] [--days N]
                                     [--faults corrupt@DS,refuse@DS,kill@DS:STAGE]
 
 Each day D runs simulate(D) -> ingest -> validate -> train -> evaluate -> publish, the stage
@@ -12,7 +12,9 @@ warmup_days-1 on each arm, in its own run directory `runs/loop_<params stem>/<ar
 market and traffic seeds:
 - `logging`: never trains; the logging policy serves every day;
 - `frozen`: trains from the last warm-up day until the gates pass once; that champion serves to the end;
-- `daily`: trains and publishes (through the gates) every day but the last.
+- `daily`: trains in full and publishes (through the gates) every day but the last;
+- `daily_warm`: as daily, its training warm-started from its champion (training.mode warm, with
+  the cadence and forced-full rules of pipelines/warm_start.py).
 A failed validation trains nothing that day (the champion keeps serving); a gate refusal keeps
 the champion; a stage that dies is retried `closed_loop.retries` times. The loop resumes after
 the last finished day when run again. Measured from the truth of what was served
@@ -44,7 +46,9 @@ from plumbing.logs import get_logger
 from plumbing.paths import RUNS
 
 log = get_logger("closed_loop")
-ARMS = ("logging", "frozen", "daily")
+ARMS = ("logging", "frozen", "daily", "daily_warm")
+# training.mode of each arm's runs: only daily_warm continues from its champion (pipelines.warm_start)
+ARM_TRAINING_MODE = {"daily_warm": "warm"}
 WARMUP = "_warmup"
 
 
@@ -127,14 +131,19 @@ def run(ctx: StageContext) -> None:
     warm_up(DayRunner(warm, cfg, ArmPlan("logging", 0, -1, faults)), range(cfg.warmup_days - 1), start, cfg)
     records = {}
     for arm in arms:
-        ws = Workspace.create(home / arm, ctx.params, cfg.total_days, seed_from=warm)
+        ws = Workspace.create(home / arm, ctx.params, cfg.total_days, seed_from=warm, mode=arm_mode(arm))
         records[arm] = run_days(DayRunner(ws, cfg, ArmPlan.of(arm, cfg, faults)), range(cfg.total_days), start, cfg)
     for arm in set(cfg.arms) - set(arms):  # arms run before (by another --arm) join the report
         if (home / arm).is_dir():
-            records[arm] = Workspace.create(home / arm, ctx.params, cfg.total_days).records()
+            records[arm] = Workspace.create(home / arm, ctx.params, cfg.total_days, mode=arm_mode(arm)).records()
     shown = ctx.params.relative_to(project) if ctx.params.is_relative_to(project) else ctx.params
     summary = write_report(records, cfg, shown)
     log.info("closed loop done: %s", summary["headline"])
+
+
+def arm_mode(arm: str) -> str:
+    """The arm's training.mode: a daily full retrain unless the arm says warm."""
+    return ARM_TRAINING_MODE.get(arm, "full")
 
 
 def warm_up(runner: DayRunner, days, start: str, cfg: ClosedLoopConfig) -> None:

@@ -74,6 +74,10 @@ def build_summary(records: dict[str, list[dict]], cfg, params: Path) -> dict:
     if "daily" in arms and "logging" in arms:
         up = uplift(pooled(last["daily"], "feed"), pooled(last["logging"], "feed"), "true_ctr")
         out["feed_ctr_uplift_daily_vs_logging"], out["feed_ctr_uplift_daily_vs_logging_ci95"] = up["uplift"], up["ci95"]
+    if "daily" in arms and "daily_warm" in arms:  # issue 16: no worse than daily beyond the CIs, at <= 1/3 of its compute
+        up = uplift(pooled(last["daily_warm"], "search"), pooled(last["daily"], "search"), "true_ctcvr")
+        out["uplift_daily_warm_vs_daily"], out["uplift_daily_warm_vs_daily_ci95"] = up["uplift"], up["ci95"]
+        out["compute_ratio_daily_warm_vs_daily"] = _compute_ratio(arms["daily_warm"], arms["daily"])
     if "daily" in arms:
         out["served_compliance_min"] = arms["daily"]["champion_compliance_min"]
         out["served_compliance_all_min"] = arms["daily"]["served_compliance_min"]
@@ -81,6 +85,14 @@ def build_summary(records: dict[str, list[dict]], cfg, params: Path) -> dict:
                     for k, v in GOALS.items() if k in out}
     out["headline"] = headline(out)
     return out
+
+
+def _compute_ratio(arm: dict, baseline: dict) -> float | None:
+    """Mean seconds per day of the training and release stages, arm over baseline."""
+    def spent(a: dict) -> float:
+        return sum(v for k, v in a["stage_seconds_mean"].items() if k not in ("simulate", "ingest", "validate"))
+
+    return spent(arm) / spent(baseline) if spent(baseline) else None
 
 
 def headline(out: dict) -> str:
@@ -155,10 +167,19 @@ def markdown(out: dict) -> str:
         lines.append(f"| {name} | {_pct(g['value'], signed)}{f' ({_ci(ci, pct=True)})' if ci else ''} | "
                      f"{_pct(g['target'], signed)} | "
                      f"{'yes' if g['met'] else '**no**'} |")
-    if "daily" in out["arms"]:
-        lines += ["", "Mean seconds per stage, daily arm: " + ", ".join(
-            f"{k} {v}" for k, v in out["arms"]["daily"]["stage_seconds_mean"].items())]
+    if "uplift_daily_warm_vs_daily" in out:
+        lines += ["", f"daily_warm vs daily (full retrains): search true CTCVR "
+                      f"{_pct(out['uplift_daily_warm_vs_daily'])} ({_ci(out['uplift_daily_warm_vs_daily_ci95'], pct=True)}), "
+                      f"compute ratio {fmt_ratio(out['compute_ratio_daily_warm_vs_daily'])}."]
+    for arm in ("daily", "daily_warm"):
+        if arm in out["arms"]:
+            lines += ["", f"Mean seconds per stage, {arm} arm: " + ", ".join(
+                f"{k} {v}" for k, v in out["arms"][arm]["stage_seconds_mean"].items())]
     return "\n".join(lines) + "\n"
+
+
+def fmt_ratio(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _ci(ci, pct: bool = False) -> str:

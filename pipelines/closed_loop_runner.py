@@ -72,9 +72,11 @@ class Workspace:
     root: Path
     base_params: Path
     total_days: int
+    mode: str = "full"  # training.mode of the arm's runs
 
     @classmethod
-    def create(cls, root: Path, base_params: Path, total_days: int, seed_from: "Workspace | None" = None):
+    def create(cls, root: Path, base_params: Path, total_days: int, seed_from: "Workspace | None" = None,
+               mode: str = "full"):
         """The workspace at `root`, made (from a copy of `seed_from` when given) if it does not exist yet."""
         if not root.is_dir():
             if seed_from is not None:
@@ -83,7 +85,7 @@ class Workspace:
                 shutil.copytree(seed_from.root, tmp, symlinks=True)
                 tmp.rename(root)
             root.mkdir(parents=True, exist_ok=True)
-        ws = cls(root, Path(base_params).resolve(), total_days)
+        ws = cls(root, Path(base_params).resolve(), total_days, mode)
         ws.write_params()  # always: also heals a refuse@ fault a killed run left in place
         return ws
 
@@ -92,7 +94,8 @@ class Workspace:
         return self.root / "params.yaml"
 
     def write_params(self, extra: dict | None = None) -> None:
-        params = {"extends": str(self.base_params), "simulate": {"days": self.total_days}, **(extra or {})}
+        params = {"extends": str(self.base_params), "simulate": {"days": self.total_days},
+                  "training": {"mode": self.mode}, **(extra or {})}
         atomic.write_text(self.params, yaml.safe_dump(params, sort_keys=False))
 
     def records(self) -> list[dict]:

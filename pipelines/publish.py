@@ -50,6 +50,7 @@ from pipelines.publish_gates import (GATES, artifact_rows, candidate_metrics, ch
 from pipelines.publish_registry import (ARTIFACTS, check_registry_dir, data_partitions, git_revision,
                                         missing_artifacts, params_hash, promote, read_champion, register,
                                         registry_lock, rollback, stage_version, track_and_push)
+from pipelines.warm_start import read_lineage
 from plumbing import atomic
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import ConfigError, require
@@ -169,12 +170,18 @@ def release(cfg: PublishConfig, ds: str, params_file: Path, root: Path, champion
         "artifacts": {n: str(ARTIFACTS[n]) for n in cfg.artifacts},
         "data": data_partitions(ds), "git": git_revision(root),
         "params_file": str(params_file), "params_sha256": params_hash(params_file),
-        "metrics": values, "gates": gates, "evaluation": evaluation,
+        "metrics": values, "gates": gates, "evaluation": evaluation, "lineage": artifact_lineage(cfg.artifacts),
     }
     version_dir = register(registry, candidate, version, manifest, model_card(manifest, gates, evaluation))
     track_and_push(root, cfg, root / version_dir)
     promote(registry, champion, version, {"ds": ds, "eval_day": day, "serving": serving, "metrics": values})
     return version
+
+
+def artifact_lineage(artifacts: list[str]) -> dict:
+    """Artifact -> how its model was trained (full or warm, from which version), for those that record it."""
+    found = {name: read_lineage(ARTIFACTS[name]) for name in artifacts}
+    return {name: lineage for name, lineage in found.items() if lineage is not None}
 
 
 def write_report(report: dict) -> None:

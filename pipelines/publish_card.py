@@ -41,6 +41,17 @@ def evaluation_table(evaluation: dict) -> list[str]:
     return lines
 
 
+def lineage_lines(lineage: dict) -> list[str]:
+    """Per artifact: trained in full, or warm from a champion, with the chain back to the last full retrain."""
+    if not lineage:
+        return ["No artifact records its lineage (trained before warm starts existed)."]
+    lines = ["| artifact | mode | trained through | chain since the last full retrain | why |", "|---|---|---|---|---|"]
+    for name, row in sorted(lineage.items()):
+        chain = " -> ".join(row.get("chain") or []) or "(this is a full retrain)"
+        lines.append(f"| {name} | {row['mode']} | {row['trained_through']} | {chain} | {row.get('reason', '')} |")
+    return lines
+
+
 def model_card(manifest: dict, gates: list[dict], evaluation: dict) -> str:
     lines = [
         f"# RELATE model card: {manifest['version']}",
@@ -61,6 +72,9 @@ def model_card(manifest: dict, gates: list[dict], evaluation: dict) -> str:
         "Intended use: offline candidate generation for human-reviewed ad creatives. Trained and evaluated on "
         "logs of the embedded simulated ad market unless `manifest.json` says otherwise; true gains are measured "
         "against the simulator's oracle.",
+        "",
+        "## Lineage",
+        *lineage_lines(manifest.get("lineage") or {}),
         "",
         "## Publish gates",
         *gate_table(gates),

@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import TINY_PARAMS
 
 DAYS = ("2026-01-05", "2026-01-06", "2026-01-07")  # validated, with curated data
-ARTIFACT_DIRS = {"policy": "models/relate", "tokenizer": "models/tokenizer", "ctcvr": "models/ctcvr",
+ARTIFACT_DIRS = {"policy": "models/relate", "sft": "models/sft", "tokenizer": "models/tokenizer", "ctcvr": "models/ctcvr",
                  "attribution": "models/attribution", "combo_policy": "models/combo_policy",
                  "serving": "models/serving"}
 
@@ -81,6 +81,10 @@ def versions(root: Path) -> list[str]:
 
 def test_pass_publishes_a_tracked_pushed_versioned_set_and_moves_the_champion(project, tmp_path):
     _write_run(project, "a")
+    warm = {"stage": "grpo", "mode": "warm", "reason": "continues from champion 2026-01-06-0123456789",
+            "continued_from": "2026-01-06-0123456789", "trained_through": "2026-01-06",
+            "last_full_trained_through": "2026-01-05", "chain": ["2026-01-05-abcdefabcd", "2026-01-06-0123456789"]}
+    (project / "models" / "relate" / "lineage.json").write_text(json.dumps(warm))
     proc = publish(project, "--ds", "2026-01-07")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((project / "metrics" / "publish.json").read_text())
@@ -96,8 +100,10 @@ def test_pass_publishes_a_tracked_pushed_versioned_set_and_moves_the_champion(pr
     assert report["verified"]["newest_trained_day"] == {"metrics/ctcvr.json:eval_day": "2026-01-04"}
     assert len(manifest["params_sha256"]) == 64 and "commit" in manifest["git"]
     assert manifest["metrics"]["attribution_auc_ratio"] == pytest.approx(0.70 / 0.72)
+    assert manifest["lineage"] == {"policy": warm}  # the artifacts that record how they were trained
     card = (vdir / "MODEL_CARD.md").read_text()
     assert version in card and "relate.true_ctcvr_uplift_vs_sft" in card
+    assert "| policy | warm | 2026-01-06 | 2026-01-05-abcdefabcd -> 2026-01-06-0123456789 |" in card
     # tracked by DVC and pushed: the remote holds the objects of the .dvc file's directory hash
     dvc_file = yaml.safe_load((project / "registry" / f"{version}.dvc").read_text())
     md5 = dvc_file["outs"][0]["md5"]
