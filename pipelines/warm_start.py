@@ -5,6 +5,7 @@ loads the current champion's artifact (`registry/<version>/<artifact>/`) and tra
 after the last day that artifact trained on, with its own budget (`<stage>.warm_*`). A warm
 run falls back to `full`, with the reason logged and recorded, when
 - there is no champion, its artifact is not here, or it has no lineage (published before it);
+- the champion trained on days after this run's (a backfill of a past day);
 - the chain's last full retrain is `training.full_every_days` or more days old (the cadence);
 - the stage finds data the loaded model cannot represent (`Start.full(reason)`): the
   tokenizer's out-of-vocabulary rate on the new days above `training.max_oov_rate`, or ads
@@ -126,6 +127,9 @@ def plan(stage: str, artifact: str, params: Path, through: str) -> Start:
         return full.full(f"the champion {champion['version']} has no {artifact} artifact here ({source}; dvc pull?)")
     if lineage is None:
         return full.full(f"the champion's {artifact} has no {LINEAGE_FILE} (published before warm starts)")
+    if lineage["trained_through"] > through:  # a backfill must not see days after its own
+        return full.full(f"the champion's {artifact} trained through {lineage['trained_through']}, after this "
+                         f"run's last day {through} (a backfill)")
     age = (parse_ds(through) - parse_ds(lineage["last_full_trained_through"])).days
     if age >= cfg.full_every_days:
         return full.full(f"the last full retrain trained through {lineage['last_full_trained_through']}, {age} days "
