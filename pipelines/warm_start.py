@@ -5,7 +5,8 @@ loads the current champion's artifact (`registry/<version>/<artifact>/`) and tra
 after the last day that artifact trained on, with its own budget (`<stage>.warm_*`). A warm
 run falls back to `full`, with the reason logged and recorded, when
 - there is no champion, its artifact is not here, or it has no lineage (published before it);
-- the champion trained on days after this run's (a backfill of a past day);
+- no version in the champion's history trained before this run's last day (a warm run continues
+  from the newest one that did: a rerun of a day, or a backfill, never sees its own or later days);
 - the chain's last full retrain is `training.full_every_days` or more days old (the cadence);
 - the stage finds data the loaded model cannot represent (`Start.full(reason)`): the
   tokenizer's out-of-vocabulary rate on the new days above `training.max_oov_rate`, or ads
@@ -121,25 +122,38 @@ def plan(stage: str, artifact: str, params: Path, through: str) -> Start:
     champion = read_champion(registry) if registry is not None else None
     if champion is None:
         return full.full("no champion to continue from")
-    source = registry / champion["version"] / artifact
-    lineage = read_lineage(source)
-    if not source.is_dir():
-        return full.full(f"the champion {champion['version']} has no {artifact} artifact here ({source}; dvc pull?)")
-    if lineage is None:
-        return full.full(f"the champion's {artifact} has no {LINEAGE_FILE} (published before warm starts)")
-    if lineage["trained_through"] > through:  # a backfill must not see days after its own
-        return full.full(f"the champion's {artifact} trained through {lineage['trained_through']}, after this "
-                         f"run's last day {through} (a backfill)")
+    found = _source(registry, champion, artifact, through)
+    if isinstance(found, str):
+        return full.full(found)
+    version, source, lineage = found
     age = (parse_ds(through) - parse_ds(lineage["last_full_trained_through"])).days
     if age >= cfg.full_every_days:
         return full.full(f"the last full retrain trained through {lineage['last_full_trained_through']}, {age} days "
                          f"before {through}: training.full_every_days is {cfg.full_every_days}")
-    start = Start(stage, WARM, f"continues from champion {champion['version']}", source, champion["version"],
-                  lineage["trained_through"], lineage["last_full_trained_through"],
-                  (*lineage["chain"], champion["version"]), cfg.max_oov_rate)
+    reason = (f"continues from champion {version}" if version == champion["version"] else
+              f"continues from {version}, the champion before day {through} (a rerun or a backfill)")
+    start = Start(stage, WARM, reason, source, version, lineage["trained_through"],
+                  lineage["last_full_trained_through"], (*lineage["chain"], version), cfg.max_oov_rate)
     log.info("%s: warm start from %s (trained through %s; chain of %d since the last full retrain)",
              stage, source, start.trained_through, len(start.chain))
     return start
+
+
+def _source(registry: Path, champion: dict, artifact: str, through: str) -> tuple[str, Path, dict] | str:
+    """(version, artifact folder, lineage) of the newest version in the champion's history that
+    trained before `through`, so that a rerun of a day, or a backfill, continues from what served
+    before that day and sees no later day; or why there is none."""
+    versions = list(reversed(champion.get("history") or [])) or [champion["version"]]
+    for version in versions:
+        source = registry / version / artifact
+        lineage = read_lineage(source)
+        if version == champion["version"] and not source.is_dir():
+            return f"the champion {version} has no {artifact} artifact here ({source}; dvc pull?)"
+        if version == champion["version"] and lineage is None:
+            return f"the champion's {artifact} has no {LINEAGE_FILE} (published before warm starts)"
+        if lineage is not None and lineage["trained_through"] < through:
+            return version, source, lineage
+    return f"no version in the champion's history trained {artifact} before {through} (a backfill of an early day)"
 
 
 def _training_config(params: Path) -> TrainingConfig:

@@ -64,7 +64,7 @@ def test_warm_from_the_champion_extends_its_chain(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("lineage, through, reason", [
     (None, "2026-01-06", "has no lineage.json"),
-    (_lineage("2026-01-07", "2026-01-05"), "2026-01-06", "a backfill"),
+    (_lineage("2026-01-07", "2026-01-05"), "2026-01-06", "a backfill of an early day"),
     (_lineage("2026-01-11", "2026-01-05", [V1]), "2026-01-12", "training.full_every_days is 7"),
 ])
 def test_each_forced_full_of_the_plan_says_why(tmp_path, monkeypatch, lineage, through, reason):
@@ -72,6 +72,15 @@ def test_each_forced_full_of_the_plan_says_why(tmp_path, monkeypatch, lineage, t
     _champion(tmp_path, V1, lineage)
     start = warm_start.plan("train_ctcvr", "ctcvr", params, through)
     assert start.mode == "full" and reason in start.reason
+
+
+def test_a_rerun_of_a_day_continues_from_the_champion_before_that_day(tmp_path, monkeypatch):
+    params = _project(tmp_path, monkeypatch)
+    _champion(tmp_path, V1, _lineage("2026-01-05", "2026-01-05"))
+    _champion(tmp_path, V2, _lineage("2026-01-06", "2026-01-05", [V1]), history=[V1])  # today's run, published
+    start = warm_start.plan("train_ctcvr", "ctcvr", params, "2026-01-06")  # today again
+    assert start.warm and start.version == V1 and "the champion before day 2026-01-06" in start.reason
+    assert warm_start.plan("train_ctcvr", "ctcvr", params, "2026-01-07").version == V2  # tomorrow
 
 
 def test_a_champion_without_the_artifact_trains_in_full(tmp_path, monkeypatch):
