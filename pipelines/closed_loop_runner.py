@@ -22,7 +22,7 @@ import yaml
 
 from pipelines.orchestration import stage_argv, stage_env
 from pipelines.publish_registry import VALIDATED_MARKER, champion_serving, read_json, serving_folder
-from pipelines.stages import PUBLISH_REFUSED_EXIT_CODE, STAGES
+from pipelines.stages import PUBLISH_REFUSED_EXIT_CODE, STAGES, VALIDATION_FAILED_EXIT_CODE
 from pipelines.stages import stage as stage_row
 from plumbing import atomic
 from plumbing.cli import EXPECTED_FAILURE_EXIT_CODE
@@ -34,7 +34,6 @@ from plumbing.paths import METRICS, RAW_EVENTS, partition
 
 log = get_logger("closed_loop")
 DATA_STAGES = ("simulate", "ingest", "validate")
-VALIDATION_FAILED_EXIT_CODE = 1  # pipelines.validate: the suite failed (a verdict on the data)
 # the gate a refuse@ fault sets: no model's compliance rate reaches it
 REFUSE_FAULT = {"publish": {"min_compliance_rate": 1.5}}
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 # publish exits with this when a gate refuses the models; the Airflow task maps it to
 # "skipped" (visible in the grid, no retries, no published-model Asset event).
 PUBLISH_REFUSED_EXIT_CODE = 99
+# validate exits with this when a day fails its expectations: a verdict on the data (no retry).
+VALIDATION_FAILED_EXIT_CODE = 1
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from pipelines.stages import VALIDATION_FAILED_EXIT_CODE
 from plumbing import atomic, paths
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
@@ -370,7 +371,7 @@ def run(ctx: StageContext) -> int:
     if not metrics["success"]:
         log.error("validation FAILED for %s; nothing downstream runs (see data/validation/<ds>/)",
                   ", ".join(metrics["days_failed"]))
-        return 1
+        return VALIDATION_FAILED_EXIT_CODE
     atomic.write_text(SUCCESS_MARKER, "".join(f"{ds}\n" for ds in days))
     return 0
 
