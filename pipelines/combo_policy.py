@@ -8,7 +8,10 @@ with group-baseline policy gradient and per-slot credit, then decodes the top-k
 combinations per ad with beam search.
 
 Writes models/combo_policy/ (generator.safetensors, config.json, serving.parquet,
-history.json) and metrics/combo_policy.json. serving.parquet: one row per (ad_id, rank),
+history.json, lineage.json) and metrics/combo_policy.json. `training.mode: warm`
+(pipelines/warm_start.py): the champion's generator continues for `combo_policy.warm_steps`
+steps when the reward model has trained on a day after it; forced full when today's problem
+holds ads, elements or context values it has no rows for. serving.parquet: one row per (ad_id, rank),
 rank 1 = the best by the MIL reward of the generator's `serving_beam` most probable
 combinations (beam search), so top-1 reaches the reward's argmax whenever the beam holds
 it; `score` is the MIL model's predicted CTR of the combination (the learned reward, not
@@ -18,7 +21,9 @@ the truth), `policy_prob` the generator's probability of it.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import math
 import sys
 import time
@@ -28,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipelines.warm_start import Start, plan, training_block, write_lineage
 from plumbing import atomic, paths
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
@@ -48,6 +54,7 @@ class ComboPolicyConfig:
     seed: int
     hidden_dim: int
     steps: int
+    warm_steps: int  # steps when continuing from the champion's generator
     group_size: int  # combinations sampled per ad per step (the GRPO group)
     ads_per_step: int  # 0 = every ad every step
     learning_rate: float
@@ -63,7 +70,7 @@ class ComboPolicyConfig:
     torch_threads: int  # torch intra-op threads; 0 = torch's default
 
     def __post_init__(self):
-        for name in ("hidden_dim", "steps", "top_k", "diversity_samples", "max_enumerate", "log_every"):
+        for name in ("hidden_dim", "steps", "warm_steps", "top_k", "diversity_samples", "max_enumerate", "log_every"):
             require(getattr(self, name) >= 1, f"combo_policy.{name}", "must be >= 1")
         require(self.serving_beam >= self.top_k, "combo_policy.serving_beam", f"must be >= top_k ({self.top_k})")
         require(self.group_size >= 2, "combo_policy.group_size", "must be >= 2 (the baseline is the group mean)")
@@ -162,7 +169,8 @@ def serving_table(policy: cg.ComboPolicy, scorer: attr.AttributionScorer, top_k:
     return frame[SERVING_COLUMNS], top_rows
 
 
-def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED) -> dict:
+def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED, params=None) -> dict:
+    """Train (`params`' training.mode warm: continue the champion's generator), decode, write; the metrics."""
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
@@ -172,9 +180,8 @@ def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED
     sizes = [problem.n_combinations(a) for a in range(len(problem.ad_ids))]
     log.info("%d ads, %d-%d combinations each (never enumerated for training)", len(problem.ad_ids),
              min(sizes), max(sizes))
-    policy = cg.ComboPolicy.create(problem, cfg.hidden_dim, cfg.seed)
-    reward = cg.MILReward.from_scorer(scorer, policy.problem)
-    history = policy.train(reward, cfg.train_settings(), log)
+    reward_days = sorted(scorer.meta.get("train_days") or [])
+    policy, reward, history, steps, start = _train(cfg, scorer, problem, reward_days, params)
     policy.meta.update({"config": asdict(cfg), "attribution_train_days": scorer.meta.get("train_days")})
     serving, top_rows = serving_table(policy, scorer, cfg.top_k, cfg.serving_beam)
 
@@ -190,7 +197,7 @@ def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED
     metrics = {
         "ads": len(problem.ad_ids),
         "combinations_per_ad_max": max(sizes),
-        "steps": cfg.steps,
+        "steps": steps,
         "credit_assignment": cfg.credit_assignment,
         "final_mean_reward_logit": history[-1]["mean_reward"],
         "initial_mean_reward_logit": history[0]["mean_reward"],
@@ -204,12 +211,16 @@ def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED
         "diversity": cg.diversity_metrics(policy, top_rows, cfg.diversity_samples, cfg.seed),
         "train_seconds": history[-1]["seconds"],
     }
+    if start is not None:
+        metrics["training"] = training_block(start, start.new_days(reward_days))
     atomic.require_finite("combo_policy", "metrics", metrics)  # a diverged run replaces nothing
     with atomic.directory(MODEL_DIR) as staging:
         policy.save(staging)
         atomic.require_finite_weights("combo_policy", staging)
         serving.to_parquet(staging / "serving.parquet", index=False)
         (staging / "history.json").write_text(pd.DataFrame(history).to_json(orient="records", indent=1) + "\n")
+        if start is not None:
+            write_lineage(staging, start.lineage(reward_days[-1]))
     metrics["seconds"] = round(time.monotonic() - started, 2)
     atomic.write_json(METRICS_FILE, metrics)
     log.info("top-1 MIL CTR %.5f vs MIL argmax %.5f (same combination for %.0f%% of ads); "
@@ -219,12 +230,77 @@ def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED
     return metrics
 
 
+def _train(cfg: ComboPolicyConfig, scorer: attr.AttributionScorer, problem: cg.ComboProblem, reward_days: list[str],
+           params) -> tuple:
+    """(generator, its reward, history, steps, warm-start plan or None): trained from scratch, or the
+    champion's continued `warm_steps` steps when the reward model has a day it has not seen."""
+    # the generator learns from the reward model: it has trained through the reward model's last day
+    start = plan("combo_policy", "combo_policy", params, reward_days[-1]) if params and reward_days else None
+    policy, start = _start_policy(cfg, problem, start)
+    settings = cfg.train_settings()
+    if start is not None and start.warm:
+        settings = dataclasses.replace(settings, steps=cfg.warm_steps if start.new_days(reward_days) else 0,
+                                       entropy_coef=_last_entropy_weight(start.source, cfg.entropy_coef))
+    reward = cg.MILReward.from_scorer(scorer, policy.problem)
+    # warm: a fresh Adam (the champion's optimizer state is not published); the generator's weights carry
+    # what it learned, and its adaptive entropy weight continues from the champion's last (above)
+    history = policy.train(reward, settings, log) if settings.steps else _no_step_history(policy, reward, settings)
+    return policy, reward, history, settings.steps, start
+
+
+def _start_policy(cfg: ComboPolicyConfig, problem: cg.ComboProblem, start: Start | None
+                  ) -> tuple[cg.ComboPolicy, Start | None]:
+    """(the generator to train, `start`): the champion's bound to `problem` when it can be, else a new one
+    (full; forced full when the problem holds ads, elements or context values the champion has no rows for)."""
+    if start is not None and start.warm:
+        champion = cg.ComboPolicy.load(start.source)
+        start = _check_champion(start, champion, cg.with_ad_context(problem), cfg)
+        if start.warm:
+            return champion.continued_on(problem), start
+    return cg.ComboPolicy.create(problem, cfg.hidden_dim, cfg.seed), start
+
+
+def _check_champion(start: Start, champion: cg.ComboPolicy, problem: cg.ComboProblem, cfg: ComboPolicyConfig
+                    ) -> Start:
+    """`start`, or a full run when the champion's generator cannot represent `problem`."""
+    old = champion.model.cfg
+    if old.hidden_dim != cfg.hidden_dim or champion.problem.slots != problem.slots:
+        return start.full(f"the champion's generator has hidden_dim {old.hidden_dim} and slots {champion.problem.slots}"
+                          f", today's config {cfg.hidden_dim} and {problem.slots}")
+    if set(champion.context_vocab) != set(problem.context):
+        return start.full(f"the context features changed: {sorted(champion.context_vocab)} -> {sorted(problem.context)}")
+    start = start.check_known("ads", champion.problem.ad_ids, problem.ad_ids)
+    start = start.check_known("elements", map("/".join, champion.problem.elements()), map("/".join, problem.elements()))
+    for name in sorted(set(problem.context) - {"ad_id"}):
+        start = start.check_known(f"{name} values", champion.context_vocab[name], map(str, problem.context[name]))
+    return start
+
+
+def _last_entropy_weight(source, default: float) -> float:
+    """The entropy weight the champion's training ended with (history.json), `default` without one.
+
+    It is part of the objective the generator was trained on, not optimizer state: restarting it at
+    entropy_coef would pull a converged generator back toward uniform for the first warm steps."""
+    path = source / "history.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    return float(rows[-1]["entropy_weight"]) if rows and "entropy_weight" in rows[-1] else default
+
+
+@torch.no_grad()
+def _no_step_history(policy: cg.ComboPolicy, reward, settings: cg.TrainSettings) -> list[dict]:
+    """The history of a run that takes no step (warm, no new day): the kept generator's mean reward."""
+    ads = torch.arange(len(policy.problem.ad_ids)).repeat_interleave(settings.group_size)
+    sampled = policy.sample(ads, torch.Generator().manual_seed(settings.seed), settings.temperature)
+    logit, _ = reward(ads, sampled.picks)
+    return [{"step": 0, "mean_reward": float(logit.mean()), "entropy_weight": settings.entropy_coef, "seconds": 0.0}]
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_stage("combo_policy", __doc__, _run_stage, argv)
 
 
 def _run_stage(ctx: StageContext) -> None:
-    run(ctx.config(ComboPolicyConfig), ctx.curated)
+    run(ctx.config(ComboPolicyConfig), ctx.curated, ctx.params)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ Writes the prompt split (data/prompts/: train.jsonl for GRPO, eval.jsonl held ou
 evaluation), models/relate/ (save_pretrained), metrics/grpo.json (learned rewards of the
 SFT and RELATE policies on the held-out prompts, speed) and the per-reward training
 curves plots/grpo/rewards.{csv,png}. Never reads data/sim_truth or relate_sim.
+
+`training.mode: warm` (pipelines/warm_start.py): the champion's RELATE policy (registry
+artifact `policy`) trains `grpo.warm_max_steps` steps on the same prompts, with today's
+models/sft as the KL reference (see `train_relate`); models/relate/ gets a lineage.json.
 """
 from __future__ import annotations
 
@@ -15,14 +19,16 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+from pipelines.warm_start import Start, plan, training_block, write_lineage
 from plumbing.atomic import directory, require_finite, write_json
 from plumbing.cli import StageContext, run_stage
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
-from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, METRICS, PLOTS, RELATE_DIR, SFT_DIR, CuratedReader
+from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, METRICS, PLOTS, RELATE_DIR, SFT_DIR, CuratedReader, partitions
 
 log = get_logger("grpo")
 PROMPTS_DIR = DATA / "prompts"
@@ -33,21 +39,73 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(ctx: StageContext) -> None:
-    """GRPO from the SFT policy on the prompts logged up to the run's day."""
+    """GRPO from the SFT policy (warm: from the champion's RELATE policy) on the prompts logged up to the run's day."""
     from relate_models.grpo_trainer import GRPOStageConfig
 
-    train_relate(ctx.config(GRPOStageConfig), ctx.curated)
+    cfg = ctx.config(GRPOStageConfig)
+    days = partitions(ctx.curated.table("text_stats"))
+    start = plan("grpo", "policy", ctx.params, days[-1]) if days else None  # none: _prompt_split says so
+    train_relate(cfg, ctx.curated, start=check_champion_relate(start) if start else None)
+
+
+def check_champion_relate(start: Start) -> Start:
+    """`start`, or a full run when the champion's RELATE policy cannot continue against today's SFT
+    policy as its reference: an adapter, or another base model, prompt format, shape or tokenizer."""
+    from relate_models import policy
+
+    if not start.warm or not SFT_DIR.is_dir():  # no SFT policy: _load_models says so
+        return start
+    meta, today = policy.read_meta(start.source), policy.read_meta(SFT_DIR)
+    if meta["adapter"] or today["adapter"]:
+        return start.full("warm starts of LoRA adapter policies are not built: TRL's KL reference for an adapter "
+                          "is a copy of the loaded one (the champion's RELATE adapter, not today's SFT adapter)")
+    changed = [f"{k} {meta[k]!r} -> {today[k]!r}" for k in ("base_model", "prompt_format") if meta[k] != today[k]]
+    changed += [f"weights {d}" for d in _shape_diff(start.source, SFT_DIR)] if not changed else []
+    if not changed and _vocab(start.source) != _vocab(SFT_DIR):
+        changed.append("tokenizer vocabulary")
+    if changed:
+        return start.full("today's SFT policy (the KL reference) differs from the champion's RELATE policy: "
+                          + ", ".join(changed))
+    return start
+
+
+def _shape_diff(a, b) -> list[str]:
+    """What differs between two saved policies' architectures: model type, weight names and shapes."""
+    ca, cb = (json.loads((Path(d) / "config.json").read_text(encoding="utf-8")) for d in (a, b))
+    if ca.get("model_type") != cb.get("model_type"):
+        return [f"model_type {ca.get('model_type')} -> {cb.get('model_type')}"]
+    sa, sb = _weight_shapes(a), _weight_shapes(b)
+    return [f"{k} {sa.get(k)} -> {sb.get(k)}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)][:5]
+
+
+def _weight_shapes(directory) -> dict[str, list[int]]:
+    from safetensors import safe_open
+
+    shapes = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            shapes.update({k: weights.get_slice(k).get_shape() for k in weights.keys()})
+    return shapes
+
+
+def _vocab(directory) -> dict:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True).get_vocab()
 
 
 def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DIR,
-                 metrics_path=METRICS / "grpo.json", plots_dir=PLOTS / "grpo", prompts_dir=PROMPTS_DIR) -> dict:
+                 metrics_path=METRICS / "grpo.json", plots_dir=PLOTS / "grpo", prompts_dir=PROMPTS_DIR,
+                 start: Start | None = None) -> dict:
     """GRPO from models/sft with `cfg` (a GRPOStageConfig); writes the policy to `output_dir`.
 
-    `prompts_dir=None` skips writing the prompt split (the ablation reuses the stage's split);
-    returns the metrics also written to `metrics_path`.
+    `start` (the stage's warm-start plan; None: full, as the ablation trains): warm, the champion's
+    RELATE policy trains `cfg.warm_max_steps` steps, no step without a new day. `prompts_dir=None`
+    skips writing the prompt split (the ablation reuses the stage's split); returns the metrics also
+    written to `metrics_path`. The KL reference is today's models/sft in both modes (`_trainer`).
     """
     from relate_models import policy
-    from relate_models.grpo_trainer import build_trainer, reward_context, reward_curves
+    from relate_models.grpo_trainer import reward_context, reward_curves
     from relate_models.rewards import build_rewards, score_texts
 
     if cfg.torch_threads:
@@ -73,21 +131,22 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
 
     sft_eval = held_out_rewards(model)
     log.info("SFT policy on held-out prompts: %s", _fmt(sft_eval))
-    on_cpu = {"use_cpu": True} if meta["base_model"] == policy.SCRATCH else {}  # scratch: the CPU, as always
-    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts, **on_cpu)
-    train_started = time.monotonic()
-    trainer.train()
-    train_seconds = time.monotonic() - train_started
-    if not trainer.accelerator.is_main_process:  # `accelerate launch`: one process writes the artifacts
+    all_days = partitions(curated.table("text_stats"))
+    days = start.new_days(all_days) if start is not None else []
+    model, trainer = _trainer(cfg, start, days, model, tokenizer, rewards, train_prompts, meta)
+    train_seconds, state = _train(trainer)
+    if trainer is not None and not trainer.accelerator.is_main_process:  # `accelerate launch`: one process writes
         return {}
-    model = trainer.model.eval()
+    model = (trainer.model if trainer is not None else model).eval()
     relate_eval = held_out_rewards(model)
     log.info("RELATE policy on held-out prompts: %s", _fmt(relate_eval))
 
-    curves = reward_curves(trainer.state.log_history, names)
-    metrics = _train_metrics(cfg, trainer.state, train_seconds, sft_eval, relate_eval, curves)
+    curves = reward_curves(state.log_history, names) if state is not None else []
+    metrics = _train_metrics(cfg, state, train_seconds, sft_eval, relate_eval, curves)
+    metrics.update({"training": training_block(start, days)} if start else {})
     require_finite("grpo", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
-    policy.save_policy(model, tokenizer, output_dir, meta=meta)
+    lineage = start.lineage(all_days[-1]) if start else None
+    policy.save_policy(model, tokenizer, output_dir, meta, lambda staging: lineage and write_lineage(staging, lineage))
     policy.write_curves(curves, plots_dir / "rewards.csv", plots_dir / "rewards.png", "step",
                         names + ["kl", "violation_rate"], "RELATE GRPO: mean reward per training step")
     metrics["seconds"], metrics["compliance_as_of"] = round(time.monotonic() - started, 1), as_of
@@ -95,6 +154,37 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     log.info("grpo done: %d steps in %.1fs (%.2f steps/s)", metrics["steps"], train_seconds,
              metrics["steps_per_second"])
     return metrics
+
+
+def _trainer(cfg, start: Start | None, days: list[str], sft_model, tokenizer, rewards, train_prompts, meta):
+    """(the policy to train, its trainer; None: no step to take): today's SFT policy, or warm the
+    champion's RELATE policy against today's SFT as the reference.
+
+    The KL reference is today's models/sft in both modes, never the champion's RELATE policy: the
+    reference holds no GRPO update, so day after day of warm steps cannot compound away from the
+    logged-text distribution by more than beta allows (a reference that moved with the policy would
+    let each day's drift start from the last). Today's SFT rather than the champion's: it has
+    continued on the new days' texts, so the anchor follows the market the logs show."""
+    from relate_models import policy
+    from relate_models.grpo_trainer import build_trainer
+
+    warm = start is not None and start.warm
+    model = policy.load_policy(start.source, trainable=True)[0] if warm else sft_model
+    steps = (cfg.warm_max_steps if days else 0) if warm else cfg.max_steps
+    on_cpu = {"use_cpu": True} if meta["base_model"] == policy.SCRATCH else {}  # scratch: the CPU, as always
+    # warm: a fresh AdamW (the champion's optimizer state is not published); GRPO has no warmup and
+    # clips its ratios, so the reset moments start with small, bounded steps
+    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts, reference=SFT_DIR if warm else None,
+                            max_steps=steps, **on_cpu) if steps else None
+    return model, trainer
+
+
+def _train(trainer) -> tuple[float, object]:
+    """(seconds, trainer state; None without a trainer) of `trainer.train()`."""
+    started = time.monotonic()
+    if trainer is not None:
+        trainer.train()
+    return time.monotonic() - started, trainer.state if trainer is not None else None
 
 
 def _load_models():
@@ -130,14 +220,15 @@ def _prompt_split(cfg, curated: CuratedReader, prompts_dir) -> tuple:
 
 
 def _train_metrics(cfg, state, train_seconds: float, sft_eval: dict, relate_eval: dict, curves: list) -> dict:
-    """metrics/grpo.json without its total `seconds`."""
+    """metrics/grpo.json without its total `seconds` (`state` None: no step was taken)."""
+    steps, tokens = (int(state.global_step), int(state.num_input_tokens_seen)) if state is not None else (0, 0)
     return {
-        "steps": int(state.global_step),
+        "steps": steps,
         "rewards": dict(cfg.rewards),
         "credit_assignment": cfg.credit_assignment,
         "train_seconds": round(train_seconds, 1),
-        "steps_per_second": state.global_step / max(train_seconds, 1e-9),
-        "tokens_per_second": int(state.num_input_tokens_seen) / max(train_seconds, 1e-9),
+        "steps_per_second": steps / max(train_seconds, 1e-9),
+        "tokens_per_second": tokens / max(train_seconds, 1e-9),
         "held_out": {"sft": sft_eval, "relate": relate_eval,
                      "gain": {k: relate_eval[k] - sft_eval[k] for k in sft_eval}},
         "final_train_rewards": curves[-1] if curves else {},

@@ -4,23 +4,30 @@ Reads the curated `text_stats` (search placement) and the policy tokenizer: the 
 one (models/tokenizer/) for a scratch model, a pretrained base model's own otherwise;
 trains `prompt -> ad text` (prompts in policy.prompt_format; with policy.lora only a LoRA
 adapter trains) with a plain PyTorch loop on a deterministic train/val split; writes
-models/sft/ (save_pretrained, safetensors + tokenizer + relate_policy.json; an adapter
-artifact names its base model), metrics/sft.json and plots/sft/loss.{csv,png}.
+models/sft/ (save_pretrained, safetensors + tokenizer + relate_policy.json + lineage.json; an
+adapter artifact names its base model), metrics/sft.json and plots/sft/loss.{csv,png}.
+
+`training.mode: warm` (pipelines/warm_start.py): the champion's SFT model and its own tokenizer
+continue for `sft.warm_epochs` on the text_stats days after the champion's last; forced full when
+the new texts' out-of-vocabulary rate is too high, the policy config changed (base model, prompt
+format, shape) or the policy is a LoRA adapter.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
+from pipelines.warm_start import FULL, Start, plan, training_block, write_lineage
 from plumbing.atomic import require_finite, write_json
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
 from plumbing.errors import DataError
 from plumbing.logs import get_logger
-from plumbing.paths import METRICS, PLOTS, SFT_DIR, TOKENIZER_DIR
+from plumbing.paths import METRICS, PLOTS, SFT_DIR, TOKENIZER_DIR, partitions
 
 log = get_logger("sft")
 
@@ -40,10 +47,11 @@ class SFTConfig:
     torch_threads: int  # torch intra-op threads; 0 = torch's default
     seed: int
     log_every: int
+    warm_epochs: int  # epochs over the new days' texts when continuing from the champion's model
 
     def __post_init__(self) -> None:
         p = "sft"
-        for name in ("epochs", "batch_size", "warmup_steps", "log_every"):
+        for name in ("epochs", "batch_size", "warmup_steps", "log_every", "warm_epochs"):
             require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(0 < self.learning_rate <= 10, f"{p}.learning_rate", f"must be in (0, 10], got {self.learning_rate}")
         require(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
@@ -58,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(ctx: StageContext) -> None:
-    """Train the SFT policy on the logged ad texts up to the run's day."""
+    """Train the SFT policy on the logged ad texts up to the run's day (warm: continue the champion's
+    on the days after its own)."""
     from relate_models import policy
 
     cfg = ctx.config(SFTConfig)
@@ -67,26 +76,33 @@ def run(ctx: StageContext) -> None:
         torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
 
-    tokenizer = policy.policy_tokenizer(policy_cfg, TOKENIZER_DIR)
-    corpus = policy.load_search_corpus(ctx.curated.table("text_stats"))
+    start, tokenizer, corpus, through = _inputs(ctx, policy_cfg)
     if cfg.max_examples and len(corpus) > cfg.max_examples:
         corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
-    train, val = _split_examples(cfg, tokenizer, corpus, policy_cfg.prompt_format)
-    log.info("sft: %d train / %d val examples from %d logged ad texts", len(train), len(val), len(corpus))
+    if start.warm and corpus.empty:  # no new day: the champion's model is kept, scored on the history's val split
+        train, val = [], _split_examples(cfg, tokenizer, _history(ctx, cfg), policy_cfg.prompt_format)[1]
+    else:
+        train, val = _split_examples(cfg, tokenizer, corpus, policy_cfg.prompt_format)
+    log.info("sft (%s): %d train / %d val examples from %d logged ad texts", start.mode, len(train), len(val),
+             len(corpus))
 
-    model = policy.build_policy(policy_cfg, tokenizer)
+    model = policy.load_policy(start.source, trainable=True)[0] if start.warm else policy.build_policy(policy_cfg,
+                                                                                                        tokenizer)
     if torch.cuda.is_available() and policy_cfg.base_model != policy.SCRATCH:  # the scratch policy stays on the CPU
         model = model.cuda()
     log.info("policy %s: %d parameters", policy_cfg.base_model, policy.n_parameters(model))
     initial_val = policy.mean_loss(model, val, tokenizer.pad_token_id, cfg.batch_size * 2)
+    # warm: a fresh AdamW and warmup (the champion's optimizer state is not published); the warmup
+    # keeps the first steps of the reset moments small, so they do not jolt the loaded weights
+    epochs = cfg.warm_epochs if start.warm else cfg.epochs
     curve = policy.fit_sft(
         model, tokenizer, train, val,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        epochs=epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps, seed=cfg.seed, log=log.info, log_every=cfg.log_every,
-    )
+    ) if train else [{"epoch": 0, "step": 0, "train_loss": initial_val, "val_loss": initial_val, "seconds": 0.0}]
     prompts = [policy.format_prompt(tokenizer, policy.prompt_text(v, k), policy_cfg.prompt_format)
                for v, k in corpus[["vertical", "keyword"]].head(3).values]
-    for s in policy.generate(model, tokenizer, prompts, n=1, temperature=0.0):
+    for s in policy.generate(model, tokenizer, prompts, n=1, temperature=0.0) if prompts else []:
         log.info("sample: %s", s[0])
     best = min(curve, key=lambda r: r["val_loss"])
     metrics = {
@@ -98,14 +114,81 @@ def run(ctx: StageContext) -> None:
         "val_loss": best["val_loss"],
         "best_epoch": best["epoch"],
         "val_perplexity": float(torch.exp(torch.tensor(best["val_loss"]))),
+        "training": training_block(start, start.new_days(_days(ctx))),
         "seconds": round(time.monotonic() - started, 1),
     }
     require_finite("sft", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
-    policy.save_policy(model, tokenizer, SFT_DIR, meta=policy.policy_meta(policy_cfg))
+    lineage = start.lineage(through)
+    policy.save_policy(model, tokenizer, SFT_DIR, meta=policy.policy_meta(policy_cfg),
+                       extra=lambda staging: write_lineage(staging, lineage))
     write_json(METRICS / "sft.json", metrics)
     policy.write_curves(curve, PLOTS / "sft" / "loss.csv", PLOTS / "sft" / "loss.png", "epoch",
                         ["train_loss", "val_loss"], "SFT loss")
     log.info("sft done: val loss %.4f (from %.4f) in %.1fs", metrics["val_loss"], initial_val, metrics["seconds"])
+
+
+def _days(ctx: StageContext) -> list[str]:
+    return partitions(ctx.curated.table("text_stats"))
+
+
+def _history(ctx: StageContext, cfg: SFTConfig):
+    """Every day's corpus (sampled to max_examples as a full run would)."""
+    from relate_models import policy
+
+    corpus = policy.load_search_corpus(ctx.curated.table("text_stats"))
+    if cfg.max_examples and len(corpus) > cfg.max_examples:
+        corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
+    return corpus
+
+
+def _inputs(ctx: StageContext, policy_cfg) -> tuple:
+    """(start, tokenizer, corpus, trained_through): warm, the champion's tokenizer and the new days'
+    rows; full (or forced full), today's tokenizer and every day's rows."""
+    from relate_models import policy
+
+    table, days = ctx.curated.table("text_stats"), _days(ctx)
+    through = days[-1] if days else None
+    # no partition: load_search_corpus below says so (in full mode, as always)
+    start = plan("sft", "sft", ctx.params, through) if through else Start("sft", FULL, "no text_stats partition")
+    start = check_champion_policy(start, policy_cfg)
+    if start.warm:
+        from transformers import AutoTokenizer
+
+        # the tokenizer the champion was trained with, not models/tokenizer (a full train_ctcvr may
+        # have rebuilt that one since)
+        tokenizer = AutoTokenizer.from_pretrained(str(start.source), local_files_only=True)
+        corpus = policy.load_search_corpus(table, start.new_days(days))
+        if policy_cfg.base_model == policy.SCRATCH:  # a pretrained base's tokenizer is the same after a full run
+            start = start.check_vocabulary(tokenizer, corpus["ad_text"])
+        if start.warm:
+            return start, tokenizer, corpus, through
+    return start, policy.policy_tokenizer(policy_cfg, TOKENIZER_DIR), policy.load_search_corpus(table), through
+
+
+SHAPE_FIELDS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                "intermediate_size": "intermediate_size", "max_positions": "max_position_embeddings"}
+
+
+def check_champion_policy(start: Start, policy_cfg) -> Start:
+    """`start`, or a full retrain when the champion's policy is not the model `policy:` describes today
+    (another base model, prompt format or shape) or is a LoRA adapter."""
+    from relate_models import policy
+
+    if not start.warm:
+        return start
+    meta, today = policy.read_meta(start.source), policy.policy_meta(policy_cfg)
+    if meta["adapter"] or today["adapter"]:
+        return start.full("warm starts of LoRA adapter policies are not built (policy.lora.enabled or an adapter "
+                          "champion): the adapter is retrained in full")
+    changed = [f"{k} {meta[k]!r} -> {today[k]!r}" for k in ("base_model", "prompt_format") if meta[k] != today[k]]
+    if policy_cfg.base_model == policy.SCRATCH and not changed:
+        config = json.loads((start.source / "config.json").read_text(encoding="utf-8"))
+        changed = [f"{k} {config.get(c)} -> {getattr(policy_cfg, k)}" for k, c in SHAPE_FIELDS.items()
+                   if config.get(c) != getattr(policy_cfg, k)]
+    if changed:
+        return start.full(f"the policy config changed since the champion's {start.source.name} model: "
+                          + ", ".join(changed))
+    return start
 
 
 def _split_examples(cfg: SFTConfig, tokenizer, corpus, prompt_format: str) -> tuple[list, list]:

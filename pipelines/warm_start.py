@@ -162,6 +162,11 @@ def _training_config(params: Path) -> TrainingConfig:
     return load_config(TrainingConfig, "training", params)
 
 
+def training_block(start: Start, days: list[str]) -> dict:
+    """A stage's metrics `training` entry: how the run started and the days it trained on."""
+    return {"mode": start.mode, "reason": start.reason, "continued_from": start.version, "trained_days": list(days)}
+
+
 def write_lineage(directory: Path, lineage: dict) -> None:
     """Record how the model in `directory` (a staging directory, before its rename) was trained."""
     atomic.write_json(Path(directory) / LINEAGE_FILE, lineage)

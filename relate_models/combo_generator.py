@@ -464,6 +464,13 @@ def context_indices(problem: ComboProblem, vocab: dict[str, dict[str, int]]) -> 
     return torch.as_tensor(np.array(cols, dtype=np.int64).T.reshape(len(problem.ad_ids), len(names)))
 
 
+def with_ad_context(problem: ComboProblem) -> ComboProblem:
+    """`problem` with the ad id as a context feature: it is what lets one ad differ from its siblings."""
+    if "ad_id" in problem.context:
+        return problem
+    return dataclasses.replace(problem, context={"ad_id": list(problem.ad_ids), **problem.context})
+
+
 class ComboPolicy:
     """A generator bound to its problem and context vocabularies: what gets trained, saved and served."""
 
@@ -479,13 +486,32 @@ class ComboPolicy:
     @classmethod
     def create(cls, problem: ComboProblem, hidden_dim: int = 32, seed: int = 0) -> "ComboPolicy":
         torch.manual_seed(seed)
-        # the ad id is always a context feature: it is what lets one ad differ from its siblings
-        if "ad_id" not in problem.context:
-            problem = dataclasses.replace(problem, context={"ad_id": list(problem.ad_ids), **problem.context})
+        problem = with_ad_context(problem)
         vocab = {n: {v: i + 1 for i, v in enumerate(sorted(set(map(str, vals))))} for n, vals in problem.context.items()}
         cfg = GeneratorConfig(n_elements=len(problem.elements()), n_slots=len(problem.slots),
                               context_sizes={n: len(v) for n, v in vocab.items()}, hidden_dim=hidden_dim)
         return cls(ComboGenerator(cfg), problem, vocab)
+
+    def continued_on(self, problem: ComboProblem) -> "ComboPolicy":
+        """This trained generator bound to `problem` (a copy): each (ad, slot, element) keeps its rows,
+        each context value its index. `problem` may lack elements (retired ones are dropped) but must
+        hold no ad, element, context feature or value this generator has no rows for (a KeyError)."""
+        problem = with_ad_context(problem)
+        if problem.slots != self.problem.slots or set(problem.context) != set(self.context_vocab):
+            raise KeyError(f"slots {problem.slots} / context features {sorted(problem.context)} differ from the "
+                           f"generator's {self.problem.slots} / {sorted(self.context_vocab)}")
+        unknown = [(n, v) for n, vals in problem.context.items() for v in map(str, vals)
+                   if v not in self.context_vocab[n]]
+        if unknown:
+            raise KeyError(f"context values the generator has no rows for: {unknown[:5]}")
+        index = {e: i + 1 for i, e in enumerate(self.problem.elements())}  # row 0: padding
+        rows = torch.tensor([0] + [index[e] for e in problem.elements()])
+        state = self.model.state_dict()
+        for name in ("element_emb.weight", "element_bias.weight"):
+            state[name] = state[name][rows]
+        model = ComboGenerator(dataclasses.replace(self.model.cfg, n_elements=len(rows) - 1))
+        model.load_state_dict(state)
+        return ComboPolicy(model.eval(), problem, self.context_vocab, self.meta)
 
     def sample(self, ads: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0,
                greedy: bool = False) -> Decoded:

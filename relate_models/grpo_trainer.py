@@ -8,8 +8,10 @@ token-level credit for compliance/diversity spans, compliance as a constraint.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -29,6 +31,7 @@ class GRPOStageConfig:
     beta: float  # KL to the reference (the SFT policy); 0 disables the reference model
     learning_rate: float
     max_steps: int
+    warm_max_steps: int  # optimizer steps when continuing from the champion's policy
     prompts_per_step: int
     num_generations: int
     max_completion_length: int
@@ -55,8 +58,8 @@ class GRPOStageConfig:
         self.rewards = validate_weights(self.rewards, f"{p}.rewards")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}")
         require(0 < self.learning_rate <= 10, f"{p}.learning_rate", f"must be in (0, 10], got {self.learning_rate}")
-        for name in ("max_steps", "prompts_per_step", "max_completion_length", "num_iterations", "logging_steps",
-                     "eval_generations"):
+        for name in ("max_steps", "warm_max_steps", "prompts_per_step", "max_completion_length", "num_iterations",
+                     "logging_steps", "eval_generations"):
             require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.num_generations >= 2, f"{p}.num_generations", f"must be >= 2 (GRPO groups), got {self.num_generations}")
         require(self.temperature > 0, f"{p}.temperature", f"must be > 0, got {self.temperature}")
@@ -102,20 +105,31 @@ def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | Non
 
 
 def build_trainer(cfg: GRPOStageConfig, model, tokenizer, rewards: Sequence[Reward], train_rows: Sequence[dict],
-                  **trl_overrides) -> "RelateGRPOTrainer":
+                  reference: str | os.PathLike | None = None, **trl_overrides) -> "RelateGRPOTrainer":
     """The RELATE trainer of `cfg`, as every caller builds it: the grpo stage, the ablation (through
-    the stage), bench/ and the real-corpus check. `trl_overrides` go to `trl_config`."""
+    the stage), bench/ and the real-corpus check. `trl_overrides` go to `trl_config`.
+
+    The KL reference (beta > 0) is a frozen copy of the saved policy `reference` (None: the
+    directory `model` was loaded from, TRL's default; a full-weight model only)."""
     from datasets import Dataset
 
     check_vllm(cfg)
-    return RelateGRPOTrainer(
-        model=model,
-        processing_class=tokenizer,
-        args=trl_config(cfg, **trl_overrides),
-        train_dataset=Dataset.from_list(list(train_rows)),
-        relate_rewards=rewards,
-        credit_assignment=cfg.credit_assignment,
-    )
+    if reference is not None and hasattr(model, "peft_config"):
+        raise ValueError("build_trainer: a separate reference is for full-weight policies (TRL copies an adapter's)")
+    loaded_from = model.config._name_or_path
+    if reference is not None:  # TRL loads the reference from the policy config's path: point it there
+        model.config._name_or_path = str(Path(reference).resolve())
+    try:
+        return RelateGRPOTrainer(
+            model=model,
+            processing_class=tokenizer,
+            args=trl_config(cfg, **trl_overrides),
+            train_dataset=Dataset.from_list(list(train_rows)),
+            relate_rewards=rewards,
+            credit_assignment=cfg.credit_assignment,
+        )
+    finally:
+        model.config._name_or_path = loaded_from  # what the saved policy records stays its own
 
 
 def check_vllm(cfg: GRPOStageConfig) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -175,9 +175,13 @@ def n_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_policy(model, tokenizer, directory: str | os.PathLike, meta: dict | None = None) -> None:
+def save_policy(model, tokenizer, directory: str | os.PathLike, meta: dict | None = None,
+                extra: Callable[[Path], None] | None = None) -> None:
     """save_pretrained (safetensors; an adapter model: only its adapter) + tokenizer (+ `meta` as
-    relate_policy.json) into `directory`, atomically as a whole; NaN weights never replace a saved policy."""
+    relate_policy.json) into `directory`, atomically as a whole; NaN weights never replace a saved policy.
+
+    `extra(staging)` writes more files into the staging directory before it replaces `directory`
+    (a stage's lineage.json), so they are published with the weights or not at all."""
     import json
 
     from plumbing.atomic import directory as atomic_directory, require_finite_weights
@@ -192,6 +196,8 @@ def save_policy(model, tokenizer, directory: str | os.PathLike, meta: dict | Non
         tokenizer.save_pretrained(str(staging))
         if meta is not None:
             (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if extra is not None:
+            extra(staging)
 
 
 def load_policy(directory: str | os.PathLike, trainable: bool = False):
@@ -284,16 +290,21 @@ def policy_prompts(policy_dir, tokenizer, prompt_rows: Sequence[dict]) -> list[s
     return [format_prompt(tokenizer, prompt_text(r["vertical"], r["keyword"]), prompt_format) for r in prompt_rows]
 
 
-def load_search_corpus(text_stats_dir: str | os.PathLike) -> pd.DataFrame:
+def load_search_corpus(text_stats_dir: str | os.PathLike, days: Sequence[str] | None = None) -> pd.DataFrame:
     """Historical search ads from curated `text_stats`: one row per (vertical, keyword, ad_text).
 
     Columns: vertical, keyword, ad_text, impressions, clicks, conversions (summed over days and ads).
+    `days`: only those `dt=` partitions (a warm start's new days; an empty frame for none); None: all.
     """
     text_stats_dir = Path(text_stats_dir)
     if not text_stats_dir.is_dir() or not any(p.name.startswith("dt=") for p in text_stats_dir.iterdir()):
         raise MissingArtifact(f"no text_stats partitions under {text_stats_dir}; run ingest first")
     cols = ["vertical", "keyword", "ad_text", "impressions", "clicks", "conversions"]
-    frame = pd.read_parquet(text_stats_dir, columns=cols)
+    if days is None:
+        frame = pd.read_parquet(text_stats_dir, columns=cols)
+    else:  # each day's directory on its own: a hive-partitioned read would need the dt column's type
+        parts = [pd.read_parquet(text_stats_dir / f"dt={d}", columns=cols) for d in days]
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     frame = frame.dropna(subset=["vertical", "keyword", "ad_text"])
     for col in ("vertical", "keyword", "ad_text"):
         frame[col] = frame[col].astype(str)
