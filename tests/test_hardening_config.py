@@ -81,6 +81,7 @@ CONFIGS = {  # every params section and the dataclass that reads it
     "evaluate": "pipelines.evaluate_harness:EvaluateConfig", "ablation": "pipelines.ablation:AblationConfig",
     "publish": "pipelines.publish:PublishConfig", "upworthy": "relate_real.upworthy:UpworthyConfig",
     "advertisegen": "relate_real.advertisegen:AdvertiseGenConfig", "closed_loop": "pipelines.closed_loop:ClosedLoopConfig",
+    "training": "pipelines.warm_start:TrainingConfig",
 }
 
 
