@@ -5,16 +5,26 @@ feed's clicked rows, for the conversion effects both placements share). The eval
 day whose labels are complete; the model trains on the `train_days` days before it and
 is scored on the eval day next to a hashed n-gram logistic-regression baseline.
 
+Warm (`training.mode: warm`, pipelines/warm_start.py): the champion's model and tokenizer
+continue on the window's days after the last one they trained on, for `warm_epochs` epochs;
+models/tokenizer/ is then the champion's tokenizer, so the policy keeps reading the same ids.
+Features (earlier exposures), the eval day and the baseline (fitted on the whole window) are
+as in a full run, so the held-out metrics of both modes compare. The run rebuilds in full when
+the champion cannot represent the new days: built with other model params, too many words
+out of its tokenizer's vocabulary, or values of its categorical fields it has no rows for.
+
 Writes models/tokenizer/, models/ctcvr/ (model.safetensors, config.json, tokenizer/,
-heldout_predictions.parquet, training_curve.json) and metrics/ctcvr_train.json.
+heldout_predictions.parquet, training_curve.json, lineage.json) and metrics/ctcvr_train.json.
 
     python -m pipelines.train_ctcvr [--ds YYYY-MM-DD] [--params params.yaml]
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,8 +38,9 @@ from plumbing.dates import shift_ds
 from plumbing.errors import DataError
 from plumbing.logs import get_logger
 from plumbing.paths import CTCVR_DIR, METRICS, TOKENIZER_DIR, curated, partition, partitions
-from relate_models import ctcvr
+from pipelines.warm_start import Start, plan, write_lineage
 from plumbing.metrics import auc, expected_calibration_error, log_loss
+from relate_models import ctcvr
 from relate_models.ngram_baseline import NgramBaseline
 from relate_models.tokenizer import save_tokenizer, train_tokenizer
 
@@ -67,6 +78,7 @@ class TrainCTCVRConfig:
     feed_conversions: bool  # clicked feed rows of the window also train the shared conversion effects
     feed_fields: list[str]  # feed-only conversion offsets
     epochs: int
+    warm_epochs: int  # epochs over the new days when continuing from the champion's model
     ema_decay: float  # validate and keep a moving average of the weights; 0 = the last step's
     batch_size: int
     learning_rate: float
@@ -82,7 +94,7 @@ class TrainCTCVRConfig:
         require(0 < self.val_fraction < 0.5, f"{SECTION}.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
         require(self.vocab_size >= 300, f"{SECTION}.vocab_size", f"must be >= 300 (256 bytes + specials), got {self.vocab_size}")
         require(self.tokenizer_min_frequency >= 1, f"{SECTION}.tokenizer_min_frequency", "must be >= 1")
-        for name in ("max_tokens", "bigram_buckets", "max_position", "embed_dim", "context_dim", "epochs", "batch_size",
+        for name in ("max_tokens", "bigram_buckets", "max_position", "embed_dim", "context_dim", "epochs", "warm_epochs", "batch_size",
                      "baseline_n_features", "baseline_max_iter", "ece_bins"):
             require(getattr(self, name) >= 1, f"{SECTION}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.hidden_dim >= 2, f"{SECTION}.hidden_dim", f"must be >= 2, got {self.hidden_dim}")
@@ -176,7 +188,7 @@ def load_search_impressions(days: list[str], extra_columns: list[str] = ()) -> p
 
 
 def load_feed_clicks(days: list[str], columns: list[str]) -> pd.DataFrame:
-    """Clicked feed-placement rows of labeled_impressions for `days`: `columns` + converted."""
+    """Clicked feed-placement rows of labeled_impressions for `days`: `columns` + converted + dt."""
     table_dir = curated("labeled_impressions")
     wanted = ["impression_id", "converted", *columns]
     frames = []
@@ -187,7 +199,7 @@ def load_feed_clicks(days: list[str], columns: list[str]) -> pd.DataFrame:
         if missing:
             raise DataError(f"labeled_impressions dt={ds}: missing column(s) {', '.join(missing)} (feed_conversions)")
         table = pq.read_table(path, columns=wanted, filters=[("placement", "=", "feed"), ("clicked", "=", 1)])
-        frames.append(table.to_pandas())
+        frames.append(table.to_pandas().assign(dt=ds))
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("impression_id").reset_index(drop=True)
     frame["converted"] = frame["converted"].fillna(0).astype(np.int64).clip(0, 1)
     return frame
@@ -251,37 +263,47 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(ctx: StageContext) -> None:
     """Train on the labeled impressions up to the run's day (default: all)."""
-    train(ctx.config(TrainCTCVRConfig), ctx.ds)
+    train(ctx.config(TrainCTCVRConfig), ctx.ds, ctx.params)
 
 
-def train(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
-    """Fit the CTCVR model and its tokenizer, score the eval day next to the baseline, write all outputs."""
+def train(cfg: TrainCTCVRConfig, ds: str | None, params: Path) -> dict:
+    """Fit the CTCVR model and its tokenizer (or continue the champion's), score the eval day next to
+    the baseline, write all outputs."""
     started = time.monotonic()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
 
     days, train_days, eval_day = choose_days(cfg, ds)
-    train_frame, eval_frame = load_window(cfg, days, train_days, eval_day)
-    feed_frame = load_feed_clicks(train_days, [*ctcvr.FEED_SHARED, *cfg.id_fields, *cfg.feed_fields]) \
+    window, eval_frame = load_window(cfg, days, train_days, eval_day)
+    feed_window = load_feed_clicks(train_days, [*ctcvr.FEED_SHARED, *cfg.id_fields, *cfg.feed_fields]) \
         if cfg.feed_conversions else None
+    check_labels(window, f"training window {train_days[0]}..{train_days[-1]}")
+    check_labels(eval_frame, f"eval day {eval_day}")
+    start, champion = plan_start(cfg, params, window, feed_window, train_days)
+    trained_days = start.new_days(train_days)
+    train_frame = window[window["dt"].isin(trained_days)].reset_index(drop=True)
+    feed_frame = feed_window[feed_window["dt"].isin(trained_days)].reset_index(drop=True) \
+        if feed_window is not None else None
     if feed_frame is not None:
         log.info("feed: %d clicks, %d conversions", len(feed_frame), int(feed_frame["converted"].sum()))
-    check_labels(train_frame, f"training window {train_days[0]}..{train_days[-1]}")
-    check_labels(eval_frame, f"eval day {eval_day}")
-    log.info("train: %d impressions, %d clicks, %d conversions; eval: %d impressions",
-             len(train_frame), train_frame["clicked"].sum(), train_frame["converted"].sum(), len(eval_frame))
+    log.info("%s: train on %d day(s), %d impressions, %d clicks, %d conversions; eval: %d impressions", start.mode,
+             len(trained_days), len(train_frame), train_frame["clicked"].sum(), train_frame["converted"].sum(),
+             len(eval_frame))
 
-    tokenizer = train_tokenizer(train_frame["ad_text"].dropna().astype(str), cfg.vocab_size, cfg.tokenizer_min_frequency)
-    log.info("tokenizer: %d tokens from %d distinct texts", len(tokenizer), train_frame["ad_text"].nunique())
-    encoder = ctcvr.FeatureEncoder(model_config(cfg, tokenizer, train_frame, feed_frame), tokenizer)
-    result, fit_part, val_part = fit_model(cfg, encoder, train_frame, feed_frame)
+    if champion is None:
+        tokenizer = train_tokenizer(window["ad_text"].dropna().astype(str), cfg.vocab_size, cfg.tokenizer_min_frequency)
+        log.info("tokenizer: %d tokens from %d distinct texts", len(tokenizer), window["ad_text"].nunique())
+        encoder = ctcvr.FeatureEncoder(model_config(cfg, tokenizer, window, feed_window), tokenizer)
+    else:
+        tokenizer, encoder = champion.tokenizer, champion.encoder  # the champion's ids and vocabularies
+    result, fit_part, val_part = fit_model(cfg, encoder, train_frame, feed_frame, champion)
     model_seconds = time.monotonic() - started
 
-    predictions = predict_eval_day(cfg, result.model, encoder, train_frame, eval_frame, eval_day)
+    predictions, baseline_seconds = predict_eval_day(cfg, result.model, encoder, window, eval_frame, eval_day)
     metrics = {
         "eval_day": eval_day,
-        "train_days": train_days,
+        "train_days": train_days,  # the window the model covers; a warm run trained on training.trained_days of it
         "n_train": int(len(fit_part)),
         "n_val": int(len(val_part)),
         "n_eval": int(len(eval_frame)),
@@ -289,11 +311,48 @@ def train(cfg: TrainCTCVRConfig, ds: str | None) -> dict:
         "train_conversions": int(train_frame["converted"].sum()),
         "best_epoch": result.best_epoch,
         "model_train_seconds": round(model_seconds, 1),
+        "baseline_train_seconds": round(baseline_seconds, 1),
         "n_parameters": int(sum(p.numel() for p in result.model.parameters())),
+        "training": {"mode": start.mode, "reason": start.reason, "continued_from": start.version,
+                     "trained_days": trained_days},
         **heldout_metrics(predictions, cfg.ece_bins),
     }
-    save_outputs(result, tokenizer, predictions, metrics)
+    save_outputs(result, tokenizer, predictions, metrics, start.lineage(train_days[-1]))
     return metrics
+
+
+def plan_start(cfg: TrainCTCVRConfig, params: Path, window: pd.DataFrame, feed_window: pd.DataFrame | None,
+               train_days: list[str]) -> tuple[Start, ctcvr.CTCVRScorer | None]:
+    """(how this run trains, the champion's scorer to continue from: None for a full run)."""
+    start = plan(SECTION, "ctcvr", params, through=train_days[-1])
+    if not start.warm:
+        return start, None
+    champion = ctcvr.CTCVRScorer.load(start.source)
+    new_days = start.new_days(train_days)
+    frame = window[window["dt"].isin(new_days)]
+    feed = feed_window[feed_window["dt"].isin(new_days)] if feed_window is not None else None
+    start = check_champion(cfg, start, champion, frame, feed)
+    return start, champion if start.warm else None
+
+
+def check_champion(cfg: TrainCTCVRConfig, start: Start, champion: ctcvr.CTCVRScorer, frame: pd.DataFrame,
+                   feed: pd.DataFrame | None) -> Start:
+    """`start`, or a full retrain when the champion cannot continue on the new days' rows (`frame`, `feed`)."""
+    wanted = model_config(cfg, champion.tokenizer, frame, feed)
+    changed = [f"{k} {v!r} -> {getattr(wanted, k)!r}" for k, v in dataclasses.asdict(champion.config).items()
+               if k != "vocabs" and getattr(wanted, k) != v]
+    if changed:
+        return start.full(f"the champion's model was built with other {SECTION} params: {', '.join(changed)}")
+    if len(frame) and (int(frame["clicked"].sum()) == 0 or int(frame["converted"].sum()) == 0):
+        # continuing on days without a conversion would only pull every pCVR down
+        return start.full(f"the new days' {len(frame)} search impressions hold no clicks or no conversions")
+    start = start.check_vocabulary(champion.tokenizer, frame["ad_text"].dropna().astype(str).unique())
+    # an unseen value maps to the never-trained "unknown" row: the model cannot learn it warm
+    for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields):
+        start = start.check_known(f"{name} values", champion.config.vocabs.get(name, []), vocab(frame, name))
+    for name in champion.config.feed_fields:
+        start = start.check_known(f"{name} values", champion.config.vocabs.get(name, []), vocab(feed, name))
+    return start
 
 
 def choose_days(cfg: TrainCTCVRConfig, ds: str | None) -> tuple[list[str], list[str], str]:
@@ -325,31 +384,44 @@ def model_config(cfg: TrainCTCVRConfig, tokenizer, train_frame: pd.DataFrame,
 
 
 def fit_model(cfg: TrainCTCVRConfig, encoder: ctcvr.FeatureEncoder, train_frame: pd.DataFrame,
-              feed_frame: pd.DataFrame | None) -> tuple[ctcvr.FitResult, pd.DataFrame, pd.DataFrame]:
-    """Fit on the window less a random validation share; return (result, fit rows, validation rows)."""
+              feed_frame: pd.DataFrame | None, champion: ctcvr.CTCVRScorer | None = None
+              ) -> tuple[ctcvr.FitResult, pd.DataFrame, pd.DataFrame]:
+    """Fit on `train_frame` less a random validation share; return (result, fit rows, validation rows).
+
+    With `champion` (a warm start) training continues from its weights for `warm_epochs`; with no
+    rows to train on (no new days) the champion's model is kept as it is."""
+    if champion is not None and train_frame.empty:
+        log.info("no new days since the champion's: keeping its model (0 steps)")
+        return ctcvr.FitResult(model=champion.model, curve=[], best_epoch=0), train_frame, train_frame
     feed = ctcvr.build_feed_clicks(encoder, feed_frame) if cfg.feed_conversions else None
     rng = np.random.default_rng(cfg.seed)
     is_val = rng.random(len(train_frame)) < cfg.val_fraction
     fit_part, val_part = train_frame[~is_val].reset_index(drop=True), train_frame[is_val].reset_index(drop=True)
     check_labels(fit_part, "training split")
+    # a warm start restarts AdamW's moments: no optimizer state is published with the champion, and
+    # moments from its last steps (other data) would not fit the new days' gradients anyway
     result = ctcvr.fit(
         encoder.config, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, seed=cfg.seed,
-        id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, feed=feed, log=log.info,
+        epochs=cfg.epochs if champion is None else cfg.warm_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, feed=feed,
+        init=champion.model if champion is not None else None, log=log.info,
     )
     return result, fit_part, val_part
 
 
 def predict_eval_day(cfg: TrainCTCVRConfig, model, encoder: ctcvr.FeatureEncoder, train_frame: pd.DataFrame,
-                     eval_frame: pd.DataFrame, eval_day: str) -> pd.DataFrame:
-    """The eval day's predictions of the model and of the n-gram baseline (fitted here), with labels."""
+                     eval_frame: pd.DataFrame, eval_day: str) -> tuple[pd.DataFrame, float]:
+    """(the eval day's predictions of the model and of the n-gram baseline, with labels; the baseline's
+    fit seconds). The baseline is fitted here on `train_frame`: the whole window in both modes, so
+    its metrics (the model's yardstick) do not change with the mode."""
     pred = ctcvr.predict(model, encoder, ctcvr.build_train_data(encoder, eval_frame))
     baseline_start = time.monotonic()
     baseline = NgramBaseline(n_features=cfg.baseline_n_features, C=cfg.baseline_C, max_iter=cfg.baseline_max_iter)
     baseline.fit(train_frame, {"ctr": train_frame["clicked"].to_numpy(),
                                "ctcvr": (train_frame["clicked"] * train_frame["converted"]).to_numpy()}, seed=cfg.seed)
     base_pred = baseline.predict(eval_frame)
-    log.info("baseline fitted in %.1fs", time.monotonic() - baseline_start)
+    baseline_seconds = time.monotonic() - baseline_start
+    log.info("baseline fitted in %.1fs", baseline_seconds)
     return pd.DataFrame({
         "impression_id": eval_frame["impression_id"].astype(str),
         "dt": eval_day,
@@ -360,11 +432,12 @@ def predict_eval_day(cfg: TrainCTCVRConfig, model, encoder: ctcvr.FeatureEncoder
         "baseline_p_ctcvr": base_pred["ctcvr"],
         "clicked": eval_frame["clicked"].astype(np.int8),
         "converted": eval_frame["converted"].astype(np.int8),
-    })
+    }), baseline_seconds
 
 
-def save_outputs(result: ctcvr.FitResult, tokenizer, predictions: pd.DataFrame, metrics: dict) -> None:
-    """models/ctcvr/ (scorer, predictions, curve), models/tokenizer/ and the training metrics, each atomically."""
+def save_outputs(result: ctcvr.FitResult, tokenizer, predictions: pd.DataFrame, metrics: dict, lineage: dict) -> None:
+    """models/ctcvr/ (scorer, predictions, curve, lineage), models/tokenizer/ (with the same lineage: it is
+    published as its own artifact) and the training metrics, each atomically."""
     atomic.require_finite("train_ctcvr", "metrics", metrics)  # a diverged run replaces nothing
     scorer = ctcvr.CTCVRScorer(result.model, tokenizer)
     with atomic.directory(CTCVR_DIR) as staging:
@@ -373,8 +446,10 @@ def save_outputs(result: ctcvr.FitResult, tokenizer, predictions: pd.DataFrame, 
         predictions.to_parquet(staging / PREDICTIONS.name, index=False)
         atomic.write_json(staging / CURVE.name,  # a val AUC without positives is undefined: null
                           atomic.undefined_as_null({"best_epoch": result.best_epoch, "epochs": result.curve}))
+        write_lineage(staging, lineage)
     with atomic.directory(TOKENIZER_DIR) as staging:
         save_tokenizer(tokenizer, staging)
+        write_lineage(staging, lineage)
     atomic.write_json(TRAIN_METRICS, metrics)
     log.info("eval day %s: auc ctcvr %.4f (baseline %.4f), auc ctr %.4f (baseline %.4f), ece ctcvr %.5f",
              metrics["eval_day"], metrics["auc_ctcvr"], metrics["baseline_auc_ctcvr"], metrics["auc_ctr"],

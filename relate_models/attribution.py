@@ -48,6 +48,7 @@ batched `score(ad_ids, combinations)` API.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -390,8 +391,12 @@ def fit(
     context_features: Sequence[str] = (),
     holdout: pd.DataFrame | None = None,
     log: logging.Logger | None = None,
+    init: "AttributionScorer | None" = None,
 ) -> tuple["AttributionScorer", list[dict]]:
-    """Train on aggregated (impressions, clicks) rows; return the scorer and the training curve."""
+    """Train on aggregated (impressions, clicks) rows; return the scorer and the training curve.
+
+    `init` (a warm start): training continues from a copy of its model with its vocabularies (every
+    ad and element of `train` must be in them: UnknownIdError otherwise); the optimizer starts afresh."""
     log = log or logging.getLogger(__name__)
     context_features = list(context_features)
     train = aggregate(train, context_features)
@@ -400,22 +405,12 @@ def fit(
     if train["clicks"].sum() <= 0:
         raise ValueError("training window has no clicks: nothing to attribute")
     torch.manual_seed(settings.seed)
-    vocab = Vocab.from_frame(train, context_features, with_pairs=settings.l2_pair is not None)
-    cfg = ModelConfig(
-        n_elements=len(vocab.elements),
-        n_products=len(vocab.products),
-        n_pairs=len(vocab.pairs),
-        context_sizes={c: len(v) for c, v in vocab.context.items()},
-        **(model_cfg or {}),
-    )
-    model = GatedAttentionMIL(cfg)
-    ctx = context_features if context_features else None
-    batch = encode(train, vocab, cfg.hash_buckets, ctx)
     clicks, impressions = _counts(train)
     n_imp = float(impressions.sum())
-    with torch.no_grad():
-        ctr = float(clicks.sum()) / n_imp
-        model.global_bias.fill_(math.log(ctr / (1 - ctr)) if 0 < ctr < 1 else 0.0)
+    vocab, model = _start_model(train, settings, model_cfg, context_features, clicks, init)
+    cfg = model.cfg
+    ctx = context_features if context_features else None
+    batch = encode(train, vocab, cfg.hash_buckets, ctx)
     hold = None
     if holdout is not None and len(holdout):
         hold_rows = aggregate(holdout, context_features)
@@ -433,6 +428,32 @@ def fit(
     meta = {"context_features": context_features, "train_rows": len(train), "train_impressions": int(n_imp),
             "train_clicks": int(clicks.sum()), "fit": dataclasses.asdict(settings)}
     return AttributionScorer(model.eval(), vocab, meta), history
+
+
+def _start_model(train: pd.DataFrame, settings: FitSettings, model_cfg: dict[str, Any] | None,
+                 context_features: list[str], clicks: torch.Tensor, init: "AttributionScorer | None"
+                 ) -> tuple[Vocab, GatedAttentionMIL]:
+    """(vocabularies, model) training starts from: a copy of `init`'s, or new ones built on `train`."""
+    if init is not None:
+        wanted = {**dataclasses.asdict(init.model.cfg), **(model_cfg or {})}
+        if wanted != dataclasses.asdict(init.model.cfg) or init.context_features != context_features:
+            raise ValueError("fit: the initial model differs from model_cfg or context_features")
+        if (settings.l2_pair is None) != (init.meta.get("fit", {}).get("l2_pair") is None):
+            raise ValueError("fit: l2_pair turns pair effects on or off, unlike the initial model")
+        return init.vocab, copy.deepcopy(init.model)
+    vocab = Vocab.from_frame(train, context_features, with_pairs=settings.l2_pair is not None)
+    cfg = ModelConfig(
+        n_elements=len(vocab.elements),
+        n_products=len(vocab.products),
+        n_pairs=len(vocab.pairs),
+        context_sizes={c: len(v) for c, v in vocab.context.items()},
+        **(model_cfg or {}),
+    )
+    model = GatedAttentionMIL(cfg)
+    with torch.no_grad():
+        ctr = float(clicks.sum()) / float(train["impressions"].sum())
+        model.global_bias.fill_(math.log(ctr / (1 - ctr)) if 0 < ctr < 1 else 0.0)
+    return vocab, model
 
 
 def _counts(rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:

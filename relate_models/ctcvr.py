@@ -472,6 +472,7 @@ def fit(
     id_dropout: float = 0.0,
     ema_decay: float = 0.0,
     feed: FeedClicks | None = None,
+    init: CTCVRModel | None = None,
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Adam over shuffled mini-batches; keeps the epoch with the best validation ESMM loss.
@@ -483,11 +484,18 @@ def fit(
     id learns the average offset that contexts without ids (the GRPO reward's) are scored with.
 
     `feed` (needs config.feed_conversions): clicked feed rows, spread evenly over each epoch's
-    steps, add their conversion loss (`feed_cvr_loss`)."""
+    steps, add their conversion loss (`feed_cvr_loss`).
+
+    `init` (a warm start): training continues from a copy of its weights (its config must be
+    `config`); the optimizer starts afresh."""
     if feed is not None and not config.feed_conversions:
         raise ValueError("fit: feed rows given but config.feed_conversions is off")
     torch.manual_seed(seed)
     model = CTCVRModel(config)
+    if init is not None:
+        if init.config != config:
+            raise ValueError("fit: the initial model's config differs from `config`")
+        model.load_state_dict(init.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     averaged = AveragedModel(model, avg_fn=_ema(ema_decay)) if ema_decay > 0 else None

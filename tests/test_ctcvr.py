@@ -77,12 +77,13 @@ def write_curated(root, days: dict[str, pd.DataFrame]) -> None:
 
 
 def tiny_params(path, **overrides) -> None:
-    """params.yaml's train_ctcvr and evaluate_ctcvr sections at this file's test size."""
+    """params.yaml's training (mode full), train_ctcvr and evaluate_ctcvr sections at this file's test size."""
     params = load_params(ROOT / "params.yaml")
     section = {**params["train_ctcvr"], "seed": 7, "train_days": 3, "val_fraction": 0.1, "vocab_size": 400, "epochs": 4,
                "batch_size": 256, "learning_rate": 0.01, "embed_dim": 16, "context_dim": 8, "hidden_dim": 32,
                "bigram_buckets": 5000, "baseline_n_features": 4096, "torch_threads": 1, **overrides}
-    path.write_text(dump_params({"train_ctcvr": section, "evaluate_ctcvr": {**params["evaluate_ctcvr"], "ece_bins": 10}}))
+    path.write_text(dump_params({"training": {**params["training"], "mode": "full"}, "train_ctcvr": section,
+                                 "evaluate_ctcvr": {**params["evaluate_ctcvr"], "ece_bins": 10}}))
 
 
 @pytest.fixture(scope="module")
