@@ -71,13 +71,13 @@ def test_sft_and_grpo_continue_from_the_champion(world):  # noqa: F811
     champion_sft, tokenizer = load_policy(source / "sft")
     champion_relate, _ = load_policy(source / "policy")
 
-    # no new day (as of the champion's last day): the loaded models are kept, every output written
+    # a rerun of the champion's own day never continues from it (it would see the day twice): it
+    # retrains as the champion was trained, to the same weights
     assert sft.main(["--ds", "2026-01-02"]) == 0 and grpo.main(["--ds", "2026-01-02"]) == 0
     assert torch.equal(flat_params(load_policy(world / "models/sft")[0]), flat_params(champion_sft))
     assert torch.equal(flat_params(load_policy(world / "models/relate")[0]), flat_params(champion_relate))
-    assert json.loads((world / "metrics/grpo.json").read_text())["steps"] == 0
-    assert json.loads((world / "metrics/sft.json").read_text())["training"]["trained_days"] == []
-    assert lineage(world / "models/relate")["mode"] == "warm"
+    assert "before 2026-01-02" in json.loads((world / "metrics/sft.json").read_text())["training"]["reason"]
+    assert lineage(world / "models/relate")["mode"] == "full"
 
     # a new day: warm_epochs over its texts only, then warm_max_steps GRPO steps from the champion's RELATE
     add_text_day(world, "2026-01-03", synthetic_texts(random.Random(11)))
@@ -229,9 +229,9 @@ def test_combo_policy_continues_from_the_champion(combo_world):
     source = make_champion(root, {"combo_policy": "models/combo_policy"})
     champion = generator_weights(source / "combo_policy")
 
-    assert combo_policy.main([]) == 0  # the reward model has no new day: the champion's generator is kept
+    assert combo_policy.main([]) == 0  # the reward model has no new day: a rerun, retrained as the champion was
     metrics = json.loads((root / "metrics/combo_policy.json").read_text())
-    assert metrics["steps"] == 0 and metrics["training"]["mode"] == "warm" and metrics["training"]["trained_days"] == []
+    assert metrics["training"]["mode"] == "full" and "before" in metrics["training"]["reason"]
     kept = generator_weights(root / "models/combo_policy")
     assert all(torch.equal(kept[k], champion[k]) for k in champion)
     assert (root / "models/combo_policy/serving.parquet").is_file()
