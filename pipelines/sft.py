@@ -157,9 +157,11 @@ def _inputs(ctx: StageContext, policy_cfg) -> tuple:
         # the tokenizer the champion was trained with, not models/tokenizer (a full train_ctcvr may
         # have rebuilt that one since)
         tokenizer = AutoTokenizer.from_pretrained(str(start.source), local_files_only=True)
-        corpus = policy.load_search_corpus(table, start.new_days(days))
+        new_days = start.new_days(days)
+        corpus = policy.load_search_corpus(table, new_days)
         if policy_cfg.base_model == policy.SCRATCH:  # a pretrained base's tokenizer is the same after a full run
-            start = start.check_vocabulary(tokenizer, corpus["ad_text"])
+            trained = policy.load_search_corpus(table, [d for d in days if d not in new_days])["ad_text"]
+            start = start.check_vocabulary(tokenizer, corpus["ad_text"], trained)
         if start.warm:
             return start, tokenizer, corpus, through
     return start, policy.policy_tokenizer(policy_cfg, TOKENIZER_DIR), policy.load_search_corpus(table), through

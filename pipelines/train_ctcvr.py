@@ -331,13 +331,15 @@ def plan_start(cfg: TrainCTCVRConfig, params: Path, window: pd.DataFrame, feed_w
     new_days = start.new_days(train_days)
     frame = window[window["dt"].isin(new_days)]
     feed = feed_window[feed_window["dt"].isin(new_days)] if feed_window is not None else None
-    start = check_champion(cfg, start, champion, frame, feed)
+    trained = window.loc[~window["dt"].isin(new_days), "ad_text"].dropna().astype(str).unique()
+    start = check_champion(cfg, start, champion, frame, feed, trained)
     return start, champion if start.warm else None
 
 
 def check_champion(cfg: TrainCTCVRConfig, start: Start, champion: ctcvr.CTCVRScorer, frame: pd.DataFrame,
-                   feed: pd.DataFrame | None) -> Start:
-    """`start`, or a full retrain when the champion cannot continue on the new days' rows (`frame`, `feed`)."""
+                   feed: pd.DataFrame | None, trained_texts) -> Start:
+    """`start`, or a full retrain when the champion cannot continue on the new days' rows (`frame`, `feed`;
+    `trained_texts`: the ad texts of the window's days it trained on)."""
     wanted = model_config(cfg, champion.tokenizer, frame, feed)
     changed = [f"{k} {v!r} -> {getattr(wanted, k)!r}" for k, v in dataclasses.asdict(champion.config).items()
                if k != "vocabs" and getattr(wanted, k) != v]
@@ -346,7 +348,7 @@ def check_champion(cfg: TrainCTCVRConfig, start: Start, champion: ctcvr.CTCVRSco
     if len(frame) and (int(frame["clicked"].sum()) == 0 or int(frame["converted"].sum()) == 0):
         # continuing on days without a conversion would only pull every pCVR down
         return start.full(f"the new days' {len(frame)} search impressions hold no clicks or no conversions")
-    start = start.check_vocabulary(champion.tokenizer, frame["ad_text"].dropna().astype(str).unique())
+    start = start.check_vocabulary(champion.tokenizer, frame["ad_text"].dropna().astype(str).unique(), trained_texts)
     # an unseen value maps to the never-trained "unknown" row: the model cannot learn it warm
     for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields):
         start = start.check_known(f"{name} values", champion.config.vocabs.get(name, []), vocab(frame, name))

@@ -99,6 +99,8 @@ def test_new_ids_and_unknown_words_force_full():
     assert warm.check_vocabulary(tokenizer, ["cheap flights to rome"]) is warm
     forced = warm.check_vocabulary(tokenizer, ["zygomorphic quixotic brouhaha"])
     assert forced.mode == "full" and "out-of-vocabulary rate 1.000" in forced.reason
+    # rare words of the trained days are split too: only words new to those days count
+    assert warm.check_vocabulary(tokenizer, ["zygomorphic quixotic brouhaha"], ["a quixotic zygomorphic brouhaha"]) is warm
     full = warm_start.Start("s", "full", "training.mode is full")
     assert full.check_known("ad_id values", [], ["z"]) is full  # a full run has nothing to check
 
