@@ -59,6 +59,7 @@ class TrainAttributionConfig:
     steps: int
     warm_steps: int  # steps when continuing from the champion's model
     learning_rate: float
+    warm_learning_rate: float  # Adam learning rate when continuing from the champion's model
     l2: float
     l2_bias: float
     l2_pair: float | None  # prior precision on (title, image) pair effects; null = no pair effects
@@ -84,7 +85,8 @@ class TrainAttributionConfig:
                 raise ConfigError(f"train_attribution.end_ds: {err}") from None
         for name in ("embed_dim", "attention_dim", "hash_buckets", "steps", "warm_steps", "log_every", "max_combinations_per_ad"):
             require(getattr(self, name) >= 1, f"train_attribution.{name}", "must be >= 1")
-        require(0 < self.learning_rate <= 10, "train_attribution.learning_rate", "must be in (0, 10]")
+        for name in ("learning_rate", "warm_learning_rate"):
+            require(0 < getattr(self, name) <= 10, f"train_attribution.{name}", "must be in (0, 10]")
         require(self.l2 >= 0, "train_attribution.l2", "must be >= 0")
         require(self.l2_bias >= 0, "train_attribution.l2_bias", "must be >= 0")
         require(self.l2_pair is None or self.l2_pair > 0, "train_attribution.l2_pair",
@@ -206,7 +208,8 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("binomial NLL per impression")
     ax.set_title("MIL attribution training curve")
-    ax.legend()
+    if ax.lines:  # a warm run without new days takes no step: an empty plot
+        ax.legend()
     atomic.save_figure(fig, path, dpi=100)
 
 
@@ -331,7 +334,8 @@ def fit(cfg: TrainAttributionConfig, rows: pd.DataFrame, holdout: pd.DataFrame,
         log.info("no new days since the champion's: keeping its model (0 steps)")
         return champion, []
     settings = attr.FitSettings(steps=cfg.steps if champion is None else cfg.warm_steps,
-                                learning_rate=cfg.learning_rate, l2=cfg.l2, l2_bias=cfg.l2_bias,
+                                learning_rate=cfg.learning_rate if champion is None else cfg.warm_learning_rate,
+                                l2=cfg.l2, l2_bias=cfg.l2_bias,
                                 l2_pair=cfg.l2_pair, seed=cfg.seed, log_every=cfg.log_every)
     model_cfg = {"embed_dim": cfg.embed_dim, "attention_dim": cfg.attention_dim, "hash_buckets": cfg.hash_buckets}
     # a warm start restarts Adam and its cosine schedule: no optimizer state is published with the

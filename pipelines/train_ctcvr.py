@@ -82,6 +82,7 @@ class TrainCTCVRConfig:
     ema_decay: float  # validate and keep a moving average of the weights; 0 = the last step's
     batch_size: int
     learning_rate: float
+    warm_learning_rate: float  # AdamW learning rate when continuing from the champion's model
     weight_decay: float
     torch_threads: int  # torch intra-op threads; 0 = torch's default
     baseline_n_features: int
@@ -100,7 +101,8 @@ class TrainCTCVRConfig:
         require(self.hidden_dim >= 2, f"{SECTION}.hidden_dim", f"must be >= 2, got {self.hidden_dim}")
         require(0 <= self.dropout < 1, f"{SECTION}.dropout", f"must be in [0, 1), got {self.dropout}")
         require(0 <= self.ema_decay < 1, f"{SECTION}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        require(0 < self.learning_rate <= 10, f"{SECTION}.learning_rate", f"must be in (0, 10], got {self.learning_rate}")
+        for name in ("learning_rate", "warm_learning_rate"):
+            require(0 < getattr(self, name) <= 10, f"{SECTION}.{name}", f"must be in (0, 10], got {getattr(self, name)}")
         require(self.torch_threads >= 0, f"{SECTION}.torch_threads", f"must be >= 0, got {self.torch_threads}")
         require(self.weight_decay >= 0, f"{SECTION}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(isinstance(self.id_fields, list) and all(isinstance(f, str) and f for f in self.id_fields),
@@ -404,7 +406,8 @@ def fit_model(cfg: TrainCTCVRConfig, encoder: ctcvr.FeatureEncoder, train_frame:
     # moments from its last steps (other data) would not fit the new days' gradients anyway
     result = ctcvr.fit(
         encoder.config, encoder, ctcvr.build_train_data(encoder, fit_part), ctcvr.build_train_data(encoder, val_part),
-        epochs=cfg.epochs if champion is None else cfg.warm_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
+        epochs=cfg.epochs if champion is None else cfg.warm_epochs, batch_size=cfg.batch_size,
+        lr=cfg.learning_rate if champion is None else cfg.warm_learning_rate,
         weight_decay=cfg.weight_decay, seed=cfg.seed, id_dropout=cfg.id_dropout, ema_decay=cfg.ema_decay, feed=feed,
         init=champion.model if champion is not None else None, log=log.info,
     )
