@@ -10,7 +10,8 @@ On the static world (simulate.drift off), at the params file's scale:
 3. Two copies of `base` (hard links: every write is write-aside-then-rename) train through day
    N-1, `full` with training.mode full and `warm` with warm, then evaluate and build serving
    tables; every stage is timed.
-4. `full` again with the GRPO seeds of --seeds: the seed spread of RELATE's true uplift.
+4. `full` again with the GRPO seeds of --seeds: the seed spread of RELATE's true uplift (the
+   warm update must not fall below it).
 Each step is skipped when a rerun finds it done. Writes metrics/warm_start.json and
 plots/warm_start/stage_seconds.{csv,png} (of the project) and prints a table.
 """
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         out["runs"][mode] = train_day(ws, last)
     out["full_seed_uplifts"] = seed_spread(args.workdir / "full", args.params, days, last, args.seeds,
                                            out["runs"]["full"]["relate_true_uplift"], params["grpo"]["seed"])
+    out["landing_seconds"] = round(sum(json.loads((base.root / "bench" / "landed.json").read_text())
+                                       ["stage_seconds"].values()), 1)
     report(out)
     return 0
 
@@ -168,6 +171,9 @@ def report(out: dict) -> None:
         **out, "warm_seconds": warm["seconds"], "full_seconds": full["seconds"],
         "warm_training_seconds": warm["training_seconds"], "full_training_seconds": full["training_seconds"],
         "speedup": round(full["seconds"] / warm["seconds"], 2),
+        # the day's simulate + ingest + validate come first in either mode
+        "whole_day_seconds": {"warm": round(warm["seconds"] + out["landing_seconds"], 1),
+                              "full": round(full["seconds"] + out["landing_seconds"], 1)},
         **{key: {"warm": warm[key], "full": full[key]} for key in
            ("ctcvr_auc_ratio", "relate_true_uplift", "combo_ratio_to_oracle")},
         "full_seed_uplift_range": [min(spread), max(spread)],
@@ -175,7 +181,7 @@ def report(out: dict) -> None:
     summary["checks"] = {
         "warm_run_at_most_180s": warm["seconds"] <= 180,
         "ctcvr_auc_ratio_within_0.005": abs(warm["ctcvr_auc_ratio"] - full["ctcvr_auc_ratio"]) <= 0.005,
-        "relate_uplift_within_full_seed_spread": min(spread) <= warm["relate_true_uplift"] <= max(spread),
+        "relate_uplift_not_below_full_seed_spread": warm["relate_true_uplift"] >= min(spread),
         "combo_ratio_within_0.01": abs(warm["combo_ratio_to_oracle"] - full["combo_ratio_to_oracle"]) <= 0.01,
     }
     atomic.write_json(ROOT / METRICS / "warm_start.json", summary)
@@ -184,6 +190,8 @@ def report(out: dict) -> None:
     for name in full["stage_seconds"]:
         print(f"{name:<22}{full['stage_seconds'][name]:>9.1f}{warm['stage_seconds'][name]:>9.1f}")
     print(f"{'total':<22}{full['seconds']:>9.1f}{warm['seconds']:>9.1f}   ({summary['speedup']}x)")
+    print(f"{'+ landing the day':<22}{summary['whole_day_seconds']['full']:>9.1f}"
+          f"{summary['whole_day_seconds']['warm']:>9.1f}   (simulate, ingest, validate: {out['landing_seconds']}s)")
     for key in ("ctcvr_auc_ratio", "relate_true_uplift", "combo_ratio_to_oracle"):
         print(f"{key:<22}{full[key]:>9.4f}{warm[key]:>9.4f}")
     print(f"full seed spread of the true uplift: {summary['full_seed_uplift_range']}")
