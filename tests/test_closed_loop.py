@@ -154,3 +154,17 @@ def test_summary_computes_uplifts_with_intervals_and_goals():
     assert out["feed_ctr_uplift_daily_vs_logging"] == pytest.approx(1.5)
     assert out["goals"]["uplift_daily_vs_logging"]["met"] and out["goals"]["uplift_daily_vs_frozen"]["met"]
     assert out["goals"]["served_compliance_min"]["met"]
+    assert "uplift_daily_warm_vs_daily" not in out  # no daily_warm arm run
+
+
+def test_summary_compares_warm_updates_with_daily_full_retrains():
+    cfg = ClosedLoopConfig(**yaml.safe_load(TINY_PARAMS.read_text())["closed_loop"])
+    daily, warm = _records("daily", 0.006, 0.05), _records("daily_warm", 0.0057, 0.05)
+    for rec, seconds in ((r, {"ingest": 50, "grpo": 90, "sft": 30}) for r in daily):
+        rec["stage_seconds"] = seconds
+    for rec in warm:
+        rec["stage_seconds"] = {"ingest": 50, "grpo": 30, "sft": 10}
+    out = build_summary({"daily": daily, "daily_warm": warm}, cfg, Path("p.yaml"))
+    assert out["uplift_daily_warm_vs_daily"] == pytest.approx(-0.05)
+    assert out["uplift_daily_warm_vs_daily_ci95"][0] < -0.05 < out["uplift_daily_warm_vs_daily_ci95"][1]
+    assert out["compute_ratio_daily_warm_vs_daily"] == pytest.approx(40 / 120)  # landing the day (ingest) aside
