@@ -59,7 +59,7 @@ def check_champion_relate(start: Start) -> Start:
     if meta["adapter"] or today["adapter"]:
         return start.full("warm starts of LoRA adapter policies are not built: TRL's KL reference for an adapter "
                           "is a copy of the loaded one (the champion's RELATE adapter, not today's SFT adapter)")
-    changed = [f"{k} {meta[k]!r} -> {today[k]!r}" for k in ("base_model", "prompt_format") if meta[k] != today[k]]
+    changed = policy.meta_changes(meta, today)
     changed += [f"weights {d}" for d in _shape_diff(start.source, SFT_DIR)] if not changed else []
     if not changed and _vocab(start.source) != _vocab(SFT_DIR):
         changed.append("tokenizer vocabulary")

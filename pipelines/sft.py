@@ -182,7 +182,7 @@ def check_champion_policy(start: Start, policy_cfg) -> Start:
     if meta["adapter"] or today["adapter"]:
         return start.full("warm starts of LoRA adapter policies are not built (policy.lora.enabled or an adapter "
                           "champion): the adapter is retrained in full")
-    changed = [f"{k} {meta[k]!r} -> {today[k]!r}" for k in ("base_model", "prompt_format") if meta[k] != today[k]]
+    changed = policy.meta_changes(meta, today)
     if policy_cfg.base_model == policy.SCRATCH and not changed:
         config = json.loads((start.source / "config.json").read_text(encoding="utf-8"))
         changed = [f"{k} {config.get(c)} -> {getattr(policy_cfg, k)}" for k, c in SHAPE_FIELDS.items()

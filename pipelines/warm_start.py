@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plumbing import atomic
-from plumbing.config import load_params, require
+from plumbing.config import load_config, load_params, require
 from plumbing.dates import parse_ds
 from plumbing.logs import get_logger
 
@@ -158,8 +158,6 @@ def _source(registry: Path, champion: dict, artifact: str, through: str) -> tupl
 
 
 def _training_config(params: Path) -> TrainingConfig:
-    from plumbing.config import load_config
-
     return load_config(TrainingConfig, "training", params)
 
 

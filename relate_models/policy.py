@@ -122,6 +122,12 @@ def read_meta(directory: str | os.PathLike) -> dict:
     return {"prompt_format": PLAIN, "base_model": SCRATCH, "adapter": False, **meta}
 
 
+def meta_changes(old: dict, new: dict) -> list[str]:
+    """`old -> new` for each field of two policies' metas (relate_policy.json) that makes them different
+    models: a warm start cannot continue one as the other."""
+    return [f"{k} {old[k]!r} -> {new[k]!r}" for k in ("base_model", "prompt_format") if old[k] != new[k]]
+
+
 def build_policy(cfg: PolicyConfig, tokenizer):
     """A fresh scratch model, or `base_model` loaded with AutoModelForCausalLM; with a LoRA adapter
     when policy.lora.enabled."""
