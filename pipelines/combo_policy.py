@@ -233,18 +233,18 @@ def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED
 def _train(cfg: ComboPolicyConfig, scorer: attr.AttributionScorer, problem: cg.ComboProblem, reward_days: list[str],
            params) -> tuple:
     """(generator, its reward, history, steps, warm-start plan or None): trained from scratch, or the
-    champion's continued `warm_steps` steps when the reward model has a day it has not seen."""
+    champion's continued `warm_steps` steps (the reward model has trained on a day it has not seen)."""
     # the generator learns from the reward model: it has trained through the reward model's last day
     start = plan("combo_policy", "combo_policy", params, reward_days[-1]) if params and reward_days else None
     policy, start = _start_policy(cfg, problem, start)
     settings = cfg.train_settings()
     if start is not None and start.warm:
-        settings = dataclasses.replace(settings, steps=cfg.warm_steps if start.new_days(reward_days) else 0,
+        settings = dataclasses.replace(settings, steps=cfg.warm_steps,
                                        entropy_coef=_last_entropy_weight(start.source, cfg.entropy_coef))
     reward = cg.MILReward.from_scorer(scorer, policy.problem)
     # warm: a fresh Adam (the champion's optimizer state is not published); the generator's weights carry
     # what it learned, and its adaptive entropy weight continues from the champion's last (above)
-    history = policy.train(reward, settings, log) if settings.steps else _no_step_history(policy, reward, settings)
+    history = policy.train(reward, settings, log)
     return policy, reward, history, settings.steps, start
 
 
@@ -284,15 +284,6 @@ def _last_entropy_weight(source, default: float) -> float:
     path = source / "history.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
     return float(rows[-1]["entropy_weight"]) if rows and "entropy_weight" in rows[-1] else default
-
-
-@torch.no_grad()
-def _no_step_history(policy: cg.ComboPolicy, reward, settings: cg.TrainSettings) -> list[dict]:
-    """The history of a run that takes no step (warm, no new day): the kept generator's mean reward."""
-    ads = torch.arange(len(policy.problem.ad_ids)).repeat_interleave(settings.group_size)
-    sampled = policy.sample(ads, torch.Generator().manual_seed(settings.seed), settings.temperature)
-    logit, _ = reward(ads, sampled.picks)
-    return [{"step": 0, "mean_reward": float(logit.mean()), "entropy_weight": settings.entropy_coef, "seconds": 0.0}]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,7 +100,7 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     """GRPO from models/sft with `cfg` (a GRPOStageConfig); writes the policy to `output_dir`.
 
     `start` (the stage's warm-start plan; None: full, as the ablation trains): warm, the champion's
-    RELATE policy trains `cfg.warm_max_steps` steps, no step without a new day. `prompts_dir=None`
+    RELATE policy trains `cfg.warm_max_steps` steps. `prompts_dir=None`
     skips writing the prompt split (the ablation reuses the stage's split); returns the metrics also
     written to `metrics_path`. The KL reference is today's models/sft in both modes (`_trainer`).
     """
@@ -133,16 +133,16 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     log.info("SFT policy on held-out prompts: %s", _fmt(sft_eval))
     all_days = partitions(curated.table("text_stats"))
     days = start.new_days(all_days) if start is not None else []
-    model, trainer = _trainer(cfg, start, days, model, tokenizer, rewards, train_prompts, meta)
-    train_seconds, state = _train(trainer)
-    if trainer is not None and not trainer.accelerator.is_main_process:  # `accelerate launch`: one process writes
+    model, trainer = _trainer(cfg, start, model, tokenizer, rewards, train_prompts, meta)
+    train_seconds = _timed_train(trainer)
+    if not trainer.accelerator.is_main_process:  # `accelerate launch`: one process writes the artifacts
         return {}
-    model = (trainer.model if trainer is not None else model).eval()
+    model = trainer.model.eval()
     relate_eval = held_out_rewards(model)
     log.info("RELATE policy on held-out prompts: %s", _fmt(relate_eval))
 
-    curves = reward_curves(state.log_history, names) if state is not None else []
-    metrics = _train_metrics(cfg, state, train_seconds, sft_eval, relate_eval, curves)
+    curves = reward_curves(trainer.state.log_history, names)
+    metrics = _train_metrics(cfg, trainer.state, train_seconds, sft_eval, relate_eval, curves)
     metrics.update({"training": training_block(start, days)} if start else {})
     require_finite("grpo", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
     lineage = start.lineage(all_days[-1]) if start else None
@@ -156,8 +156,8 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     return metrics
 
 
-def _trainer(cfg, start: Start | None, days: list[str], sft_model, tokenizer, rewards, train_prompts, meta):
-    """(the policy to train, its trainer; None: no step to take): today's SFT policy, or warm the
+def _trainer(cfg, start: Start | None, sft_model, tokenizer, rewards, train_prompts, meta):
+    """(the policy to train, its trainer): today's SFT policy, or warm the
     champion's RELATE policy against today's SFT as the reference.
 
     The KL reference is today's models/sft in both modes, never the champion's RELATE policy: the
@@ -170,21 +170,20 @@ def _trainer(cfg, start: Start | None, days: list[str], sft_model, tokenizer, re
 
     warm = start is not None and start.warm
     model = policy.load_policy(start.source, trainable=True)[0] if warm else sft_model
-    steps = (cfg.warm_max_steps if days else 0) if warm else cfg.max_steps
+    steps = cfg.warm_max_steps if warm else cfg.max_steps
     on_cpu = {"use_cpu": True} if meta["base_model"] == policy.SCRATCH else {}  # scratch: the CPU, as always
     # warm: a fresh AdamW (the champion's optimizer state is not published); GRPO has no warmup and
     # clips its ratios, so the reset moments start with small, bounded steps
     trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts, reference=SFT_DIR if warm else None,
-                            max_steps=steps, **on_cpu) if steps else None
+                            max_steps=steps, **on_cpu)
     return model, trainer
 
 
-def _train(trainer) -> tuple[float, object]:
-    """(seconds, trainer state; None without a trainer) of `trainer.train()`."""
+def _timed_train(trainer) -> float:
+    """Seconds `trainer.train()` took."""
     started = time.monotonic()
-    if trainer is not None:
-        trainer.train()
-    return time.monotonic() - started, trainer.state if trainer is not None else None
+    trainer.train()
+    return time.monotonic() - started
 
 
 def _load_models():
@@ -220,15 +219,14 @@ def _prompt_split(cfg, curated: CuratedReader, prompts_dir) -> tuple:
 
 
 def _train_metrics(cfg, state, train_seconds: float, sft_eval: dict, relate_eval: dict, curves: list) -> dict:
-    """metrics/grpo.json without its total `seconds` (`state` None: no step was taken)."""
-    steps, tokens = (int(state.global_step), int(state.num_input_tokens_seen)) if state is not None else (0, 0)
+    """metrics/grpo.json without its total `seconds`."""
     return {
-        "steps": steps,
+        "steps": int(state.global_step),
         "rewards": dict(cfg.rewards),
         "credit_assignment": cfg.credit_assignment,
         "train_seconds": round(train_seconds, 1),
-        "steps_per_second": steps / max(train_seconds, 1e-9),
-        "tokens_per_second": tokens / max(train_seconds, 1e-9),
+        "steps_per_second": state.global_step / max(train_seconds, 1e-9),
+        "tokens_per_second": int(state.num_input_tokens_seen) / max(train_seconds, 1e-9),
         "held_out": {"sft": sft_eval, "relate": relate_eval,
                      "gain": {k: relate_eval[k] - sft_eval[k] for k in sft_eval}},
         "final_train_rewards": curves[-1] if curves else {},

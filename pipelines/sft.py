@@ -79,10 +79,7 @@ def run(ctx: StageContext) -> None:
     start, tokenizer, corpus, through = _inputs(ctx, policy_cfg)
     if cfg.max_examples and len(corpus) > cfg.max_examples:
         corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
-    if start.warm and corpus.empty:  # no new day: the champion's model is kept, scored on the history's val split
-        train, val = [], _split_examples(cfg, tokenizer, _history(ctx, cfg), policy_cfg.prompt_format)[1]
-    else:
-        train, val = _split_examples(cfg, tokenizer, corpus, policy_cfg.prompt_format)
+    train, val = _split_examples(cfg, tokenizer, corpus, policy_cfg.prompt_format)
     log.info("sft (%s): %d train / %d val examples from %d logged ad texts", start.mode, len(train), len(val),
              len(corpus))
 
@@ -129,16 +126,6 @@ def run(ctx: StageContext) -> None:
 
 def _days(ctx: StageContext) -> list[str]:
     return partitions(ctx.curated.table("text_stats"))
-
-
-def _history(ctx: StageContext, cfg: SFTConfig):
-    """Every day's corpus (sampled to max_examples as a full run would)."""
-    from relate_models import policy
-
-    corpus = policy.load_search_corpus(ctx.curated.table("text_stats"))
-    if cfg.max_examples and len(corpus) > cfg.max_examples:
-        corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
-    return corpus
 
 
 def _inputs(ctx: StageContext, policy_cfg) -> tuple:

@@ -8,8 +8,7 @@ history + lineage), metrics/train_attribution.json and plots/attribution/trainin
 
 Warm (`training.mode: warm`, pipelines/warm_start.py): when the window holds days after the last
 one the champion's model trained on, that model continues, with its vocabularies, for
-`warm_steps` steps on the whole window (see `fit` for why not on the new days alone); with no
-new day it is kept as it is. The holdout days and the naive baseline are as in a full run. The
+`warm_steps` steps on the whole window (see `fit` for why not on the new days alone). The holdout days and the naive baseline are as in a full run. The
 run rebuilds in full when the champion cannot represent the window: built with other model
 params, or ads, elements, (title, image) pairs or context values it has no rows for.
 
@@ -208,8 +207,7 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("binomial NLL per impression")
     ax.set_title("MIL attribution training curve")
-    if ax.lines:  # a warm run without new days takes no step: an empty plot
-        ax.legend()
+    ax.legend()
     atomic.save_figure(fig, path, dpi=100)
 
 
@@ -236,8 +234,7 @@ def train(cfg: TrainAttributionConfig, run_ds: str | None, params: Path) -> dict
     if window["clicks"].sum() <= 0:
         raise DataError(f"no clicks in the training window {train_days[0]}..{train_days[-1]}: nothing to attribute")
     start, champion = plan_start(cfg, params, train_days, window)
-    trained_days = train_days if champion is None or start.new_days(train_days) else []
-    scorer, history = fit(cfg, window if trained_days else window.head(0), holdout, champion)
+    scorer, history = fit(cfg, window, holdout, champion)
     scorer.meta.update({"source": cfg.source, "train_days": train_days, "holdout_days": holdout_days})
 
     log.info("computing element rewards")
@@ -246,15 +243,15 @@ def train(cfg: TrainAttributionConfig, run_ds: str | None, params: Path) -> dict
     rewards = rewards.merge(naive, on=["ad_id", "slot", "element_id"], how="left")
     metrics = {
         **holdout_metrics(scorer, holdout),
-        "train_nll": history[-1]["train_nll"] if history else None,  # None: no new days, no step
-        "train_impressions": int(window["impressions"].sum()) if trained_days else 0,
-        "train_clicks": int(window["clicks"].sum()) if trained_days else 0,
+        "train_nll": history[-1]["train_nll"],
+        "train_impressions": int(window["impressions"].sum()),
+        "train_clicks": int(window["clicks"].sum()),
         "ads": len(scorer.vocab.ads),
         "elements": len(scorer.vocab.elements),
         "train_days": len(train_days),
         "window_end": holdout_days[-1],
         "training": {"mode": start.mode, "reason": start.reason, "continued_from": start.version,
-                     "trained_days": trained_days},
+                     "trained_days": train_days},
     }
     log.info("holdout AUC %.4f, NLL %.5f", metrics["holdout_auc"], metrics["holdout_nll"])
 
@@ -321,7 +318,7 @@ def element_keys(rows: pd.DataFrame) -> set[str]:
 
 def fit(cfg: TrainAttributionConfig, rows: pd.DataFrame, holdout: pd.DataFrame,
         champion: attr.AttributionScorer | None) -> tuple[attr.AttributionScorer, list[dict]]:
-    """(scorer, training curve): a full fit, or the champion continued on `rows` (kept as it is without rows).
+    """(scorer, training curve): a full fit, or the champion continued on `rows`.
 
     A warm fit continues on the whole window, not on the new days alone: the fit maximises the
     penalised likelihood of the rows it is given, full batch, so on one new day it converges to
@@ -330,9 +327,6 @@ def fit(cfg: TrainAttributionConfig, rows: pd.DataFrame, holdout: pd.DataFrame,
     true utilities 0.54 on the new day alone (as a one-day model from scratch), 0.79 on the window
     (as a full retrain; the champion 0.82). Aggregated rows keep a step cheap; the saving is in
     the steps (`warm_steps` instead of `steps`)."""
-    if champion is not None and rows.empty:
-        log.info("no new days since the champion's: keeping its model (0 steps)")
-        return champion, []
     settings = attr.FitSettings(steps=cfg.steps if champion is None else cfg.warm_steps,
                                 learning_rate=cfg.learning_rate if champion is None else cfg.warm_learning_rate,
                                 l2=cfg.l2, l2_bias=cfg.l2_bias,

@@ -392,11 +392,7 @@ def fit_model(cfg: TrainCTCVRConfig, encoder: ctcvr.FeatureEncoder, train_frame:
               ) -> tuple[ctcvr.FitResult, pd.DataFrame, pd.DataFrame]:
     """Fit on `train_frame` less a random validation share; return (result, fit rows, validation rows).
 
-    With `champion` (a warm start) training continues from its weights for `warm_epochs`; with no
-    rows to train on (no new days) the champion's model is kept as it is."""
-    if champion is not None and train_frame.empty:
-        log.info("no new days since the champion's: keeping its model (0 steps)")
-        return ctcvr.FitResult(model=champion.model, curve=[], best_epoch=0), train_frame, train_frame
+    With `champion` (a warm start) training continues from its weights for `warm_epochs`."""
     feed = ctcvr.build_feed_clicks(encoder, feed_frame) if cfg.feed_conversions else None
     rng = np.random.default_rng(cfg.seed)
     is_val = rng.random(len(train_frame)) < cfg.val_fraction
