@@ -12,6 +12,8 @@ warmup_days-1 on each arm, in its own run directory `runs/loop_<params stem>/<ar
 market and traffic seeds:
 - `logging`: never trains; the logging policy serves every day;
 - `frozen`: trains from the last warm-up day until the gates pass once; that champion serves to the end;
+  (an arm that trains no more only simulates its days: nothing would read them landed, and the
+  measurement reads what the simulator served)
 - `daily`: trains in full and publishes (through the gates) every day but the last;
 - `daily_warm`: as daily, its training warm-started from its champion (training.mode warm, with
   the cadence and forced-full rules of pipelines/warm_start.py).
@@ -102,6 +104,11 @@ class ArmPlan:
 
     def trains(self, day: int, has_champion: bool) -> bool:
         return self.first_train <= day <= self.last_train and not (self.until_published and has_champion)
+
+    def lands(self, has_champion: bool) -> bool:
+        """Whether a day is ingested and validated: not once the arm trains no more (logging; frozen after
+        its champion), as nothing would read it; the measurement reads what the simulator served."""
+        return self.last_train >= 0 and not (self.until_published and has_champion)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,17 +126,25 @@ class DayRunner:
         self.stage("simulate", ds, rec, extra=["--serving", str(served[1])] if served else [])
         if ds in self.plan.faults.corrupt:
             rec["faults"].append(f"corrupt: {corrupt_partition(self.ws.root, ds, self.cfg.corrupt_share)} lines")
+        has_champion = served is not None or self.ws.champion() is not None
+        if not self.plan.lands(has_champion):
+            rec["verdict"] = "not landed: the arm trains no more"
+        else:
+            self.land_and_train(day, ds, rec, has_champion)
+        champion = self.ws.champion()
+        rec["champion_after"] = champion[0] if champion else None
+        return rec
+
+    def land_and_train(self, day: int, ds: str, rec: dict, has_champion: bool) -> None:
+        """Ingest and validate the day; on a training day that passed, retrain and publish."""
         self.stage("ingest", ds, rec)
         rec["validated"] = self.stage("validate", ds, rec, allowed={VALIDATION_FAILED_EXIT_CODE}) == 0
         if not rec["validated"]:
             rec["verdict"] = "validation failed: nothing trained, the champion keeps serving"
-        elif self.plan.trains(day, served is not None or self.ws.champion() is not None):
+        elif self.plan.trains(day, has_champion):
             self.train_and_publish(ds, rec)
         else:
             rec["verdict"] = "no training on this day"
-        champion = self.ws.champion()
-        rec["champion_after"] = champion[0] if champion else None
-        return rec
 
     def warm_up(self, days: list[tuple[int, str]]) -> list[dict]:
         """The warm-up days at once (the logging policy serves): each simulated, then one ingest and one

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.closed_loop import ClosedLoopConfig
+from pipelines.closed_loop import ArmPlan, ClosedLoopConfig
+from pipelines.closed_loop_runner import Faults
 from pipelines.closed_loop_report import build_summary
 from tests.conftest import ROOT, TINY_PARAMS
 
@@ -168,3 +169,12 @@ def test_summary_compares_warm_updates_with_daily_full_retrains():
     assert out["uplift_daily_warm_vs_daily"] == pytest.approx(-0.05)
     assert out["uplift_daily_warm_vs_daily_ci95"][0] < -0.05 < out["uplift_daily_warm_vs_daily_ci95"][1]
     assert out["compute_ratio_daily_warm_vs_daily"] == pytest.approx(40 / 120)  # landing the day (ingest) aside
+
+
+@pytest.mark.parametrize("arm, has_champion, lands", [("logging", False, False), ("frozen", False, True),
+                                                      ("frozen", True, False), ("daily", True, True),
+                                                      ("daily_warm", True, True)])
+def test_only_an_arm_that_may_still_train_lands_its_days(arm, has_champion, lands):
+    cfg = ClosedLoopConfig(warmup_days=3, days=4, arms=[arm], retries=0, kill_after_s=1.0, corrupt_share=0.1,
+                           last_days=2, distinct_sample=10, seed=0)
+    assert ArmPlan.of(arm, cfg, Faults()).lands(has_champion) is lands
