@@ -75,13 +75,14 @@ def run(ctx: StageContext) -> None:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
+    rank, world = policy.join_process_group()  # torchrun / accelerate launch: N processes train one model
 
     start, tokenizer, corpus, through = _inputs(ctx, policy_cfg)
     if cfg.max_examples and len(corpus) > cfg.max_examples:
         corpus = corpus.sample(n=cfg.max_examples, random_state=cfg.seed).sort_index()
     train, val = _split_examples(cfg, tokenizer, corpus, policy_cfg.prompt_format)
-    log.info("sft (%s): %d train / %d val examples from %d logged ad texts", start.mode, len(train), len(val),
-             len(corpus))
+    log.info("sft (%s): %d train / %d val examples from %d logged ad texts%s", start.mode, len(train), len(val),
+             len(corpus), f"; process {rank} of {world}" if world > 1 else "")
 
     model = policy.load_policy(start.source, trainable=True)[0] if start.warm else policy.build_policy(policy_cfg,
                                                                                                         tokenizer)
@@ -115,6 +116,8 @@ def run(ctx: StageContext) -> None:
         "seconds": round(time.monotonic() - started, 1),
     }
     require_finite("sft", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
+    if rank != 0:  # every rank holds the same model; one writes it
+        return
     lineage = start.lineage(through)
     policy.save_policy(model, tokenizer, SFT_DIR, meta=policy.policy_meta(policy_cfg),
                        extra=lambda staging: write_lineage(staging, lineage))

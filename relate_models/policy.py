@@ -367,27 +367,83 @@ def mean_loss(model, examples, pad_id: int, batch_size: int) -> float:
     return total / max(count, 1)
 
 
+def join_process_group() -> tuple[int, int]:
+    """(rank, world size) under `torchrun` / `accelerate launch` (joining the launch's process group:
+    gloo for CPU tensors, NCCL for CUDA ones, each rank on its LOCAL_RANK GPU); (0, 1) in one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    dist = torch.distributed
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _sum_over_ranks(model, world: int) -> None:
+    """Sum every gradient over the ranks (one flat all-reduce), zeros for a rank whose share was empty."""
+    if world == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    for p, chunk in zip(params, torch.split(flat, [g.numel() for g in grads])):
+        p.grad = chunk.view_as(p).clone()
+
+
+def _batch_loss(model, examples, pad_id: int, world: int) -> tuple[torch.Tensor | None, float]:
+    """(this rank's share of the global batch's token-mean loss, to backpropagate; the global mean).
+
+    One process: the model's own mean. N processes: this rank's token sum over the tokens of every
+    rank, so the summed gradients are the whole batch's, as one process computes them."""
+    if world == 1:
+        batch = {k: v.to(model.device) for k, v in collate(examples, pad_id).items()}
+        loss = model(**batch).loss
+        return loss, loss.item()
+    tokens, summed = torch.zeros(2, dtype=torch.float64), None
+    if examples:
+        batch = {k: v.to(model.device) for k, v in collate(examples, pad_id).items()}
+        tokens[0] = int((batch["labels"][:, 1:] != -100).sum())
+        summed = model(**batch).loss * tokens[0].item()
+        tokens[1] = summed.item()
+    torch.distributed.all_reduce(tokens)
+    total = max(tokens[0].item(), 1.0)
+    return (summed / total if summed is not None else None), tokens[1].item() / total
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor by step: linear warm-up, then cosine decay to 0.1."""
+    import math
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
 def fit_sft(model, tokenizer, train, val, *, epochs, batch_size, lr, weight_decay, warmup_steps, seed, log, log_every=50):
     """AdamW with linear warmup and cosine decay; keeps the epoch with the best validation loss.
 
+    `batch_size` is the global batch: under N processes (join_process_group) each rank takes every
+    N-th example of it and the gradients are summed, so N processes train the model one does.
     Returns the per-epoch curve [{epoch, step, train_loss, val_loss, seconds}].
     """
     import math
     import time
 
+    rank, world = join_process_group()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total_steps = max(1, epochs * steps_per_epoch)
 
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
     curve, best, best_state, step = [], math.inf, None, 0
     start_all = time.monotonic()
     for epoch in range(1, epochs + 1):
@@ -396,16 +452,17 @@ def fit_sft(model, tokenizer, train, val, *, epochs, batch_size, lr, weight_deca
         order = torch.randperm(len(train), generator=generator).tolist()
         running, seen = 0.0, 0
         for s in range(0, len(order), batch_size):
-            batch = collate([train[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            share = [train[i] for i in order[s : s + batch_size][rank::world]]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, batch_mean = _batch_loss(model, share, tokenizer.pad_token_id, world)
+            if loss is not None:
+                loss.backward()
+            _sum_over_ranks(model, world)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
-            running += loss.item()
+            running += batch_mean
             seen += 1
             if step % log_every == 0:
                 rate = step / max(time.monotonic() - start_all, 1e-9)

@@ -259,9 +259,9 @@ def test_stages_reject_bad_config_and_missing_artifacts(world, relate_log):
     assert "models/sft" in caplog.text
 
 
-def _launch(world: Path, out: Path, group_size: int, processes: int) -> dict:
-    """tests/rank_advantages.py on `processes` CPU processes (gloo: torchrun, which accelerate launch wraps;
-    `accelerate launch --cpu` alone starts one process without MPI)."""
+def _torchrun(processes: int, args: list[str], cwd: Path | None = None) -> None:
+    """`torch.distributed.run` on `processes` CPU processes (gloo; `accelerate launch` wraps it, and
+    `accelerate launch --cpu` alone starts one process without MPI); asserts it exits 0."""
     import os
     import socket
     import subprocess
@@ -272,10 +272,16 @@ def _launch(world: Path, out: Path, group_size: int, processes: int) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(port), str(root / "tests/rank_advantages.py"), str(world / "models/tokenizer"), str(out), str(group_size)]
+           "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+def _launch(world: Path, out: Path, group_size: int, processes: int) -> dict:
+    """tests/rank_advantages.py on `processes` CPU processes: every rank's advantage rows."""
+    script = Path(__file__).resolve().parent / "rank_advantages.py"
+    _torchrun(processes, [str(script), str(world / "models/tokenizer"), str(out), str(group_size)])
     return json.loads(out.read_text())
 
 
@@ -290,3 +296,23 @@ def test_two_gloo_processes_give_the_advantages_of_one(world, tmp_path):
         assert a == pytest.approx(b, abs=1e-6)
     flat = [v for row in one["rows"] for v in row]
     assert min(flat) < 0 < max(flat) and len({round(v, 5) for v in flat}) > 3  # a non-trivial batch
+
+
+def _sft_on(world: Path, processes: int) -> dict[str, torch.Tensor]:
+    """The sft stage on `processes` CPU processes; the weights it saved."""
+    from safetensors.torch import load_file
+
+    _torchrun(processes, ["-m", "pipelines.sft", "--params", str(world / "params.yaml")], cwd=world)
+    return load_file(world / "models/sft/model.safetensors")
+
+
+def test_two_gloo_processes_train_the_sft_model_of_one(world):
+    """sft.batch_size is the global batch: 2 processes each take half of it and sum the gradients, so
+    they train the weights 1 process does (up to float summation order); one rank writes them."""
+    one = _sft_on(world, 1)
+    two = _sft_on(world, 2)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-4), name
+    metrics = json.loads((world / "metrics/sft.json").read_text())
+    assert metrics["val_loss"] < metrics["initial_val_loss"]  # they trained, not just agreed
