@@ -137,7 +137,8 @@ def evaluate_report(harness, arms: dict[str, dict], outcomes: dict, metrics: dic
         f"prompts, served by every arm with the same traffic and random draws; outcomes from the simulator's "
         f"ground truth (fatigue {'on' if cfg.fatigue else 'off'}). Arms: `sft` (one of {cfg.texts_per_prompt} SFT "
         f"samples at random), `two_stage` (the same SFT samples ranked by the learned pCTR per request, top one "
-        f"served), {relate_arms_text(cfg, harness.serving)}.", "",
+        f"served), {relate_arms_text(cfg, harness.serving)}, and `logged` (the text the logs show served on each "
+        f"impression: what serves today, which publish requires RELATE to beat).", "",
         "True CTCVR: the oracle's p_click x p_conv of the served texts averaged over the traffic (no outcome noise; "
         "the interval is over traffic). A/B: observed conversions, Wilson intervals. Uplift intervals are paired "
         "(delta method). Learned uplift: the CTCVR reward model's view of the same served texts; a learned uplift "

@@ -4,7 +4,10 @@ Variants (arms), all on the held-out prompts (data/prompts/eval.jsonl, written b
 - `sft`: the SFT policy; N texts sampled per prompt, one served at random per impression;
 - `two_stage`: the industrial baseline; the same N SFT texts, ranked per request context by
   the learned CTR model (models/ctcvr pCTR), the top one served;
-- `relate`: the GRPO policy (models/relate), served like `sft`.
+- `relate`: the GRPO policy (models/relate), served through its serving pool;
+- `logged`: the texts the logs show served on the same impressions: the incumbent (the logging
+  policy, or the champion mixed with its exploration), which publish's
+  `min_true_ctcvr_uplift_vs_logged` gate compares RELATE with.
 Traffic: real search contexts (ad_id, keyword, query, user_segment, position, user_id) of
 the held-out prompts, sampled from the curated logs. Every arm serves the same impressions
 with the same random draws (common random numbers); outcomes come from the simulator's
@@ -42,6 +45,7 @@ def goals(arms: dict[str, dict], cfg: EvaluateConfig) -> dict:
     return {
         f"relate_true_ctcvr_uplift_ge_{target:g}": relate["true_ctcvr_uplift_vs_sft"] >= target,
         "relate_beats_two_stage": relate["true_ctcvr"] > two["true_ctcvr"],
+        "relate_beats_logged": relate["true_ctcvr_uplift_vs_logged"] > 0,
         f"relate_compliance_ge_{compliance:g}": relate["compliance_rate"] >= compliance,
         "relate_distinct_2_ge_sft": relate["distinct_2"] >= sft["distinct_2"],
     }
@@ -92,6 +96,7 @@ def run_arms(harness: Harness) -> dict:
         outcomes["relate_sampled"] = harness.sampled_arm(
             "relate_sampled", generate_candidates(RELATE_DIR, harness.prompts, cfg))
         outcomes["sft_pool"] = harness.pooled_arm("sft_pool", SFT_DIR)
+    outcomes["logged"] = harness.logged_arm()
     return outcomes
 
 

@@ -42,6 +42,7 @@ def champion_metrics(version_dir: Path, ds: str, params_path=None) -> dict[str, 
         outcomes = {
             "sft": harness.sampled_arm("sft", generate_candidates(SFT_DIR, harness.prompts, cfg)),
             "relate": harness.served_arm("relate", version_dir / "policy"),
+            "logged": harness.logged_arm(),
         }
         arms = harness.summarize_all(outcomes)
         holdout_days = json.loads((METRICS / "attribution.json").read_text(encoding="utf-8"))["holdout_days"]

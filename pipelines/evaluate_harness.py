@@ -28,7 +28,8 @@ from relate_models.serving import ServingConfig, learned_rewards, serving_pools
 
 log = get_logger("evaluate")
 EVAL_PROMPTS = DATA / "prompts" / "eval.jsonl"
-CONTEXT_COLUMNS = ["impression_id", "user_id", "user_segment", "ad_id", "vertical", "keyword", "query", "position"]
+CONTEXT_COLUMNS = ["impression_id", "user_id", "user_segment", "ad_id", "vertical", "keyword", "query", "position",
+                   "ad_text"]  # ad_text: what served there (the `logged` arm)
 KEY_FIELDS = ("vertical", "keyword", "query", "user_segment", "position")
 
 
@@ -45,8 +46,8 @@ def load_prompts(path: Path = EVAL_PROMPTS) -> list[dict]:
 def sample_contexts(prompts: Sequence[dict], n: int, seed: int, labeled_dir: Path) -> list[dict]:
     """`n` logged search impressions whose (vertical, keyword) is a held-out prompt, in random order.
 
-    Each context: impression_id, user_id, user_segment, ad_id, vertical, keyword, query,
-    position, prompt_id. Sampled without replacement when the logs hold enough, else with.
+    Each context: user_id, user_segment, ad_id, vertical, keyword, query, position, prompt_id,
+    and ad_text, the text the logs show served on it. Sampled without replacement when the logs hold enough, else with.
     """
     import pyarrow.dataset as ds
 
@@ -58,7 +59,7 @@ def sample_contexts(prompts: Sequence[dict], n: int, seed: int, labeled_dir: Pat
     if missing:
         raise DataError(f"{labeled_dir}: columns {missing} missing")
     frame = dataset.to_table(columns=CONTEXT_COLUMNS, filter=ds.field("placement") == "search").to_pandas()
-    frame = frame.dropna(subset=["user_id", "user_segment", "ad_id", "vertical", "keyword", "position"])
+    frame = frame.dropna(subset=["user_id", "user_segment", "ad_id", "vertical", "keyword", "position", "ad_text"])
     prompt_of = {(r["vertical"], r["keyword"]): r["prompt_id"] for r in prompts}
     frame["prompt_id"] = [prompt_of.get((v, k)) for v, k in zip(frame["vertical"], frame["keyword"])]
     frame = frame[frame["prompt_id"].notna()]
@@ -240,6 +241,12 @@ def uplifts(outcome: ArmOutcome, base: ArmOutcome) -> dict:
     return out
 
 
+def logged_uplift(outcome: ArmOutcome, logged: ArmOutcome) -> dict:
+    """The paired true CTCVR uplift over the texts the logs show served on the same impressions (the incumbent)."""
+    up, lo, hi = paired_uplift(logged.true_ctcvr, outcome.true_ctcvr)
+    return {"true_ctcvr_uplift_vs_logged": up, "true_ctcvr_uplift_vs_logged_ci95": [lo, hi]}
+
+
 def summarize(outcome: ArmOutcome, contexts: Sequence[dict], base: ArmOutcome | None, per_prompt: int,
               prompts_by_id: dict[str, dict] | None = None, rewards=None) -> dict:
     """The arm's metrics (see the evaluate stage's docstring); uplifts are against `base` (the SFT arm)."""
@@ -320,10 +327,19 @@ class Harness:
             return self.pooled_arm(name, policy_dir)
         return self.sampled_arm(name, generate_candidates(policy_dir, self.prompts, self.cfg))
 
+    def logged_arm(self) -> ArmOutcome:
+        """The texts the logs show served on the traffic's impressions: what serves today (the incumbent)."""
+        return self.run_arm("logged", [c["ad_text"] for c in self.contexts])
+
     def summarize_all(self, outcomes: dict[str, ArmOutcome], base: str = "sft") -> dict[str, dict]:
+        """Each arm's metrics; uplifts over `base`, and over the `logged` arm when there is one."""
         by_id = {r["prompt_id"]: r for r in self.prompts}
-        return {name: summarize(o, self.contexts, outcomes[base], self.cfg.diversity_texts_per_prompt, by_id,
-                                self.rewards) for name, o in outcomes.items()}
+        out = {name: summarize(o, self.contexts, outcomes[base], self.cfg.diversity_texts_per_prompt, by_id,
+                               self.rewards) for name, o in outcomes.items()}
+        if "logged" in outcomes:
+            for name in set(outcomes) - {"logged"}:
+                out[name].update(logged_uplift(outcomes[name], outcomes["logged"]))
+        return out
 
 
 def serving_settings(cfg: "EvaluateConfig", serving: ServingConfig) -> dict:

@@ -75,6 +75,7 @@ class PublishConfig:
     push: bool
     artifacts: list[str]
     min_true_ctcvr_uplift_vs_sft: float | None
+    min_true_ctcvr_uplift_vs_logged: float | None
     min_compliance_rate: float | None
     min_combo_ratio_to_oracle: float | None
     min_ctcvr_auc_ratio: float | None

@@ -32,6 +32,9 @@ class Gate:
 GATES = (
     Gate("relate_true_ctcvr_uplift", "evaluate.json", "relate.true_ctcvr_uplift_vs_sft",
          "min_true_ctcvr_uplift_vs_sft", "true CTCVR uplift of the RELATE policy over SFT (oracle A/B)"),
+    Gate("relate_true_ctcvr_uplift_vs_logged", "evaluate.json", "relate.true_ctcvr_uplift_vs_logged",
+         "min_true_ctcvr_uplift_vs_logged", "true CTCVR uplift of the RELATE policy over the texts the logs show "
+         "served on the same impressions (the incumbent: oracle A/B)"),
     Gate("relate_compliance", "evaluate.json", "relate.compliance_rate",
          "min_compliance_rate", "share of generated texts that pass the compliance check"),
     Gate("combo_ratio_to_oracle", "evaluate.json", "combo.true_ctr_ratio_to_oracle",

@@ -241,6 +241,11 @@ def test_evaluate_end_to_end_writes_required_keys(tiny_pipeline):
     assert isinstance(metrics["relate"]["unpooled_prompts"], int) and "unpooled_prompts" not in metrics["relate_sampled"]
     assert isinstance(metrics["relate"]["distinct_2"], float) and isinstance(metrics["sft"]["distinct_2"], float)
     assert isinstance(metrics["two_stage"]["true_ctcvr_uplift_vs_sft"], float)
+    # the incumbent: the texts the logs show served on the same impressions
+    logged, relate = metrics["logged"], metrics["relate"]
+    assert logged["impressions"] == 3000 and logged["unique_texts"] > 1 and "true_ctcvr_uplift_vs_logged" not in logged
+    assert relate["true_ctcvr_uplift_vs_logged"] == pytest.approx(relate["true_ctcvr"] / logged["true_ctcvr"] - 1)
+    assert isinstance(metrics["goals"]["relate_beats_logged"], bool)
     assert metrics["combo"] == fake_evaluate_combos()
     assert set(metrics["goals"]) and all(isinstance(v, bool) for v in metrics["goals"].values())
     report = (tiny_pipeline / "reports/evaluate.md").read_text()

@@ -23,9 +23,10 @@ ARTIFACT_DIRS = {"policy": "models/relate", "sft": "models/sft", "tokenizer": "m
 
 
 def _metrics(uplift=0.05, compliance=0.99, combo=0.8, ctcvr=0.95, attr_auc=0.70, oracle_auc=0.72, day="2026-01-04",
-             serving=None):
+             serving=None, over_logged=0.02):
     return {
-        "evaluate.json": {"relate": {"true_ctcvr_uplift_vs_sft": uplift, "compliance_rate": compliance},
+        "evaluate.json": {"relate": {"true_ctcvr_uplift_vs_sft": uplift, "compliance_rate": compliance,
+                                     "true_ctcvr_uplift_vs_logged": over_logged},
                           "sft": {"distinct_2": 0.5}, "combo": {"true_ctr_ratio_to_oracle": combo},
                           "setup": {"serving": serving or {"pool_candidates": 32}}},
         "ctcvr.json": {"auc_ratio_ctcvr": ctcvr, "eval_day": day},
@@ -57,7 +58,8 @@ def project(tmp_path):
     root = tmp_path / "project"
     root.mkdir()
     params = yaml.safe_load(TINY_PARAMS.read_text())
-    params["publish"].update(min_true_ctcvr_uplift_vs_sft=0.0, min_compliance_rate=0.95, min_combo_ratio_to_oracle=0.5,
+    params["publish"].update(min_true_ctcvr_uplift_vs_sft=0.0, min_true_ctcvr_uplift_vs_logged=0.0,
+                             min_compliance_rate=0.95, min_combo_ratio_to_oracle=0.5,
                              min_ctcvr_auc_ratio=0.9, min_attribution_auc_ratio=0.9, max_regression=0.0,
                              remote_url=str(tmp_path / "remote"))
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -138,6 +140,15 @@ def test_failed_threshold_publishes_nothing_and_says_by_how_much(project):
     text = (project / "reports" / "publish.md").read_text()
     assert "Refused" in text and "relate_compliance" in text and "-0.05" in text
     assert publish(project, "--ds", "2026-01-07", "--refused-exit-code", "99").returncode == 99
+
+
+def test_a_policy_worse_than_what_served_is_refused(project):
+    """Better than SFT is not enough: the first champion would replace the logging policy's texts."""
+    _write_run(project, "a", uplift=0.16, over_logged=-0.055)
+    assert publish(project, "--ds", "2026-01-07").returncode == 0
+    report = json.loads((project / "metrics" / "publish.json").read_text())
+    assert report["published"] is False and report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_logged"]
+    assert not (project / "registry" / "champion.json").exists()
 
 
 def test_regression_against_the_champion_is_refused_then_rollback(project):
