@@ -9,9 +9,11 @@ Warm (`training.mode: warm`, pipelines/warm_start.py): the champion's model and 
 continue on the window's days after the last one they trained on, for `warm_epochs` epochs;
 models/tokenizer/ is then the champion's tokenizer, so the policy keeps reading the same ids.
 Features (earlier exposures), the eval day and the baseline (fitted on the whole window) are
-as in a full run, so the held-out metrics of both modes compare. The run rebuilds in full when
-the champion cannot represent the new days: built with other model params, too many words
-out of its tokenizer's vocabulary, or values of its categorical fields it has no rows for.
+as in a full run, so the held-out metrics of both modes compare. New values of a categorical
+field (an ad, a keyword, a highlight the market launched) get rows of their own, starting as the
+unknown row (CTCVRScorer.grown). The run rebuilds in full when the champion cannot represent the
+new days: built with other model params, too many words out of its tokenizer's vocabulary, or a
+new user segment (the segment x token cross cannot grow).
 
 Writes models/tokenizer/, models/ctcvr/ (model.safetensors, config.json, tokenizer/,
 heldout_predictions.parquet, training_curve.json, lineage.json) and metrics/ctcvr_train.json.
@@ -47,6 +49,7 @@ from relate_models.tokenizer import save_tokenizer, train_tokenizer
 log = get_logger(__name__)
 
 SECTION = "train_ctcvr"
+FIXED_VOCABULARIES = ("user_segment",)  # the segment x token cross lays its rows out by segment: cannot grow warm
 COLUMNS = ["impression_id", "ad_text", "keyword", "vertical", "user_segment", "position", "clicked", "converted"]
 EXPOSURE_COLUMNS = ["ts", "user_id", "text_id"]  # earlier showings of a text to a user, from the logs
 OPTIONAL_COLUMNS = ["query"]  # query/text word overlap when logged; the keyword stands in otherwise
@@ -282,7 +285,7 @@ def train(cfg: TrainCTCVRConfig, ds: str | None, params: Path) -> dict:
         if cfg.feed_conversions else None
     check_labels(window, f"training window {train_days[0]}..{train_days[-1]}")
     check_labels(eval_frame, f"eval day {eval_day}")
-    start, champion = plan_start(cfg, params, window, feed_window, train_days)
+    start, champion, grown = plan_start(cfg, params, window, feed_window, train_days)
     trained_days = start.new_days(train_days)
     train_frame = window[window["dt"].isin(trained_days)].reset_index(drop=True)
     feed_frame = feed_window[feed_window["dt"].isin(trained_days)].reset_index(drop=True) \
@@ -316,7 +319,7 @@ def train(cfg: TrainCTCVRConfig, ds: str | None, params: Path) -> dict:
         "baseline_train_seconds": round(baseline_seconds, 1),
         "n_parameters": int(sum(p.numel() for p in result.model.parameters())),
         "training": {"mode": start.mode, "reason": start.reason, "continued_from": start.version,
-                     "trained_days": trained_days},
+                     "trained_days": trained_days, "grown_vocabularies": {k: len(v) for k, v in grown.items()}},
         **heldout_metrics(predictions, cfg.ece_bins),
     }
     save_outputs(result, tokenizer, predictions, metrics, start.lineage(train_days[-1]))
@@ -324,18 +327,40 @@ def train(cfg: TrainCTCVRConfig, ds: str | None, params: Path) -> dict:
 
 
 def plan_start(cfg: TrainCTCVRConfig, params: Path, window: pd.DataFrame, feed_window: pd.DataFrame | None,
-               train_days: list[str]) -> tuple[Start, ctcvr.CTCVRScorer | None]:
-    """(how this run trains, the champion's scorer to continue from: None for a full run)."""
+               train_days: list[str]) -> tuple[Start, ctcvr.CTCVRScorer | None, dict[str, list[str]]]:
+    """(how this run trains, the champion's scorer to continue from: None for a full run, the new
+    values its vocabularies grew by)."""
     start = plan(SECTION, "ctcvr", params, through=train_days[-1])
     if not start.warm:
-        return start, None
+        return start, None, {}
     champion = ctcvr.CTCVRScorer.load(start.source)
     new_days = start.new_days(train_days)
     frame = window[window["dt"].isin(new_days)]
     feed = feed_window[feed_window["dt"].isin(new_days)] if feed_window is not None else None
     trained = window.loc[~window["dt"].isin(new_days), "ad_text"].dropna().astype(str).unique()
     start = check_champion(cfg, start, champion, frame, feed, trained)
-    return start, champion if start.warm else None
+    if not start.warm:
+        return start, None, {}
+    unseen = unseen_values(cfg, champion, frame, feed)
+    if unseen:
+        log.info("warm: new values get rows of their own (starting as the unknown row): %s",
+                 ", ".join(f"{name} +{len(values)}" for name, values in unseen.items()))
+        champion = champion.grown(unseen)
+    return start, champion, unseen
+
+
+def unseen_values(cfg: TrainCTCVRConfig, champion: ctcvr.CTCVRScorer, frame: pd.DataFrame,
+                  feed: pd.DataFrame | None) -> dict[str, list[str]]:
+    """field -> the new days' values the champion's vocabulary lacks (fields that can grow)."""
+    fields = [(name, frame) for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields) if name not in FIXED_VOCABULARIES]
+    fields += [(name, feed) for name in champion.config.feed_fields]
+    out = {}
+    for name, rows in fields:
+        known = set(champion.config.vocabs.get(name, []))
+        new = [v for v in vocab(rows, name) if v not in known] if rows is not None else []
+        if new:
+            out[name] = new
+    return out
 
 
 def check_champion(cfg: TrainCTCVRConfig, start: Start, champion: ctcvr.CTCVRScorer, frame: pd.DataFrame,
@@ -351,11 +376,8 @@ def check_champion(cfg: TrainCTCVRConfig, start: Start, champion: ctcvr.CTCVRSco
         # continuing on days without a conversion would only pull every pCVR down
         return start.full(f"the new days' {len(frame)} search impressions hold no clicks or no conversions")
     start = start.check_vocabulary(champion.tokenizer, frame["ad_text"].dropna().astype(str).unique(), trained_texts)
-    # an unseen value maps to the never-trained "unknown" row: the model cannot learn it warm
-    for name in (*ctcvr.CONTEXT_FIELDS, *cfg.id_fields):
+    for name in FIXED_VOCABULARIES:  # every other field's new values get rows of their own (unseen_values)
         start = start.check_known(f"{name} values", champion.config.vocabs.get(name, []), vocab(frame, name))
-    for name in champion.config.feed_fields:
-        start = start.check_known(f"{name} values", champion.config.vocabs.get(name, []), vocab(feed, name))
     return start
 
 

@@ -599,6 +599,30 @@ class CTCVRScorer:
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         return cls(model, load_tokenizer(directory / TOKENIZER_DIR), batch_size=batch_size)
 
+    def grown(self, new_values: dict[str, Sequence[str]]) -> "CTCVRScorer":
+        """This scorer with `new_values` (field -> values) appended to its vocabularies, for a warm start.
+
+        Appending keeps every known value's id and rows; a new value's rows start as copies of the
+        unknown row 0, so the grown model scores it exactly as this one did, until training moves
+        them. `user_segment` cannot grow (the segment x token cross lays its rows out by segment)."""
+        if "user_segment" in new_values:
+            raise ValueError("CTCVR vocabularies: user_segment cannot grow; retrain in full")
+        vocabs = {name: list(values) for name, values in self.config.vocabs.items()}
+        for name, values in new_values.items():
+            known = set(vocabs.get(name, []))
+            vocabs[name] = vocabs.get(name, []) + sorted(set(values) - known)
+        model = CTCVRModel(dataclasses.replace(self.config, vocabs=vocabs))
+        old = self.model.state_dict()
+        state = {}
+        for key, fresh in model.state_dict().items():
+            rows = old[key]
+            if rows.shape != fresh.shape:  # an embedding of a grown vocabulary: new rows copy row 0
+                extra = fresh.shape[0] - rows.shape[0]
+                rows = torch.cat([rows, rows[:1].expand(extra, *rows.shape[1:])])
+            state[key] = rows
+        model.load_state_dict(state)
+        return CTCVRScorer(model, self.tokenizer, self.batch_size)
+
     @torch.no_grad()
     def score(self, texts: Sequence[str], contexts: Sequence[dict]) -> dict[str, np.ndarray]:
         """Probabilities for aligned texts and contexts ({keyword, vertical, position, user_segment[, query]}

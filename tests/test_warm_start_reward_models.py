@@ -91,7 +91,8 @@ def test_ctcvr_warm_continues_the_champion_on_the_new_day(ctcvr_project, tmp_pat
     assert train_ctcvr.main([]) == 0
     metrics = read_json("metrics/ctcvr_train.json")
     assert metrics["training"] == {"mode": "warm", "reason": f"continues from champion {VERSION}",
-                                   "continued_from": VERSION, "trained_days": [NEW_CTCVR_DAY]}
+                                   "continued_from": VERSION, "trained_days": [NEW_CTCVR_DAY],
+                                   "grown_vocabularies": {}}
     assert metrics["train_days"] == ["2026-01-03", "2026-01-04", NEW_CTCVR_DAY] and metrics["eval_day"] == "2026-01-06"
     assert len(read_json("models/ctcvr/training_curve.json")["epochs"]) == 2  # train_ctcvr.warm_epochs
     for directory in ("models/ctcvr", "models/tokenizer"):
@@ -136,10 +137,7 @@ def new_words(frame: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.parametrize("change, reason", [
     (new_words, "tokenizer out-of-vocabulary rate"),
-    (add_unknown("ad_id", "ad-brand-new"), "1 new ad_id values the champion's model has no rows for (ad-brand-new)"),
-    (add_unknown("user_segment", "vip"), "1 new user_segment values"),
-    (add_unknown("keyword", "garden hose"), "1 new keyword values"),
-    (add_unknown("highlight_id", "hlt-new"), "1 new highlight_id values"),
+    (add_unknown("user_segment", "vip"), "1 new user_segment values the champion's model has no rows for (vip)"),
     ("embed_dim", "built with other train_ctcvr params: embed_dim 16 -> 8"),
 ])
 def test_ctcvr_forced_full_records_its_reason(ctcvr_project, tmp_path, monkeypatch, change, reason):
@@ -156,6 +154,41 @@ def test_ctcvr_forced_full_records_its_reason(ctcvr_project, tmp_path, monkeypat
     lineage = read_json("models/ctcvr/lineage.json")
     assert lineage["mode"] == "full" and reason in lineage["reason"] and lineage["chain"] == []
     assert read_json("models/tokenizer/lineage.json") == lineage
+
+
+def test_ctcvr_warm_grows_rows_for_new_ads_keywords_and_highlights(ctcvr_project, tmp_path, monkeypatch):
+    """A market launches things every day: their values get rows that start as the unknown row."""
+    copy_project(ctcvr_project, tmp_path, monkeypatch)
+    part = next(Path(f"data/curated/labeled_impressions/dt={NEW_CTCVR_DAY}").glob("*.parquet"))
+    frame = pd.read_parquet(part)
+    for column, value in (("ad_id", "ad-brand-new"), ("keyword", "garden hose"), ("highlight_id", "hlt-new")):
+        frame = add_unknown(column, value)(frame)
+    frame.to_parquet(part, index=False)
+    assert train_ctcvr.main([]) == 0
+    training = read_json("metrics/ctcvr_train.json")["training"]
+    assert training["mode"] == "warm" and training["grown_vocabularies"] == {"keyword": 1, "ad_id": 1,
+                                                                            "highlight_id": 1}
+    champion = ctcvr.CTCVRScorer.load(Path("registry", VERSION, "ctcvr"))
+    warm = ctcvr.CTCVRScorer.load("models/ctcvr")
+    for name, value in (("ad_id", "ad-brand-new"), ("keyword", "garden hose"), ("highlight_id", "hlt-new")):
+        assert warm.config.vocabs[name][:-1] == champion.config.vocabs[name]  # known ids keep their rows
+        assert warm.config.vocabs[name][-1] == value
+    new_row = warm.model.id_offset["ad_id"].weight[-1]
+    assert not torch.equal(new_row, champion.model.id_offset["ad_id"].weight[0])  # trained away from the unknown row
+
+
+def test_a_grown_scorer_scores_as_its_source_until_trained(ctcvr_project, tmp_path, monkeypatch):
+    copy_project(ctcvr_project, tmp_path, monkeypatch)
+    champion = ctcvr.CTCVRScorer.load(Path("registry", VERSION, "ctcvr"))
+    grown = champion.grown({"keyword": ["garden hose"], "ad_id": ["ad-brand-new"]})
+    contexts = [{"vertical": "travel", "keyword": k, "position": 1, "user_segment": champion.config.vocabs["user_segment"][0],
+                 "ad_id": a} for k, a in (("garden hose", "ad-brand-new"), (champion.config.vocabs["keyword"][0], "x"))]
+    texts = ["Find cheap flights today", "Shop rain jackets"]
+    for key in ("p_ctr", "p_cvr"):
+        assert grown.score(texts, contexts)[key] == pytest.approx(champion.score(texts, contexts)[key], abs=1e-6)
+    assert grown.encoder.index["keyword"]["garden hose"] == len(champion.config.vocabs["keyword"]) + 1
+    with pytest.raises(ValueError, match="user_segment cannot grow"):
+        champion.grown({"user_segment": ["vip"]})
 
 
 def test_ctcvr_warm_without_a_champion_trains_in_full(ctcvr_project, tmp_path, monkeypatch):
