@@ -66,7 +66,7 @@ STAGES: tuple[Stage, ...] = (
           outlet="relate_validated_day"),
     Stage("train_ctcvr", "reward_models", ds="as_of"),
     Stage("evaluate_ctcvr", "reward_models", upstream=("train_ctcvr",)),
-    Stage("train_attribution", "reward_models", ds="as_of"),
+    Stage("train_attribution", "reward_models", ds="as_of", upstream=("train_ctcvr",)),  # the shared tokenizer
     Stage("evaluate_attribution", "reward_models", upstream=("train_attribution",), outlet="relate_reward_models"),
     Stage("sft", "policies", ds="as_of"),
     Stage("grpo", "policies", ds="as_of", upstream=("sft",)),

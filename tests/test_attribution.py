@@ -343,6 +343,26 @@ def synthetic_curated_tree(root: Path, world: dict, no_clicks: bool = False) -> 
     if no_clicks:
         rows = rows.assign(clicks=0, ctr=0.0)
     write_partitions(root, "combo_stats", rows)
+    synthetic_content_tree(root, world, DAYS)
+
+
+def synthetic_content_tree(root: Path, world: dict, days: list[str], embedding_dim: int = 16) -> None:
+    """What a content-aware train_attribution reads beside combo_stats: each day's landed element table
+    (data/content/elements) and the shared tokenizer (models/tokenizer)."""
+    from relate_models.tokenizer import save_tokenizer, train_tokenizer
+
+    rng = np.random.default_rng(5)
+    rows = [{"element_id": e, "ad_id": ad_id, "kind": slot,
+             "text": None if slot == "image" else f"{slot} {e.split('_')[-1]} offer",
+             "embedding": list(rng.normal(0, 1, embedding_dim)) if slot == "image" else None}
+            for ad_id, ad in world.items() for slot in attr.SLOTS for e in ad[slot]]
+    frame = pd.DataFrame(rows)
+    for dt in days:
+        out = root / "data" / "content" / "elements" / f"dt={dt}"
+        out.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(out / "part-00000.parquet", index=False)
+    save_tokenizer(train_tokenizer(frame["text"].dropna().tolist(), vocab_size=300, min_frequency=1),
+                   root / "models" / "tokenizer")
 
 
 def test_train_stage_end_to_end_on_a_tiny_curated_tree(tiny_params, world):
@@ -436,6 +456,7 @@ def test_train_stage_on_labeled_impressions_with_context(tiny_params, world):
     from pipelines import train_attribution
 
     stats = synthetic_combo_stats(world, DAYS, impressions_per_ad_day=400)
+    synthetic_content_tree(Path.cwd(), world, DAYS)
     rows = stats.loc[stats.index.repeat(stats["impressions"])].reset_index(drop=True)
     rank = rows.groupby(
         ["dt", "ad_id", "title_id", "image_id", "highlight_id"]).cumcount()
