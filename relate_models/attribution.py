@@ -575,6 +575,13 @@ class AttributionScorer:
         self.model, self.vocab, self.meta = model, vocab, dict(meta or {})
         self.content, self.tokenizer = content, tokenizer
 
+    def cold_slots(self, rows: pd.DataFrame) -> np.ndarray:
+        """[n, len(SLOTS)] bool: the row's element in that slot is present but has no clicks in training."""
+        ad_ids = rows["ad_id"].astype(str)
+        return np.stack([(rows[SLOT_COLUMNS[s]].notna() & ~(ad_ids + _KEY_SEP + s + _KEY_SEP + rows[SLOT_COLUMNS[s]]
+                                                            .astype(str)).isin(self.vocab.element_index)).to_numpy()
+                         for s in SLOTS], axis=1)
+
     def with_elements(self, elements: pd.DataFrame) -> "AttributionScorer":
         """This scorer with `elements` (element-table rows) added to its content table: an element it
         never saw clicks for is then scored from its content alone (the rows it has keep theirs)."""

@@ -95,3 +95,32 @@ def test_a_cold_start_element_is_ranked_from_content_alone(trained, tmp_path):
     grid = pd.DataFrame([(a, e, None, None) for a in cold_ads for e in world[a]["title"]],
                         columns=["ad_id", *attr.ELEMENT_COLUMNS])
     assert free.score_frame(grid, on_unknown="fallback").unknown_ads == len(grid)
+
+
+def test_the_generator_may_pick_an_element_with_no_history(trained):
+    """A content model's candidates include live elements with no clicks; the reward scores them by content
+    plus the exploration bonus, exactly as the scorer does."""
+    import torch
+
+    from pipelines.combo_policy import build_problem
+    from relate_models import combo_generator as cg
+
+    world, elements, _, scorer, train_ads = trained
+    ad = train_ads[0]
+    new = pd.DataFrame([{"element_id": f"{ad}_t_new", "ad_id": ad, "kind": "title", "text": "Golden offer",
+                         "embedding": None}])
+    extended = scorer.with_elements(new)
+    problem = build_problem(extended, {a: "travel" for a in train_ads})
+    titles = problem.candidates[problem.ad_ids.index(ad)][0]
+    assert f"{ad}_t_new" in titles and len(titles) == N_TITLES + 1
+    bonus = 0.15
+    reward = cg.MILReward.from_scorer(extended, problem, cold_bonus=bonus)
+    a = problem.ad_ids.index(ad)
+    picks = torch.tensor([[titles.index(f"{ad}_t_new"), 0, 0], [titles.index(f"{ad}_t0"), 0, 0]])
+    logit, contribution = reward(torch.tensor([a, a]), picks)
+    rows = pd.DataFrame([(ad, f"{ad}_t_new", problem.candidates[a][1][0], problem.candidates[a][2][0]),
+                         (ad, f"{ad}_t0", problem.candidates[a][1][0], problem.candidates[a][2][0])],
+                        columns=["ad_id", *attr.ELEMENT_COLUMNS])
+    expected = extended.score_frame(rows, on_unknown="fallback").logit
+    assert logit.numpy() == pytest.approx(expected + np.array([bonus, 0.0]), abs=1e-5)
+    assert float(contribution[0, 0]) != 0.0  # content alone gives the new title a reward of its own
