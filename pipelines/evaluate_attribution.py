@@ -182,24 +182,26 @@ def fit_content_prior_glm(index: np.ndarray, n: np.ndarray, y: np.ndarray, n_ads
 def content_ceiling_warm(oracle, truth: pd.DataFrame, train: pd.DataFrame, cfg: EvaluateAttributionConfig) -> dict:
     """Spearman of an estimator given the true priors and the true content function on the same data: a MAP
     logistic fit (per-ad intercepts, element effects ~ N(true content utility, the slot's true idiosyncratic
-    sd)) on clicks redrawn from the true combination CTRs on the training window's logged impressions. Rows
-    with an element no longer live on the eval day (it has no truth there) are left out."""
-    rows = train.groupby(["ad_id", *attr.ELEMENT_COLUMNS], sort=True)[["impressions", "clicks"]].sum().reset_index()
-    keyed = truth.set_index(KEYS)
-    live = set(keyed.index)
-    ok = np.ones(len(rows), dtype=bool)
-    for s in attr.SLOTS:
-        ok &= [(a, s, e) in live for a, e in rows[["ad_id", attr.SLOT_COLUMNS[s]]].itertuples(index=False)]
-    rows = rows[ok].reset_index(drop=True)
+    sd)) on clicks redrawn from each day's true combination CTRs (the market as of that day) on the training
+    window's logged impressions. Every row counts; the elements live on the eval day are ranked."""
+    rows = train.groupby(["dt", "ad_id", *attr.ELEMENT_COLUMNS], sort=True)[["impressions", "clicks"]].sum()
+    rows = rows.reset_index()
+    p_true, content = np.empty(len(rows)), {}
+    for day, part in rows.groupby("dt", sort=True):
+        market = oracle.as_of(day) if hasattr(oracle, "as_of") else oracle
+        p_true[part.index.to_numpy()] = true_ctr_of_rows(market, part)
+        if hasattr(market, "element_utilities"):
+            content.update({(r["ad_id"], r["element_type"], r["element_id"]): r["content_utility"]
+                            for r in market.element_utilities()})
+    content.update(dict(zip(map(tuple, truth[KEYS].itertuples(index=False)), truth["content_utility"])))
     elements = sorted({(a, s, e) for s in attr.SLOTS
                        for a, e in rows[["ad_id", attr.SLOT_COLUMNS[s]]].itertuples(index=False)})
     pos = {k: j for j, k in enumerate(elements)}
     ads = {a: j for j, a in enumerate(sorted(rows["ad_id"].unique()))}
     index = np.array([[ads[r[0]], *(pos[(r[0], s, e)] for s, e in zip(attr.SLOTS, r[1:]))]
                       for r in rows[["ad_id", *attr.ELEMENT_COLUMNS]].itertuples(index=False)])
-    p_true = true_ctr_of_rows(oracle, rows)
     resid_sd = (truth["utility"] - truth["content_utility"]).groupby(truth["slot"]).std()
-    prior_mean = keyed.loc[elements, "content_utility"].to_numpy()
+    prior_mean = np.array([content.get(k, 0.0) for k in elements])
     prior_sd = np.array([max(resid_sd[s], 1e-3) for _, s, _ in elements])  # a floor: content may explain all
     rng = np.random.default_rng(cfg.seed)
     n = rows["impressions"].to_numpy(np.float64)
@@ -225,6 +227,8 @@ def cold_start(cfg: EvaluateAttributionConfig, params: Path, scorer: attr.Attrib
     tcfg = load_config(ta.TrainAttributionConfig, "train_attribution", params)
     if scorer.content is None or not tcfg.content or cfg.cold_ads_share == 0:
         return {}
+    if tcfg.torch_threads:  # as train_attribution fits: multi-threaded sums make the refit vary run to run
+        torch.set_num_threads(tcfg.torch_threads)
     rng = np.random.default_rng(cfg.seed)
     held = set(rng.choice(scorer.vocab.ads, max(1, round(cfg.cold_ads_share * len(scorer.vocab.ads))),
                           replace=False).tolist())
@@ -315,7 +319,7 @@ def attribution_metrics(cfg: EvaluateAttributionConfig, params: Path) -> dict:
     metrics["meets_goal"] = bool(metrics["spearman_vs_truth"] >= cfg.goal_spearman)
     metrics["beats_baseline"] = bool(metrics["spearman_vs_truth"] > metrics["baseline_spearman_vs_truth"])
     metrics.update(holdout_auc(scorer, oracle, list(scorer.meta["holdout_days"])))
-    train_cols = ["ad_id", *attr.ELEMENT_COLUMNS, "impressions", "clicks"]
+    train_cols = ["ad_id", *attr.ELEMENT_COLUMNS, "impressions", "clicks"]  # read_partition adds dt
     train = pd.concat([read_partition("combo_stats", d, train_cols) for d in scorer.meta["train_days"]],
                       ignore_index=True)
     ceiling = content_ceiling_warm(oracle, truth, train, cfg) if "content_utility" in truth else {}
