@@ -38,13 +38,14 @@ Content-aware (issue 18; `token_vocab > 0`, with a `ContentTable` of the element
 element is comes from its content, not its hashed id,
 
     c_k = ContentEncoder(text or image embedding of k)      (relate_models/content_encoder.py)
-    h_k = c_k + E_element[(ad, slot, element_id)] + E_slot[slot]
+    h_k = E_element[(ad, slot, element_id)] + E_slot[slot]   (no hashed id)
     contribution_k = a_k r_k + s_k + beta_k (+ half of gamma),  s_k = v_slot^T c_k
 
 The encoder and the per-slot content head v are shared by every ad (content effects are learned
 across ads); beta_k and E_element are the element's residual beyond its content, under their own
 Gaussian priors (`l2_residual`, `l2`), so an element's own clicks move it away from what its content
-predicts only as far as its evidence carries. An element with no clicks (unknown id, or a held-out
+predicts only as far as its evidence carries. The content vector enters through the scalar head only:
+added to h_k as well (the attention path) it measured worse (docs/decisions.md, 2026-12-04). An element with no clicks (unknown id, or a held-out
 ad) has beta_k = 0 and E_element = 0: its reward is its content's alone (`element_rewards` marks it
 `warm` False). `AttributionScorer.with_elements` adds new elements' content to a trained scorer.
 
@@ -248,9 +249,8 @@ class GatedAttentionMIL(nn.Module):
     ) -> dict[str, torch.Tensor]:
         h = self.element_emb(element) + self.hash_emb(hashed) + self.slot_emb.unsqueeze(0)
         content_reward = 0.0
-        if content_index is not None:
+        if content_index is not None:  # content through the per-slot scalar head (module doc)
             vec = self.content_encoder(*content)[content_index]
-            h = h + vec
             content_reward = (vec * self.content_head.unsqueeze(0)).sum(-1)
         gate = self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h))).squeeze(-1)
         attention = torch.softmax(gate.masked_fill(~present, float("-inf")), dim=-1)
@@ -706,7 +706,6 @@ class AttributionScorer:
             else:
                 rows = torch.as_tensor([self.content.index.get(k, 0) for k in keys])
                 vec = model.content_encoder(self.content.tokens, self.content.image, self.content.is_image)[rows]
-                h = h + vec
                 table["content_reward"] = (vec * model.content_head[slot_idx]).sum(-1).double().numpy()
             table["instance_reward"] = model.reward_head(h).squeeze(-1).double().numpy()
             table["element_bias"] = model.element_bias(elem_idx).squeeze(-1).double().numpy()

@@ -330,6 +330,7 @@ def daily_run(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("dagtest") / "project")
     stage(project, "pipelines.simulate")
     stage(project, "pipelines.ingest", "--all")
+    stage(project, "pipelines.ingest_elements", "--all")  # the element table's history, as a deployment has it
     states, log = dag_test(project, RUN_DS, project / ".airflow")
     return project, states, log
 
