@@ -33,7 +33,7 @@ from plumbing.logs import get_logger
 from plumbing.paths import METRICS, RAW_EVENTS, partition
 
 log = get_logger("closed_loop")
-DATA_STAGES = ("simulate", "ingest", "validate")
+DATA_STAGES = ("simulate", "ingest", "ingest_elements", "validate")
 # the gate a refuse@ fault sets: no model's compliance rate reaches it
 REFUSE_FAULT = {"publish": {"min_compliance_rate": 1.5}}
 
@@ -138,6 +138,7 @@ class DayRunner:
     def land_and_train(self, day: int, ds: str, rec: dict, has_champion: bool) -> None:
         """Ingest and validate the day; on a training day that passed, retrain and publish."""
         self.stage("ingest", ds, rec)
+        self.stage("ingest_elements", ds, rec)
         rec["validated"] = self.stage("validate", ds, rec, allowed={VALIDATION_FAILED_EXIT_CODE}) == 0
         if not rec["validated"]:
             rec["verdict"] = "validation failed: nothing trained, the champion keeps serving"
@@ -158,6 +159,7 @@ class DayRunner:
         if recs:
             batch = {"stage_seconds": {}, "attempts": {}, "faults": []}
             self.stage("ingest", None, batch, extra=["--all"])
+            self.stage("ingest_elements", None, batch, extra=["--all"])
             self.stage("validate", None, batch, extra=["--all"], allowed={VALIDATION_FAILED_EXIT_CODE})
             passed = set((self.ws.root / VALIDATED_MARKER).read_text().split()) if \
                 (self.ws.root / VALIDATED_MARKER).is_file() else set()

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from pipelines.warm_start import Start, plan, training_block, write_lineage
@@ -68,6 +69,7 @@ class ComboPolicyConfig:
     max_enumerate: int  # ads with at most this many combinations also get the exhaustive MIL argmax
     log_every: int
     torch_threads: int  # torch intra-op threads; 0 = torch's default
+    cold_bonus: float  # logits added to an element with no clicks (content models): the exploration bonus
 
     def __post_init__(self):
         for name in ("hidden_dim", "steps", "warm_steps", "top_k", "diversity_samples", "max_enumerate", "log_every"):
@@ -80,6 +82,7 @@ class ComboPolicyConfig:
         require(self.entropy_target >= 0, "combo_policy.entropy_target", "must be >= 0")
         require(self.temperature > 0, "combo_policy.temperature", "must be > 0")
         require(self.torch_threads >= 0, "combo_policy.torch_threads", "must be >= 0")
+        require(0 <= self.cold_bonus <= 5, "combo_policy.cold_bonus", "must be in [0, 5] logits")
 
     def train_settings(self) -> cg.TrainSettings:
         return cg.TrainSettings(steps=self.steps, group_size=self.group_size, ads_per_step=self.ads_per_step,
@@ -112,11 +115,30 @@ def live_elements(curated: paths.CuratedReader) -> dict[str, dict[str, set[str]]
     return live
 
 
+def with_live_content(scorer: attr.AttributionScorer, curated: paths.CuratedReader,
+                      live: dict[str, dict[str, set[str]]] | None):
+    """(scorer, live): for a content model, the scorer with the newest landed element table's content (a
+    new element is scored by its content) and that table as the live catalog; else both unchanged."""
+    days = [d for d in paths.partitions(paths.content_table("elements")) if curated.as_of is None or d <= curated.as_of]
+    if scorer.content is None or not days:
+        return scorer, live
+    elements = pq.read_table(paths.partition(paths.content_table("elements"), days[-1])).to_pandas()
+    catalog: dict[str, dict[str, set[str]]] = {}
+    for ad, kind, element in elements[["ad_id", "kind", "element_id"]].astype(str).itertuples(index=False):
+        catalog.setdefault(ad, {s: set() for s in attr.SLOTS})[kind].add(element)
+    return scorer.with_elements(elements), catalog
+
+
 def build_problem(scorer: attr.AttributionScorer, verticals: dict[str, str],
                   live: dict[str, dict[str, set[str]]] | None = None) -> cg.ComboProblem:
-    """Each ad's candidates are the elements the reward model was trained on (it can score them) that
-    are still live (`live`; a slot none of whose trained elements is live keeps them all)."""
+    """Each ad's candidates are the elements the reward model can score (trained on, or with content: a
+    content model scores an element with no history by its content) that are still live (`live`; a slot
+    none of whose candidates is live keeps them all)."""
     per_ad = {a: scorer.vocab.ad_elements(a) for a in scorer.vocab.ads}
+    if scorer.content is not None:
+        for a, slots in per_ad.items():
+            for slot, elements in scorer.content.ad_elements(a).items():
+                slots[slot] = sorted(set(slots[slot]) | set(elements))
     for ad, slots in per_ad.items():
         for slot, elements in slots.items():
             kept = [e for e in elements if live is None or e in live.get(ad, {}).get(slot, ())]
@@ -142,14 +164,14 @@ def mil_argmax(scorer: attr.AttributionScorer, problem: cg.ComboProblem, max_enu
         combos = list(itertools.product(*[c or [None] for c in problem.candidates[a]]))
         grid = pd.DataFrame(combos, columns=list(attr.ELEMENT_COLUMNS))
         grid.insert(0, "ad_id", ad_id)
-        p = scorer.score_frame(grid).p_click
+        p = scorer.score_frame(grid, on_unknown="fallback").p_click
         i = int(np.argmax(p))
         best[ad_id] = (*combos[i], float(p[i]))
     return best
 
 
-def serving_table(policy: cg.ComboPolicy, scorer: attr.AttributionScorer, top_k: int, beam: int
-                  ) -> tuple[pd.DataFrame, list]:
+def serving_table(policy: cg.ComboPolicy, scorer: attr.AttributionScorer, top_k: int, beam: int,
+                  cold_bonus: float = 0.0) -> tuple[pd.DataFrame, list]:
     """The top_k of the policy's `beam` most probable combinations per ad, ranked by the MIL reward.
 
     Why re-rank: the policy is a smoothed (entropy-regularised) image of the reward, so its mode
@@ -159,7 +181,10 @@ def serving_table(policy: cg.ComboPolicy, scorer: attr.AttributionScorer, top_k:
     rows = policy.top_k(beam)
     frame = pd.DataFrame(rows)
     frame = frame.rename(columns={s: attr.SLOT_COLUMNS[s] for s in attr.SLOTS})
-    frame["score"] = scorer.score_frame(frame[["ad_id", *attr.ELEMENT_COLUMNS]]).p_click
+    result = scorer.score_frame(frame[["ad_id", *attr.ELEMENT_COLUMNS]], on_unknown="fallback")
+    cold = scorer.cold_slots(frame).sum(1)
+    # an element with no clicks carries the exploration bonus here too (0 without a content model)
+    frame["score"] = 1.0 / (1.0 + np.exp(-(result.logit + (cold_bonus if scorer.content is not None else 0.0) * cold)))
     frame["policy_prob"] = np.exp(frame["logp"].to_numpy())
     # stable sort: equal scores keep the policy's (beam) order
     frame = frame.sort_values(["ad_id", "score"], ascending=[True, False], kind="stable")
@@ -175,7 +200,7 @@ def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED
         torch.set_num_threads(cfg.torch_threads)
     started = time.monotonic()
     scorer = attr.AttributionScorer.load(ATTRIBUTION_DIR)
-    live = live_elements(curated)
+    scorer, live = with_live_content(scorer, curated, live_elements(curated))
     problem = build_problem(scorer, ad_verticals(scorer), live)
     sizes = [problem.n_combinations(a) for a in range(len(problem.ad_ids))]
     log.info("%d ads, %d-%d combinations each (never enumerated for training)", len(problem.ad_ids),
@@ -183,7 +208,7 @@ def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED
     reward_days = sorted(scorer.meta.get("train_days") or [])
     policy, reward, history, steps, start = _train(cfg, scorer, problem, reward_days, params)
     policy.meta.update({"config": asdict(cfg), "attribution_train_days": scorer.meta.get("train_days")})
-    serving, top_rows = serving_table(policy, scorer, cfg.top_k, cfg.serving_beam)
+    serving, top_rows = serving_table(policy, scorer, cfg.top_k, cfg.serving_beam, cfg.cold_bonus)
 
     top1 = serving[serving["rank"] == 1].set_index("ad_id")
     argmax = mil_argmax(scorer, problem, cfg.max_enumerate)
@@ -241,7 +266,7 @@ def _train(cfg: ComboPolicyConfig, scorer: attr.AttributionScorer, problem: cg.C
     if start is not None and start.warm:
         settings = dataclasses.replace(settings, steps=cfg.warm_steps,
                                        entropy_coef=_last_entropy_weight(start.source, cfg.entropy_coef))
-    reward = cg.MILReward.from_scorer(scorer, policy.problem)
+    reward = cg.MILReward.from_scorer(scorer, policy.problem, cfg.cold_bonus)
     # warm: a fresh Adam (the champion's optimizer state is not published); the generator's weights carry
     # what it learned, and its adaptive entropy weight continues from the champion's last (above)
     history = policy.train(reward, settings, log)

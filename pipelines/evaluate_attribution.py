@@ -12,17 +12,16 @@ combination CTR (averaged over contexts: the ceiling for a model that sees no co
 The truth is the market's as of the newest day of the model's window (`eval_day`: its last
 held-out day, from the model's metadata): a drifting market retires and re-prices elements.
 
-Noise ceiling (`noise_ceiling`): what the data scale allows. Clicks are redrawn from the
-true combination CTRs on the training window's own logged impressions (x each of
-`bootstrap_scales`), and a near-Bayes-optimal estimator with oracle knowledge is refitted:
-a logistic model with per-ad intercepts, per-slot element effects and (variant `pair`) a
-title x image effect, each under a Gaussian prior with the true spread. Its Spearman at
-scale 1 bounds what any model can expect from this much data; the larger scales show how
-much data the goal needs. `spearman_target_ceiling` is the infinite-data limit: the
-Spearman of each element's true uniform-marginal logit effect (what combination clicks
-identify: its utility plus its average title x image interaction and, for images, the
-audience-weighted segment preference) vs the utility. `argmax_ctr_ratio` is the true CTR
-of each fit's best combination over the best one's, averaged over ads.
+Warm and cold (issue 18). `spearman_vs_truth` ranks the warm elements: those the model trained on.
+`spearman_cold_start` ranks elements with no clicks: the model is refitted without `cold_ads_share` of
+the ads (seeded; the same params, data and content) and those ads' elements are scored from their
+content alone, within (ad, slot) as above. The two ceilings (`content_ceiling`) replace the content-free
+noise ceiling: `warm` is an estimator given the true priors and the true content function on the same
+data (a MAP logistic fit, element effects ~ N(true content utility, the slot's true idiosyncratic sd),
+per-ad intercepts, on clicks redrawn from the true combination CTRs of the training window's logged
+impressions: `bootstrap_replicates` redraws); `cold` is the true content function's own Spearman on the
+held-out ads' groups. `content_share`: the oracle's measured share of utility variance content explains
+on the eval day.
 
 Writes metrics/attribution.json and plots/attribution/scatter.png.
 
@@ -43,7 +42,7 @@ import torch
 from pipelines.train_attribution import MODEL_DIR, PLOT_DIR
 from plumbing import atomic, paths
 from plumbing.cli import StageContext, run_stage
-from plumbing.config import require
+from plumbing.config import load_config, require
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
 from plumbing.tables import read_partition
@@ -59,14 +58,13 @@ KEYS = ["ad_id", "slot", "element_id"]
 class EvaluateAttributionConfig:
     goal_spearman: float  # recorded as meets_goal; the stage does not fail below it
     min_group_size: int  # (ad, slot) groups with fewer ranked elements are left out
-    bootstrap_scales: list[float]
-    bootstrap_replicates: int  # redraws per scale; 0 = no noise ceiling
+    bootstrap_replicates: int  # click redraws of the warm content ceiling; 0 = no warm ceiling
+    cold_ads_share: float  # share of ads held out of the cold-start refit; 0 = no cold-start measurement
     seed: int
 
     def __post_init__(self):
         require(self.bootstrap_replicates >= 0, "evaluate_attribution.bootstrap_replicates", "must be >= 0")
-        require(all(float(x) > 0 for x in self.bootstrap_scales), "evaluate_attribution.bootstrap_scales",
-                f"must all be > 0, got {self.bootstrap_scales}")
+        require(0 <= self.cold_ads_share < 1, "evaluate_attribution.cold_ads_share", "must be in [0, 1)")
         require(-1 <= self.goal_spearman <= 1, "evaluate_attribution.goal_spearman", "must be in [-1, 1]")
         require(self.min_group_size >= 2, "evaluate_attribution.min_group_size", "must be >= 2")
 
@@ -88,7 +86,7 @@ def true_utilities(day: str | None = None) -> tuple[pd.DataFrame, "Oracle"]:  # 
 
     oracle = Oracle.load() if day is None else Oracle.load().as_of(day)
     table = pd.DataFrame(oracle.element_utilities()).rename(columns={"element_type": "slot"})
-    return table[KEYS + ["utility", "uniform_marginal_ctr"]], oracle
+    return table[KEYS + ["utility", "uniform_marginal_ctr", "content_utility"]], oracle
 
 
 # --------------------------------------------------------------------------- bag level
@@ -138,7 +136,7 @@ def true_ctr_of_rows(oracle, rows: pd.DataFrame) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- noise ceiling
+# --------------------------------------------------------------------------- ceilings
 
 
 def true_ctr_grid(oracle, ad_id: str, candidates: dict[str, list[str]]) -> np.ndarray:
@@ -155,97 +153,95 @@ def true_ctr_grid(oracle, ad_id: str, candidates: dict[str, list[str]]) -> np.nd
     return np.asarray([oracle.true_combo_ctr(ad_id, *c) for c in combos]).reshape(shape)
 
 
-def fit_prior_glm(index: np.ndarray, n: np.ndarray, y: np.ndarray, shape: tuple, slot_sd: list[float],
-                  pair_sd: float | None) -> tuple[list[np.ndarray], np.ndarray]:
-    """MAP logistic fit: per-ad intercept + per-slot effects (+ title x image effect), Gaussian priors.
+def fit_content_prior_glm(index: np.ndarray, n: np.ndarray, y: np.ndarray, n_ads: int, prior_mean: np.ndarray,
+                          prior_sd: np.ndarray) -> np.ndarray:
+    """MAP logistic fit: per-ad intercept + one effect per element, each ~ N(prior_mean, prior_sd^2).
 
-    index: [rows, 4] (ad, title, image, highlight) positions; shape (A, T, I, H). Returns the
-    per-slot uniform-marginal effect estimates [A, K] (the pair's row/column means included)
-    and the title x image effect [A, T, I] (zeros without pair_sd).
-    """
+    index: [rows, 4] (ad, title, image, highlight) positions, the elements indexing one flat table of
+    len(prior_mean) elements. Returns the element effect estimates."""
     a, t, i, h = (torch.as_tensor(index[:, k]) for k in range(4))
     n_t, y_t = torch.as_tensor(n, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    A, T, I, H = shape
-    params = [torch.zeros(A, dtype=torch.float64), *(torch.zeros(A, K, dtype=torch.float64) for K in (T, I, H)),
-              torch.zeros(A, T, I, dtype=torch.float64)]
-    with torch.no_grad():
-        params[0].fill_(float(np.log(y.sum() / max(n.sum() - y.sum(), 1.0))))
-    for p in params:
-        p.requires_grad_(True)
-    sds = [*slot_sd, pair_sd or 1.0]
-    opt = torch.optim.LBFGS(params, max_iter=100, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+    m, sd = torch.as_tensor(prior_mean, dtype=torch.float64), torch.as_tensor(prior_sd, dtype=torch.float64)
+    b = torch.full((n_ads,), float(np.log(y.sum() / max(n.sum() - y.sum(), 1.0))), dtype=torch.float64,
+                   requires_grad=True)
+    e = m.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([b, e], max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
 
     def closure():
         opt.zero_grad()
-        b, et, ei, eh, pair = params
-        z = b[a] + et[a, t] + ei[a, i] + eh[a, h] + (pair[a, t, i] if pair_sd else 0.0)
+        z = b[a] + e[t] + e[i] + e[h]
         nll = -(y_t * torch.nn.functional.logsigmoid(z) + (n_t - y_t) * torch.nn.functional.logsigmoid(-z)).sum()
-        prior = sum((p ** 2).sum() / (2 * sd ** 2) for p, sd in zip(params[1:], sds))
-        loss = nll + prior
+        loss = nll + ((e - m) ** 2 / (2 * sd ** 2)).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    _, et, ei, eh, pair = (p.detach().numpy() for p in params)
-    return [et + pair.mean(2), ei + pair.mean(1), eh], pair
+    return e.detach().numpy()
 
 
-def noise_ceiling(oracle, truth: pd.DataFrame, train: pd.DataFrame, cfg: EvaluateAttributionConfig) -> dict:
-    """Spearman and argmax CTR ratio of oracle-prior refits on clicks redrawn from the truth (see module doc)."""
-    rows = train.groupby(["ad_id", *attr.ELEMENT_COLUMNS], sort=True)[["impressions", "clicks"]].sum().reset_index()
-    ads = sorted(rows["ad_id"].unique())
-    cands = {ad: {s: sorted(g[attr.SLOT_COLUMNS[s]].unique()) for s in attr.SLOTS} for ad, g in rows.groupby("ad_id")}
-    sizes = {tuple(len(cands[ad][s]) for s in attr.SLOTS) for ad in ads}
-    if len(sizes) != 1:  # the refit works on one dense [ads, titles, images, highlights] grid
-        log.warning("noise ceiling skipped: ads differ in candidate counts %s", sorted(sizes))
-        return {}
-    shape = (len(ads), *(len(cands[ads[0]][s]) for s in attr.SLOTS))
-    ctr = np.stack([true_ctr_grid(oracle, ad, cands[ad]) for ad in ads])
-    pos = {ad: {s: {e: k for k, e in enumerate(cands[ad][s])} for s in attr.SLOTS} for ad in ads}
-    ad_pos = {ad: k for k, ad in enumerate(ads)}
-    index = np.array([[ad_pos[r[0]], *(pos[r[0]][s][e] for s, e in zip(attr.SLOTS, r[1:]))]
+def content_ceiling_warm(oracle, truth: pd.DataFrame, train: pd.DataFrame, cfg: EvaluateAttributionConfig) -> dict:
+    """Spearman of an estimator given the true priors and the true content function on the same data: a MAP
+    logistic fit (per-ad intercepts, element effects ~ N(true content utility, the slot's true idiosyncratic
+    sd)) on clicks redrawn from each day's true combination CTRs (the market as of that day) on the training
+    window's logged impressions. Every row counts; the elements live on the eval day are ranked."""
+    rows = train.groupby(["dt", "ad_id", *attr.ELEMENT_COLUMNS], sort=True)[["impressions", "clicks"]].sum()
+    rows = rows.reset_index()
+    p_true, content = np.empty(len(rows)), {}
+    for day, part in rows.groupby("dt", sort=True):
+        market = oracle.as_of(day) if hasattr(oracle, "as_of") else oracle
+        p_true[part.index.to_numpy()] = true_ctr_of_rows(market, part)
+        if hasattr(market, "element_utilities"):
+            content.update({(r["ad_id"], r["element_type"], r["element_id"]): r["content_utility"]
+                            for r in market.element_utilities()})
+    content.update(dict(zip(map(tuple, truth[KEYS].itertuples(index=False)), truth["content_utility"])))
+    elements = sorted({(a, s, e) for s in attr.SLOTS
+                       for a, e in rows[["ad_id", attr.SLOT_COLUMNS[s]]].itertuples(index=False)})
+    pos = {k: j for j, k in enumerate(elements)}
+    ads = {a: j for j, a in enumerate(sorted(rows["ad_id"].unique()))}
+    index = np.array([[ads[r[0]], *(pos[(r[0], s, e)] for s, e in zip(attr.SLOTS, r[1:]))]
                       for r in rows[["ad_id", *attr.ELEMENT_COLUMNS]].itertuples(index=False)])
-    p_true = ctr[tuple(index.T)]
-    logit = np.log(ctr / (1 - ctr))
-    # the identified target (uniform-marginal logit effect) and the true title x image interaction
-    marginal = [logit.mean(axis=(2, 3)), logit.mean(axis=(1, 3)), logit.mean(axis=(1, 2))]
-    ti = logit.mean(3)
-    interaction = ti - ti.mean(2, keepdims=True) - ti.mean(1, keepdims=True) + ti.mean((1, 2), keepdims=True)
-    slot_sd = [float(truth.loc[truth["slot"] == s, "utility"].std()) for s in attr.SLOTS]
-    pair_sd = float(interaction.std()) or None
-    best = ctr.reshape(len(ads), -1).max(1)
-
-    def score(effects: list[np.ndarray], pair: np.ndarray) -> tuple[float, float]:
-        frame = pd.DataFrame([(ad, s, e, float(effects[k][ad_pos[ad], j])) for ad in ads
-                              for k, s in enumerate(attr.SLOTS) for j, e in enumerate(cands[ad][s])],
-                             columns=[*KEYS, "estimate"]).merge(truth, on=KEYS)
-        rho = within_group_spearman(frame, "estimate", "utility", cfg.min_group_size)["mean_within_ad_slot"]
-        z = effects[0][:, :, None, None] + effects[1][:, None, :, None] + effects[2][:, None, None, :]
-        z = z + (pair - pair.mean(2, keepdims=True) - pair.mean(1, keepdims=True)
-                 + pair.mean((1, 2), keepdims=True))[:, :, :, None]
-        picked = ctr.reshape(len(ads), -1)[np.arange(len(ads)), z.reshape(len(ads), -1).argmax(1)]
-        return rho, float(np.mean(picked / best))
-
-    target_rho, target_ratio = score(marginal, np.zeros_like(ti))
-    out = {"spearman_target_ceiling": target_rho, "argmax_ctr_ratio_target_additive": target_ratio,
-           "prior_sd": dict(zip(attr.SLOTS, slot_sd), title_x_image=pair_sd), "by_scale": {}}
+    resid_sd = (truth["utility"] - truth["content_utility"]).groupby(truth["slot"]).std()
+    prior_mean = np.array([content.get(k, 0.0) for k in elements])
+    prior_sd = np.array([max(resid_sd[s], 1e-3) for _, s, _ in elements])  # a floor: content may explain all
     rng = np.random.default_rng(cfg.seed)
     n = rows["impressions"].to_numpy(np.float64)
-    for scale in cfg.bootstrap_scales if cfg.bootstrap_replicates else ():
-        runs = {"additive": [], "pair": []}
-        for _ in range(cfg.bootstrap_replicates):
-            n_s = np.round(n * scale)
-            y = rng.binomial(n_s.astype(np.int64), p_true).astype(np.float64)
-            for name, psd in (("additive", None), ("pair", pair_sd)):
-                runs[name].append(score(*fit_prior_glm(index, n_s, y, shape, slot_sd, psd)))
-        out["by_scale"][f"{scale:g}"] = {
-            "clicks_per_ad": float((n * p_true).sum() * scale / len(ads)),
-            **{f"spearman_{k}": float(np.mean([r[0] for r in v])) for k, v in runs.items()},
-            **{f"spearman_{k}_sd": float(np.std([r[0] for r in v])) for k, v in runs.items()},
-            **{f"argmax_ctr_ratio_{k}": float(np.mean([r[1] for r in v])) for k, v in runs.items()},
-        }
-        log.info("noise ceiling x%g: %s", scale, out["by_scale"][f"{scale:g}"])
-    return out
+    rhos = []
+    for _ in range(cfg.bootstrap_replicates):
+        y = rng.binomial(n.astype(np.int64), p_true).astype(np.float64)
+        est = fit_content_prior_glm(index, n, y, len(ads), prior_mean, prior_sd)
+        frame = pd.DataFrame(elements, columns=KEYS).assign(estimate=est).merge(truth, on=KEYS)
+        rhos.append(within_group_spearman(frame, "estimate", "utility", cfg.min_group_size)["mean_within_ad_slot"])
+    if not rhos:
+        return {}
+    return {"warm": float(np.mean(rhos)), "warm_sd": float(np.std(rhos)), "warm_rows": int(len(rows)),
+            "warm_clicks_per_ad": float((n * p_true).sum() / len(ads)), "prior_residual_sd": resid_sd.to_dict()}
+
+
+def cold_start(cfg: EvaluateAttributionConfig, params: Path, scorer: attr.AttributionScorer, truth: pd.DataFrame
+               ) -> dict:
+    """Cold-start Spearman: the model refitted without `cold_ads_share` of the ads (seeded), then those ads'
+    elements scored from their content alone, within (ad, slot) vs the truth; beside the cold ceiling, the
+    true content function's own Spearman on the same groups. {} for a content-free model."""
+    from pipelines import train_attribution as ta
+
+    tcfg = load_config(ta.TrainAttributionConfig, "train_attribution", params)
+    if scorer.content is None or not tcfg.content or cfg.cold_ads_share == 0:
+        return {}
+    if tcfg.torch_threads:  # as train_attribution fits: multi-threaded sums make the refit vary run to run
+        torch.set_num_threads(tcfg.torch_threads)
+    rng = np.random.default_rng(cfg.seed)
+    held = set(rng.choice(scorer.vocab.ads, max(1, round(cfg.cold_ads_share * len(scorer.vocab.ads))),
+                          replace=False).tolist())
+    train_days, holdout_days = list(scorer.meta["train_days"]), list(scorer.meta["holdout_days"])
+    rows, holdout = ta.load_rows(tcfg, train_days), ta.load_rows(tcfg, holdout_days)
+    content = ta.content_inputs(tcfg, params, train_days + holdout_days, None)
+    refit, _ = ta.fit(tcfg, rows[~rows["ad_id"].isin(held)], holdout[~holdout["ad_id"].isin(held)], None, content)
+    rewards = refit.element_rewards(tcfg.max_combinations_per_ad, seed=tcfg.seed)
+    frame = rewards[rewards["ad_id"].isin(held) & ~rewards["warm"]].merge(truth, on=KEYS)
+    model = within_group_spearman(frame, "reward", "utility", cfg.min_group_size)
+    ceiling = within_group_spearman(frame, "content_utility", "utility", cfg.min_group_size)
+    return {"spearman": model["mean_within_ad_slot"], "by_slot": model["by_slot"], "ceiling": ceiling["mean_within_ad_slot"],
+            "groups": model["groups"], "held_out_ads": sorted(held)}
 
 
 # --------------------------------------------------------------------------- plot
@@ -281,25 +277,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(ctx: StageContext) -> None:
-    attribution_metrics(ctx.config(EvaluateAttributionConfig))
+    attribution_metrics(ctx.config(EvaluateAttributionConfig), ctx.params)
 
 
-def attribution_metrics(cfg: EvaluateAttributionConfig) -> dict:
-    """Element- and bag-level metrics against the truth, and the noise ceiling; writes the metrics and plot."""
-    scorer = attr.AttributionScorer.load(MODEL_DIR)
-    rewards_path = MODEL_DIR / "element_rewards.parquet"
-    if not rewards_path.is_file():
-        raise MissingArtifact(f"missing {rewards_path} (run pipelines.train_attribution first)")
-    rewards = pd.read_parquet(rewards_path)
-    day = window_day(scorer)
-    truth, oracle = true_utilities(day)
-    frame = rewards.merge(truth, on=KEYS, how="inner")
-    if frame.empty:
-        raise DataError("no learned element matches an element of the simulated world (stale model or world?)")
-    log.info("%d of %d learned elements matched to the truth", len(frame), len(rewards))
+def element_metrics(frame: pd.DataFrame, cfg: EvaluateAttributionConfig) -> dict:
+    """Spearman of the model's and the naive marginal CTR's element scores vs the truth, warm elements."""
     mil = within_group_spearman(frame, "reward", "utility", cfg.min_group_size)
     naive = within_group_spearman(frame, "naive_ctr", "utility", cfg.min_group_size)
-    metrics = {
+    return {
         "spearman_method": "per (ad, slot) Spearman vs true utility, averaged over groups; "
                            "_pooled: one Spearman over all elements centred within (ad, slot)",
         "spearman_vs_truth": mil["mean_within_ad_slot"],
@@ -311,23 +296,46 @@ def attribution_metrics(cfg: EvaluateAttributionConfig) -> dict:
         "spearman_vs_uniform_marginal_ctr": within_group_spearman(
             frame, "reward", "uniform_marginal_ctr", cfg.min_group_size)["mean_within_ad_slot"],
         "groups": mil["groups"],
-        "elements_matched": len(frame),
-        "elements_in_world": len(truth),
-        "goal_spearman": cfg.goal_spearman,
-        "eval_day": day,
     }
+
+
+def attribution_metrics(cfg: EvaluateAttributionConfig, params: Path) -> dict:
+    """Element- and bag-level metrics against the truth, cold start and the ceilings; writes the metrics and plot."""
+    scorer = attr.AttributionScorer.load(MODEL_DIR)
+    rewards_path = MODEL_DIR / "element_rewards.parquet"
+    if not rewards_path.is_file():
+        raise MissingArtifact(f"missing {rewards_path} (run pipelines.train_attribution first)")
+    rewards = pd.read_parquet(rewards_path)
+    warm = rewards["warm"] if "warm" in rewards else pd.Series(True, index=rewards.index)
+    day = window_day(scorer)
+    truth, oracle = true_utilities(day)
+    frame = rewards[warm].merge(truth, on=KEYS, how="inner")
+    if frame.empty:
+        raise DataError("no learned element matches an element of the simulated world (stale model or world?)")
+    log.info("%d of %d warm learned elements matched to the truth", len(frame), int(warm.sum()))
+    metrics = {**element_metrics(frame, cfg), "elements_matched": len(frame), "elements_in_world": len(truth),
+               "cold_elements_launched_after_window": int(rewards[~warm].merge(truth, on=KEYS).shape[0]),
+               "goal_spearman": cfg.goal_spearman, "eval_day": day}
     metrics["meets_goal"] = bool(metrics["spearman_vs_truth"] >= cfg.goal_spearman)
     metrics["beats_baseline"] = bool(metrics["spearman_vs_truth"] > metrics["baseline_spearman_vs_truth"])
     metrics.update(holdout_auc(scorer, oracle, list(scorer.meta["holdout_days"])))
-    train_cols = ["ad_id", *attr.ELEMENT_COLUMNS, "impressions", "clicks"]
+    train_cols = ["ad_id", *attr.ELEMENT_COLUMNS, "impressions", "clicks"]  # read_partition adds dt
     train = pd.concat([read_partition("combo_stats", d, train_cols) for d in scorer.meta["train_days"]],
                       ignore_index=True)
-    metrics["noise_ceiling"] = noise_ceiling(oracle, truth, train, cfg)
+    ceiling = content_ceiling_warm(oracle, truth, train, cfg) if "content_utility" in truth else {}
+    cold = cold_start(cfg, params, scorer, truth)
+    metrics["spearman_cold_start"] = cold.get("spearman")
+    metrics["cold_start"] = cold
+    metrics["content_ceiling"] = {**ceiling, "cold": cold.get("ceiling")}
+    if hasattr(oracle, "content_share"):
+        metrics["content_share"] = oracle.content_share()["all"]
+        metrics["content_share_by_kind"] = oracle.content_share()
     metrics["holdout_days"] = list(scorer.meta["holdout_days"])
-    log.info("Spearman vs truth %.3f (naive marginal CTR %.3f); holdout AUC %.4f (oracle combo %.4f)",
-             metrics["spearman_vs_truth"], metrics["baseline_spearman_vs_truth"], metrics["holdout_auc"],
+    log.info("Spearman vs truth %.3f warm (naive marginal CTR %.3f; ceiling %s), cold start %s (ceiling %s); "
+             "holdout AUC %.4f (oracle combo %.4f)", metrics["spearman_vs_truth"], metrics["baseline_spearman_vs_truth"],
+             ceiling.get("warm"), cold.get("spearman"), cold.get("ceiling"), metrics["holdout_auc"],
              metrics["oracle_combo_auc"])
-    atomic.write_json(METRICS_FILE, metrics)
+    atomic.write_json(METRICS_FILE, atomic.undefined_as_null(metrics))
     plot_scatter(frame, PLOT_DIR / "scatter.png")
     return metrics
 

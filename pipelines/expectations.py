@@ -45,7 +45,13 @@ SUITE_TABLES = {  # suite name -> the curated table whose partition it validates
     "combo_stats": "combo_stats",
     "ingest_quality": "ingest_quality",
     "volume": "labeled_impressions",
+    "elements": "elements",  # data/content/ (pipelines.ingest_elements), validated when the day has it
+    "element_quality": "element_quality",
 }
+ELEMENT_SUITES = ("elements", "element_quality")
+ELEMENT_COLUMNS = ("element_id", "ad_id", "kind", "text", "embedding", "dt")
+ELEMENT_KINDS = ("title", "image", "highlight")
+ELEMENT_TEXT_MAX_CHARS = 200
 
 E = gx.expectations
 
@@ -158,6 +164,40 @@ def ingest_quality_suite(max_quarantine_rate: float) -> gx.ExpectationSuite:
     return _suite("ingest_quality", expectations)
 
 
+def elements_suite() -> gx.ExpectationSuite:
+    """The landed element table: one row per (ad, element), text for titles and highlights, an embedding
+    of the contract's length (suite parameter `embedding_dim`) for images."""
+    is_image, not_image = Column("kind") == "image", Column("kind") != "image"
+    expectations = [
+        E.ExpectTableColumnsToMatchSet(column_set=[*ELEMENT_COLUMNS, "embedding_length"], exact_match=True),
+        *_not_null(["element_id", "ad_id", "kind"]),
+        E.ExpectCompoundColumnsToBeUnique(column_list=["ad_id", "element_id"]),
+        E.ExpectColumnValuesToBeInSet(column="kind", value_set=list(ELEMENT_KINDS)),
+        *_not_null(["text"], row_condition=not_image),
+        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1, max_value=ELEMENT_TEXT_MAX_CHARS),
+        E.ExpectColumnValuesToNotMatchRegex(column="text", regex=TEXT_FORBIDDEN),
+        # derived (validate.derive_element_columns): the embedding's length, 0 where there is none
+        E.ExpectColumnValuesToBeBetween(column="embedding_length", min_value=_param("embedding_dim"),
+                                        max_value=_param("embedding_dim"), row_condition=is_image),
+        E.ExpectColumnValuesToBeBetween(column="embedding_length", min_value=0, max_value=0, row_condition=not_image),
+        *[e for c in ("element_id", "ad_id") for e in (
+            E.ExpectColumnValueLengthsToBeBetween(column=c, min_value=1, max_value=ID_MAX_CHARS),
+            E.ExpectColumnValuesToNotMatchRegex(column=c, regex=ID_FORBIDDEN))],
+    ]
+    return _suite("elements", expectations)
+
+
+def element_quality_suite() -> gx.ExpectationSuite:
+    """ingest_elements' accounting: every delivered element line kept or quarantined."""
+    expectations = [
+        E.ExpectTableRowCountToEqual(value=1),
+        E.ExpectColumnPairValuesToBeEqual(column_A="rows_in", column_B="rows_kept_plus_quarantined"),
+        E.ExpectColumnPairValuesToBeEqual(column_A="rows_quarantined", column_B="quarantine_reasons_total"),
+        E.ExpectColumnPairValuesToBeEqual(column_A="rows_kept", column_B="kept_partition_rows"),
+    ]
+    return _suite("element_quality", expectations)
+
+
 def volume_suite() -> gx.ExpectationSuite:
     """Today's labeled impression count inside the band around the trailing mean."""
     return _suite(
@@ -174,6 +214,8 @@ def all_suites(max_quarantine_rate: float) -> list[gx.ExpectationSuite]:
         combo_stats_suite(),
         ingest_quality_suite(max_quarantine_rate),
         volume_suite(),
+        elements_suite(),
+        element_quality_suite(),
     ]
 
 

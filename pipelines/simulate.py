@@ -8,7 +8,7 @@ state are simulated first). --serving DIR: the champion's serving tables (text_p
 combos.parquet; relate_sim/serving_tables.py) served on the simulated day(s), mixed with the
 logging policy's exploration; without it the logging policy serves. The market drifts day by
 day (simulate.drift, docs/simulator.md). Writes data/raw/events/dt=*/part-*.jsonl.gz (each
-day atomically), data/sim_truth/ (world.json, per-impression true probabilities, per-day
+day atomically), data/raw/elements/dt=*/ (the day's element table: docs/data_contract.md), data/sim_truth/ (world.json, per-impression true probabilities, per-day
 state) and metrics/simulate.json (every simulated day so far). Deterministic: day D's bytes
 are a pure function of the params, the serving tables and the days before D, so `--ds D` per
 day in order writes what one run without --ds writes.
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import sys
 
+from pipelines.ingest_elements import IngestElementsConfig
 from plumbing import atomic
 from plumbing.cli import StageContext, run_stage
 from plumbing.dates import shift_ds
 from plumbing.errors import ConfigError
 from plumbing.logs import get_logger
-from plumbing.paths import METRICS, RAW_EVENTS, SIM_TRUTH, partitions
+from plumbing.paths import METRICS, RAW_ELEMENTS, RAW_EVENTS, SIM_TRUTH, partitions
 from relate_sim.config import SimulateConfig
 from relate_sim.drift import day_index
 from relate_sim.serving_tables import ServingTables
@@ -56,7 +57,9 @@ def run(ctx: StageContext) -> None:
     log.info("simulating %s, %d impressions/day, seed %d, drift %s", ctx.ds or f"{config.start_date} .. {last}",
              config.impressions_per_day, config.seed, "on" if config.drift.enabled else "off")
     serving = ServingTables.load(ctx.args.serving) if ctx.args.serving else None
-    summary = simulate(config, RAW_EVENTS, SIM_TRUTH, days=days, serving=serving)
+    embedding_dim = ctx.config(IngestElementsConfig, "ingest_elements").embedding_dim  # the contract's length
+    summary = simulate(config, RAW_EVENTS, SIM_TRUTH, days=days, serving=serving, elements_root=RAW_ELEMENTS,
+                       embedding_dim=embedding_dim)
     stale = [ds for ds in partitions(RAW_EVENTS) if not config.start_date <= ds <= last]
     if stale:
         log.warning("raw partitions outside this run's range are left as they were: %s", ", ".join(stale))

@@ -61,11 +61,12 @@ STAGES: tuple[Stage, ...] = (
     # and the day is missing; with real logs a missing day fails the run.
     Stage("simulate", "data", ds="partition", task=LAND_RAW_LOGS),
     Stage("ingest", "data", ds="partition", upstream=("simulate",), dvc_args=("--all",), outlet="relate_curated"),
-    Stage("validate", "data", ds="partition", upstream=("ingest",), dvc_args=("--all",), retries=False,
+    Stage("ingest_elements", "data", ds="partition", upstream=("simulate",), dvc_args=("--all",)),
+    Stage("validate", "data", ds="partition", upstream=("ingest", "ingest_elements"), dvc_args=("--all",), retries=False,
           outlet="relate_validated_day"),
     Stage("train_ctcvr", "reward_models", ds="as_of"),
     Stage("evaluate_ctcvr", "reward_models", upstream=("train_ctcvr",)),
-    Stage("train_attribution", "reward_models", ds="as_of"),
+    Stage("train_attribution", "reward_models", ds="as_of", upstream=("train_ctcvr",)),  # the shared tokenizer
     Stage("evaluate_attribution", "reward_models", upstream=("train_attribution",), outlet="relate_reward_models"),
     Stage("sft", "policies", ds="as_of"),
     Stage("grpo", "policies", ds="as_of", upstream=("sft",)),

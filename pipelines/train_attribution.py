@@ -1,6 +1,9 @@
 """Train GenCO's MIL attribution reward model on combination-level clicks.
 
-Reads only data/curated (never the simulator's truth). Trains on `train_days` days of
+Reads only data/curated and data/content (never the simulator's truth). With `content: true` the
+model is content-aware (relate_models/attribution.py, relate_models/content_encoder.py): element
+representations come from the landed element table of the window's days through the shared tokenizer
+(models/tokenizer, from train_ctcvr) and an image MLP, plus a per-element residual. Trains on `train_days` days of
 feed combinations and holds out the `holdout_days` days after them for a bag-level AUC;
 all of those days must have complete click labels (see `click_complete_days`).
 Writes models/attribution/ (safetensors + config + vocab + element_rewards.parquet +
@@ -22,18 +25,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from pipelines.warm_start import Start, plan, write_lineage
 from plumbing import atomic, paths
 from plumbing.cli import StageContext, run_stage
-from plumbing.config import ConfigError, require
+from plumbing.config import ConfigError, load_config, require
 from plumbing.dates import parse_ds, shift_ds
-from plumbing.errors import DataError
+from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
 from plumbing.metrics import weighted_auc
 from plumbing.tables import read_partition
+from pipelines.ingest_elements import IngestElementsConfig
 from relate_models import attribution as attr
+from relate_models.content_encoder import ContentTable
+from relate_models.tokenizer import load_tokenizer
 
 log = get_logger(__name__)
 MODEL_DIR = paths.ATTRIBUTION_DIR
@@ -62,6 +69,10 @@ class TrainAttributionConfig:
     l2: float
     l2_bias: float
     l2_pair: float | None  # prior precision on (title, image) pair effects; null = no pair effects
+    content: bool  # content encoders over the element table (data/content/elements); false: content-free model
+    content_max_tokens: int  # tokens of a title or highlight the text encoder reads
+    l2_residual: float  # prior precision on an element's residual (beyond its content) scalar effect
+    l2_content: float  # prior precision on the content encoders' weights
     log_every: int
     max_combinations_per_ad: int
     torch_threads: int  # torch intra-op threads; 0 = torch's default
@@ -91,6 +102,9 @@ class TrainAttributionConfig:
         require(self.l2_pair is None or self.l2_pair > 0, "train_attribution.l2_pair",
                 "must be > 0 (a pair effect needs a prior) or null (no pair effects)")
         require(self.torch_threads >= 0, "train_attribution.torch_threads", "must be >= 0")
+        require(1 <= self.content_max_tokens <= 512, "train_attribution.content_max_tokens", "must be in [1, 512]")
+        for name in ("l2_residual", "l2_content"):
+            require(getattr(self, name) >= 0, f"train_attribution.{name}", "must be >= 0")
 
 
 # --------------------------------------------------------------------------- reading curated data
@@ -234,7 +248,8 @@ def train(cfg: TrainAttributionConfig, run_ds: str | None, params: Path) -> dict
     if window["clicks"].sum() <= 0:
         raise DataError(f"no clicks in the training window {train_days[0]}..{train_days[-1]}: nothing to attribute")
     start, champion = plan_start(cfg, params, train_days, window)
-    scorer, history = fit(cfg, window, holdout, champion)
+    content = content_inputs(cfg, params, train_days + holdout_days, champion)
+    scorer, history = fit(cfg, window, holdout, champion, content)
     scorer.meta.update({"source": cfg.source, "train_days": train_days, "holdout_days": holdout_days})
 
     log.info("computing element rewards")
@@ -289,9 +304,11 @@ def check_champion(cfg: TrainAttributionConfig, start: Start, champion: attr.Att
     built = champion.model.cfg
     old = {"embed_dim": built.embed_dim, "attention_dim": built.attention_dim, "hash_buckets": built.hash_buckets,
            "source": champion.meta.get("source"), "context_features": champion.context_features,
-           "pair effects": champion.meta.get("fit", {}).get("l2_pair") is not None}
+           "pair effects": champion.meta.get("fit", {}).get("l2_pair") is not None,
+           "content": champion.content is not None}
     new = {"embed_dim": cfg.embed_dim, "attention_dim": cfg.attention_dim, "hash_buckets": cfg.hash_buckets,
-           "source": cfg.source, "context_features": list(cfg.context_features), "pair effects": cfg.l2_pair is not None}
+           "source": cfg.source, "context_features": list(cfg.context_features), "pair effects": cfg.l2_pair is not None,
+           "content": cfg.content}
     changed = [f"{k} {v!r} -> {new[k]!r}" for k, v in old.items() if new[k] != v]
     if changed:
         return start.full(f"the champion's model was built with other train_attribution params: {', '.join(changed)}")
@@ -316,8 +333,40 @@ def element_keys(rows: pd.DataFrame) -> set[str]:
     return keys
 
 
+def load_elements(days: list[str]) -> pd.DataFrame:
+    """The landed element table of `days` (data/content/elements), the newest row of each element."""
+    frames = []
+    for ds in days:
+        part = paths.partition(paths.content_table("elements"), ds)
+        if not part.is_dir():
+            raise MissingArtifact(f"no element table landed for {ds} ({part}): run pipelines.ingest_elements "
+                                  "(or set train_attribution.content: false)")
+        frames.append(pq.read_table(part).to_pandas())
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["ad_id", "kind", "element_id"], keep="last")
+
+
+def content_inputs(cfg: TrainAttributionConfig, params: Path, days: list[str],
+                   champion: attr.AttributionScorer | None) -> tuple[ContentTable, object] | None:
+    """(content table of the window's elements, the tokenizer of its text rows), or None (content off).
+
+    The tokenizer is the shared one (models/tokenizer, train_ctcvr's) on a full fit and the champion's
+    own copy on a warm one (a byte-level BPE: no text is out of its vocabulary)."""
+    if not cfg.content:
+        return None
+    if champion is not None:
+        tokenizer = champion.tokenizer
+    else:
+        try:
+            tokenizer = load_tokenizer(paths.TOKENIZER_DIR)
+        except FileNotFoundError as err:
+            raise MissingArtifact(f"{err} (the content encoders read text through it)") from None
+    dim = load_config(IngestElementsConfig, "ingest_elements", params).embedding_dim
+    return ContentTable.build(load_elements(days), tokenizer, cfg.content_max_tokens, dim), tokenizer
+
+
 def fit(cfg: TrainAttributionConfig, rows: pd.DataFrame, holdout: pd.DataFrame,
-        champion: attr.AttributionScorer | None) -> tuple[attr.AttributionScorer, list[dict]]:
+        champion: attr.AttributionScorer | None, content: tuple[ContentTable, object] | None = None
+        ) -> tuple[attr.AttributionScorer, list[dict]]:
     """(scorer, training curve): a full fit, or the champion continued on `rows`.
 
     A warm fit continues on the whole window, not on the new days alone: the fit maximises the
@@ -330,11 +379,17 @@ def fit(cfg: TrainAttributionConfig, rows: pd.DataFrame, holdout: pd.DataFrame,
     settings = attr.FitSettings(steps=cfg.steps if champion is None else cfg.warm_steps,
                                 learning_rate=cfg.learning_rate if champion is None else cfg.warm_learning_rate,
                                 l2=cfg.l2, l2_bias=cfg.l2_bias,
-                                l2_pair=cfg.l2_pair, seed=cfg.seed, log_every=cfg.log_every)
+                                l2_pair=cfg.l2_pair, seed=cfg.seed, log_every=cfg.log_every,
+                                l2_residual=cfg.l2_residual if content else None,
+                                l2_content=cfg.l2_content if content else None)
     model_cfg = {"embed_dim": cfg.embed_dim, "attention_dim": cfg.attention_dim, "hash_buckets": cfg.hash_buckets}
+    table, tokenizer = content or (None, None)
+    if content:
+        model_cfg.update(token_vocab=len(tokenizer), content_dim=table.embedding_dim)
     # a warm start restarts Adam and its cosine schedule: no optimizer state is published with the
     # champion, and the schedule had decayed to its floor at the end of the champion's run
-    return attr.fit(rows, settings, model_cfg, cfg.context_features, holdout, log, init=champion)
+    return attr.fit(rows, settings, model_cfg, cfg.context_features, holdout, log, init=champion, content=table,
+                    tokenizer=tokenizer)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from pipelines.ingest_elements import IngestElementsConfig
 from pipelines.stages import VALIDATION_FAILED_EXIT_CODE
 from plumbing import atomic, paths
 from plumbing.cli import StageContext, run_stage
@@ -115,8 +116,10 @@ def check_partitions(days: list[str]) -> None:
 
 # ---------------------------------------------------------------- per-day inputs
 
-def derive_quality_columns(quality: pd.DataFrame, events_rows: int) -> pd.DataFrame:
-    """Add the derived columns the ingest_quality suite checks (see pipelines.expectations)."""
+def derive_quality_columns(quality: pd.DataFrame, events_rows: int,
+                           kept_column: str = "events_partition_rows") -> pd.DataFrame:
+    """Add the derived columns the ingest_quality (and element_quality) suite checks (see pipelines.expectations):
+    `kept_column` holds the row count of the partition the kept rows went to."""
     quality = quality.copy()
     cols = set(quality.columns)
     if {"rows_kept", "rows_quarantined"} <= cols:
@@ -126,8 +129,26 @@ def derive_quality_columns(quality: pd.DataFrame, events_rows: int) -> pd.DataFr
     if {"rows_in", "rows_quarantined"} <= cols:
         rows_in = quality["rows_in"].astype("Float64")
         quality["quarantine_rate"] = (quality["rows_quarantined"] / rows_in.where(rows_in > 0)).fillna(0.0)
-    quality["events_partition_rows"] = events_rows
+    quality[kept_column] = events_rows
     return quality
+
+
+def element_frames(ds: str) -> dict[str, pd.DataFrame]:
+    """The day's landed element table and its quality row, with the derived columns their suites check
+    ({} when ingest_elements has not landed the day: the element suites are then skipped)."""
+    part = paths.partition(paths.content_table("elements"), ds)
+    quality_part = paths.partition(paths.content_table("quality"), ds)
+    if not (part.is_dir() and quality_part.is_dir()):
+        return {}
+    try:
+        elements = pads.dataset(part, format="parquet").to_table().to_pandas()
+        quality = pads.dataset(quality_part, format="parquet").to_table().to_pandas(types_mapper=_NULLABLE_INTS.get)
+    except (pa.ArrowException, OSError) as err:
+        raise UnreadablePartition(f"cannot read the element table of {ds}: {err}") from None
+    elements["dt"] = ds
+    elements["embedding_length"] = [0 if e is None else len(e) for e in elements["embedding"]]
+    return {"elements": elements.copy(),
+            "element_quality": derive_quality_columns(quality, len(elements), kept_column="kept_partition_rows")}
 
 
 @dataclasses.dataclass
@@ -168,7 +189,7 @@ def _quiet_gx():
 class Gate:
     """One GX context, data source and set of suites per process, reused for every day."""
 
-    def __init__(self, cfg: ValidateConfig):
+    def __init__(self, cfg: ValidateConfig, embedding_dim: int):
         _quiet_gx()
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -176,7 +197,7 @@ class Gate:
         from pipelines import expectations
 
         started = time.monotonic()
-        self.cfg = cfg
+        self.cfg, self.embedding_dim = cfg, embedding_dim
         self.gx = gx
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -215,6 +236,12 @@ class Gate:
         for key in store.list_keys():
             store.remove_key(key)
 
+    def run_suite(self, name: str, frame: pd.DataFrame, parameters: dict, run_id=None):
+        """One suite's GX result on `frame` with the suite parameters `parameters`."""
+        return self.definitions[name].run(
+            batch_parameters={"dataframe": frame}, expectation_parameters=parameters, run_id=run_id,
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": self.cfg.unexpected_examples})
+
     def validate_day(self, ds: str) -> dict:
         """Validate every suite for `ds`; write data/validation/<ds>/ atomically; return the day report."""
         from great_expectations.core.run_identifier import RunIdentifier
@@ -223,32 +250,29 @@ class Gate:
         frames = {table: read_partition(table, ds) for table in REQUIRED_TABLES}
         events = frames["events"]
         frames["ingest_quality"] = derive_quality_columns(frames["ingest_quality"], len(events))
+        frames.update(element_frames(ds))
         ts_min, ts_end = day_bounds_ms(ds)
         impression_events = int((events["event_type"] == "impression").sum()) if "event_type" in events else 0
-        parameters = {"ts_min": ts_min, "ts_max": ts_end - 1, "impression_events": impression_events}
+        parameters = {"ts_min": ts_min, "ts_max": ts_end - 1, "impression_events": impression_events,
+                      "embedding_dim": self.embedding_dim}
         band = volume_band(ds, len(frames["labeled_impressions"]), self.cfg)
         if band is None:
             log.info("%s: volume check skipped: no labeled_impressions partitions in the %d days before",
                      ds, self.cfg.volume_history_days)
         else:
             parameters.update(volume_min=band.low, volume_max=band.high)
-        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": self.cfg.unexpected_examples}
         run_id = RunIdentifier(run_name=f"validate-{ds}")
 
         report = {"success": True, "rows": {t: len(f) for t, f in frames.items()}, "suites": {}}
         with atomic.directory(paths.VALIDATION / ds) as staging:
             self._forget_results()
             self._point_docs_at(staging / "data_docs")
-            for name, definition in self.definitions.items():
-                if name == "volume" and band is None:
-                    report["suites"][name] = {"success": True, "skipped": "no earlier labeled_impressions partitions"}
+            for name in self.definitions:
+                skipped = skip_reason(name, band, frames)
+                if skipped:
+                    report["suites"][name] = {"success": True, "skipped": skipped}
                     continue
-                result = definition.run(
-                    batch_parameters={"dataframe": frames[self.suite_tables[name]]},
-                    expectation_parameters=parameters,
-                    result_format=result_format,
-                    run_id=run_id,
-                )
+                result = self.run_suite(name, frames[self.suite_tables[name]], parameters, run_id)
                 result_dict = result.to_json_dict()
                 atomic.write_text(staging / f"{name}.json", json.dumps(result_dict, indent=2, default=str) + "\n")
                 failures = [failure_summary(name, r) for r in result_dict["results"] if not r["success"]]
@@ -267,6 +291,15 @@ class Gate:
         log.info("%s: %s in %.1fs (%s)", ds, "PASSED" if report["success"] else "FAILED", time.monotonic() - started,
                  ", ".join(f"{t}={n}" for t, n in report["rows"].items()))
         return report
+
+
+def skip_reason(suite: str, band: VolumeBand | None, frames: dict) -> str | None:
+    """Why a suite is not run on a day (None: it is)."""
+    if suite == "volume" and band is None:
+        return "no earlier labeled_impressions partitions"
+    if suite in ("elements", "element_quality") and suite not in frames:
+        return "no element table landed for the day (pipelines.ingest_elements)"
+    return None
 
 
 def failure_summary(suite: str, result: dict) -> dict:
@@ -359,7 +392,7 @@ def run(ctx: StageContext) -> int:
     atomic.clean_stale_staging(paths.VALIDATION)
 
     started = time.monotonic()
-    gate = Gate(cfg)
+    gate = Gate(cfg, ctx.config(IngestElementsConfig, "ingest_elements").embedding_dim)
     reports = {}
     for ds in days:
         reports[ds] = gate.validate_day(ds)

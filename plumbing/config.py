@@ -36,7 +36,7 @@ T = TypeVar("T")
 # external checks' (configs/real_corpus.yaml). A stage run refuses any other (a typo'd
 # section would otherwise be ignored whole).
 SECTIONS = (
-    "simulate", "ingest", "validate", "training", "policy", "sft", "grpo", "train_ctcvr", "evaluate_ctcvr",
+    "simulate", "ingest", "ingest_elements", "validate", "training", "policy", "sft", "grpo", "train_ctcvr", "evaluate_ctcvr",
     "train_attribution", "evaluate_attribution", "combo_policy", "evaluate_combo", "serving", "evaluate",
     "ablation", "closed_loop", "publish", "upworthy", "advertisegen",
 )

@@ -19,6 +19,7 @@ from plumbing.dates import parse_ds
 
 DATA = Path("data")
 RAW_EVENTS = DATA / "raw" / "events"
+RAW_ELEMENTS = DATA / "raw" / "elements"  # the element table delivered with the logs (per dt)
 SIM_TRUTH = DATA / "sim_truth"  # read only by relate_sim and the evaluation (the honesty boundary)
 CURATED = DATA / "curated"
 VALIDATION = DATA / "validation"
@@ -44,6 +45,10 @@ CURATED_TABLES = (
     "combo_stats",
     "ingest_quality",
 )
+
+# the element table landed by ingest_elements (a DVC output of its own, so not under CURATED)
+CONTENT = DATA / "content"
+CONTENT_TABLES = ("elements", "quarantine", "quality")
 
 DEFAULT_PARAMS_NAME = "params.yaml"
 RUNS = Path("runs")  # under the project root: one directory per non-default params file
@@ -89,6 +94,13 @@ def _check_table(table: str) -> str:
     if table not in CURATED_TABLES:
         raise ValueError(f"unknown curated table {table!r}; known: {', '.join(CURATED_TABLES)}")
     return table
+
+
+def content_table(table: str) -> Path:
+    """A table of the landed element table (data/content/<table>)."""
+    if table not in CONTENT_TABLES:
+        raise ValueError(f"unknown content table {table!r}; known: {', '.join(CONTENT_TABLES)}")
+    return CONTENT / table
 
 
 def curated(table: str) -> Path:

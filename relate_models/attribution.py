@@ -34,6 +34,21 @@ the best combination is often not the one of the best elements. With a handful o
 pair only a per-pair scalar under a tight prior (`l2_pair`) is estimable: it moves the
 argmax where a pair's data is strong, and shrinks to the additive model where it is not.
 
+Content-aware (issue 18; `token_vocab > 0`, with a `ContentTable` of the element table): what an
+element is comes from its content, not its hashed id,
+
+    c_k = ContentEncoder(text or image embedding of k)      (relate_models/content_encoder.py)
+    h_k = E_element[(ad, slot, element_id)] + E_slot[slot]   (no hashed id)
+    contribution_k = a_k r_k + s_k + beta_k (+ half of gamma),  s_k = v_slot^T c_k
+
+The encoder and the per-slot content head v are shared by every ad (content effects are learned
+across ads); beta_k and E_element are the element's residual beyond its content, under their own
+Gaussian priors (`l2_residual`, `l2`), so an element's own clicks move it away from what its content
+predicts only as far as its evidence carries. The content vector enters through the scalar head only:
+added to h_k as well (the attention path) it measured worse (docs/decisions.md, 2026-12-04). An element with no clicks (unknown id, or a held-out
+ad) has beta_k = 0 and E_element = 0: its reward is its content's alone (`element_rewards` marks it
+`warm` False). `AttributionScorer.with_elements` adds new elements' content to a trained scorer.
+
 Training maximises the binomial likelihood of (impressions, clicks) of every logged
 combination, all slots jointly. An element's effect is then identified by how CTR moves
 when *it* changes with the rest of the bag held fixed, not by the company the logging
@@ -67,12 +82,14 @@ from torch import nn
 
 from plumbing.errors import MissingArtifact
 from plumbing.metrics import binomial_nll_logits
+from relate_models.content_encoder import CONTENT_FILES, ContentEncoder, ContentTable
 
 SLOTS = ("title", "image", "highlight")
 SLOT_COLUMNS = {"title": "title_id", "image": "image_id", "highlight": "highlight_id"}
 PAIR_SLOTS = ("title", "image")  # the pair effect gamma couples these two slots (positions 0 and 1)
 ELEMENT_COLUMNS = tuple(SLOT_COLUMNS[s] for s in SLOTS)
-ARTIFACT_FILES = ("model.safetensors", "config.json", "vocab.json")
+ARTIFACT_FILES = ("model.safetensors", "config.json", "vocab.json")  # + CONTENT_FILES and tokenizer/ (content models)
+TOKENIZER_SUBDIR = "tokenizer"
 _KEY_SEP = "\x1f"
 
 
@@ -177,6 +194,8 @@ class ModelConfig:
     hash_buckets: int = 1024
     n_slots: int = len(SLOTS)
     n_pairs: int = 0  # (title, image) pairs with their own effect; 0 = none
+    token_vocab: int = 0  # the shared tokenizer's vocabulary size: > 0 turns the content encoders on
+    content_dim: int = 0  # the element table's image embedding length (content encoders only)
 
 
 class GatedAttentionMIL(nn.Module):
@@ -200,6 +219,9 @@ class GatedAttentionMIL(nn.Module):
             {c: nn.Embedding(n + 1, 1, padding_idx=0) for c, n in sorted(cfg.context_sizes.items())}
         )
         self.global_bias = nn.Parameter(torch.zeros(()))
+        if cfg.token_vocab > 0:  # content encoders shared across ads, and a content reward head per slot
+            self.content_encoder = ContentEncoder(cfg.token_vocab, cfg.content_dim, d)
+            self.content_head = nn.Parameter(torch.zeros(cfg.n_slots, d))
         # the impression-weighted mean context bias of the training data: added when a
         # caller scores without a context, so p_click is the average over contexts
         self.register_buffer("context_offset", torch.zeros(()))
@@ -222,12 +244,18 @@ class GatedAttentionMIL(nn.Module):
         product: torch.Tensor,  # [B] product index, 0 = unknown
         context: Mapping[str, torch.Tensor] | None = None,  # feature -> [B] index; None = average context
         pair: torch.Tensor | None = None,  # [B] (title, image) pair index, 0 = unknown/none
+        content_index: torch.Tensor | None = None,  # [B, K] content table row, 0 = none (content encoders only)
+        content: tuple[torch.Tensor, ...] | None = None,  # the content table's (tokens, image, is_image)
     ) -> dict[str, torch.Tensor]:
         h = self.element_emb(element) + self.hash_emb(hashed) + self.slot_emb.unsqueeze(0)
+        content_reward = 0.0
+        if content_index is not None:  # content through the per-slot scalar head (module doc)
+            vec = self.content_encoder(*content)[content_index]
+            content_reward = (vec * self.content_head.unsqueeze(0)).sum(-1)
         gate = self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h))).squeeze(-1)
         attention = torch.softmax(gate.masked_fill(~present, float("-inf")), dim=-1)
         instance_reward = self.reward_head(h).squeeze(-1)
-        contribution = attention * instance_reward + self.element_bias(element).squeeze(-1)
+        contribution = attention * instance_reward + self.element_bias(element).squeeze(-1) + content_reward
         if pair is not None:
             # Shapley split: half of the pair's effect to each of its two elements
             half = 0.5 * self.pair_bias(pair)
@@ -245,14 +273,18 @@ class GatedAttentionMIL(nn.Module):
             "contribution": contribution,
         }
 
-    def penalties(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared norms (embeddings, scalar biases) of the per-id parameters: Gaussian priors
-        that shrink rarely-logged ids towards the average."""
+    def penalties(self) -> dict[str, torch.Tensor]:
+        """Squared norms of the per-id parameters (Gaussian priors that shrink rarely-logged ids towards
+        the average, or towards what their content predicts): embeddings `emb`, product and context
+        biases `bias`, the element residuals `residual`; and of the content encoders' weights `content`."""
         emb = self.element_emb.weight.pow(2).sum() + self.hash_emb.weight.pow(2).sum()
-        bias = self.element_bias.weight.pow(2).sum() + self.product_bias.weight.pow(2).sum()
+        bias = self.product_bias.weight.pow(2).sum()
         for table in self.context_bias.values():
             bias = bias + table.weight.pow(2).sum()
-        return emb, bias
+        content = torch.zeros(())
+        if self.cfg.token_vocab > 0:
+            content = self.content_encoder.weight_norm() + self.content_head.pow(2).sum()
+        return {"emb": emb, "bias": bias, "residual": self.element_bias.weight.pow(2).sum(), "content": content}
 
 
 # --------------------------------------------------------------------------- encoding
@@ -268,6 +300,8 @@ class Batch:
     pair: torch.Tensor | None = None
     n_unknown_ads: int = 0
     n_unknown_elements: int = 0
+    content_index: torch.Tensor | None = None
+    content: tuple[torch.Tensor, ...] | None = None
 
     def inputs(self) -> dict[str, Any]:
         return {
@@ -277,6 +311,8 @@ class Batch:
             "product": self.product,
             "context": self.context,
             "pair": self.pair,
+            "content_index": self.content_index,
+            "content": self.content,
         }
 
 
@@ -286,12 +322,13 @@ def encode(
     hash_buckets: int,
     context_features: Sequence[str] | None = None,
     on_unknown: str = "error",
+    content: ContentTable | None = None,
 ) -> Batch:
     """Rows with ad_id, title_id, image_id, highlight_id (+ context columns) -> model inputs.
 
     on_unknown='error' raises UnknownIdError naming the first unknown id; 'fallback' scores
-    an unknown element by its content features only (slot + hashed id) and an unknown ad
-    with no product bias, i.e. as an average product.
+    an unknown element by its content features only (slot + hashed id, or with a `content` table
+    its content row) and an unknown ad with no product bias, i.e. as an average product.
     """
     if on_unknown not in ("error", "fallback"):
         raise ValueError(f"on_unknown must be 'error' or 'fallback', got {on_unknown!r}")
@@ -311,7 +348,15 @@ def encode(
     # an unseen pair (or one with an absent slot) gets no pair effect: the additive model's score
     first, second = (rows[SLOT_COLUMNS[s]].astype(str) for s in PAIR_SLOTS)
     pair = (ad_ids + _KEY_SEP + first + _KEY_SEP + second).map(vocab.pair_index).fillna(0).astype(np.int64)
+    content_index = None
+    if content is not None:  # the content rows replace the hashed id as what an element is
+        hashed = np.zeros_like(hashed)
+        content_index = torch.as_tensor(np.stack(
+            [content.lookup(ad_ids, s, rows[SLOT_COLUMNS[s]].fillna("")) * present[:, k]
+             for k, s in enumerate(SLOTS)], axis=1))
     return Batch(
+        content_index=content_index,
+        content=None if content is None else (content.tokens, content.image, content.is_image),
         element=torch.as_tensor(elements),
         pair=torch.as_tensor(pair.to_numpy()),
         hashed=torch.as_tensor(hashed),
@@ -370,6 +415,8 @@ class FitSettings:
     l2: float = 100.0  # prior precision on per-id embeddings, in units of one impression
     l2_bias: float = 1.0  # prior precision on per-id scalar effects (element, product, context)
     l2_pair: float | None = None  # prior precision on (title, image) pair effects, sd 1/sqrt(2 l2_pair); None: off
+    l2_residual: float | None = None  # prior precision on element residuals; None: l2_bias
+    l2_content: float | None = None  # prior precision on the content encoders' weights (content models)
     seed: int = 0
     log_every: int = 50
 
@@ -392,11 +439,15 @@ def fit(
     holdout: pd.DataFrame | None = None,
     log: logging.Logger | None = None,
     init: "AttributionScorer | None" = None,
+    content: ContentTable | None = None,
+    tokenizer=None,
 ) -> tuple["AttributionScorer", list[dict]]:
     """Train on aggregated (impressions, clicks) rows; return the scorer and the training curve.
 
     `init` (a warm start): training continues from a copy of its model with its vocabularies (every
-    ad and element of `train` must be in them: UnknownIdError otherwise); the optimizer starts afresh."""
+    ad and element of `train` must be in them: UnknownIdError otherwise); the optimizer starts afresh.
+    `content` (with the `tokenizer` that made its text rows): the content-aware model, whose element
+    representations come from the content encoders (model_cfg must set token_vocab and content_dim)."""
     log = log or logging.getLogger(__name__)
     context_features = list(context_features)
     train = aggregate(train, context_features)
@@ -410,11 +461,14 @@ def fit(
     vocab, model = _start_model(train, settings, model_cfg, context_features, clicks, init)
     cfg = model.cfg
     ctx = context_features if context_features else None
-    batch = encode(train, vocab, cfg.hash_buckets, ctx)
+    if (content is None) != (cfg.token_vocab == 0):
+        raise ValueError("fit: a content table goes with a content model (model_cfg token_vocab > 0), and only with one")
+    batch = encode(train, vocab, cfg.hash_buckets, ctx, content=content)
     hold = None
     if holdout is not None and len(holdout):
         hold_rows = aggregate(holdout, context_features)
-        hold = (encode(hold_rows, vocab, cfg.hash_buckets, ctx, on_unknown="fallback"), *_counts(hold_rows))
+        hold = (encode(hold_rows, vocab, cfg.hash_buckets, ctx, on_unknown="fallback", content=content),
+                *_counts(hold_rows))
     log.info(
         "training MIL attribution: %d rows, %d impressions, %d clicks, %d ads, %d elements",
         len(train), int(n_imp), int(clicks.sum()), len(vocab.ads), len(vocab.elements),
@@ -427,7 +481,7 @@ def fit(
             model.context_offset.fill_(float((offset * impressions).sum() / n_imp))
     meta = {"context_features": context_features, "train_rows": len(train), "train_impressions": int(n_imp),
             "train_clicks": int(clicks.sum()), "fit": dataclasses.asdict(settings)}
-    return AttributionScorer(model.eval(), vocab, meta), history
+    return AttributionScorer(model.eval(), vocab, meta, content, tokenizer), history
 
 
 def _start_model(train: pd.DataFrame, settings: FitSettings, model_cfg: dict[str, Any] | None,
@@ -479,8 +533,10 @@ def _train_full_batch(model: GatedAttentionMIL, batch: Batch, clicks: torch.Tens
     for step in range(1, settings.steps + 1):
         optimizer.zero_grad()
         nll = binomial_nll_logits(model(**batch.inputs())["logit"], clicks, impressions) / n_imp
-        emb_sq, bias_sq = model.penalties()
-        penalty = (settings.l2 * emb_sq + settings.l2_bias * bias_sq) / n_imp
+        sq = model.penalties()
+        l2_residual = settings.l2_bias if settings.l2_residual is None else settings.l2_residual
+        penalty = (settings.l2 * sq["emb"] + settings.l2_bias * sq["bias"] + l2_residual * sq["residual"]
+                   + (settings.l2_content or 0.0) * sq["content"]) / n_imp
         if settings.l2_pair is not None:
             penalty = penalty + settings.l2_pair * model.pair_bias.weight.pow(2).sum() / n_imp
         (nll + penalty).backward()
@@ -514,8 +570,26 @@ class ScoreResult:
 class AttributionScorer:
     """The trained model plus its vocabularies: the reward the combination generator calls."""
 
-    def __init__(self, model: GatedAttentionMIL, vocab: Vocab, meta: dict | None = None):
+    def __init__(self, model: GatedAttentionMIL, vocab: Vocab, meta: dict | None = None,
+                 content: ContentTable | None = None, tokenizer=None):
         self.model, self.vocab, self.meta = model, vocab, dict(meta or {})
+        self.content, self.tokenizer = content, tokenizer
+
+    def cold_slots(self, rows: pd.DataFrame) -> np.ndarray:
+        """[n, len(SLOTS)] bool: the row's element in that slot is present but has no clicks in training."""
+        ad_ids = rows["ad_id"].astype(str)
+        return np.stack([(rows[SLOT_COLUMNS[s]].notna() & ~(ad_ids + _KEY_SEP + s + _KEY_SEP + rows[SLOT_COLUMNS[s]]
+                                                            .astype(str)).isin(self.vocab.element_index)).to_numpy()
+                         for s in SLOTS], axis=1)
+
+    def with_elements(self, elements: pd.DataFrame) -> "AttributionScorer":
+        """This scorer with `elements` (element-table rows) added to its content table: an element it
+        never saw clicks for is then scored from its content alone (the rows it has keep theirs)."""
+        if self.content is None:
+            raise ValueError("with_elements: a content-free model has no content table")
+        table = ContentTable.build(elements, self.tokenizer, int(self.content.tokens.shape[1]),
+                                   self.content.embedding_dim)
+        return AttributionScorer(self.model, self.vocab, self.meta, self.content.merged(table), self.tokenizer)
 
     @property
     def context_features(self) -> list[str]:
@@ -524,7 +598,7 @@ class AttributionScorer:
     def score_frame(self, rows: pd.DataFrame, on_unknown: str = "error", use_context: bool = False) -> ScoreResult:
         """Score rows with ad_id and title_id/image_id/highlight_id columns (+ context if use_context)."""
         ctx = self.context_features if use_context else None
-        batch = encode(rows, self.vocab, self.model.cfg.hash_buckets, ctx, on_unknown=on_unknown)
+        batch = encode(rows, self.vocab, self.model.cfg.hash_buckets, ctx, on_unknown=on_unknown, content=self.content)
         with torch.no_grad():
             out = self.model(**batch.inputs())
         return ScoreResult(
@@ -569,16 +643,18 @@ class AttributionScorer:
     def element_rewards(self, max_combinations_per_ad: int = 4096, seed: int = 0) -> pd.DataFrame:
         """Per ad and element: its mean contribution to the logit over the ad's combination space.
 
-        The reward of element e of an ad is the mean of its contribution beta_e + a_e r_e over
-        all combinations of the ad's trained elements that contain e (the other slots uniform,
-        not as logged: the logging policy's preferences do not leak into it). Ads with more combinations than
+        The reward of element e of an ad is the mean of its contribution beta_e + a_e r_e (+ its content
+        reward) over all combinations of the ad's candidate elements that contain e (the other slots
+        uniform, not as logged: the logging policy's preferences do not leak into it). The candidates are
+        the elements trained on, and with a content table also those it holds content for: an element
+        with no clicks (`warm` False) is scored from its content alone. Ads with more combinations than
         `max_combinations_per_ad` use a seeded uniform sample of them.
         """
         rng = np.random.default_rng(seed)
+        ads = sorted(set(self.vocab.ads) | ({k[0] for k in self.content.keys} if self.content is not None else set()))
         frames = []
-        for ad_id in self.vocab.ads:
-            candidates = self.vocab.ad_elements(ad_id)
-            per_slot = [candidates[s] or [None] for s in SLOTS]
+        for ad_id in ads:
+            per_slot = [c or [None] for c in self._candidates(ad_id)]
             n_combos = math.prod(len(c) for c in per_slot)
             if n_combos <= max_combinations_per_ad:
                 combos = list(itertools.product(*per_slot))
@@ -586,39 +662,53 @@ class AttributionScorer:
                 combos = [tuple(c[rng.integers(len(c))] for c in per_slot) for _ in range(max_combinations_per_ad)]
             grid = pd.DataFrame(combos, columns=list(ELEMENT_COLUMNS))
             grid.insert(0, "ad_id", ad_id)
-            result = self.score_frame(grid)
-            for k, slot in enumerate(SLOTS):
-                col = SLOT_COLUMNS[slot]
-                part = pd.DataFrame({
-                    "element_id": grid[col],
-                    "reward": result.contribution[:, k],
-                    "attention": result.attention[:, k],
-                    "p_click": result.p_click,
-                }).dropna(subset=["element_id"])
-                stats = part.groupby("element_id", sort=True).agg(
-                    reward=("reward", "mean"),
-                    attention_mean=("attention", "mean"),
-                    attention_std=("attention", "std"),
-                    attention_min=("attention", "min"),
-                    attention_max=("attention", "max"),
-                    mean_p_click=("p_click", "mean"),
-                    combinations=("reward", "size"),
-                ).reset_index()
-                stats.insert(0, "slot", slot)
-                stats.insert(0, "ad_id", ad_id)
-                frames.append(stats)
+            frames += self._reward_stats(ad_id, grid, self.score_frame(grid, on_unknown="fallback"))
         table = pd.concat(frames, ignore_index=True)
         table["attention_std"] = table["attention_std"].fillna(0.0)
-        # the two parts of the contribution that do not depend on the bag: r_e and beta_e
-        elem_idx = torch.as_tensor([self.vocab.element_index[_element_key(a, s, e)] for a, s, e in
-                                    table[["ad_id", "slot", "element_id"]].itertuples(index=False)])
-        hashed = torch.as_tensor([content_hash(s, e, self.model.cfg.hash_buckets) for s, e in
-                                  table[["slot", "element_id"]].itertuples(index=False)])
+        keys = [_element_key(a, s, e) for a, s, e in table[["ad_id", "slot", "element_id"]].itertuples(index=False)]
+        table["warm"] = [k in self.vocab.element_index for k in keys]
+        return self._bag_free_parts(table, keys)
+
+    def _candidates(self, ad_id: str) -> list[list[str]]:
+        """The ad's candidate elements per slot: trained on, or with content."""
+        trained = self.vocab.ad_elements(ad_id)
+        with_content = self.content.ad_elements(ad_id) if self.content is not None else {}
+        return [sorted(set(trained[s]) | set(with_content.get(s, []))) for s in SLOTS]
+
+    @staticmethod
+    def _reward_stats(ad_id: str, grid: pd.DataFrame, result: "ScoreResult") -> list[pd.DataFrame]:
+        frames = []
+        for k, slot in enumerate(SLOTS):
+            part = pd.DataFrame({"element_id": grid[SLOT_COLUMNS[slot]], "reward": result.contribution[:, k],
+                                 "attention": result.attention[:, k], "p_click": result.p_click,
+                                 }).dropna(subset=["element_id"])
+            stats = part.groupby("element_id", sort=True).agg(
+                reward=("reward", "mean"), attention_mean=("attention", "mean"), attention_std=("attention", "std"),
+                attention_min=("attention", "min"), attention_max=("attention", "max"),
+                mean_p_click=("p_click", "mean"), combinations=("reward", "size"),
+            ).reset_index()
+            stats.insert(0, "slot", slot)
+            stats.insert(0, "ad_id", ad_id)
+            frames.append(stats)
+        return frames
+
+    def _bag_free_parts(self, table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+        """Add the parts of the contribution that do not depend on the bag: r_e, beta_e and (content models)
+        the content reward."""
+        elem_idx = torch.as_tensor([self.vocab.element_index.get(k, 0) for k in keys])
         slot_idx = torch.as_tensor([SLOTS.index(s) for s in table["slot"]])
+        model = self.model
         with torch.no_grad():
-            h = self.model.element_emb(elem_idx) + self.model.hash_emb(hashed) + self.model.slot_emb[slot_idx]
-            table["instance_reward"] = self.model.reward_head(h).squeeze(-1).double().numpy()
-            table["element_bias"] = self.model.element_bias(elem_idx).squeeze(-1).double().numpy()
+            h = model.element_emb(elem_idx) + model.slot_emb[slot_idx]
+            if self.content is None:
+                h = h + model.hash_emb(torch.as_tensor([content_hash(s, e, model.cfg.hash_buckets) for s, e in
+                                                        table[["slot", "element_id"]].itertuples(index=False)]))
+            else:
+                rows = torch.as_tensor([self.content.index.get(k, 0) for k in keys])
+                vec = model.content_encoder(self.content.tokens, self.content.image, self.content.is_image)[rows]
+                table["content_reward"] = (vec * model.content_head[slot_idx]).sum(-1).double().numpy()
+            table["instance_reward"] = model.reward_head(h).squeeze(-1).double().numpy()
+            table["element_bias"] = model.element_bias(elem_idx).squeeze(-1).double().numpy()
         return table
 
     # ----------------------------------------------------------------------- persistence
@@ -630,6 +720,9 @@ class AttributionScorer:
         config = {"model": dataclasses.asdict(self.model.cfg), "slots": list(SLOTS), **self.meta}
         (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (directory / "vocab.json").write_text(json.dumps(self.vocab.to_json(), sort_keys=True) + "\n")
+        if self.content is not None:  # the content table and the tokenizer of its text rows
+            self.content.save(directory)
+            self.tokenizer.save_pretrained(str(directory / TOKENIZER_SUBDIR))
 
     @classmethod
     def load(cls, directory: str | Path) -> "AttributionScorer":
@@ -647,7 +740,15 @@ class AttributionScorer:
         config.pop("slots")
         model.load_state_dict(load_file(directory / "model.safetensors"))
         vocab = Vocab.from_json(json.loads((directory / "vocab.json").read_text()))
-        return cls(model.eval(), vocab, config)
+        if model.cfg.token_vocab == 0:
+            return cls(model.eval(), vocab, config)
+        missing = [name for name in CONTENT_FILES if not (directory / name).is_file()]
+        if missing or not (directory / TOKENIZER_SUBDIR / "tokenizer.json").is_file():
+            raise MissingArtifact(f"content attribution model in {directory} lacks its content table or tokenizer "
+                                  f"({', '.join(missing) or TOKENIZER_SUBDIR})")
+        from relate_models.tokenizer import load_tokenizer
+
+        return cls(model.eval(), vocab, config, ContentTable.load(directory), load_tokenizer(directory / TOKENIZER_SUBDIR))
 
 
 # --------------------------------------------------------------------------- baselines and metrics

@@ -391,13 +391,19 @@ class MILReward:
     """
 
     def __init__(self, model: nn.Module, elements: torch.Tensor, hashed: torch.Tensor, product: torch.Tensor,
-                 pairs: torch.Tensor | None = None):
+                 pairs: torch.Tensor | None = None, content: tuple | None = None):
         self.model, self.elements, self.hashed, self.product = model, elements, hashed, product
         self.pairs = pairs
+        # content models: (content row [A, S, C], the content table's tensors, bonus [A, S, C] of cold elements)
+        self.content = content
 
     @classmethod
-    def from_scorer(cls, scorer, problem: ComboProblem) -> "MILReward":
-        """Bind an `attribution.AttributionScorer` to the problem's candidates (slots must be the scorer's)."""
+    def from_scorer(cls, scorer, problem: ComboProblem, cold_bonus: float = 0.0) -> "MILReward":
+        """Bind an `attribution.AttributionScorer` to the problem's candidates (slots must be the scorer's).
+
+        With a content model, a candidate with no clicks (not in the model's vocabulary) is scored by its
+        content alone, plus `cold_bonus` logits added to its contribution: an exploration bonus, so the
+        generator tries new elements whose content looks as good as the incumbents' (pipelines/combo_policy.py)."""
         from relate_models import attribution as attr
 
         if list(problem.slots) != list(attr.SLOTS):
@@ -420,7 +426,18 @@ class MILReward:
             for i, first in enumerate(per_slot[0]):
                 for j, second in enumerate(per_slot[1]):
                     pairs[a, i, j] = scorer.vocab.pair_index.get(attr._pair_key(ad_id, first, second), 0)
-        return cls(scorer.model, elements, hashed, product, pairs)
+        content = None
+        if scorer.content is not None:  # the content rows replace the hashed id, as in attribution.encode
+            from relate_models.content_encoder import content_key
+
+            hashed.zero_()
+            rows = torch.as_tensor([[[scorer.content.index.get(content_key(ad_id, slot, e), 0)
+                                      for e in list(elems) + [None] * (width - len(elems))]
+                                     for slot, elems in zip(problem.slots, per_slot)]
+                                    for ad_id, per_slot in zip(problem.ad_ids, problem.candidates)], dtype=torch.long)
+            bonus = cold_bonus * ((elements == 0) & (rows > 0)).float()
+            content = (rows, (scorer.content.tokens, scorer.content.image, scorer.content.is_image), bonus)
+        return cls(scorer.model, elements, hashed, product, pairs, content)
 
     @torch.no_grad()
     def __call__(self, ads: torch.Tensor, picks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -431,8 +448,15 @@ class MILReward:
         pair = None
         if self.pairs is not None:
             pair = self.pairs[ads, idx[:, 0, 0], idx[:, 1, 0]] * (present[:, 0] & present[:, 1])
-        out = self.model(element=element, hashed=hashed, present=present, product=self.product[ads], pair=pair)
-        return out["logit"], out["contribution"] * present
+        if self.content is None:
+            out = self.model(element=element, hashed=hashed, present=present, product=self.product[ads], pair=pair)
+            return out["logit"], out["contribution"] * present
+        rows, table, bonus = self.content
+        row = rows[ads].gather(2, idx).squeeze(-1) * present
+        out = self.model(element=element, hashed=hashed, present=present, product=self.product[ads], pair=pair,
+                         content_index=row, content=table)
+        extra = bonus[ads].gather(2, idx).squeeze(-1) * present
+        return out["logit"] + extra.sum(1), (out["contribution"] + extra) * present
 
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]

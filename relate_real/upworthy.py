@@ -204,9 +204,11 @@ def validate_curated(tables: dict[str, pd.DataFrame], max_quarantine_rate: float
     kept package count.
     """
     from pipelines import validate
+    from pipelines.ingest_elements import IngestElementsConfig
 
     gate = validate.Gate(load_config(validate.ValidateConfig, "validate", PROJECT_PARAMS, overrides={
-        "volume_drift_tolerance": 1.0, "volume_history_days": 0, "max_quarantine_rate": max_quarantine_rate}))
+        "volume_drift_tolerance": 1.0, "volume_history_days": 0, "max_quarantine_rate": max_quarantine_rate}),
+        load_config(IngestElementsConfig, "ingest_elements", PROJECT_PARAMS).embedding_dim)
     frames = {
         "combo_stats": tables["combo_stats"].copy(),
         "text_stats": tables["text_stats"].copy(),

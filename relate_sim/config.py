@@ -27,6 +27,8 @@ class SimulateConfig:
     titles_per_ad: int
     images_per_ad: int
     highlights_per_ad: int
+    content_share: float  # share of each feed element kind's utility variance its content explains (relate_sim/content.py)
+    image_embedding_noise: float  # sd of the noise on an image's projected attributes in its embedding
     text_max_chars: int
     exploration: float
     review_catch_rate: float
@@ -66,6 +68,9 @@ class SimulateConfig:
         require(2 <= self.texts_per_ad <= 200, f"{p}.texts_per_ad", f"must be in [2, 200], got {self.texts_per_ad}")
         for name in ("titles_per_ad", "images_per_ad", "highlights_per_ad"):
             require(2 <= getattr(self, name) <= 50, f"{p}.{name}", f"must be in [2, 50], got {getattr(self, name)}")
+        require(0.0 <= self.content_share <= 1.0, f"{p}.content_share", f"must be in [0, 1], got {self.content_share}")
+        require(self.image_embedding_noise >= 0, f"{p}.image_embedding_noise",
+                f"must be >= 0, got {self.image_embedding_noise}")
         require(30 <= self.text_max_chars <= 1000, f"{p}.text_max_chars", f"must be in [30, 1000], got {self.text_max_chars}")
         require(1 <= self.max_conversion_delay_days <= 30, f"{p}.max_conversion_delay_days",
                 f"must be in [1, 30], got {self.max_conversion_delay_days}")

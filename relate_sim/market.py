@@ -56,21 +56,13 @@ def _apply_walks(world, base, day: int) -> None:
         setattr(world, name, getattr(world, name) + walk[name])
 
 
-def _image_weights(base) -> np.ndarray:
-    """The attribute weights of image utility, recovered from the base world by least squares."""
-    D = base.image_attributes.shape[2]
-    x = (base.image_attributes - 0.5).reshape(-1, D)
-    return np.linalg.lstsq(x, base.image_utility.reshape(-1), rcond=None)[0]
-
-
 def _apply_lifecycle(world, base, day: int, gen: dict, launch: dict) -> None:
     """Put every slot's live generation in place, then wear feed titles and images by age."""
     cfg, drift = world.config, world.config.drift
-    weights = _image_weights(base)
     for kind in KINDS:
         for a, k in zip(*np.nonzero(gen[kind])):
             rng = _rng(cfg.seed, _STREAM_ELEMENT, KINDS.index(kind), int(a), int(k), int(gen[kind][a, k]))
-            draw_new_element(rng, world, kind, int(a), int(k), weights, banned_phrase_ids(base, day))
+            draw_new_element(rng, world, kind, int(a), int(k), banned_phrase_ids(base, day))
     for kind, utility in (("title", world.title_utility), ("image", world.image_utility)):
         utility -= wear(drift, day - launch[kind])
     world.policy_pair_image = pair_images(world.title_utility, world.image_utility)

@@ -25,7 +25,7 @@ import numpy as np
 from plumbing.config import build_config, load_params
 from plumbing.metrics import wilson
 from plumbing.errors import MissingArtifact
-from relate_sim import grammar
+from relate_sim import content, grammar
 from plumbing.dates import shift_ds
 from relate_sim.config import SimulateConfig
 from relate_sim.drift import day_index
@@ -242,6 +242,7 @@ class Oracle:
     def element_utilities(self) -> list[dict]:
         """One row per creative element: ad_id, element_type, element_id, utility (true logit effect),
         uniform_marginal_ctr (true CTR averaged over all combos holding it: the unconfounded marginal),
+        content_utility (the part of the utility its content explains: relate_sim/content.py),
         text (titles and highlights)."""
         w = self.world
         rows = []
@@ -256,8 +257,14 @@ class Oracle:
                 for k, u in enumerate(utilities.tolist()):
                     rows.append({"ad_id": w.ads[a]["id"], "element_type": kind, "element_id": id_fn(a, k),
                                  "utility": u, "uniform_marginal_ctr": float(marginal[k]),
+                                 "content_utility": content.element_content(w, kind, a, k),
                                  "text": names[k] if names is not None else None})
         return rows
+
+    def content_share(self) -> dict:
+        """Measured share of the live elements' utility variance their content explains: R^2 of the
+        utility on its content part, per kind and over all elements (relate_sim/content.py)."""
+        return content.content_share(self.element_utilities())
 
     # ---- simulated A/B tests -----------------------------------------------------------
     def sample_contexts(self, n: int, seed: int, placement: str = "search") -> list[dict]:

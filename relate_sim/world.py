@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from relate_sim import grammar
+from relate_sim import content, grammar
 from relate_sim.config import SimulateConfig
 
 IMAGE_ATTRIBUTES = ("brightness", "warmth", "has_person", "product_closeup", "text_overlay", "minimalism",
@@ -84,6 +84,11 @@ class World:
     image_latent: np.ndarray  # [A, I, L]
     image_attributes: np.ndarray  # [A, I, len(IMAGE_ATTRIBUTES)] in [0, 1]
     segment_image_preference: np.ndarray  # [S, len(IMAGE_ATTRIBUTES)]
+    # content (relate_sim/content.py): the part of each element's utility its content explains
+    title_content_weights: np.ndarray  # [hooks + title forms]
+    highlight_content_weights: np.ndarray  # [benefits]
+    image_attribute_weights: np.ndarray  # [len(IMAGE_ATTRIBUTES)]
+    content_norm: np.ndarray  # [3, 2] per kind (content.KINDS): base-world mean and sd of the raw content
     # logging policy
     ad_exploration: np.ndarray  # [A] epsilon per ad
     policy_text_score: np.ndarray  # [A, T]
@@ -357,18 +362,18 @@ def _build_creatives(rng: np.random.Generator, config: SimulateConfig, market: d
 
 
 def _draw_element_effects(rng: np.random.Generator, config: SimulateConfig, A: int, S: int) -> dict:
-    """True utilities, latent vectors and image attributes of the feed elements."""
+    """Idiosyncratic draws (standard normal, per kind), latent vectors and image attributes of the feed
+    elements; `content.attach` turns the draws into utilities."""
     Ti, I, H, L = config.titles_per_ad, config.images_per_ad, config.highlights_per_ad, LATENT_DIM
     D = len(IMAGE_ATTRIBUTES)
-    title_utility = rng.normal(0.0, 0.4, size=(A, Ti))
+    title_z = rng.normal(0.0, 1.0, size=(A, Ti))
     image_attributes = rng.beta(1.5, 1.5, size=(A, I, D))
     attribute_weights = rng.normal(0.0, 0.4, size=D)
-    image_utility = (image_attributes - 0.5) @ attribute_weights + rng.normal(0.0, 0.3, size=(A, I))
+    image_z = rng.normal(0.0, 1.0, size=(A, I))
     return {
-        "title_utility": title_utility,
+        "z": {"title": title_z, "image": image_z, "highlight": rng.normal(0.0, 1.0, size=(A, H))},
+        "attribute_weights": attribute_weights,
         "image_attributes": image_attributes,
-        "image_utility": image_utility,
-        "highlight_utility": rng.normal(0.0, 0.2, size=(A, H)),
         "highlight_conv": rng.normal(0.0, 0.15, size=(A, H)),
         "title_latent": rng.normal(0.0, 1.0, size=(A, Ti, L)) / np.sqrt(L),
         "image_latent": rng.normal(0.0, 1.0, size=(A, I, L)) / np.sqrt(L),
@@ -408,8 +413,7 @@ def pair_images(title_utility: np.ndarray, image_utility: np.ndarray) -> np.ndar
     return policy_pair_image
 
 
-def draw_new_element(rng: np.random.Generator, world: World, kind: str, a: int, k: int,
-                     image_weights: np.ndarray, banned: frozenset) -> None:
+def draw_new_element(rng: np.random.Generator, world: World, kind: str, a: int, k: int, banned: frozenset) -> None:
     """Launch a new element of `kind` in slot `k` of ad `a` (in place), drawn like the originals."""
     cfg = world.config
     product = world.products[world.ads[a]["product"]]
@@ -425,18 +429,21 @@ def draw_new_element(rng: np.random.Generator, world: World, kind: str, a: int, 
         plain_hooks = [p for p, slot, cat in grammar.LEXICON if slot == "hook" and cat == "plain"]
         hook = plain_hooks[rng.integers(len(plain_hooks))]
         world.titles[a][k] = f"{_cap(hook)} {product['noun']}" if rng.random() < 0.6 else f"{brand} {product['noun']}"
-        world.title_utility[a, k] = rng.normal(0.0, 0.4)
+        world.title_utility[a, k] = content.element_content(world, "title", a, k) + float(
+            content.idiosyncratic(cfg.content_share, "title", rng.normal()))
         world.title_latent[a, k] = rng.normal(0.0, 1.0, size=LATENT_DIM) / np.sqrt(LATENT_DIM)
         world.policy_title_score[a, k] = 0.5 * world.title_utility[a, k] + rng.normal(0.0, 0.3)
     elif kind == "image":
         world.image_attributes[a, k] = rng.beta(1.5, 1.5, size=len(IMAGE_ATTRIBUTES))
-        world.image_utility[a, k] = (world.image_attributes[a, k] - 0.5) @ image_weights + rng.normal(0.0, 0.3)
+        world.image_utility[a, k] = content.element_content(world, "image", a, k) + float(
+            content.idiosyncratic(cfg.content_share, "image", rng.normal()))
         world.image_latent[a, k] = rng.normal(0.0, 1.0, size=LATENT_DIM) / np.sqrt(LATENT_DIM)
         world.policy_image_score[a, k] = 0.5 * world.image_utility[a, k] + rng.normal(0.0, 0.3)
     else:
         benefits = [p for p, slot, _ in grammar.LEXICON if slot == "benefit"]
         world.highlights[a][k] = _cap(benefits[rng.integers(len(benefits))])
-        world.highlight_utility[a, k] = rng.normal(0.0, 0.2)
+        world.highlight_utility[a, k] = content.element_content(world, "highlight", a, k) + float(
+            content.idiosyncratic(cfg.content_share, "highlight", rng.normal()))
         world.highlight_conv[a, k] = rng.normal(0.0, 0.15)
         world.policy_highlight_score[a, k] = rng.normal(0.0, 0.3)
 
@@ -458,6 +465,9 @@ def build_world(config: SimulateConfig) -> World:
     market = _build_market(rng, config)
     creatives = _build_creatives(rng, config, market)
     elements = _draw_element_effects(rng, config, len(market["ads"]), S)
+    elements.update(content.attach(config.content_share, config.seed, creatives["titles"], creatives["highlights"],
+                                   elements["image_attributes"], elements.pop("attribute_weights"),
+                                   elements.pop("z")))
     policy = _draw_logging_policy(rng, config, elements["title_utility"], elements["image_utility"])
     users = _draw_users(rng, config, S)
     return World(config=config, segments=list(config.user_segments), verticals=list(config.verticals),

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from plumbing import atomic
 from plumbing.dates import day_bounds_ms, shift_ds
 from plumbing.logs import get_logger
-from relate_sim import grammar
+from relate_sim import content, grammar
 from relate_sim.champion import serve_champion
 from relate_sim.config import SimulateConfig
 from relate_sim.logging_policy import ServingPolicy, Traffic, build_policy, sample_rows, sample_traffic
@@ -277,15 +277,18 @@ def load_state(config: SimulateConfig, truth_root: Path, day: int, fingerprint: 
 
 
 def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path, days: list[int] | None = None,
-             serving=None) -> dict:
+             serving=None, elements_root: Path | None = None, embedding_dim: int | None = None) -> dict:
     """Write the partitions of `days` (default: all, in order) and their truth; return a summary.
 
     Each day is a pure function of (seed, day, the carry state of the days before it, `serving`):
     simulating every day in one call writes the same bytes as simulating them one by one in order.
     `serving`: the champion's serving tables (serving_tables.ServingTables) served on `days` mixed
     with the logging policy's exploration (relate_sim/champion.py); None = the logging policy. Days
-    before `days[0]` without state are simulated first, served by the logging policy."""
+    before `days[0]` without state are simulated first, served by the logging policy. With `embedding_dim`
+    (the element table's image embedding length), each day's element table goes to `elements_root`
+    (default: the `elements` folder beside `raw_root`); without it no element table is written."""
     t0 = time.monotonic()
+    elements_root = Path(raw_root).parent / "elements" if elements_root is None else Path(elements_root)
     days = list(range(config.days)) if days is None else days
     base = build_world(config)
     atomic.clean_stale_staging(raw_root)
@@ -308,8 +311,19 @@ def simulate(config: SimulateConfig, raw_root: Path, truth_root: Path, days: lis
                      config.users, base.n_ads * config.texts_per_ad, int(base.text_blocked.sum()),
                      time.monotonic() - t0)
         simulate_day(sim, state, raw_root, truth_root, day)
+        if embedding_dim is not None:
+            write_elements(sim.world, elements_root, shift_ds(config.start_date, day), embedding_dim)
         prev = day
     return summarize(config, truth_root, base, time.monotonic() - t0)
+
+
+def write_elements(world: World, elements_root: Path, ds: str, embedding_dim: int) -> None:
+    """The day's element table (docs/data_contract.md): one JSON line per live feed element, gzipped."""
+    lines = "".join(_json(row) + "\n" for row in content.element_rows(world, embedding_dim))
+    with atomic.directory(Path(elements_root) / f"dt={ds}") as out:
+        with open(out / "part-00000.jsonl.gz", "wb") as fh, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=world.config.gzip_level) as gz:
+            gz.write(lines.encode("utf-8"))
 
 
 def summarize(config: SimulateConfig, truth_root: Path, world: World, wall_s: float) -> dict:

@@ -287,7 +287,7 @@ def test_the_problem_keeps_only_live_elements_where_any_is_live():
     vocab = SimpleNamespace(ads=["a1"], elements=elements, ad_product={"a1": "p1"})
     vocab.ad_elements = lambda ad: {s: [e for a, slot, e in elements if a == ad and slot == s]
                                     for s in ("title", "image", "highlight")}
-    scorer = SimpleNamespace(vocab=vocab)
+    scorer = SimpleNamespace(vocab=vocab, content=None)
     live = {"a1": {"title": {"t2", "t9"}, "image": {"i7"}, "highlight": {"h1", "h2"}}}
     problem = build_problem(scorer, {"a1": "travel"}, live)
     # t1 retired; no trained image is live (keep them all rather than leave the slot empty)

@@ -155,7 +155,7 @@ def test_relate_daily_wiring(parsed):
     tasks = dag["tasks"]
     assert dag["schedule"] == "@daily" or "day" in dag["schedule"].lower()
     assert tasks["data.ingest"]["upstream"] == ["data.land_raw_logs"]
-    assert tasks["data.validate"]["upstream"] == ["data.ingest"]
+    assert tasks["data.validate"]["upstream"] == ["data.ingest", "data.ingest_elements"]
     assert {"data.validate"} <= set(tasks["reward_models.train_ctcvr"]["upstream"])
     assert tasks["release.publish"]["skip_on_exit_code"] == [99]
     assert "relate_published_model" in tasks["release.publish"]["outlets"]
@@ -330,6 +330,7 @@ def daily_run(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("dagtest") / "project")
     stage(project, "pipelines.simulate")
     stage(project, "pipelines.ingest", "--all")
+    stage(project, "pipelines.ingest_elements", "--all")  # the element table's history, as a deployment has it
     states, log = dag_test(project, RUN_DS, project / ".airflow")
     return project, states, log
 

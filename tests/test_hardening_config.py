@@ -70,6 +70,7 @@ def test_sizes_that_overflow_are_refused_with_their_bound():
 
 CONFIGS = {  # every params section and the dataclass that reads it
     "simulate": "relate_sim.config:SimulateConfig", "ingest": "pipelines.ingest:IngestConfig",
+    "ingest_elements": "pipelines.ingest_elements:IngestElementsConfig",
     "validate": "pipelines.validate:ValidateConfig", "policy": "relate_models.policy:PolicyConfig",
     "sft": "pipelines.sft:SFTConfig", "grpo": "relate_models.grpo_trainer:GRPOStageConfig",
     "train_ctcvr": "pipelines.train_ctcvr:TrainCTCVRConfig",

@@ -19,7 +19,7 @@ from plumbing.config import load_config
 from relate_models import attribution as attr
 from relate_models import ctcvr
 from tests.conftest import TINY_PARAMS
-from tests.test_attribution import synthetic_combo_stats, synthetic_world, write_partitions
+from tests.test_attribution import synthetic_combo_stats, synthetic_content_tree, synthetic_world, write_partitions
 from tests.test_ctcvr import synthetic_impressions, write_curated
 from tests.test_ctcvr import tiny_params as ctcvr_params
 
@@ -206,13 +206,15 @@ def attribution_project(tmp_path_factory) -> Path:
     """Five days of combo_stats and a champion trained in full on 01-01..01-02 (held out: 01-03)."""
     root = tmp_path_factory.mktemp("attribution-warm")
     (root / "params.yaml").write_text(TINY_PARAMS.read_text())
-    write_partitions(root, "combo_stats", synthetic_combo_stats(synthetic_world(n_ads=8), ATTR_DAYS, 3_000))
+    world = synthetic_world(n_ads=8)
+    write_partitions(root, "combo_stats", synthetic_combo_stats(world, ATTR_DAYS, 3_000))
+    synthetic_content_tree(root, world, ATTR_DAYS)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("RELATE_PARAMS", str(root / "params.yaml"))
         assert train_attribution.main(["--ds", "2026-01-04"]) == 0
         publish({"attribution": "models/attribution"})
-    for generated in ("models", "metrics", "plots"):
+    for generated in ("models/attribution", "metrics", "plots"):  # the shared tokenizer stays
         shutil.rmtree(root / generated)
     set_params(root / "params.yaml", training={"mode": "warm"})
     return root
