@@ -140,8 +140,8 @@ def fit_mil(train: pd.DataFrame, slots: list[str], values: list[list[str]], pseu
     for _ in range(steps):
         opt.zero_grad()
         nll = binomial_nll_logits(model(**inputs)["logit"], clicks, impressions) / n_imp
-        emb_sq, bias_sq = model.penalties()
-        (nll + (100.0 * emb_sq + 1.0 * bias_sq) / n_imp).backward()
+        sq = model.penalties()  # no content: an element's residual is its whole effect, under the bias prior
+        (nll + (100.0 * sq["emb"] + 1.0 * (sq["bias"] + sq["residual"])) / n_imp).backward()
         opt.step()
     return model.eval(), index
 

@@ -240,6 +240,7 @@ def airflow(tmp_path_factory):
     project = make_project(work / "project")
     stage(project, "pipelines.simulate", "--ds", shift_ds(DAYS[0], -1))  # and the days before it
     stage(project, "pipelines.ingest", "--all")
+    stage(project, "pipelines.ingest_elements", "--all")  # the element table's history, as a deployment has it
     af = Airflow(project, work / "airflow")
     af.home.mkdir()
     (af.home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": PASSWORD}))
