@@ -116,7 +116,7 @@ def test_corrupted_day_stops_at_the_validation_gate(project):
 def test_model_trained_on_corrupted_labels_is_refused_by_the_publish_gate(project):
     set_params(project, "publish", artifacts=["attribution"], min_true_ctcvr_uplift_vs_sft=None,
                min_true_ctcvr_uplift_vs_logged=None, min_compliance_rate=None, min_combo_ratio_to_oracle=None,
-               min_ctcvr_auc_ratio=None)
+               min_ctcvr_auc_ratio=None, min_attribution_auc_ratio=0.7)  # between the clean and the scrambled model
     set_params(project, "train_attribution", content=False)  # no train_ctcvr here: no shared tokenizer
     run_ds = "2026-01-07"
 
