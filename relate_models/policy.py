@@ -354,14 +354,19 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+def _device_batch(model, examples, pad_id: int) -> tuple[dict[str, torch.Tensor], int]:
+    """(the collated examples on the model's device, the number of target tokens the loss averages over)."""
+    batch = {k: v.to(model.device) for k, v in collate(examples, pad_id).items()}
+    return batch, int((batch["labels"][:, 1:] != -100).sum())
+
+
 @torch.no_grad()
 def mean_loss(model, examples, pad_id: int, batch_size: int) -> float:
     """Token-weighted mean cross-entropy over examples."""
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(examples), batch_size):
-        batch = {k: v.to(model.device) for k, v in collate(examples[s : s + batch_size], pad_id).items()}
-        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+        batch, n_tokens = _device_batch(model, examples[s : s + batch_size], pad_id)
         total += float(model(**batch).loss) * n_tokens
         count += n_tokens
     return total / max(count, 1)
@@ -399,13 +404,11 @@ def _batch_loss(model, examples, pad_id: int, world: int) -> tuple[torch.Tensor 
     One process: the model's own mean. N processes: this rank's token sum over the tokens of every
     rank, so the summed gradients are the whole batch's, as one process computes them."""
     if world == 1:
-        batch = {k: v.to(model.device) for k, v in collate(examples, pad_id).items()}
-        loss = model(**batch).loss
+        loss = model(**_device_batch(model, examples, pad_id)[0]).loss
         return loss, loss.item()
     tokens, summed = torch.zeros(2, dtype=torch.float64), None
     if examples:
-        batch = {k: v.to(model.device) for k, v in collate(examples, pad_id).items()}
-        tokens[0] = int((batch["labels"][:, 1:] != -100).sum())
+        batch, tokens[0] = _device_batch(model, examples, pad_id)
         summed = model(**batch).loss * tokens[0].item()
         tokens[1] = summed.item()
     torch.distributed.all_reduce(tokens)
