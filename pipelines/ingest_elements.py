@@ -8,7 +8,7 @@ Reads `data/raw/elements/dt=D/part-*.jsonl[.gz]` (one JSON object per feed eleme
 `data/content/elements/dt=D/part-00000.parquet` (the kept rows: element_id, ad_id, kind, text,
 embedding), `data/content/quarantine/dt=D/` (raw_line, reason: the first rule a line breaks) and
 `data/content/quality/dt=D/` (rows_in, rows_kept, rows_quarantined, one q_<reason> column per reason);
-and `metrics/ingest_elements.json`. rows_in = rows_kept + rows_quarantined is checked before anything
+and `metrics/ingest_elements.json` (every landed day's counts and their totals). rows_in = rows_kept + rows_quarantined is checked before anything
 is written. The table is small (one row per live element), so this is plain Python, not Spark. A day
 with no delivered element table, or bad params, exits 2 naming it.
 """
@@ -157,15 +157,24 @@ def days_to_land(ctx: StageContext) -> list[str]:
 
 def run(ctx: StageContext) -> None:
     cfg = ctx.config(IngestElementsConfig)
-    per_day = {}
     for ds in days_to_land(ctx):
         kept, quarantined, quality = land(read_lines(ds), cfg.embedding_dim)
         write_day(ds, kept, quarantined, quality, cfg.embedding_dim)
-        per_day[ds] = quality
         log.info("%s: %d element rows in, %d kept, %d quarantined", ds, quality["rows_in"], quality["rows_kept"],
                  quality["rows_quarantined"])
+    atomic.write_json(METRICS_FILE, quality_metrics())
+
+
+def quality_metrics() -> dict:
+    """Per day and in total, the quality counts of every landed partition (not only this run's days:
+    a daily --ds run must not shrink the metrics to one day)."""
+    table = paths.content_table("quality")
+    per_day = {}
+    for ds in paths.partitions(table):
+        row = pq.read_table(paths.partition(table, ds)).to_pylist()[0]
+        per_day[ds] = {c: int(row.get(c) or 0) for c in QUALITY_COLUMNS}
     totals = {c: sum(q[c] for q in per_day.values()) for c in QUALITY_COLUMNS}
-    atomic.write_json(METRICS_FILE, {"days": per_day, "totals": totals})
+    return {"days": per_day, "totals": totals}
 
 
 def add_arguments(parser) -> None:

@@ -64,6 +64,9 @@ def test_stage_lands_the_simulated_tables_and_the_suites_pass(landed):
     frames = validate.element_frames("2026-01-02")
     for name in ("elements", "element_quality"):
         assert gate.run_suite(name, frames[name], {"embedding_dim": dim}).success, name
+    # the daily run of one day keeps every landed day in the metrics, with the same totals
+    assert ie.main(["--params", str(landed), "--ds", "2026-01-02"]) == 0
+    assert json.loads((paths.METRICS / "ingest_elements.json").read_text()) == metrics
 
 
 def test_a_wrong_embedding_length_fails_the_elements_suite(landed):
