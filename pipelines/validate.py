@@ -135,7 +135,7 @@ def derive_quality_columns(quality: pd.DataFrame, events_rows: int,
 
 def element_frames(ds: str) -> dict[str, pd.DataFrame]:
     """The day's landed element table and its quality row, with the derived columns their suites check
-    ({} when ingest_elements has not landed the day: the element suites are then skipped)."""
+    ({} when ingest_elements has not landed the day: see unrun_outcome)."""
     part = paths.partition(paths.content_table("elements"), ds)
     quality_part = paths.partition(paths.content_table("quality"), ds)
     if not (part.is_dir() and quality_part.is_dir()):
@@ -268,9 +268,10 @@ class Gate:
             self._forget_results()
             self._point_docs_at(staging / "data_docs")
             for name in self.definitions:
-                skipped = skip_reason(name, band, frames)
-                if skipped:
-                    report["suites"][name] = {"success": True, "skipped": skipped}
+                not_run = unrun_outcome(name, band, frames, ds)
+                if not_run:
+                    report["suites"][name] = not_run
+                    report["success"] &= not_run["success"]
                     continue
                 result = self.run_suite(name, frames[self.suite_tables[name]], parameters, run_id)
                 result_dict = result.to_json_dict()
@@ -293,12 +294,18 @@ class Gate:
         return report
 
 
-def skip_reason(suite: str, band: VolumeBand | None, frames: dict) -> str | None:
-    """Why a suite is not run on a day (None: it is)."""
+def unrun_outcome(suite: str, band: VolumeBand | None, frames: dict, ds: str) -> dict | None:
+    """The report entry of a suite not run on a day (None: it is run): skipped, or failed when an element
+    table was delivered for the day but not landed (a content model would train without its content)."""
     if suite == "volume" and band is None:
-        return "no earlier labeled_impressions partitions"
+        return {"success": True, "skipped": "no earlier labeled_impressions partitions"}
     if suite in ("elements", "element_quality") and suite not in frames:
-        return "no element table landed for the day (pipelines.ingest_elements)"
+        if not paths.partition(paths.RAW_ELEMENTS, ds).is_dir():
+            return {"success": True, "skipped": "no element table delivered for the day"}
+        missing = {"suite": suite, "expectation": "element_table_landed", "columns": [], "expected": {},
+                   "observed": f"delivered under {paths.partition(paths.RAW_ELEMENTS, ds)} but not landed: "
+                               f"run python -m pipelines.ingest_elements --ds {ds}", "examples": []}
+        return {"success": False, "evaluated": 0, "failed": 1, "failed_expectations": [missing]}
     return None
 
 

@@ -399,3 +399,16 @@ def test_volume_band_uses_trailing_history(world):
     assert band.history == {DAYS[1]: IMPRESSIONS_PER_DAY + 37}
     assert band.low == int(np.ceil((IMPRESSIONS_PER_DAY + 37) * 0.5))
     assert validate.volume_band(DAYS[0], 10, cfg) is None
+
+
+def test_an_element_table_delivered_but_not_landed_fails_the_day(world, validate_log):
+    delivered = Path("data/raw/elements") / f"dt={DAYS[1]}"
+    delivered.mkdir(parents=True)
+    (delivered / "part-00000.jsonl").write_text("{}\n")
+    assert validate.main(["--all"]) == 1
+    day = _metrics()["days"][DAYS[1]]
+    assert day["success"] is False
+    for suite in ex.ELEMENT_SUITES:
+        assert day["suites"][suite]["failed_expectation_types"] == ["element_table_landed"]
+    assert any(f"pipelines.ingest_elements --ds {DAYS[1]}" in line for line in validate_log)
+    assert all(_metrics()["days"][ds]["success"] for ds in (DAYS[0], DAYS[2]))  # not delivered: skipped
