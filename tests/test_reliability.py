@@ -1,6 +1,6 @@
 """Reliability: killed writers, a corrupted day, corrupted labels, overlapping backfills.
 
-One tiny upstream per module (simulate + ingest --all); each test works on its own copy.
+One tiny upstream per module (simulate + ingest --all + ingest_elements --all); each test works on its own copy.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def upstream(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("reliability") / "upstream")
     stage(project, "pipelines.simulate")
     stage(project, "pipelines.ingest", "--all")
+    stage(project, "pipelines.ingest_elements", "--all")  # validate fails a delivered element table not landed
     return project
 
 
