@@ -86,6 +86,8 @@ def summary(m: dict) -> str:
         difference = f"{r['log_loss_minus_test_mean']:+.2e} ({r['log_loss_minus_test_mean_se']:.1e})"
         lines.append(f"  {name:<12} {r['log_loss']:>10.6f} {difference:>22} {r['rank_accuracy']:>9.4f} "
                      f"{r['rank_accuracy_significant_pairs']:>16.4f} {r['rank_accuracy_cold_title_pairs']:>36.4f}")
+    for label, r in a.get("mil_content_minus_mil", {}).items():
+        lines.append(f"  mil_content - mil, {label}: {r['difference']:+.4f} (SE {r['se']:.4f}, tests as clusters)")
     lines += [
         f"text: {t['test_headlines']} held-out headlines in {t['test_tests']} tests, {t['pairs']} pairs "
         f"({t['significant_pairs']} significant)",

@@ -330,30 +330,52 @@ def log_loss_difference(p: np.ndarray, reference: np.ndarray, clicks: np.ndarray
                         groups: np.ndarray) -> tuple[float, float]:
     """Log loss per impression of p minus that of `reference`, and its standard error with the
     groups (tests) as independent clusters: arms of one test share their test's level."""
-    per_group = pd.Series(binomial_nll(p, clicks, impressions) - binomial_nll(reference, clicks, impressions)) \
-        .groupby(groups).sum().to_numpy()
-    n, total = len(per_group), impressions.sum()
-    se = math.sqrt(n / (n - 1) * ((per_group - per_group.mean()) ** 2).sum()) / total if n > 1 else float("nan")
-    return float(per_group.sum() / total), se
+    return clustered_mean(binomial_nll(p, clicks, impressions) - binomial_nll(reference, clicks, impressions),
+                          groups, impressions.sum())
+
+
+def clustered_mean(values: np.ndarray, clusters: np.ndarray, total: float) -> tuple[float, float]:
+    """sum(values) / total and its standard error with the clusters as independent units."""
+    per_cluster = pd.Series(values).groupby(clusters).sum().to_numpy()
+    n = len(per_cluster)
+    se = math.sqrt(n / (n - 1) * ((per_cluster - per_cluster.mean()) ** 2).sum()) / total if n > 1 else float("nan")
+    return float(per_cluster.sum() / total), se
+
+
+def pair_hits(groups: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
+              mask_pair=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair inside a group, with different observed values (and kept by `mask_pair(i, j)`): 1 when
+    ordered like the observation, 1/2 for a predicted tie, else 0; and the pair's group."""
+    order = np.argsort(groups, kind="stable")
+    g, o, p = groups[order], observed[order], predicted[order]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+    hits, of = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for i in range(a, b):
+            for j in range(i + 1, b):
+                if o[i] == o[j] or (mask_pair is not None and not mask_pair(order[i], order[j])):
+                    continue
+                d = (p[i] - p[j]) * (o[i] - o[j])
+                hits.append(1.0 if d > 0 else 0.5 if d == 0 else 0.0)
+                of.append(g[i])
+    return np.asarray(hits, dtype=np.float64), np.asarray(of, dtype=groups.dtype)
 
 
 def pairwise_accuracy(groups: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
                       mask_pair=None) -> tuple[float, int]:
     """Share of pairs inside a group, with different observed values, ordered like the observation
     (a predicted tie counts 1/2). `mask_pair(i, j)` filters pairs. Returns (accuracy, pairs)."""
-    order = np.argsort(groups, kind="stable")
-    g, o, p = groups[order], observed[order], predicted[order]
-    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
-    hits, n = 0.0, 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        for i in range(a, b):
-            for j in range(i + 1, b):
-                if o[i] == o[j] or (mask_pair is not None and not mask_pair(order[i], order[j])):
-                    continue
-                n += 1
-                d = (p[i] - p[j]) * (o[i] - o[j])
-                hits += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
-    return (hits / n if n else float("nan")), n
+    hits, _ = pair_hits(groups, observed, predicted, mask_pair)
+    return (float(hits.mean()) if len(hits) else float("nan")), len(hits)
+
+
+def paired_accuracy_difference(groups: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
+                               reference: np.ndarray, clusters, mask_pair=None) -> tuple[float, float]:
+    """Rank accuracy of `predicted` minus that of `reference` on the same pairs, and its standard error
+    with `clusters(group)` (the test of a pair) as independent units."""
+    hits, of = pair_hits(groups, observed, predicted, mask_pair)
+    reference_hits, _ = pair_hits(groups, observed, reference, mask_pair)
+    return clustered_mean(hits - reference_hits, np.asarray([clusters(g) for g in of]), len(hits))
 
 
 def significant_pair(clicks: np.ndarray, impressions: np.ndarray, z: float = 1.96):
@@ -580,6 +602,13 @@ def score_models(combos: pd.DataFrame, loo_pred: dict[str, np.ndarray], pairs: n
             "rank_accuracy_cold_title_pairs": acc_cold,
         }
     out["pairs"], out["significant_pairs"], out["cold_title_pairs"] = n_pairs, n_sig, n_cold
+    if "mil_content" in pair_pred:  # the content's own effect: the two MILs on the same pairs
+        out["mil_content_minus_mil"] = {}
+        for label, mask in (("rank_accuracy", None), ("rank_accuracy_significant_pairs", significant),
+                            ("rank_accuracy_cold_title_pairs", cold_pair)):
+            difference, se = paired_accuracy_difference(groups, observed, pair_pred["mil_content"][in_pair],
+                                                        pair_pred["mil"][in_pair], lambda g: g.split("\x1f")[0], mask)
+            out["mil_content_minus_mil"][label] = {"difference": difference, "se": se}  # tests as clusters
     return out
 
 

@@ -293,6 +293,10 @@ def test_the_content_aware_mil_ranks_headlines_it_never_saw_from_their_text():
     assert out["cold_title_pairs"] == out["pairs"] == 60
     assert models["mil_content"]["rank_accuracy_cold_title_pairs"] > 0.9
     assert models["mil"]["rank_accuracy"] < 0.75 and models["test_mean"]["rank_accuracy"] == 0.5
+    paired = out["mil_content_minus_mil"]["rank_accuracy_cold_title_pairs"]
+    assert paired["difference"] == pytest.approx(models["mil_content"]["rank_accuracy_cold_title_pairs"]
+                                                 - models["mil"]["rank_accuracy_cold_title_pairs"])
+    assert paired["difference"] > 3 * paired["se"] > 0
 
 
 def test_log_loss_difference_standard_error_treats_tests_as_clusters():
