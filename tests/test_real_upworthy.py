@@ -328,9 +328,11 @@ def test_check_figures_on_a_sample_of_the_real_file(tmp_path):
     m = json.loads(out.read_text())
     assert m["adapter"]["rows_in"] == m["adapter"]["rows_kept"] + m["adapter"]["rows_quarantined"]
     assert m["adapter"]["validation_success"]
+    elements = m["adapter"]["element_table"]
+    assert elements["rows_in"] == elements["rows_kept"] + elements["rows_quarantined"] > 0
     a = m["attribution"]
-    assert a["tests"] > 50 and a["pairs"] > 0
-    for model in ("test_mean", "additive", "mil"):
+    assert a["tests"] > 50 and a["pairs"] > 0 and 0 < a["cold_title_pairs"] <= a["pairs"]
+    for model in ("test_mean", "additive", "mil", "mil_content"):
         r = a["models"][model]
         assert 0.0 < r["log_loss"] < 0.5  # per impression, CTRs of a few percent
         assert 0.0 <= r["rank_accuracy"] <= 1.0
