@@ -17,7 +17,9 @@ every valid combination, so the file is the whole (constrained) space.
    it ranks among the 200 real combinations by real CTR (1 = best), beside the reward
    model's exhaustive argmax and the expected rank of a random pick.
 
-    python -m evals.alimama_check [--data-dir ../shared/data/alimama_aes] [--seed 0]
+    python -m evals.alimama_check [--data-dir ../shared/data/alimama_aes] [--seed 0] [--out metrics/real_alimama.json]
+
+Prints the report as JSON and writes it to `--out`.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from plumbing import atomic
 from plumbing.cli import StageContext, run_stage
 from plumbing.errors import ConfigError, DataError, MissingArtifact
 from plumbing.logs import get_logger
@@ -43,6 +46,7 @@ from plumbing.metrics import binomial_nll_logits
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "alimama_aes"
 FILES = ("ctr_online.txt", "tree_struct2.txt", "tree_constraint.txt")
+METRICS_FILE = Path("metrics") / "real_alimama.json"
 log = get_logger("alimama_check")
 
 
@@ -310,12 +314,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-fraction", type=float, default=0.7)
     parser.add_argument("--pseudo-count", type=float, default=5000.0)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--out", default=str(METRICS_FILE), help="metrics JSON to write")
 
 
 def run_check(ctx: StageContext) -> None:
-    """Run the check with the command line's settings and print the result as JSON."""
+    """Run the check with the command line's settings; print the result as JSON and write it to --out."""
     args = ctx.args
-    print(json.dumps(run(args.data_dir, args.seed, args.train_fraction, args.pseudo_count, args.steps), indent=2))
+    result = run(args.data_dir, args.seed, args.train_fraction, args.pseudo_count, args.steps)
+    atomic.write_json(args.out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

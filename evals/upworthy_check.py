@@ -6,8 +6,9 @@ Lands the archive's CSV under `upworthy.workdir`, ingests it with the Spark repo
 (pipelines.ingest_reports) into curated combo_stats/text_stats partitions (validated by the
 validate stage's GX suites), then
 1. attribution: leave-one-out-within-test prediction of each combination's CTR with the MIL model
-   (relate_models.attribution, as train_attribution fits it), an additive logistic model
-   and the per-test mean: log loss per impression and pairwise rank accuracy;
+   (relate_models.attribution, as train_attribution fits it), the content-aware MIL on the
+   element table the adapter lands from the headlines, an additive logistic model and the
+   per-test mean: log loss per impression and pairwise rank accuracy;
 2. text CTR: which headline of a test wins, from the headline alone (tests split by id),
    with the CTCVR model's CTR tower and a bag-of-words logistic regression.
 Tests in the broken-randomization weeks are excluded (or kept and flagged). Prints the
@@ -46,7 +47,7 @@ def check(cfg: uw.UpworthyConfig, csv: Path) -> dict:
     stats = stats.sort_values(["ad_id", "text_id"]).reset_index(drop=True)
     adapter_seconds = time.monotonic() - started
     with uw.model_threads(cfg.threads):
-        attribution = uw.attribution_check(combos, cfg)
+        attribution = uw.attribution_check(combos, cfg, tables["elements"])
         attribution_seconds = time.monotonic() - started - adapter_seconds
         text = uw.text_check(stats, cfg)
     return {
@@ -54,6 +55,7 @@ def check(cfg: uw.UpworthyConfig, csv: Path) -> dict:
         "adapter": {**counts, "combinations": len(tables["combo_stats"]),
                     "headlines": len(tables["text_stats"]),
                     "partitions": int(tables["combo_stats"]["dt"].nunique()),
+                    "element_table": uw.element_counts(tables),
                     "validation_success": report["success"]},
         "broken_randomization": {"weeks": list(cfg.broken_weeks), "tests": excluded_tests,
                                  "excluded": cfg.exclude_broken},
@@ -70,16 +72,22 @@ def summary(m: dict) -> str:
         f"Upworthy: {m['adapter']['rows_in']} rows in, {m['adapter']['rows_kept']} kept, "
         f"{m['adapter']['rows_quarantined']} quarantined; {m['adapter']['combinations']} combinations in "
         f"{m['adapter']['partitions']} weekly partitions (GX suites passed: {m['adapter']['validation_success']})",
+        f"element table (headlines): {m['adapter']['element_table']['rows_in']} rows in, "
+        f"{m['adapter']['element_table']['rows_kept']} kept, {m['adapter']['element_table']['rows_quarantined']} "
+        f"quarantined",
         f"broken-randomization weeks {m['broken_randomization']['weeks']}: {m['broken_randomization']['tests']} tests "
         f"{'excluded' if m['broken_randomization']['excluded'] else 'kept (flagged)'}",
         f"attribution ({a['protocol']}): {a['tests']} tests, {a['combinations']} combinations, {a['pairs']} pairs "
         f"({a['significant_pairs']} significant at 5%)",
-        f"  {'model':<12} {'log loss':>10} {'- test_mean (SE)':>22} {'rank acc':>9} {'rank acc (sig.)':>16}",
+        f"  {'model':<12} {'log loss':>10} {'- test_mean (SE)':>22} {'rank acc':>9} {'rank acc (sig.)':>16} "
+        f"{'rank acc (cold headline, ' + str(a['cold_title_pairs']) + ' pairs)':>36}",
     ]
     for name, r in a["models"].items():
         difference = f"{r['log_loss_minus_test_mean']:+.2e} ({r['log_loss_minus_test_mean_se']:.1e})"
         lines.append(f"  {name:<12} {r['log_loss']:>10.6f} {difference:>22} {r['rank_accuracy']:>9.4f} "
-                     f"{r['rank_accuracy_significant_pairs']:>16.4f}")
+                     f"{r['rank_accuracy_significant_pairs']:>16.4f} {r['rank_accuracy_cold_title_pairs']:>36.4f}")
+    for label, r in a.get("mil_content_minus_mil", {}).items():
+        lines.append(f"  mil_content - mil, {label}: {r['difference']:+.4f} (SE {r['se']:.4f}, tests as clusters)")
     lines += [
         f"text: {t['test_headlines']} held-out headlines in {t['test_tests']} tests, {t['pairs']} pairs "
         f"({t['significant_pairs']} significant)",

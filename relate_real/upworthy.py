@@ -16,8 +16,10 @@ show the same three elements are summed, which leaves the binomial likelihood un
 `text_stats` (one row per headline of a test), `quarantine` and `ingest_quality`
 partitions, relative to the working directory like every stage. Rows the archive's
 columns cannot support are quarantined with a reason and counted:
-rows_in = rows_kept + rows_quarantined. The tables are then checked by the validate
-stage's GX suites.
+rows_in = rows_kept + rows_quarantined. The element table (docs/data_contract.md) is filled
+from the headlines (`land_elements`: one title row per headline of a test, with its text,
+landed by pipelines.ingest_elements' rules under data/content/; images have an id but no
+pixels, so no content rows). The tables are then checked by the validate stage's GX suites.
 
     python -m relate_real.upworthy --csv PATH --workdir runs/upworthy   # land, ingest, validate
 
@@ -73,6 +75,9 @@ class UpworthyConfig:
     mil_l2: float
     mil_l2_bias: float
     mil_embed_dim: int
+    mil_content_max_tokens: int  # mil_content: tokens of a headline its text encoder reads
+    mil_l2_residual: float  # mil_content: prior precision of an element's residual beyond its content
+    mil_l2_content: float  # mil_content: prior precision of the content encoder's weights
     additive_l2: float  # prior precision of headline/image/highlight effects, in impressions
     additive_test_l2: float  # of the test effects (nearly free: every test has thousands of impressions)
     text_test_fraction: float  # share of tests (by id) held out for the text check
@@ -94,11 +99,11 @@ class UpworthyConfig:
         require(len(self.broken_weeks) == 2 and self.broken_weeks[0] <= self.broken_weeks[1], f"{p}.broken_weeks",
                 f"must be [first, last] test_week, got {self.broken_weeks}")
         require(self.max_tests >= 0, f"{p}.max_tests", "must be >= 0")
-        for name in ("mil_steps", "mil_embed_dim", "text_epochs", "text_batch_size", "tokenizer_vocab"):
+        for name in ("mil_steps", "mil_embed_dim", "mil_content_max_tokens", "text_epochs", "text_batch_size", "tokenizer_vocab"):
             require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("mil_learning_rate", "additive_l2", "additive_test_l2", "text_learning_rate"):
             require(getattr(self, name) > 0, f"{p}.{name}", f"must be > 0, got {getattr(self, name)}")
-        for name in ("mil_l2", "mil_l2_bias", "text_weight_decay"):
+        for name in ("mil_l2", "mil_l2_bias", "mil_l2_residual", "mil_l2_content", "text_weight_decay"):
             require(getattr(self, name) >= 0, f"{p}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(0 < self.text_test_fraction < 0.5, f"{p}.text_test_fraction", "must be in (0, 0.5)")
         require(0 < self.text_val_fraction < 0.5, f"{p}.text_val_fraction", "must be in (0, 0.5)")
@@ -196,34 +201,96 @@ def read_curated() -> dict[str, pd.DataFrame]:
 
 
 def validate_curated(tables: dict[str, pd.DataFrame], max_quarantine_rate: float = 0.05) -> dict:
-    """Run the validate stage's GX suites (combo_stats, text_stats, ingest_quality) on the adapter's tables.
+    """Run the validate stage's GX suites (combo_stats, text_stats, ingest_quality; elements and
+    element_quality when `tables` has the element table) on the adapter's tables.
 
     The suites are per table and hold across partitions, so each table is validated once
     over all its partitions (one GX run per suite, not one per week). The events table
     does not exist here: the ingest_quality suite's rows_kept check is made against the
-    kept package count.
+    kept package count; element_quality checks the element counts summed over the weeks.
     """
     from pipelines import validate
-    from pipelines.ingest_elements import IngestElementsConfig
 
     gate = validate.Gate(load_config(validate.ValidateConfig, "validate", PROJECT_PARAMS, overrides={
         "volume_drift_tolerance": 1.0, "volume_history_days": 0, "max_quarantine_rate": max_quarantine_rate}),
-        load_config(IngestElementsConfig, "ingest_elements", PROJECT_PARAMS).embedding_dim)
+        embedding_dim())
     frames = {
         "combo_stats": tables["combo_stats"].copy(),
         "text_stats": tables["text_stats"].copy(),
         "ingest_quality": validate.derive_quality_columns(tables["ingest_quality"],
                                                           int(tables["ingest_quality"]["rows_kept"].iloc[0])),
+        **{name: tables[name].copy() for name in ("elements", "element_quality") if name in tables},
     }
     report = {"success": True, "suites": {}}
     for name, frame in frames.items():
-        result = gate.definitions[name].run(batch_parameters={"dataframe": frame},
-                                            result_format={"result_format": "SUMMARY"}).to_json_dict()
+        result = gate.run_suite(name, frame, {"embedding_dim": gate.embedding_dim}).to_json_dict()
         failures = [validate.failure_summary(name, r) for r in result["results"] if not r["success"]]
         report["suites"][name] = {"success": bool(result["success"]), "evaluated": len(result["results"]),
                                   "failed": failures}
         report["success"] &= bool(result["success"])
     return report
+
+
+# ------------------------------------------------------------------------------ element table
+
+
+def land_elements(text_stats: pd.DataFrame, embedding_dim: int) -> dict[str, int]:
+    """The element table (docs/data_contract.md) from the headlines, landed by pipelines.ingest_elements' rules.
+
+    One `title` row per (test, headline) of `text_stats` (element_id = its text_id, the title_id the
+    combinations carry; text = the headline), delivered under data/raw/elements/dt=D (the first week the
+    test shows it: 11 tests span two weeks), replacing an earlier delivery whole, and landed into
+    data/content/ with ingest_elements' checks:
+    a headline the contract refuses (a control character, > 200 characters) is quarantined with its
+    reason and keeps an id-only residual. No image rows: the archive has an eyecatcher id but no pixels
+    or embedding; no highlight rows (constant within most tests). Returns the summed quality counts.
+    """
+    from pipelines import ingest_elements as ie
+
+    text_stats = text_stats.sort_values(["dt", "ad_id", "text_id"]).drop_duplicates(["ad_id", "text_id"])
+    days = sorted(text_stats["dt"].unique())
+    with atomic.directory(paths.RAW_ELEMENTS) as staging:
+        for ds, week in text_stats.groupby("dt", sort=True):
+            lines = [json.dumps({"element_id": e, "ad_id": a, "kind": "title", "text": t}, ensure_ascii=False)
+                     for a, e, t in week[["ad_id", "text_id", "ad_text"]].itertuples(index=False)]
+            (staging / f"dt={ds}").mkdir()
+            (staging / f"dt={ds}" / "part-00000.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.rmtree(paths.CONTENT, ignore_errors=True)  # the partitions of an earlier delivery go with it
+    totals = dict.fromkeys(ie.QUALITY_COLUMNS, 0)
+    for ds in days:
+        kept, quarantined, quality = ie.land(ie.read_lines(ds), embedding_dim)
+        ie.write_day(ds, kept, quarantined, quality, embedding_dim)
+        totals = {c: totals[c] + quality[c] for c in totals}
+    return totals
+
+
+def embedding_dim() -> int:
+    """The element contract's image embedding length (params.yaml `ingest_elements`)."""
+    from pipelines.ingest_elements import IngestElementsConfig
+
+    return load_config(IngestElementsConfig, "ingest_elements", PROJECT_PARAMS).embedding_dim
+
+
+def element_counts(tables: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """rows_in / kept / quarantined and the q_<reason> counts of the element table, summed over its weeks."""
+    from pipelines.ingest_elements import QUALITY_COLUMNS
+
+    row = tables["element_quality"].iloc[0]
+    return {c: int(row[c]) for c in QUALITY_COLUMNS}
+
+
+def read_elements(days: list[str]) -> dict[str, pd.DataFrame]:
+    """The landed element table of `days` (with validate's derived columns) and one quality row summed over them."""
+    from pipelines import validate
+    from pipelines.ingest_elements import QUALITY_COLUMNS
+
+    frames = [validate.element_frames(ds) for ds in days]
+    elements = pd.concat([f["elements"] for f in frames], ignore_index=True)
+    quality = pd.concat([f["element_quality"][list(QUALITY_COLUMNS)] for f in frames], ignore_index=True)
+    # one row of sums: the element_quality suite checks one row, and its equalities hold for the sums
+    summed = validate.derive_quality_columns(quality.sum().to_frame().T, len(elements),
+                                             kept_column="kept_partition_rows")
+    return {"elements": elements, "element_quality": summed}
 
 
 def broken_tests(frame: pd.DataFrame, cfg: UpworthyConfig) -> pd.Series:
@@ -263,30 +330,52 @@ def log_loss_difference(p: np.ndarray, reference: np.ndarray, clicks: np.ndarray
                         groups: np.ndarray) -> tuple[float, float]:
     """Log loss per impression of p minus that of `reference`, and its standard error with the
     groups (tests) as independent clusters: arms of one test share their test's level."""
-    per_group = pd.Series(binomial_nll(p, clicks, impressions) - binomial_nll(reference, clicks, impressions)) \
-        .groupby(groups).sum().to_numpy()
-    n, total = len(per_group), impressions.sum()
-    se = math.sqrt(n / (n - 1) * ((per_group - per_group.mean()) ** 2).sum()) / total if n > 1 else float("nan")
-    return float(per_group.sum() / total), se
+    return clustered_mean(binomial_nll(p, clicks, impressions) - binomial_nll(reference, clicks, impressions),
+                          groups, impressions.sum())
+
+
+def clustered_mean(values: np.ndarray, clusters: np.ndarray, total: float) -> tuple[float, float]:
+    """sum(values) / total and its standard error with the clusters as independent units."""
+    per_cluster = pd.Series(values).groupby(clusters).sum().to_numpy()
+    n = len(per_cluster)
+    se = math.sqrt(n / (n - 1) * ((per_cluster - per_cluster.mean()) ** 2).sum()) / total if n > 1 else float("nan")
+    return float(per_cluster.sum() / total), se
+
+
+def pair_hits(groups: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
+              mask_pair=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair inside a group, with different observed values (and kept by `mask_pair(i, j)`): 1 when
+    ordered like the observation, 1/2 for a predicted tie, else 0; and the pair's group."""
+    order = np.argsort(groups, kind="stable")
+    g, o, p = groups[order], observed[order], predicted[order]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+    hits, of = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for i in range(a, b):
+            for j in range(i + 1, b):
+                if o[i] == o[j] or (mask_pair is not None and not mask_pair(order[i], order[j])):
+                    continue
+                d = (p[i] - p[j]) * (o[i] - o[j])
+                hits.append(1.0 if d > 0 else 0.5 if d == 0 else 0.0)
+                of.append(g[i])
+    return np.asarray(hits, dtype=np.float64), np.asarray(of, dtype=groups.dtype)
 
 
 def pairwise_accuracy(groups: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
                       mask_pair=None) -> tuple[float, int]:
     """Share of pairs inside a group, with different observed values, ordered like the observation
     (a predicted tie counts 1/2). `mask_pair(i, j)` filters pairs. Returns (accuracy, pairs)."""
-    order = np.argsort(groups, kind="stable")
-    g, o, p = groups[order], observed[order], predicted[order]
-    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
-    hits, n = 0.0, 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        for i in range(a, b):
-            for j in range(i + 1, b):
-                if o[i] == o[j] or (mask_pair is not None and not mask_pair(order[i], order[j])):
-                    continue
-                n += 1
-                d = (p[i] - p[j]) * (o[i] - o[j])
-                hits += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
-    return (hits / n if n else float("nan")), n
+    hits, _ = pair_hits(groups, observed, predicted, mask_pair)
+    return (float(hits.mean()) if len(hits) else float("nan")), len(hits)
+
+
+def paired_accuracy_difference(groups: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
+                               reference: np.ndarray, clusters, mask_pair=None) -> tuple[float, float]:
+    """Rank accuracy of `predicted` minus that of `reference` on the same pairs, and its standard error
+    with `clusters(group)` (the test of a pair) as independent units."""
+    hits, of = pair_hits(groups, observed, predicted, mask_pair)
+    reference_hits, _ = pair_hits(groups, observed, reference, mask_pair)
+    return clustered_mean(hits - reference_hits, np.asarray([clusters(g) for g in of]), len(hits))
 
 
 def significant_pair(clicks: np.ndarray, impressions: np.ndarray, z: float = 1.96):
@@ -371,12 +460,15 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def predict_held_out(combos: pd.DataFrame, folds: np.ndarray, cfg: UpworthyConfig, name: str) -> dict[str, np.ndarray]:
+def predict_held_out(combos: pd.DataFrame, folds: np.ndarray, cfg: UpworthyConfig, name: str,
+                     elements: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """Each model's p_click of every combination, from fits on the other folds (NaN where fold < 0).
 
     Models: `test_mean` (pooled CTR of the test's training combinations), `additive`
-    (fit_additive) and `mil` (relate_models.attribution.fit; held-out elements it never saw
-    are scored with its content-hash fallback). Logs each fold's size and timings.
+    (fit_additive), `mil` (relate_models.attribution.fit; held-out elements it never saw
+    are scored with its content-hash fallback) and, given the element table, `mil_content`
+    (fit_mil_content: a held-out headline it never saw is scored from its text). Logs each
+    fold's size and timings.
     """
     from relate_models import attribution as attr
 
@@ -384,25 +476,59 @@ def predict_held_out(combos: pd.DataFrame, folds: np.ndarray, cfg: UpworthyConfi
                                 l2_bias=cfg.mil_l2_bias, seed=cfg.seed, log_every=cfg.mil_steps)
     model_cfg = {"embed_dim": cfg.mil_embed_dim, "attention_dim": cfg.mil_embed_dim, "hash_buckets": 1024}
     quiet = get_logger("real.upworthy.mil")
-    pred = {model: np.full(len(combos), np.nan) for model in ("test_mean", "additive", "mil")}
-    n_folds = int(folds.max()) + 1
-    for k in range(n_folds):
+    models = ("test_mean", "additive", "mil") + (("mil_content",) if elements is not None else ())
+    pred = {model: np.full(len(combos), np.nan) for model in models}
+    for k in range(int(folds.max()) + 1):
         held = folds == k
         train, test = combos[~held], combos[held]
         started = time.monotonic()
         sums = train.groupby("ad_id")[["clicks", "impressions"]].sum()
         pred["test_mean"][held] = (test["ad_id"].map(sums["clicks"]) / test["ad_id"].map(sums["impressions"])).to_numpy()
         pred["additive"][held] = fit_additive(train, cfg)(test)
-        additive_s = time.monotonic() - started
+        seconds = {"additive": time.monotonic() - started}
         scorer, _ = attr.fit(train, settings, model_cfg, log=quiet)
         pred["mil"][held] = scorer.score_frame(test, on_unknown="fallback").p_click
-        log.info("attribution %s fold %d/%d: %d held out, %d in training; additive %.1fs, mil %.1fs", name, k + 1,
-                 n_folds, int(held.sum()), len(train), additive_s, time.monotonic() - started - additive_s)
+        seconds["mil"] = time.monotonic() - started - sum(seconds.values())
+        if elements is not None:
+            scorer = fit_mil_content(train, elements, cfg, settings, model_cfg)
+            pred["mil_content"][held] = scorer.score_frame(test, on_unknown="fallback").p_click
+            seconds["mil_content"] = time.monotonic() - started - sum(seconds.values())
+        log.info("attribution %s fold %d/%d: %d held out, %d in training; %s", name, k + 1, int(folds.max()) + 1,
+                 int(held.sum()), len(train), ", ".join(f"{m} {s:.1f}s" for m, s in seconds.items()))
     return pred
 
 
-def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
-    """Prediction of each combination's CTR from the other arms of its test: per-test mean, additive, MIL.
+def fit_mil_content(train: pd.DataFrame, elements: pd.DataFrame, cfg: UpworthyConfig, settings, model_cfg: dict):
+    """The content-aware MIL (as train_attribution fits it with `content: true`) on `train`: its scorer.
+
+    Tokenizer: the project's byte-level BPE (relate_models.tokenizer, as train_ctcvr builds the shared
+    one) trained on the headlines of `train`'s combinations only, `tokenizer_vocab` types. Its content
+    table holds every headline of `elements` (a held-out headline's text is known when it is scored,
+    as a new element's is on the platform; rows no training combination uses get no gradient), so a
+    headline with no clicks in `train` is scored from its text alone; images have no content rows and
+    keep their id-only residual.
+    """
+    import dataclasses
+
+    from relate_models import attribution as attr
+    from relate_models.content_encoder import ContentTable
+    from relate_models.tokenizer import train_tokenizer
+
+    titles = elements[elements["kind"] == "title"]
+    seen = set(zip(train["ad_id"].astype(str), train["title_id"].astype(str)))
+    in_train = [key in seen for key in zip(titles["ad_id"].astype(str), titles["element_id"].astype(str))]
+    tokenizer = train_tokenizer(titles.loc[in_train, "text"].tolist(), vocab_size=cfg.tokenizer_vocab)
+    table = ContentTable.build(elements, tokenizer, cfg.mil_content_max_tokens, embedding_dim())
+    content_settings = dataclasses.replace(settings, l2_residual=cfg.mil_l2_residual, l2_content=cfg.mil_l2_content)
+    scorer, _ = attr.fit(train, content_settings, {**model_cfg, "token_vocab": len(tokenizer),
+                                                   "content_dim": table.embedding_dim},
+                         log=get_logger("real.upworthy.mil"), content=table, tokenizer=tokenizer)
+    return scorer
+
+
+def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig, elements: pd.DataFrame | None = None) -> dict:
+    """Prediction of each combination's CTR from the other arms of its test: per-test mean, additive, MIL
+    (and, given the element table, the content-aware MIL).
 
     Log loss: leave-one-out within each test (loo_folds), on every combination of a test of two
     or more. Rank accuracy: leave-pair-out (pair_folds), over the two arms of one test held out
@@ -410,23 +536,18 @@ def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
     of the test effect. Pairs of leave-one-out predictions would leak: arm A's test effect is
     fitted on arm B and vice versa, so the better arm gets the worse reference (the per-test mean
     then ranks pairs below chance by construction). The per-test mean gives both arms of a pair
-    the same value: 0.5 by ties.
+    the same value: 0.5 by ties. Rank accuracy is also reported on the held-out pairs with a cold
+    headline (one no training combination of its fold shows: only its text can tell it apart).
     """
     combos = combos[combos.groupby("ad_id")["ad_id"].transform("size") >= 2].reset_index(drop=True)
     started = time.monotonic()
     loo = loo_folds(combos)
-    loo_pred = predict_held_out(combos, loo, cfg, "leave-one-out")
+    loo_pred = predict_held_out(combos, loo, cfg, "leave-one-out", elements)
     loo_s = time.monotonic() - started
     pairs = pair_folds(combos)
-    pair_pred = predict_held_out(combos, pairs, cfg, "leave-pair-out")
+    pair_pred = predict_held_out(combos, pairs, cfg, "leave-pair-out", elements)
     pair_s = time.monotonic() - started - loo_s
-    clicks = combos["clicks"].to_numpy(np.float64)
     imps = combos["impressions"].to_numpy(np.float64)
-    tests = combos["ad_id"].astype(str).to_numpy()
-    in_pair = pairs >= 0
-    groups = (tests + "\x1f" + pairs.astype(str))[in_pair]
-    observed = (clicks / imps)[in_pair]
-    significant = significant_pair(clicks[in_pair], imps[in_pair])
     out = {
         "protocol": f"log loss: leave-one-out within each test ({int(loo.max()) + 1} fits per model, fold = rank "
                     "in test; every combination is predicted by models that saw every other combination of its "
@@ -436,14 +557,41 @@ def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
         "tests": int(combos["ad_id"].nunique()),
         "combinations": len(combos),
         "impressions": int(imps.sum()),
-        "clicks": int(clicks.sum()),
+        "clicks": int(combos["clicks"].sum()),
         "fits_per_model": {"leave_one_out": int(loo.max()) + 1, "leave_pair_out": int(pairs.max()) + 1},
         "seconds": {"leave_one_out": round(loo_s, 1), "leave_pair_out": round(pair_s, 1)},
-        "models": {},
     }
+    return {**out, **score_models(combos, loo_pred, pairs, pair_pred)}
+
+
+def cold_titles(combos: pd.DataFrame, folds: np.ndarray) -> np.ndarray:
+    """Per combination: its headline is shown by no combination outside its own fold (cold in that fold's fit)."""
+    key = combos["ad_id"].astype(str) + "\x1f" + combos["title_id"].astype(str)
+    folds_of = pd.Series(folds).groupby(key.to_numpy()).nunique()
+    return (key.map(folds_of) == 1).to_numpy()
+
+
+def score_models(combos: pd.DataFrame, loo_pred: dict[str, np.ndarray], pairs: np.ndarray,
+                 pair_pred: dict[str, np.ndarray]) -> dict:
+    """Per model: leave-one-out log loss (and its difference to the per-test mean, tests as clusters) and
+    leave-pair-out rank accuracy on all, significant and cold-headline pairs; and the pair counts."""
+    clicks = combos["clicks"].to_numpy(np.float64)
+    imps = combos["impressions"].to_numpy(np.float64)
+    tests = combos["ad_id"].astype(str).to_numpy()
+    in_pair = pairs >= 0
+    groups = (tests + "\x1f" + pairs.astype(str))[in_pair]
+    observed = (clicks / imps)[in_pair]
+    significant = significant_pair(clicks[in_pair], imps[in_pair])
+    cold = cold_titles(combos, pairs)[in_pair]
+
+    def cold_pair(i, j) -> bool:
+        return bool(cold[i] or cold[j])
+
+    out = {"models": {}}
     for name in loo_pred:
         acc, n_pairs = pairwise_accuracy(groups, observed, pair_pred[name][in_pair])
         acc_sig, n_sig = pairwise_accuracy(groups, observed, pair_pred[name][in_pair], significant)
+        acc_cold, n_cold = pairwise_accuracy(groups, observed, pair_pred[name][in_pair], cold_pair)
         difference, se = log_loss_difference(loo_pred[name], loo_pred["test_mean"], clicks, imps, tests)
         out["models"][name] = {
             "log_loss": binomial_nll_per_impression(loo_pred[name], clicks, imps),
@@ -451,8 +599,16 @@ def attribution_check(combos: pd.DataFrame, cfg: UpworthyConfig) -> dict:
             "log_loss_minus_test_mean_se": se,  # tests as clusters
             "rank_accuracy": acc,
             "rank_accuracy_significant_pairs": acc_sig,
+            "rank_accuracy_cold_title_pairs": acc_cold,
         }
-    out["pairs"], out["significant_pairs"] = n_pairs, n_sig
+    out["pairs"], out["significant_pairs"], out["cold_title_pairs"] = n_pairs, n_sig, n_cold
+    if "mil_content" in pair_pred:  # the content's own effect: the two MILs on the same pairs
+        out["mil_content_minus_mil"] = {}
+        for label, mask in (("rank_accuracy", None), ("rank_accuracy_significant_pairs", significant),
+                            ("rank_accuracy_cold_title_pairs", cold_pair)):
+            difference, se = paired_accuracy_difference(groups, observed, pair_pred["mil_content"][in_pair],
+                                                        pair_pred["mil"][in_pair], lambda g: g.split("\x1f")[0], mask)
+            out["mil_content_minus_mil"][label] = {"difference": difference, "se": se}  # tests as clusters
     return out
 
 
@@ -624,14 +780,17 @@ def text_check(stats: pd.DataFrame, cfg: UpworthyConfig) -> dict:
 
 
 def adapt(cfg: UpworthyConfig, csv: Path) -> tuple[dict[str, int], dict[str, pd.DataFrame], dict]:
-    """Land the CSV, ingest it with Spark, read back and validate the curated tables (cwd = the work dir).
+    """Land the CSV, ingest it with Spark, land the element table of its headlines (land_elements), read
+    back and validate the curated tables (cwd = the work dir).
 
-    Returns the ingest_quality counts, the curated tables and the GX report.
+    Returns the ingest_quality counts, the curated and element tables and the GX report.
     """
     land(csv, cfg.max_tests, cfg.seed)
     quality = ingest(cfg)
     counts = {c: quality[c] for c in ingest_reports.QUALITY_COLUMNS}
     tables = read_curated()
+    land_elements(tables["text_stats"], embedding_dim())
+    tables.update(read_elements(paths.partitions(paths.content_table("elements"))))
     report = validate_curated(tables)
     atomic.write_json(paths.METRICS / "upworthy_adapter.json", {
         **counts,
@@ -639,6 +798,7 @@ def adapt(cfg: UpworthyConfig, csv: Path) -> tuple[dict[str, int], dict[str, pd.
         "partitions": int(tables["combo_stats"]["dt"].nunique()),
         "combinations": len(tables["combo_stats"]),
         "headlines": len(tables["text_stats"]),
+        "element_table": element_counts(tables),
     })
     return counts, tables, report
 

@@ -114,6 +114,36 @@ def test_curated_tables_follow_the_contract_and_pass_the_gx_suites(adapted):
     assert not uw.validate_curated(broken, max_quarantine_rate=1.0)["suites"]["combo_stats"]["success"]
 
 
+def test_the_element_table_holds_each_headline_of_a_test_with_its_text(adapted):
+    """One title row per (test, headline), keyed as the combinations key it; no image or highlight rows."""
+    work, _, tables, report = adapted
+    elements = tables["elements"]
+    headlines = {("t1", "Headline A"), ("t1", "Headline B"), ("t2", "Other"), ("t2", "Other 2")}
+    assert sorted(zip(elements["ad_id"], elements["element_id"], elements["text"])) \
+        == sorted((t, sha16(h), h) for t, h in headlines)
+    assert set(elements["kind"]) == {"title"} and elements["embedding"].isna().all()
+    combos = tables["combo_stats"]
+    assert set(zip(combos["ad_id"], combos["title_id"])) == set(zip(elements["ad_id"], elements["element_id"]))
+    assert dict(zip(elements["text"], elements["dt"])) == {"Headline A": "2014-11-17", "Headline B": "2014-11-17",
+                                                           "Other": "2014-12-29", "Other 2": "2014-12-29"}
+    counts = uw.element_counts(tables)
+    assert (counts["rows_in"], counts["rows_kept"], counts["rows_quarantined"]) == (4, 4, 0)
+    assert sorted(p.name for p in (work / "data" / "content" / "elements").iterdir()) \
+        == ["dt=2014-11-17", "dt=2014-12-29"]
+    assert report["suites"]["elements"]["success"] and report["suites"]["element_quality"]["success"], report
+
+
+def test_a_headline_the_element_contract_refuses_is_quarantined_and_counted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stats = pd.DataFrame({"dt": ["2014-11-17"] * 3, "ad_id": ["t1"] * 3, "text_id": ["a1", "b2", "c3"],
+                          "ad_text": ["Fine headline", "Two\nlines", "x" * 201]})
+    counts = uw.land_elements(stats, embedding_dim=16)
+    assert (counts["rows_in"], counts["rows_kept"], counts["rows_quarantined"], counts["q_bad_text"]) == (3, 1, 2, 2)
+    tables = uw.read_elements(["2014-11-17"])
+    assert list(tables["elements"]["text"]) == ["Fine headline"]
+    assert uw.element_counts(tables) == counts
+
+
 def test_a_later_delivery_replaces_every_partition(adapted, tmp_path):
     """The report ingest owns its tables: a delivery without week 201446 leaves no partition of it."""
     work = adapted[0]
@@ -241,6 +271,34 @@ def test_attribution_check_scores_loo_log_loss_and_held_out_pairs():
         == (0.0, 0.0)
 
 
+def test_the_content_aware_mil_ranks_headlines_it_never_saw_from_their_text():
+    """Every arm of a test shows its own headline: a held-out pair's two headlines are cold. A word ("great")
+    doubles CTR in every test: the content-aware MIL learns it across tests and ranks the cold pairs by it;
+    the content-free MIL has only hashed ids for them (no better than a coin), the per-test mean ties."""
+    rng = np.random.default_rng(0)
+    rows, elements = [], []
+    for t in range(30):
+        for i, word in enumerate(["great", "dull", "great", "dull"]):  # pairs: ranks (0, 1), (2, 3)
+            title = f"{word} story number {t} {i}"
+            rows.append({"ad_id": f"t{t}", "product_id": f"t{t}", "title_id": sha16(title), "image_id": "i1",
+                         "highlight_id": "x", "impressions": 20000,
+                         "clicks": int(rng.binomial(20000, 0.04 if word == "great" else 0.02))})
+            elements.append({"element_id": sha16(title), "ad_id": f"t{t}", "kind": "title", "text": title,
+                             "embedding": None})
+    combos, elements = pd.DataFrame(rows), pd.DataFrame(elements)
+    assert uw.cold_titles(combos, uw.pair_folds(combos)).all()
+    with uw.model_threads(1):
+        out = uw.attribution_check(combos, upworthy_config(mil_steps=40, tokenizer_vocab=300), elements)
+    models = out["models"]
+    assert out["cold_title_pairs"] == out["pairs"] == 60
+    assert models["mil_content"]["rank_accuracy_cold_title_pairs"] > 0.9
+    assert models["mil"]["rank_accuracy"] < 0.75 and models["test_mean"]["rank_accuracy"] == 0.5
+    paired = out["mil_content_minus_mil"]["rank_accuracy_cold_title_pairs"]
+    assert paired["difference"] == pytest.approx(models["mil_content"]["rank_accuracy_cold_title_pairs"]
+                                                 - models["mil"]["rank_accuracy_cold_title_pairs"])
+    assert paired["difference"] > 3 * paired["se"] > 0
+
+
 def test_log_loss_difference_standard_error_treats_tests_as_clusters():
     clicks, imps = np.array([1.0, 2.0, 3.0, 4.0]), np.full(4, 100.0)
     reference, p = np.full(4, 0.02), np.array([0.01, 0.03, 0.03, 0.05])
@@ -270,9 +328,11 @@ def test_check_figures_on_a_sample_of_the_real_file(tmp_path):
     m = json.loads(out.read_text())
     assert m["adapter"]["rows_in"] == m["adapter"]["rows_kept"] + m["adapter"]["rows_quarantined"]
     assert m["adapter"]["validation_success"]
+    elements = m["adapter"]["element_table"]
+    assert elements["rows_in"] == elements["rows_kept"] + elements["rows_quarantined"] > 0
     a = m["attribution"]
-    assert a["tests"] > 50 and a["pairs"] > 0
-    for model in ("test_mean", "additive", "mil"):
+    assert a["tests"] > 50 and a["pairs"] > 0 and 0 < a["cold_title_pairs"] <= a["pairs"]
+    for model in ("test_mean", "additive", "mil", "mil_content"):
         r = a["models"][model]
         assert 0.0 < r["log_loss"] < 0.5  # per impression, CTRs of a few percent
         assert 0.0 <= r["rank_accuracy"] <= 1.0
