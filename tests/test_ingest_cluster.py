@@ -3,7 +3,8 @@
 
 The data are tests/test_ingest.py's hand-built days (every quarantine reason, dedupe, late
 conversions) and tests/test_real_upworthy.py's report rows. The services are started by
-plumbing.spark_services and stopped by their own process ids.
+plumbing.spark_services and stopped by their own process ids. Slow (marked): 3-4.5 min on a 2-core VM
+under a load average of 6-10 (local 54-87 s, cluster 81-113 s, Connect 54-73 s), mostly JVM starts.
 """
 from __future__ import annotations
 
