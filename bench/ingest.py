@@ -4,13 +4,15 @@
 
 Generates (or reuses) raw logs per docs/data_contract.md in --workdir (default >= 5M events:
 impressions, clicks, late conversions, duplicates, corrupt lines), then times
-1. Spark: pipelines.ingest `--all` (run_days: one pass that gives the final state of the
+1. DuckDB: the same rules in one SQL pass over all files (parse, validate, dedupe, link,
+   label, aggregate, write Parquet),
+2. Spark: pipelines.ingest `--all` (run_days: one pass that gives the final state of the
    daily runs; parse, validate, dedupe, link, label, aggregate, write Parquet for every
    day) with master local[2], and
-2. DuckDB: the same rules in one SQL pass over all files (parse, validate, dedupe, link,
-   label, aggregate, write Parquet),
-checks that both keep and quarantine the same number of rows, and prints events/s for both
-and the ratio Spark/DuckDB.
+3. the same Spark job through Spark Connect: a Connect server (JVM Spark on the same master)
+   started by plumbing.spark_services (skip with --no-connect),
+checks that all keep and quarantine the same number of rows, and prints events/s for each
+and its ratio to DuckDB.
 """
 from __future__ import annotations
 
@@ -246,6 +248,20 @@ def run_spark(raw_dir: Path, out: Path, master: str, shuffle_partitions: int) ->
     return seconds, metrics["rows_kept"], metrics["rows_quarantined"]
 
 
+def run_connect(raw_dir: Path, workdir: Path, master: str, shuffle_partitions: int) -> tuple[float, int, int]:
+    """The same job through a Spark Connect server (JVM Spark on `master`, started here, stopped after);
+    the time is the job's, not the server's start."""
+    from plumbing.spark_services import connect_server
+
+    out = workdir / "connect_out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    started = time.monotonic()
+    with connect_server(workdir / "connect_server", master=master, driver_memory="4g") as url:
+        print(f"connect server up in {time.monotonic() - started:.1f}s at {url}", flush=True)
+        return run_spark(raw_dir, out, url, shuffle_partitions)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/relate_ingest_bench"))
@@ -254,6 +270,7 @@ def main(argv=None) -> int:
     parser.add_argument("--impressions-per-day", type=int, default=240_000)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--shuffle-partitions", type=int, default=4)
+    parser.add_argument("--no-connect", action="store_true", help="skip the Spark Connect run")
     args = parser.parse_args(argv)
 
     raw_dir = args.workdir / f"raw_{args.start}_{args.days}x{args.impressions_per_day}"
@@ -266,14 +283,19 @@ def main(argv=None) -> int:
         out.mkdir(parents=True)
     d_s, d_kept, d_q = run_duckdb(raw_dir, duck_out, threads)
     print(f"duckdb ({threads} threads): {d_s:.1f}s, {lines / d_s:,.0f} events/s (kept {d_kept}, quarantined {d_q})")
-    s_s, s_kept, s_q = run_spark(raw_dir, spark_out, args.master, args.shuffle_partitions)
-    print(f"spark ({args.master}): {s_s:.1f}s, {lines / s_s:,.0f} events/s (kept {s_kept}, quarantined {s_q})")
-    print(f"ratio spark/duckdb (events/s): {d_s / s_s:.2f}")
-    if (s_kept, s_q) != (d_kept, d_q):
+    runs = {f"spark ({args.master})": run_spark(raw_dir, spark_out, args.master, args.shuffle_partitions)}
+    if not args.no_connect:
+        runs[f"spark connect (server on {args.master})"] = run_connect(raw_dir, args.workdir, args.master,
+                                                                      args.shuffle_partitions)
+    agree = True
+    for label, (s_s, s_kept, s_q) in runs.items():
+        print(f"{label}: {s_s:.1f}s, {lines / s_s:,.0f} events/s (kept {s_kept}, quarantined {s_q}); "
+              f"ratio to duckdb (events/s): {d_s / s_s:.2f}")
+        agree = agree and (s_kept, s_q) == (d_kept, d_q)
+    if not agree:
         print("WARNING: spark and duckdb disagree on kept/quarantined counts")
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,10 +18,16 @@ as of the last daily run that would relabel it (`labels_as_of` = the latest run 
 dt .. dt+W), instead of W+1 relabels per day.
 
 On a cluster (run from the project root; the SQL files are read next to this module on
-the driver, and the job has no Python UDFs, so executors need no Python code):
+the driver, and the job has no Python UDFs, so executors need no Python code); spark-submit's
+--master decides, params' ingest.master is not used then:
 
     zip -qr /tmp/relate_pipelines.zip pipelines plumbing
-    spark-submit --master yarn --py-files /tmp/relate_pipelines.zip pipelines/ingest.py --all
+    spark-submit --master spark://host:7077 --py-files /tmp/relate_pipelines.zip pipelines/ingest.py --all
+
+Through Spark Connect (`ingest.master: sc://host:15002`, `--master sc://host:15002`, or
+SPARK_REMOTE=sc://host:15002): the same job, run by the Connect server's Spark. Every engine
+must see the raw and curated paths as this driver does (one machine, or a shared file system):
+the driver lists raw files and deletes emptied curated partitions itself.
 
 Foreseeable bad input (bad --ds, missing or empty raw partition, a raw file that is
 unreadable or not named as the contract says, bad params) logs a one-line message and exits
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
 import sys
 import time
 import zlib
@@ -41,12 +48,13 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make `pipeline
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plumbing import paths
-from plumbing.atomic import write_json
+from plumbing.atomic import remove_tree, write_json
 from plumbing.cli import StageContext, run_stage
 from plumbing.config import require, require_spark_master
 from plumbing.dates import day_bounds_ms, parse_ds, shift_ds
 from plumbing.errors import ConfigError, DataError
 from plumbing.logs import get_logger
+from plumbing.spark import task_slots
 from pipelines.schema import (DATA_FILE_PREFIX, DATA_FILE_SUFFIXES, IGNORED_FILE_PREFIXES, QUARANTINE_REASONS,
                               RAW_EVENT_FIELDS, sql_bounds)
 
@@ -56,6 +64,7 @@ SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 EVENT_COLUMNS = RAW_EVENT_FIELDS
 QUALITY_COLUMNS = (("rows_in", "rows_kept", "rows_quarantined") + tuple(f"q_{r}" for r in QUARANTINE_REASONS)
                    + ("files_read", "files_ignored"))
+URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # hdfs:, s3a:, file:... (a Windows drive is one letter)
 DATA_FILE_NAMES = " or ".join(f"{DATA_FILE_PREFIX}*{suffix}" for suffix in DATA_FILE_SUFFIXES)
 # Sort keys that make each written partition's row order (and so its file) reproducible.
 SORT_KEYS = {
@@ -142,6 +151,7 @@ def materialize(df):
     and label queries built over the parse; a local checkpoint is a plain leaf. Its rows
     are kept as objects (the _DESER level): from Python, MEMORY_AND_DISK is a serialized
     level, which stores every row with the Java serializer, slower than computing it.
+    Spark Connect (4.x) takes the same call.
     """
     from pyspark import StorageLevel
 
@@ -199,7 +209,7 @@ class IngestJob:
         for frame in frames[1:]:
             lines = lines.unionByName(frame)
         # gzip files are not splittable: with fewer files than cores, spread lines before parsing
-        if files < self.spark.sparkContext.defaultParallelism:
+        if files < task_slots(self.spark, self.cfg.shuffle_partitions):
             lines = lines.repartition(self.cfg.shuffle_partitions)
         lines.createOrReplaceTempView("raw_lines")
         return materialize(self.spark.sql(self.sql["parse_day"], args=sql_bounds()))
@@ -378,15 +388,18 @@ def write_partitions(spark, curated_dir: Path, table: str, df, owned_days: list[
          .write.mode("overwrite").partitionBy("dt").parquet(str(table_dir.resolve())))
     for d in owned_days:
         if d not in nonempty_days:
-            drop_partition(spark, paths.partition(table_dir, d))
+            drop_partition(paths.partition(table_dir, d))
 
 
-def drop_partition(spark, part: Path) -> None:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(str(part.resolve()) if not str(part).startswith(("hdfs:", "s3")) else str(part))
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if fs.exists(hpath):
-        fs.delete(hpath, True)
+def drop_partition(part: Path) -> None:
+    """Delete a partition this run owns but has no rows for, from the driver, on every engine
+    (classic, cluster, Spark Connect: no JVM call). Removed atomically: renamed to a hidden name
+    (which readers skip), then deleted. A partition not on a file system this process mounts
+    is refused rather than left stale."""
+    if URI_SCHEME.match(str(part)):
+        raise ConfigError(f"cannot delete the emptied partition {part}: curated tables must be on a file "
+                          "system the ingest driver mounts (a local or network path, not a URI)")
+    remove_tree(part)
 
 
 def quality_metrics(spark, curated_dir: Path = paths.CURATED) -> dict:

@@ -32,6 +32,7 @@ from pathlib import Path
 from plumbing import paths
 from plumbing.cli import StageContext, run_stage
 from plumbing.logs import get_logger
+from plumbing.spark import task_slots
 from pipelines.ingest import IngestConfig, IngestError, materialize, quality_frame, read_sql, write_partitions
 from pipelines.schema import QUARANTINE_REASONS
 
@@ -117,7 +118,7 @@ class ReportIngestJob:
         rows = self.spark.read.csv(files, schema=report_schema(files, self.source), header=True, multiLine=True,
                                    escape='"', mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT_COLUMN,
                                    encoding="UTF-8")
-        if len(files) < self.spark.sparkContext.defaultParallelism:  # one unsplittable file: spread it
+        if len(files) < task_slots(self.spark, self.cfg.shuffle_partitions):  # one unsplittable file: spread it
             rows = rows.repartition(self.cfg.shuffle_partitions)
         rows.createOrReplaceTempView("report_rows")
         return materialize(self.spark.sql(self.sql["parse"]))

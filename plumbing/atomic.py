@@ -8,6 +8,7 @@ model and metrics as they were.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -157,6 +158,19 @@ def directory(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(staging, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Remove a directory as one step for readers: renamed to a hidden sibling (readers skip hidden
+    names), then deleted, with what an earlier killed removal of it left. Nothing to do if it does not exist."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.removed-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if not path.exists():
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.removed-", dir=path.parent))
+    os.replace(path, aside)  # onto the empty directory just made: an atomic rename
+    shutil.rmtree(aside)
 
 
 def _plain_modes(root: Path) -> None:

@@ -296,3 +296,15 @@ def test_empty_partition_and_bad_params_exit_2(spark, tmp_path, monkeypatch, cap
     assert ingest.main(["--ds", D1, "--params", "params.yaml"]) == 2
     assert "ingest.attribution_window_days" in caplog.text
     shutil.rmtree(part)
+
+
+def test_an_emptied_partition_is_dropped_only_on_a_mounted_path(tmp_path):
+    """The driver deletes an owned partition with no rows left (no JVM call, so Spark Connect too);
+    a URI it cannot delete from here is refused by name, never left stale."""
+    part = tmp_path / "events" / f"dt={D1}"
+    part.mkdir(parents=True)
+    (part / "part-0.parquet").write_text("stale")
+    ingest.drop_partition(part)
+    assert not part.exists() and list((tmp_path / "events").iterdir()) == []
+    with pytest.raises(ingest.ConfigError, match="s3a:/bucket/events/dt=2026-03-01"):
+        ingest.drop_partition(Path("s3a://bucket/events") / f"dt={D1}")

@@ -169,6 +169,19 @@ def test_sigkill_mid_write_leaves_old_version_visible(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_remove_tree_renames_aside_then_deletes_and_clears_a_killed_removal(tmp_path):
+    part = tmp_path / "dt=2026-01-01"
+    (part / "sub").mkdir(parents=True)
+    (part / "sub" / "f.parquet").write_text("x")
+    killed = tmp_path / ".dt=2026-01-01.removed-abc"  # what a removal killed after its rename leaves
+    killed.mkdir()
+    other = tmp_path / "dt=2026-01-02"
+    other.mkdir()
+    atomic.remove_tree(part)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dt=2026-01-02"]
+    atomic.remove_tree(part)  # nothing left to remove: no error
+    assert other.is_dir()
+
 def test_atomic_writes_get_plain_modes(tmp_path):
     old = os.umask(0o022)
     try:
