@@ -15,6 +15,7 @@ from pipelines.closed_loop_metrics import pooled, uplift
 from plumbing import atomic
 from plumbing.paths import METRICS, PLOTS, REPORTS
 
+RETRAINING_ARMS = ("daily", "daily_warm")
 GOALS = {"uplift_daily_vs_logging": 0.30, "uplift_daily_vs_frozen": 0.05, "feed_ctr_uplift_daily_vs_logging": 1.00,
          "served_compliance_min": 0.995}
 
@@ -66,14 +67,8 @@ def build_summary(records: dict[str, list[dict]], cfg, params: Path) -> dict:
     out = {"params": str(params), "days": cfg.total_days, "warmup_days": cfg.warmup_days, "loop_days": cfg.days,
            "last_days": cfg.last_days, "compared_through_day": end, "arms": arms}
     last = {arm: [r["measure"] for r in loop_days(recs, cfg)[-cfg.last_days:]] for arm, recs in records.items()}
-    for other in ("logging", "frozen"):
-        if "daily" in arms and other in arms:
-            a, b = pooled(last["daily"], "search"), pooled(last[other], "search")
-            up = uplift(a, b, "true_ctcvr")
-            out[f"uplift_daily_vs_{other}"], out[f"uplift_daily_vs_{other}_ci95"] = up["uplift"], up["ci95"]
-    if "daily" in arms and "logging" in arms:
-        up = uplift(pooled(last["daily"], "feed"), pooled(last["logging"], "feed"), "true_ctr")
-        out["feed_ctr_uplift_daily_vs_logging"], out["feed_ctr_uplift_daily_vs_logging_ci95"] = up["uplift"], up["ci95"]
+    for arm in RETRAINING_ARMS:  # the goals are daily's; daily_warm's figures sit beside them
+        out.update(_uplifts_over_baselines(arm, arms, last))
     if "daily" in arms and "daily_warm" in arms:  # issue 16: no worse than daily beyond the CIs, at <= 1/3 of its compute
         up = uplift(pooled(last["daily_warm"], "search"), pooled(last["daily"], "search"), "true_ctcvr")
         out["uplift_daily_warm_vs_daily"], out["uplift_daily_warm_vs_daily_ci95"] = up["uplift"], up["ci95"]
@@ -84,6 +79,18 @@ def build_summary(records: dict[str, list[dict]], cfg, params: Path) -> dict:
     out["goals"] = {k: {"target": v, "value": out.get(k), "met": out.get(k) is not None and out[k] >= v}
                     for k, v in GOALS.items() if k in out}
     out["headline"] = headline(out)
+    return out
+
+
+def _uplifts_over_baselines(arm: str, arms: dict, last: dict) -> dict:
+    """`arm`'s search true CTCVR uplift over logging and frozen, and its feed true CTR uplift over logging."""
+    out = {}
+    for other, placement, metric, key in (("logging", "search", "true_ctcvr", f"uplift_{arm}_vs_logging"),
+                                          ("frozen", "search", "true_ctcvr", f"uplift_{arm}_vs_frozen"),
+                                          ("logging", "feed", "true_ctr", f"feed_ctr_uplift_{arm}_vs_logging")):
+        if arm in arms and other in arms:
+            up = uplift(pooled(last[arm], placement), pooled(last[other], placement), metric)
+            out[key], out[f"{key}_ci95"] = up["uplift"], up["ci95"]
     return out
 
 
@@ -98,7 +105,9 @@ def _compute_ratio(arm: dict, baseline: dict) -> float | None:
 def headline(out: dict) -> str:
     parts = [f"{k} {_pct(g['value'], 'uplift' in k)} (goal {_pct(g['target'], 'uplift' in k)}: "
              f"{'met' if g['met'] else 'NOT met'})" for k, g in out["goals"].items()]
-    return "; ".join(parts) or "no daily arm to compare"
+    parts += [f"{k} {_pct(out[k])}" for k in ("uplift_daily_warm_vs_logging", "uplift_daily_warm_vs_frozen",
+                                              "uplift_daily_warm_vs_daily") if k in out]
+    return "; ".join(parts) or "no retraining arm to compare"
 
 
 def _pct(x, signed: bool = True) -> str:
@@ -151,7 +160,8 @@ def trajectory_plot(records: dict[str, list[dict]], cfg, path: Path) -> None:
 
 def markdown(out: dict) -> str:
     lines = ["# Closed loop", "", f"{out['days']} days ({out['warmup_days']} warm-up), params `{out['params']}`; "
-             f"last {out['last_days']} days pooled. How to read it: docs/operations.md \"The closed loop\".", "",
+             f"last {out['last_days']} days pooled{_partial(out)}. How to read it: docs/operations.md "
+             "\"The closed loop\".", "",
              "| arm | search true CTCVR (95% CI) | feed true CTR (95% CI) | distinct-2 | published days | refused | "
              "validation failed |", "|---|---|---|---|---|---|---|"]
     for arm, a in out["arms"].items():
@@ -167,6 +177,10 @@ def markdown(out: dict) -> str:
         lines.append(f"| {name} | {_pct(g['value'], signed)}{f' ({_ci(ci, pct=True)})' if ci else ''} | "
                      f"{_pct(g['target'], signed)} | "
                      f"{'yes' if g['met'] else '**no**'} |")
+    for other in ("logging", "frozen"):
+        key = f"uplift_daily_warm_vs_{other}"
+        if key in out:
+            lines += ["", f"daily_warm vs {other}: search true CTCVR {_pct(out[key])} ({_ci(out[key + '_ci95'], pct=True)})."]
     if "uplift_daily_warm_vs_daily" in out:
         lines += ["", f"daily_warm vs daily (full retrains): search true CTCVR "
                       f"{_pct(out['uplift_daily_warm_vs_daily'])} ({_ci(out['uplift_daily_warm_vs_daily_ci95'], pct=True)}), "
@@ -176,6 +190,12 @@ def markdown(out: dict) -> str:
             lines += ["", f"Mean seconds per stage, {arm} arm: " + ", ".join(
                 f"{k} {v}" for k, v in out["arms"][arm]["stage_seconds_mean"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _partial(out: dict) -> str:
+    """The note of a run stopped early: every arm is compared on the days all of them ran."""
+    through = out["compared_through_day"]
+    return "" if through >= out["days"] - 1 else f" (stopped early: compared on days 1-{through + 1} only)"
 
 
 def fmt_ratio(x) -> str:

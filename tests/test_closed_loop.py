@@ -169,6 +169,11 @@ def test_summary_compares_warm_updates_with_daily_full_retrains():
     assert out["uplift_daily_warm_vs_daily"] == pytest.approx(-0.05)
     assert out["uplift_daily_warm_vs_daily_ci95"][0] < -0.05 < out["uplift_daily_warm_vs_daily_ci95"][1]
     assert out["compute_ratio_daily_warm_vs_daily"] == pytest.approx(40 / 120)  # landing the day (ingest) aside
+    assert "uplift_daily_warm_vs_logging" not in out  # no logging arm run
+    out = build_summary({"logging": _records("logging", 0.004, 0.02), "daily_warm": warm}, cfg, Path("p.yaml"))
+    assert out["uplift_daily_warm_vs_logging"] == pytest.approx(0.0057 / 0.004 - 1)
+    assert out["feed_ctr_uplift_daily_warm_vs_logging"] == pytest.approx(1.5)
+    assert "uplift_daily_vs_logging" not in out and "uplift_daily_warm_vs_frozen" not in out
 
 
 @pytest.mark.parametrize("arm, has_champion, lands", [("logging", False, False), ("frozen", False, True),
