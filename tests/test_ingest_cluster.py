@@ -95,8 +95,10 @@ def test_spark_connect_gives_local_tables(local_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with spark_services.connect_server(tmp_path / "services", master="local[2]") as url:
         monkeypatch.setenv("SPARK_REMOTE", url)
-        # pyspark marks the process as Connect-only once a Connect session exists: undone after the test
-        monkeypatch.delenv("SPARK_CONNECT_MODE_ENABLED", raising=False)
+        # pyspark marks the process Connect-only (SPARK_CONNECT_MODE_ENABLED) once a Connect session
+        # exists; setenv records its absence, so the undo deletes it and later classic sessions work
+        monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "")
+        monkeypatch.delenv("SPARK_CONNECT_MODE_ENABLED")
         spark = get_spark("local[1]", "test-ingest-connect", 2)
         assert is_connect(spark) and task_slots(spark, 99) == 2  # the server's local[2]
         try:
@@ -114,3 +116,9 @@ def test_connect_url_and_submitted_master(monkeypatch):
     assert connect_url("sc://h:15002") == "sc://h:15002" and connect_url("local[2]") is None
     monkeypatch.setenv("SPARK_REMOTE", "sc://r:1")
     assert connect_url("local[2]") == "sc://r:1" and connect_url("sc://h:2") == "sc://h:2"
+
+
+def test_a_classic_session_starts_after_the_connect_test():
+    """The Connect test leaves no Connect-only mark on the process (test_ingest_fuzz runs next in CI)."""
+    assert "SPARK_CONNECT_MODE_ENABLED" not in os.environ
+
