@@ -103,7 +103,8 @@ def _champion_note(g: dict) -> str:
     else:
         how = (f"recorded on {g['champion_eval_day']}, another day: not scored again (see "
                "pipelines/evaluate_champion.py), an oracle-normalised metric")
-    return f"champion {g['champion_version']} at {fmt(g['champion_value'])}, allowed drop {fmt(g.get('allowed_drop'))}: {how}"
+    note = f"champion {g['champion_version']} at {fmt(g['champion_value'])}, allowed drop {fmt(g.get('allowed_drop'))}: {how}"
+    return f"{g['reason']}; {note}" if g.get("waived") else note
 
 
 def publish_report(report: dict) -> str:

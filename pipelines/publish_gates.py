@@ -173,11 +173,19 @@ def check_gates(cfg, values: dict[str, float | None], day: str | None,
     """One row per enabled check: threshold and no-regression-vs-champion.
 
     `rescored`: the champion's metrics on the candidate's evaluation day (gate name -> value);
-    a gate missing from it compares with the champion's recorded value.
+    a gate missing from it compares with the champion's recorded value. A champion that fails a
+    threshold on that day no longer sets a bar: its no-regression rows pass, marked waived.
     """
     rows = threshold_rows(cfg, values)
     if champion is not None:
-        rows += regression_rows(cfg, values, day, champion, rescored or {})
+        comparisons = regression_rows(cfg, values, day, champion, rescored or {})
+        disqualified = [r["gate"] for r in threshold_rows(cfg, rescored or {})
+                        if r["gate"] in (rescored or {}) and not r["passed"]]
+        if disqualified:  # e.g. a compliance rule that started after it was published: no bar to hold
+            reason = (f"waived: champion {champion.get('version')} fails {', '.join(disqualified)} "
+                      f"on {day} itself")
+            comparisons = [{**r, "passed": True, "waived": True, "reason": reason} for r in comparisons]
+        rows += comparisons
     return rows
 
 

@@ -236,13 +236,13 @@ def test_bad_config_is_refused_naming_the_field(project):
         assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def _rescored(uplift: float):
+def _rescored(uplift: float, compliance: float = 0.99):
     """A stand-in for pipelines.evaluate_champion.champion_metrics that records its calls."""
     calls = []
 
     def champion_metrics(version_dir, ds, params_path=None):
         calls.append((Path(version_dir).name, ds))
-        return {"evaluate.json": {"relate": {"true_ctcvr_uplift_vs_sft": uplift, "compliance_rate": 0.99}},
+        return {"evaluate.json": {"relate": {"true_ctcvr_uplift_vs_sft": uplift, "compliance_rate": compliance}},
                 "attribution.json": {"holdout_auc": 0.70, "oracle_auc": 0.72}}
 
     return champion_metrics, calls
@@ -280,6 +280,30 @@ def test_champion_from_another_day_is_scored_again_on_the_candidates_day(project
     assert not ctcvr["champion_rescored"] and ctcvr["champion_eval_day"] == "2026-01-05"
     text = (project / "reports" / "publish.md").read_text()
     assert "scored again on 2026-01-06 (recorded on 2026-01-05)" in text and "not scored again" in text
+
+
+def test_a_champion_failing_a_gate_on_the_candidates_day_sets_no_bar(project, monkeypatch):
+    """A compliance rule that starts after the champion was published: it serves non-compliant texts."""
+    from pipelines import evaluate_champion
+
+    _write_run(project, "a", uplift=0.10, day="2026-01-05")
+    assert publish(project, "--ds", "2026-01-05").returncode == 0
+    v1 = champion(project)["version"]
+    monkeypatch.setattr(evaluate_champion, "champion_metrics", _rescored(uplift=0.10, compliance=0.90)[0])
+    _write_run(project, "b", uplift=0.02, day="2026-01-06")  # 0.08 below the champion's uplift
+    report = _publish_in_process(project, monkeypatch, "2026-01-06")
+    assert report["published"] is True and report["failed_gates"] == []
+    uplift = next(g for g in report["gates"] if g["gate"] == "relate_true_ctcvr_uplift_vs_champion")
+    assert uplift["waived"] and uplift["margin"] < 0
+    assert f"champion {v1} fails relate_compliance on 2026-01-06" in uplift["reason"]
+    assert f"waived: champion {v1} fails relate_compliance" in (project / "reports" / "publish.md").read_text()
+    # the same champion still compliant holds its bar: the candidate is refused
+    _write_run(project, "c", uplift=0.10, day="2026-01-05")
+    assert publish(project, "--ds", "2026-01-05").returncode == 0
+    monkeypatch.setattr(evaluate_champion, "champion_metrics", _rescored(uplift=0.10, compliance=0.99)[0])
+    _write_run(project, "d", uplift=0.02, day="2026-01-06")
+    report = _publish_in_process(project, monkeypatch, "2026-01-06")
+    assert report["published"] is False and report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"]
 
 
 def test_same_day_champion_is_not_scored_again_and_a_failed_rescore_keeps_the_recorded_bar(project, monkeypatch):
