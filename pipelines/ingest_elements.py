@@ -144,6 +144,13 @@ def write_day(ds: str, kept: pd.DataFrame, quarantined: pd.DataFrame, quality: d
             pq.write_table(table, out / "part-00000.parquet")
 
 
+def land_day(ds: str, embedding_dim: int) -> dict:
+    """Read, check and write one delivered day; its quality counts."""
+    kept, quarantined, quality = land(read_lines(ds), embedding_dim)
+    write_day(ds, kept, quarantined, quality, embedding_dim)
+    return quality
+
+
 def days_to_land(ctx: StageContext) -> list[str]:
     if (ctx.ds is None) == (not ctx.args.all):
         raise ConfigError("give one of --ds YYYY-MM-DD or --all")
@@ -158,8 +165,7 @@ def days_to_land(ctx: StageContext) -> list[str]:
 def run(ctx: StageContext) -> None:
     cfg = ctx.config(IngestElementsConfig)
     for ds in days_to_land(ctx):
-        kept, quarantined, quality = land(read_lines(ds), cfg.embedding_dim)
-        write_day(ds, kept, quarantined, quality, cfg.embedding_dim)
+        quality = land_day(ds, cfg.embedding_dim)
         log.info("%s: %d element rows in, %d kept, %d quarantined", ds, quality["rows_in"], quality["rows_kept"],
                  quality["rows_quarantined"])
     atomic.write_json(METRICS_FILE, quality_metrics())

@@ -176,11 +176,10 @@ def check_gates(cfg, values: dict[str, float | None], day: str | None,
     a gate missing from it compares with the champion's recorded value. A champion that fails a
     threshold on that day no longer sets a bar: its no-regression rows pass, marked waived.
     """
-    rows = threshold_rows(cfg, values)
+    rows, rescored = threshold_rows(cfg, values), rescored or {}
     if champion is not None:
-        comparisons = regression_rows(cfg, values, day, champion, rescored or {})
-        disqualified = [r["gate"] for r in threshold_rows(cfg, rescored or {})
-                        if r["gate"] in (rescored or {}) and not r["passed"]]
+        comparisons = regression_rows(cfg, values, day, champion, rescored)
+        disqualified = [r["gate"] for r in threshold_rows(cfg, rescored) if r["gate"] in rescored and not r["passed"]]
         if disqualified:  # e.g. a compliance rule that started after it was published: no bar to hold
             reason = (f"waived: champion {champion.get('version')} fails {', '.join(disqualified)} "
                       f"on {day} itself")

@@ -256,12 +256,9 @@ def land_elements(text_stats: pd.DataFrame, embedding_dim: int) -> dict[str, int
             (staging / f"dt={ds}").mkdir()
             (staging / f"dt={ds}" / "part-00000.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.rmtree(paths.CONTENT, ignore_errors=True)  # the partitions of an earlier delivery go with it
-    totals = dict.fromkeys(ie.QUALITY_COLUMNS, 0)
     for ds in days:
-        kept, quarantined, quality = ie.land(ie.read_lines(ds), embedding_dim)
-        ie.write_day(ds, kept, quarantined, quality, embedding_dim)
-        totals = {c: totals[c] + quality[c] for c in totals}
-    return totals
+        ie.land_day(ds, embedding_dim)
+    return ie.quality_metrics()["totals"]
 
 
 def embedding_dim() -> int:
