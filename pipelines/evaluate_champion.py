@@ -7,28 +7,32 @@ market as of the candidate's day, with the evaluate stages' own code: the A/B ha
 `pipelines.evaluate_harness` (the candidate's held-out prompts and logged contexts up to `ds`, the
 candidate's SFT policy as the common baseline, the same seeds) for the text-policy gates,
 and `pipelines.evaluate_attribution.holdout_auc` on the candidate's held-out days for the MIL
-model (the oracle as of the newest of them, as the candidate's attribution.json). The result has the shape of the metrics files, so publish reads it with the same keys.
-
-Not scored again, and why (publish then compares with the recorded value and says so):
-`ctcvr.json` (the held-out AUC needs train_ctcvr's prediction pass over the day, which lives
-inside that stage; the ratio to the oracle's AUC on the same impressions already normalises
-the day) and `evaluate.json:combo` (the combination A/B draws its traffic from the simulated
-world, not from a day's logs: the same for every day).
+model (the oracle as of the newest of them, as the candidate's attribution.json). The CTCVR
+model is scored on the candidate's held-out day (the same impressions and features as
+train_ctcvr's prediction pass; AUC over the oracle's AUC as evaluate_ctcvr computes it). The
+champion's combination serving table is A/B tested against the oracle's best on the
+candidate's market and traffic (`pipelines.evaluate_combo.ratio_to_oracle`). The result has
+the shape of the metrics files, so publish reads it with the same keys: every gate compares
+two models on one day's data.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pandas as pd
+
+from pipelines import evaluate_combo, evaluate_ctcvr, train_ctcvr
 from pipelines.evaluate import EvaluateConfig
 from pipelines.evaluate_attribution import holdout_auc
 from pipelines.evaluate_harness import Harness, generate_candidates, load_oracle
 from plumbing.config import load_config
+from plumbing.errors import DataError
 from plumbing.logs import get_logger
-from plumbing.paths import METRICS, SFT_DIR, read_as_of
+from plumbing.paths import METRICS, SFT_DIR, curated, partitions, read_as_of
 
 log = get_logger("evaluate_champion")
-RESCORED_FILES = ("evaluate.json", "attribution.json")
+RESCORED_FILES = ("evaluate.json", "attribution.json", "ctcvr.json")
 
 
 def champion_metrics(version_dir: Path, ds: str, params_path=None) -> dict[str, dict]:
@@ -48,8 +52,40 @@ def champion_metrics(version_dir: Path, ds: str, params_path=None) -> dict[str, 
         holdout_days = json.loads((METRICS / "attribution.json").read_text(encoding="utf-8"))["holdout_days"]
         attribution = holdout_auc(AttributionScorer.load(version_dir / "attribution"), load_oracle(max(holdout_days)),
                                   holdout_days)
+    ctcvr = ctcvr_on_day(version_dir / "ctcvr", params_path)
+    combo_day = read_metrics("evaluate.json")["combo"]["eval_day"]
+    combo = {"true_ctr_ratio_to_oracle": evaluate_combo.ratio_to_oracle(
+        load_config(evaluate_combo.EvaluateComboConfig, "evaluate_combo", params_path),
+        evaluate_combo.load_serving(version_dir / "combo_policy" / evaluate_combo.SERVING_FILE.name), combo_day)}
     log.info("champion %s on the candidate's data (ds %s): true CTCVR uplift %+.4f, compliance %.4f, "
-             "MIL holdout AUC %.4f", version_dir.name, ds, arms["relate"]["true_ctcvr_uplift_vs_sft"],
-             arms["relate"]["compliance_rate"], attribution["holdout_auc"])
-    return {"evaluate.json": {"relate": arms["relate"], "sft": arms["sft"], "eval_day": harness.eval_day},
-            "attribution.json": {**attribution, "eval_day": max(holdout_days)}}
+             "MIL holdout AUC %.4f, CTCVR AUC ratio %.4f, combo ratio to oracle %.4f", version_dir.name, ds,
+             arms["relate"]["true_ctcvr_uplift_vs_sft"], arms["relate"]["compliance_rate"],
+             attribution["holdout_auc"], ctcvr["auc_ratio_ctcvr"], combo["true_ctr_ratio_to_oracle"])
+    return {"evaluate.json": {"relate": arms["relate"], "sft": arms["sft"], "combo": combo,
+                              "eval_day": harness.eval_day},
+            "attribution.json": {**attribution, "eval_day": max(holdout_days)}, "ctcvr.json": ctcvr}
+
+
+def read_metrics(name: str) -> dict:
+    return json.loads((METRICS / name).read_text(encoding="utf-8"))
+
+
+def ctcvr_on_day(scorer_dir: Path, params_path=None) -> dict:
+    """metrics/ctcvr.json's keys for the CTCVR model in `scorer_dir` on the candidate's held-out day:
+    the impressions of its predictions, their features built as train_ctcvr built them."""
+    from relate_models import ctcvr
+
+    cfg = load_config(train_ctcvr.TrainCTCVRConfig, "train_ctcvr", params_path)
+    trained = read_metrics("ctcvr_train.json")
+    eval_day, scorer = trained["eval_day"], ctcvr.CTCVRScorer.load(scorer_dir)
+    _, frame = train_ctcvr.load_window(cfg, partitions(curated("labeled_impressions")), trained["train_days"], eval_day)
+    pred = ctcvr.predict(scorer.model, scorer.encoder, ctcvr.build_train_data(scorer.encoder, frame))
+    candidate = evaluate_ctcvr.load_predictions()  # its labels and baseline columns; the champion's p_*
+    champion = pd.DataFrame({"impression_id": frame["impression_id"].astype(str).to_numpy(), **pred})
+    mine = candidate.drop(columns=list(pred)).merge(champion, on="impression_id", how="inner", validate="1:1")
+    if len(mine) != len(candidate):
+        raise DataError(f"the champion's CTCVR pass over {eval_day} covered {len(mine)} of the candidate's "
+                        f"{len(candidate)} held-out impressions")
+    eval_cfg = load_config(evaluate_ctcvr.EvaluateCTCVRConfig, evaluate_ctcvr.SECTION, params_path)
+    frame = evaluate_ctcvr.join_truth(mine, evaluate_ctcvr.load_truth(eval_day))
+    return evaluate_ctcvr.compute_metrics(frame, eval_cfg.ece_bins, eval_cfg.goal_auc_ratio)

@@ -143,15 +143,52 @@ def load_oracle(day: str | None = None):
     return as_of(day)
 
 
-def load_serving() -> pd.DataFrame:
-    """The generator's serving table (models/combo_policy/serving.parquet)."""
-    if not SERVING_FILE.is_file():
-        raise MissingArtifact(f"missing {SERVING_FILE} (run pipelines.combo_policy first)")
-    serving = pd.read_parquet(SERVING_FILE)
+def load_serving(path=SERVING_FILE) -> pd.DataFrame:
+    """A generator's serving table (this run's: models/combo_policy/serving.parquet), sorted by ad and rank."""
+    if not path.is_file():
+        raise MissingArtifact(f"missing {path} (run pipelines.combo_policy first)")
+    serving = pd.read_parquet(path)
     missing = [c for c in ("ad_id", "rank", *COLS, "score") if c not in serving.columns]
     if missing or serving.empty:
-        raise DataError(f"{SERVING_FILE}: empty or lacks column(s) {missing}")
-    return serving
+        raise DataError(f"{path}: empty or lacks column(s) {missing}")
+    return serving.sort_values(["ad_id", "rank"])
+
+
+def market(scorer: attr.AttributionScorer, day: str | None):
+    """(the oracle as of `day`, its live element ids, the logged combinations still live): every arm's world."""
+    oracle = load_oracle(day)
+    live = live_ids(oracle)
+    rows = logged_rows(scorer)
+    rows = rows[np.logical_and.reduce([rows[attr.SLOT_COLUMNS[s]].isin(live[s]) for s in attr.SLOTS])]
+    return oracle, live, rows
+
+
+def ab_test(cfg: EvaluateComboConfig, oracle, rows: pd.DataFrame, choices: dict | None):
+    """One arm's simulated A/B; `choices` None is the logging arm. Each arm gets its own logging
+    fallback with the same seed, so an arm's result does not depend on which arms ran before it."""
+    logged = logging_policy(rows, cfg.seed, oracle)
+    return oracle.ab_test_combos(logged if choices is None else with_fallback(choices, logged), cfg.n_impressions,
+                                 cfg.seed)
+
+
+def oracle_best_choices(best: dict[str, dict]) -> dict[str, tuple]:
+    """ad -> its best combination, from {ad: oracle.oracle_best_combo(ad)}."""
+    return {ad: tuple(b[c] for c in COLS) for ad, b in best.items()}
+
+
+def top1_choices(serving: pd.DataFrame) -> dict[str, tuple]:
+    """ad -> the rank-1 combination of a serving table sorted by ad and rank."""
+    return {ad: tuple(g.iloc[0][COLS]) for ad, g in serving.groupby("ad_id")}
+
+
+def ratio_to_oracle(cfg: EvaluateComboConfig, serving: pd.DataFrame, day: str | None) -> float:
+    """`serving`'s top-1 arm / the oracle_best arm in expected CTR, on combo_metrics' traffic as of `day`
+    (publish scores the champion's serving table with it on the candidate's day)."""
+    oracle, live, rows = market(attr.AttributionScorer.load(ATTRIBUTION_DIR), day)
+    top1 = top1_choices(serving)
+    best = oracle_best_choices({ad: oracle.oracle_best_combo(ad) for ad in oracle.ad_ids})
+    gen, best = (ab_test(cfg, oracle, rows, live_choices(c, live)) for c in (top1, best))
+    return gen.expected_ctr / best.expected_ctr
 
 
 def combo_metrics(cfg: EvaluateComboConfig, day: str | None = None) -> dict:
@@ -160,14 +197,8 @@ def combo_metrics(cfg: EvaluateComboConfig, day: str | None = None) -> dict:
 
     serving = load_serving()
     scorer = attr.AttributionScorer.load(ATTRIBUTION_DIR)
-    oracle = load_oracle(day)
-    live = live_ids(oracle)
-    rows = logged_rows(scorer)
-    rows = rows[np.logical_and.reduce([rows[attr.SLOT_COLUMNS[s]].isin(live[s]) for s in attr.SLOTS])]
-    logged = logging_policy(rows, cfg.seed, oracle)
-
-    serving = serving.sort_values(["ad_id", "rank"])
-    top1 = {ad: tuple(g.iloc[0][COLS]) for ad, g in serving.groupby("ad_id")}
+    oracle, live, rows = market(scorer, day)
+    top1 = top1_choices(serving)
     top_k = {ad: [tuple(r) for r in g[COLS].to_numpy()] for ad, g in serving.groupby("ad_id")}
     best = {ad: oracle.oracle_best_combo(ad) for ad in oracle.ad_ids}
     problem = cg.ComboProblem(ad_ids=list(scorer.vocab.ads), slots=list(attr.SLOTS),
@@ -175,16 +206,16 @@ def combo_metrics(cfg: EvaluateComboConfig, day: str | None = None) -> dict:
     arms = {
         "generator_top1": top1,
         "generator_top_k": top_k,
-        "oracle_best": {ad: tuple(b[c] for c in COLS) for ad, b in best.items()},
+        "oracle_best": oracle_best_choices(best),
         "greedy_marginal": greedy_marginal(rows),
         "mil_argmax": {ad: b[:3] for ad, b in mil_argmax(scorer, problem, cfg.max_enumerate).items()},
     }
     arms = {name: live_choices(choices, live) for name, choices in arms.items()}
     top1 = arms["generator_top1"]
-    results = {"logging": oracle.ab_test_combos(logged, cfg.n_impressions, cfg.seed)}
+    results = {"logging": ab_test(cfg, oracle, rows, None)}
     for name, choices in arms.items():
         log.info("simulated A/B: %s (%d impressions)", name, cfg.n_impressions)
-        results[name] = oracle.ab_test_combos(with_fallback(choices, logged), cfg.n_impressions, cfg.seed)
+        results[name] = ab_test(cfg, oracle, rows, choices)
 
     world_ads = set(oracle.ad_ids)
     out = {"arms": {k: {**arm_summary(v), "ads_fallback": len(world_ads - set(arms.get(k, world_ads)))}

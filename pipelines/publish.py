@@ -8,8 +8,8 @@ metric must reach its minimum, and must not fall more than `max_regression` belo
 current champion's value on the same evaluation day (one number for every gate, or a mapping
 gate name -> allowed drop, so that each gate tolerates its own run-to-run noise): when the champion was evaluated on
 another day, its artifacts are scored again on the candidate's data
-(`pipelines.evaluate_champion`; the gates it cannot score again compare with the recorded
-value, and the report says which). On pass, `registry/<version>/` gets the policy (save_pretrained,
+(`pipelines.evaluate_champion`, every gate; a champion that cannot be scored again
+compares with its recorded values, and the report says which). On pass, `registry/<version>/` gets the policy (save_pretrained,
 with its tokenizer), the shared tokenizer, the CTCVR and MIL models, the combo generator,
 the evaluation metrics, MODEL_CARD.md and manifest.json (data partitions, git revision,
 params hash, metrics); it is `dvc add`-ed and pushed to the DVC remote `remote_url`

@@ -98,8 +98,8 @@ def champion_on_candidate_day(cfg, champion: dict | None, day: str | None, ds: s
 
     Same evaluation day and the same serving settings: its recorded metrics. Another day, or
     serving settings that changed since: its artifacts scored again on the candidate's data
-    (only gates whose metrics file that covers; the others keep the recorded value). A
-    champion that cannot be scored again (artifacts missing, incompatible with the current
+    (every gate: the policy, MIL, CTCVR and combination metrics; a gate missing from the result
+    keeps the recorded value, and the report says so). A champion that cannot be scored again (artifacts missing, incompatible with the current
     code) keeps its recorded values, with the reason in the report.
     """
     if champion is None:

@@ -108,6 +108,27 @@ def test_the_report_holds_the_trajectories(daily):
     assert (project / "plots" / "closed_loop" / "trajectories.png").stat().st_size > 10_000
 
 
+def test_the_champion_is_scored_again_on_every_gate_and_a_model_scored_so_gets_its_own_values(daily, monkeypatch):
+    """publish's bar is the champion measured like the candidate: scoring the day's own models with
+    evaluate_champion's code gives their recorded metrics, and the refused day compared on its own data."""
+    from pipelines import evaluate_champion, evaluate_combo
+    from plumbing.config import load_config
+
+    _, ws, records = daily
+    report = json.loads((ws / "metrics" / "publish.json").read_text())
+    assert report["ds"] == REFUSE and report["champion_metrics_source"] == f"scored again on {REFUSE}"
+    compared = [g for g in report["gates"] if g["kind"] == "no_regression"]
+    assert compared and all(g["champion_rescored"] for g in compared), compared
+    monkeypatch.chdir(ws)
+    params = ws / "params.yaml"
+    recorded = json.loads((ws / "metrics" / "ctcvr.json").read_text())["auc_ratio_ctcvr"]
+    assert evaluate_champion.ctcvr_on_day(ws / "models" / "ctcvr", params)["auc_ratio_ctcvr"] == pytest.approx(recorded)
+    combo = json.loads((ws / "metrics" / "evaluate.json").read_text())["combo"]
+    cfg = load_config(evaluate_combo.EvaluateComboConfig, "evaluate_combo", params)
+    ratio = evaluate_combo.ratio_to_oracle(cfg, evaluate_combo.load_serving(), combo["eval_day"])
+    assert ratio == pytest.approx(combo["true_ctr_ratio_to_oracle"])
+
+
 def test_a_rerun_resumes_after_the_last_recorded_day(daily):
     project, ws, records = daily
     before = (ws / "loop" / "records.json").read_bytes()

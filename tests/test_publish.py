@@ -243,7 +243,7 @@ def _rescored(uplift: float, compliance: float = 0.99):
     def champion_metrics(version_dir, ds, params_path=None):
         calls.append((Path(version_dir).name, ds))
         return {"evaluate.json": {"relate": {"true_ctcvr_uplift_vs_sft": uplift, "compliance_rate": compliance}},
-                "attribution.json": {"holdout_auc": 0.70, "oracle_auc": 0.72}}
+                "attribution.json": {"holdout_auc": 0.70, "oracle_auc": 0.72}, "ctcvr.json": {"auc_ratio_ctcvr": 0.91}}
 
     return champion_metrics, calls
 
@@ -275,9 +275,11 @@ def test_champion_from_another_day_is_scored_again_on_the_candidates_day(project
     uplift = rows["relate_true_ctcvr_uplift_vs_champion"]
     assert uplift["champion_rescored"] and uplift["champion_value"] == pytest.approx(0.03)
     assert uplift["margin"] == pytest.approx(0.02) and uplift["champion_eval_day"] == "2026-01-06"
-    # a gate evaluate_champion does not score again compares with the recorded value, and says so
     ctcvr = rows["ctcvr_auc_ratio_vs_champion"]
-    assert not ctcvr["champion_rescored"] and ctcvr["champion_eval_day"] == "2026-01-05"
+    assert ctcvr["champion_rescored"] and ctcvr["champion_value"] == pytest.approx(0.91)
+    # a gate the re-scoring did not return (here the combination ratio) compares with the recorded value, and says so
+    combo = rows["combo_ratio_to_oracle_vs_champion"]
+    assert not combo["champion_rescored"] and combo["champion_eval_day"] == "2026-01-05"
     text = (project / "reports" / "publish.md").read_text()
     assert "scored again on 2026-01-06 (recorded on 2026-01-05)" in text and "not scored again" in text
 
