@@ -283,12 +283,12 @@ def restate_offline(run: Path, ds: str, prompts: Path, evaluate_json: Path) -> d
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, default=Path("/work/wt/loop/runs/loop_params"))
+    ap.add_argument("--run", type=Path, default=Path("runs/loop_params"))
     ap.add_argument("--days", nargs="+", default=["2026-01-10", "2026-01-12"])
     ap.add_argument("--main-day", default="2026-01-14", help="eval day of --main-evaluate (its market = the "
                     "logging arm's on that day)")
-    ap.add_argument("--main-evaluate", type=Path, default=Path("/work/main/metrics/evaluate.json"))
-    ap.add_argument("--main-prompts", type=Path, default=Path("/work/main/data/prompts/eval.jsonl"))
+    ap.add_argument("--main-evaluate", type=Path, default=Path("metrics/evaluate.json"))
+    ap.add_argument("--main-prompts", type=Path, default=Path("data/prompts/eval.jsonl"))
     ap.add_argument("--out", type=Path, default=Path("metrics/loop_gap.json"))
     args = ap.parse_args(argv)
     prompts = args.run / "daily_warm" / "data" / "prompts" / "eval.jsonl"
