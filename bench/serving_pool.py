@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         for weight in args.weights:
             # dataclasses.replace re-runs the config's validation
             harness.serving = dataclasses.replace(serving, pool_ctcvr_weight=weight)
-            outcomes[f"{policy.name} pool w={weight:g}"] = harness.pooled_arm(policy.name, policy)
+            outcomes[f"{policy.name} pool w={weight:g}"] = harness.served_arm(policy.name, policy)
     arms = harness.summarize_all(outcomes)
     print(f"\n{serving.pool_candidates} candidates per prompt, pool of {base.texts_per_prompt}, "
           f"{base.n_impressions:,} impressions per arm\n")

@@ -37,7 +37,7 @@ from plumbing.paths import METRICS, PLOTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = [s.name for s in STAGES if s.group in ("reward_models", "policies")]
-RELEASE = ["evaluate", "serving_tables"]
+RELEASE = [s.name for s in STAGES if s.group == "release" and s.name != "publish"]  # table order
 NO_GATES = {"min_true_ctcvr_uplift_vs_sft": None, "min_true_ctcvr_uplift_vs_logged": None, "min_compliance_rate": None, "min_combo_ratio_to_oracle": None,
             "min_ctcvr_auc_ratio": None, "min_attribution_auc_ratio": None, "max_regression": None, "push": False}
 

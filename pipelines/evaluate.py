@@ -4,7 +4,10 @@ Variants (arms), all on the held-out prompts (data/prompts/eval.jsonl, written b
 - `sft`: the SFT policy; N texts sampled per prompt, one served at random per impression;
 - `two_stage`: the industrial baseline; the same N SFT texts, ranked per request context by
   the learned CTR model (models/ctcvr pCTR), the top one served;
-- `relate`: the GRPO policy (models/relate), served through its serving pool;
+- `relate`: the GRPO policy (models/relate) as the ad server would serve it: the pools of its
+  held-out prompts in models/serving/prompt_pools.parquet (the serving_tables stage, run before
+  this one, samples them once a day for serving and for this arm; plain samples when
+  serving.pool_candidates is 0);
 - `logged`: the texts the logs show served on the same impressions: the incumbent (the logging
   policy, or the champion mixed with its exploration), which publish's
   `min_true_ctcvr_uplift_vs_logged` gate compares RELATE with.
@@ -20,7 +23,9 @@ compliance rate, distinct-2 and self-BLEU of the texts served per prompt, and th
 CTCVR reward's uplift beside the true uplift (their gap is reward hacking).
 
 Also runs the GenCO combination evaluation (`pipelines.evaluate_combo.evaluate_combos`) and
-stores it under "combo". Writes metrics/evaluate.json, reports/evaluate.md, plots/evaluate/ab.png.
+stores it under "combo". Writes metrics/evaluate.json, reports/evaluate.md, plots/evaluate/ab.png,
+and data/evaluate/sft_texts.json (the SFT arm's texts, which publish's re-scoring of a champion
+reuses: the same policy, prompts and seed would sample them again).
 The harness (traffic, arms, statistics) is pipelines.evaluate_harness, the serving pool
 relate_models.serving (the `serving:` section), the report and plot pipelines.ab_report.
 """
@@ -30,11 +35,13 @@ import sys
 import time
 
 from pipelines.ab_report import bar_chart, evaluate_report
-from pipelines.evaluate_harness import EvaluateConfig, Harness, generate_candidates, serve_top_ranked, setup_info
+from pipelines.evaluate_harness import (EvaluateConfig, Harness, generate_candidates, serve_top_ranked, setup_info,
+                                        write_sft_texts)
 from plumbing.atomic import undefined_as_null, write_json, write_text
 from plumbing.cli import StageContext, run_stage
 from plumbing.logs import get_logger
-from plumbing.paths import METRICS, PLOTS, RELATE_DIR, REPORTS, SFT_DIR
+from plumbing.paths import METRICS, PLOTS, RELATE_DIR, REPORTS, SERVING_DIR, SFT_DIR
+from plumbing.serving_schema import PROMPT_POOLS_FILE
 
 log = get_logger("evaluate")
 
@@ -87,15 +94,16 @@ def run_arms(harness: Harness) -> dict:
     """Every arm's outcome on the shared traffic, in a fixed order (generation seeds and draws depend on it)."""
     cfg = harness.cfg
     sft_texts = generate_candidates(SFT_DIR, harness.prompts, cfg)
+    write_sft_texts(cfg, sft_texts)  # publish's re-scoring of a champion serves them as its SFT arm
     outcomes = {
         "sft": harness.sampled_arm("sft", sft_texts),
         "two_stage": harness.run_arm("two_stage", serve_top_ranked(sft_texts, harness.contexts, harness.scorer)),
-        "relate": harness.served_arm("relate", RELATE_DIR),
+        "relate": harness.table_arm("relate", SERVING_DIR / PROMPT_POOLS_FILE),  # serving_tables' pools
     }
     if harness.serving.pool_candidates:  # the policy's plain samples and the pool over SFT: the pool's share in view
         outcomes["relate_sampled"] = harness.sampled_arm(
             "relate_sampled", generate_candidates(RELATE_DIR, harness.prompts, cfg))
-        outcomes["sft_pool"] = harness.pooled_arm("sft_pool", SFT_DIR)
+        outcomes["sft_pool"] = harness.served_arm("sft_pool", SFT_DIR)
     outcomes["logged"] = harness.logged_arm()
     return outcomes
 

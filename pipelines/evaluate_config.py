@@ -6,11 +6,16 @@ crossing the honesty boundary.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from plumbing.config import require
+from plumbing.errors import DataError, MissingArtifact
+from plumbing.paths import DATA
+
+EVAL_PROMPTS = DATA / "prompts" / "eval.jsonl"  # the held-out prompts grpo writes
 
 
 @dataclass
@@ -51,3 +56,13 @@ def generate_candidates(policy_dir: Path, prompts: Sequence[dict], cfg: "Evaluat
     texts = generate_texts(policy_dir, prompts, n or cfg.texts_per_prompt, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.generation_seed)
     return {row["prompt_id"]: group for row, group in zip(prompts, texts)}
+
+
+def load_prompts(path: Path = EVAL_PROMPTS) -> list[dict]:
+    """The held-out prompt rows (prompt_id, vertical, keyword, prompt, user_segment) grpo wrote."""
+    if not Path(path).is_file():
+        raise MissingArtifact(f"no held-out prompts at {path}: run `python -m pipelines.grpo` first")
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise DataError(f"{path} holds no prompts")
+    return rows

@@ -11,38 +11,31 @@ plumbing.metrics', the reports pipelines.ab_report's.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from pipelines.evaluate_config import EvaluateConfig, generate_candidates
+from pipelines.evaluate_config import EVAL_PROMPTS, EvaluateConfig, generate_candidates, load_prompts
+from pipelines.publish_registry import read_json, tree_digest
+from plumbing.atomic import write_json
 from plumbing.config import load_config
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import Progress, get_logger
 from plumbing.metrics import mean_ci, paired_uplift, wilson
-from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, CuratedReader
+from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, SFT_DIR, CuratedReader
+from plumbing.serving_schema import read_prompt_pools
 from relate_models.serving import ServingConfig, learned_rewards, serving_pools
 
 log = get_logger("evaluate")
-EVAL_PROMPTS = DATA / "prompts" / "eval.jsonl"
 CONTEXT_COLUMNS = ["impression_id", "user_id", "user_segment", "ad_id", "vertical", "keyword", "query", "position",
                    "ad_text"]  # ad_text: what served there (the `logged` arm)
+SFT_TEXTS = DATA / "evaluate" / "sft_texts.json"  # the evaluate stage's SFT arm texts (publish reuses them)
 KEY_FIELDS = ("vertical", "keyword", "query", "user_segment", "position")
 
 
 # ------------------------------------------------------------------------------- traffic
-def load_prompts(path: Path = EVAL_PROMPTS) -> list[dict]:
-    if not Path(path).is_file():
-        raise MissingArtifact(f"no held-out prompts at {path}: run `python -m pipelines.grpo` first")
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not rows:
-        raise DataError(f"{path} holds no prompts")
-    return rows
-
-
 def sample_contexts(prompts: Sequence[dict], n: int, seed: int, labeled_dir: Path) -> list[dict]:
     """`n` logged search impressions whose (vertical, keyword) is a held-out prompt, in random order.
 
@@ -308,24 +301,39 @@ class Harness:
     def sampled_arm(self, name: str, candidates: dict[str, list[str]]) -> ArmOutcome:
         return self.run_arm(name, serve_sampled(candidates, self.contexts, self.ab.serve_draws))
 
-    def pooled_arm(self, name: str, policy_dir: Path) -> ArmOutcome:
-        """The policy served through its serving pool (serving.pool_candidates samples per prompt)."""
+    def served_texts(self, policy_dir: Path, prompts: Sequence[dict]) -> tuple[dict[str, list[str]], list[str]]:
+        """(prompt_id -> the texts the policy serves for it, sampled now: its serving pool of
+        serving.pool_candidates samples, or plain samples when that is 0; the prompts whose pool
+        found no compliant candidate and so serves plain samples)."""
         cfg, serving = self.cfg, self.serving
-        candidates = generate_candidates(policy_dir, self.prompts, cfg, n=serving.pool_candidates)
-        pools, unpooled = serving_pools(candidates, self.prompts, self.rewards, cfg.texts_per_prompt,
-                                        serving.pool_ctcvr_weight)
-        if unpooled:
+        if not serving.pool_candidates:
+            return generate_candidates(policy_dir, prompts, cfg), []
+        candidates = generate_candidates(policy_dir, prompts, cfg, n=serving.pool_candidates)
+        return serving_pools(candidates, prompts, self.rewards, cfg.texts_per_prompt, serving.pool_ctcvr_weight)
+
+    def pools_arm(self, name: str, pools: dict[str, list[str]], unpooled: Sequence[str]) -> ArmOutcome:
+        """An arm serving the given texts per prompt, one per impression by the shared draws."""
+        if unpooled and self.serving.pool_candidates:
             log.warning("%s: %d prompt(s) had no compliant candidate and serve plain samples: %s", name,
-                        len(unpooled), unpooled[:5])
+                        len(unpooled), list(unpooled)[:5])
         outcome = self.sampled_arm(name, pools)
-        outcome.unpooled_prompts = len(unpooled)
+        outcome.unpooled_prompts = len(unpooled) if self.serving.pool_candidates else None
         return outcome
 
     def served_arm(self, name: str, policy_dir: Path) -> ArmOutcome:
-        """The policy as it is served: through its pool when serving.pool_candidates, else plain samples."""
-        if self.serving.pool_candidates:
-            return self.pooled_arm(name, policy_dir)
-        return self.sampled_arm(name, generate_candidates(policy_dir, self.prompts, self.cfg))
+        """The policy as it would be served, sampled now (`served_texts`)."""
+        return self.pools_arm(name, *self.served_texts(policy_dir, self.prompts))
+
+    def table_arm(self, name: str, pools_file: Path) -> ArmOutcome:
+        """The policy as serving_tables pooled it (its prompt_pools file): what the ad server serves,
+        without sampling the policy again. Every held-out prompt must have a pool."""
+        pools, plain = read_prompt_pools(pools_file)
+        ids = [p["prompt_id"] for p in self.prompts]
+        missing = [i for i in ids if i not in pools]
+        if missing:
+            raise DataError(f"{pools_file}.prompt_id: {len(missing)} held-out prompt(s) without a pool, e.g. "
+                            f"{missing[:3]}; run `python -m pipelines.serving_tables` after grpo")
+        return self.pools_arm(name, {i: pools[i] for i in ids}, [i for i in ids if i in plain])
 
     def logged_arm(self) -> ArmOutcome:
         """The texts the logs show served on the traffic's impressions: what serves today (the incumbent)."""
@@ -342,11 +350,43 @@ class Harness:
         return out
 
 
+def generation_settings(cfg: "EvaluateConfig") -> dict:
+    """What decides a policy's sampled texts for given prompts (with the policy itself)."""
+    return {"texts_per_prompt": cfg.texts_per_prompt, "temperature": cfg.temperature, "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens, "generation_seed": cfg.generation_seed}
+
+
 def serving_settings(cfg: "EvaluateConfig", serving: ServingConfig) -> dict:
     """What decides the texts the `relate` arm serves; publish re-scores a champion served otherwise."""
-    return {"texts_per_prompt": cfg.texts_per_prompt, "temperature": cfg.temperature, "top_p": cfg.top_p,
-            "max_new_tokens": cfg.max_new_tokens, "generation_seed": cfg.generation_seed,
-            "pool_candidates": serving.pool_candidates, "pool_ctcvr_weight": serving.pool_ctcvr_weight}
+    return {**generation_settings(cfg), "pool_candidates": serving.pool_candidates,
+            "pool_ctcvr_weight": serving.pool_ctcvr_weight}
+
+
+def write_sft_texts(cfg: "EvaluateConfig", texts: dict[str, list[str]], policy_dir: Path = SFT_DIR,
+                    path: Path = SFT_TEXTS) -> None:
+    """The SFT arm's texts with what decided them (settings, the policy's digest): publish's
+    re-scoring of a champion reuses them instead of sampling the same policy again."""
+    write_json(path, {"generation": generation_settings(cfg), "sft_digest": tree_digest(Path(policy_dir)),
+                      "prompt_ids": list(texts), "texts": texts})  # sampling depends on the prompts' order too
+
+
+def recorded_sft_texts(cfg: "EvaluateConfig", prompts: Sequence[dict], policy_dir: Path = SFT_DIR,
+                       path: Path = SFT_TEXTS) -> dict[str, list[str]] | None:
+    """The evaluate stage's SFT texts when sampling now would give the same ones (same settings,
+    policy digest and held-out prompts); None otherwise, with the reason logged."""
+    recorded = read_json(Path(path))
+    if not isinstance(recorded, dict):
+        log.info("no SFT texts recorded at %s: the SFT arm is sampled", path)
+        return None
+    ids = [p["prompt_id"] for p in prompts]
+    decided = (generation_settings(cfg), tree_digest(Path(policy_dir)))
+    if (recorded.get("generation"), recorded.get("sft_digest")) != decided:
+        log.info("%s was sampled with other settings or another SFT policy: the SFT arm is sampled", path)
+        return None
+    if recorded.get("prompt_ids") != ids:
+        log.info("%s was sampled for other held-out prompts (or another order): the SFT arm is sampled", path)
+        return None
+    return {i: recorded["texts"][i] for i in ids}
 
 
 def setup_info(harness: Harness) -> dict:

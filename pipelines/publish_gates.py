@@ -119,7 +119,10 @@ def champion_on_candidate_day(cfg, champion: dict | None, day: str | None, ds: s
                     champion.get("version"), day, err, exc_info=not isinstance(err, StageError))
         return {}, f"recorded on {champion.get('eval_day')}: scoring it again on {day} failed ({err})"
     rescored = gate_values(files, [g for g in GATES if g.metrics_file in evaluate_champion.RESCORED_FILES])
-    return {k: v for k, v in rescored.items() if v is not None}, f"scored again on {day}"
+    pools = (files.get("evaluate.json") or {}).get("champion_pools")
+    texts = (f" (its texts: {pools['published']} held-out prompt(s) from its published pools, {pools['sampled']} "
+             f"sampled from its policy)") if isinstance(pools, dict) else ""
+    return {k: v for k, v in rescored.items() if v is not None}, f"scored again on {day}{texts}"
 
 
 def threshold_rows(cfg, values: dict[str, float | None]) -> list[dict]:

@@ -9,7 +9,11 @@ and the simulator serves on the days after (relate_sim/champion.py):
   samples of the RELATE policy, `evaluate.texts_per_prompt` of them kept by
   relate_models.serving (the pool the evaluate stage's `relate` arm serves, same generation
   settings); `score` is the learned CTCVR reward of the text (not the truth);
-- combos.parquet: the combination generator's top-k per ad (models/combo_policy/serving.parquet).
+- combos.parquet: the combination generator's top-k per ad (models/combo_policy/serving.parquet);
+- prompt_pools.parquet: each prompt's pool once (prompt_id, vertical, keyword, rank, text, score,
+  pooled), for the served (vertical, keyword) prompts and the evaluate stage's held-out prompts
+  (data/prompts/eval.jsonl): the policy is sampled once a day, here; the evaluate stage's `relate`
+  arm serves these pools, and publish's re-scoring of a champion serves its published ones.
 Reads only curated logs and this run's models, never the simulator.
 """
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.evaluate_config import EvaluateConfig, generate_candidates
+from pipelines.evaluate_config import EVAL_PROMPTS, EvaluateConfig, generate_candidates, load_prompts
 from plumbing import atomic
 from plumbing.cli import StageContext, run_stage
 from plumbing.errors import DataError, MissingArtifact
@@ -30,6 +34,8 @@ from plumbing.paths import COMBO_POLICY_DIR, CTCVR_DIR, RELATE_DIR, SERVING_DIR
 from plumbing.serving_schema import (
     COMBO_SCHEMA,
     COMBOS_FILE,
+    PROMPT_POOL_SCHEMA,
+    PROMPT_POOLS_FILE,
     TEXT_POOL_SCHEMA,
     TEXT_POOLS_FILE,
     validate,
@@ -45,19 +51,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(ctx: StageContext) -> None:
-    """Pools for every served (ad, keyword), the generator's top-k per ad, written as one folder."""
+    """Pools for every served (ad, keyword) and held-out prompt, the generator's top-k per ad, written as one folder."""
+    import torch
+
+    from relate_models.ctcvr import CTCVRScorer
+    from relate_models.grpo_trainer import GRPOStageConfig
+
     cfg = ctx.config(EvaluateConfig, "evaluate")
+    if cfg.torch_threads:  # as evaluate samples: torch's default thread pool spins on a shared machine's cores
+        torch.set_num_threads(cfg.torch_threads)
     serving = ctx.config(ServingConfig, "serving")
     serving.check_pool_size(cfg.texts_per_prompt, "evaluate.texts_per_prompt")
     ad_keywords = served_ad_keywords(ctx.curated.table("labeled_impressions"))
-    text_pools = text_pool_table(ad_keywords, cfg, serving, ctx)
+    held_out = load_prompts()
+    prompts = pool_prompts(ad_keywords, held_out, ctx.config(GRPOStageConfig, "grpo").user_segment)
+    rewards = learned_rewards(CTCVRScorer.load(CTCVR_DIR), ctx.params, ctx.curated)
+    pools, unpooled = sample_pools(prompts, cfg, serving, rewards)
+    scores = ctcvr_scores(prompts, pools, rewards)
+    text_pools = text_pool_table(ad_keywords, pools, scores)
+    plain = set(unpooled) if serving.pool_candidates else set(pools)
+    prompt_pools = prompt_pool_table(prompts, pools, scores, plain)
     combos = combo_table()
     with atomic.directory(SERVING_DIR) as out:
         pq.write_table(text_pools, out / TEXT_POOLS_FILE)
         pq.write_table(combos, out / COMBOS_FILE)
-    log.info("serving tables: %d (ad, keyword) pools, %d texts; %d ads' top-%d combinations -> %s",
-             len(ad_keywords), text_pools.num_rows, len(set(combos.column("ad_id").to_pylist())),
-             max(combos.column("rank").to_pylist(), default=0), SERVING_DIR)
+        pq.write_table(prompt_pools, out / PROMPT_POOLS_FILE)
+    log.info("serving tables: %d (ad, keyword) pools, %d texts; %d prompts' pools (%d served, %d held out); "
+             "%d ads' top-%d combinations -> %s", len(ad_keywords), text_pools.num_rows, len(prompts),
+             len(set(zip(ad_keywords["vertical"], ad_keywords["keyword"]))), len(held_out),
+             len(set(combos.column("ad_id").to_pylist())), max(combos.column("rank").to_pylist(), default=0),
+             SERVING_DIR)
 
 
 def served_ad_keywords(labeled_dir) -> pd.DataFrame:
@@ -73,25 +96,41 @@ def served_ad_keywords(labeled_dir) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def text_pool_table(ad_keywords: pd.DataFrame, cfg: EvaluateConfig, serving: ServingConfig,
-                    ctx: StageContext) -> pa.Table:
-    """One serving pool per (vertical, keyword) prompt, repeated for each ad it serves."""
-    from relate_models.ctcvr import CTCVRScorer
+def pool_prompts(ad_keywords: pd.DataFrame, held_out: list[dict], default_segment: str | None) -> list[dict]:
+    """One prompt row per (vertical, keyword), served or held out, sorted by prompt_id.
 
-    prompts = [{"prompt_id": f"{v}|{k}", "vertical": v, "keyword": k, "prompt": f"{v} | {k} |"}
-               for v, k in sorted(set(zip(ad_keywords["vertical"], ad_keywords["keyword"])))]
-    rewards = learned_rewards(CTCVRScorer.load(CTCVR_DIR), ctx.params, ctx.curated)
-    n = serving.pool_candidates or cfg.texts_per_prompt
-    candidates = generate_candidates(RELATE_DIR, prompts, cfg, n=n)
-    if serving.pool_candidates:
-        pools, unpooled = serving_pools(candidates, prompts, rewards, cfg.texts_per_prompt,
-                                        serving.pool_ctcvr_weight)
-        if unpooled:
-            log.warning("%d prompt(s) had no compliant candidate and serve plain samples: %s", len(unpooled),
-                        unpooled[:5])
-    else:
-        pools = candidates
-    scores = ctcvr_scores(prompts, pools, rewards)
+    A held-out row is the evaluate stage's (its user_segment is the CTCVR context the pool scores
+    with), so evaluate's `relate` arm serves the very pool the ad server serves; a served-only row
+    scores with the grpo default segment, as the rewards would without one.
+    """
+    rows = {f"{v}|{k}": {"prompt_id": f"{v}|{k}", "vertical": v, "keyword": k, "prompt": f"{v} | {k} |",
+                         "user_segment": default_segment}
+            for v, k in set(zip(ad_keywords["vertical"], ad_keywords["keyword"]))}
+    for row in held_out:
+        missing = [f for f in ("prompt_id", "vertical", "keyword", "prompt", "user_segment") if f not in row]
+        if missing:
+            raise DataError(f"{EVAL_PROMPTS}: held-out prompt {row.get('prompt_id')!r} lacks {', '.join(missing)}")
+        rows[row["prompt_id"]] = {k: row[k] for k in ("prompt_id", "vertical", "keyword", "prompt", "user_segment")}
+    return [rows[p] for p in sorted(rows)]
+
+
+def sample_pools(prompts: list[dict], cfg: EvaluateConfig, serving: ServingConfig,
+                 rewards) -> tuple[dict[str, list[str]], list[str]]:
+    """(prompt_id -> the RELATE policy's serving pool, or its plain samples when serving.pool_candidates
+    is 0; the prompts whose every candidate violated and so serve plain samples), sampled in one pass."""
+    candidates = generate_candidates(RELATE_DIR, prompts, cfg, n=serving.pool_candidates or cfg.texts_per_prompt)
+    if not serving.pool_candidates:
+        return candidates, []
+    pools, unpooled = serving_pools(candidates, prompts, rewards, cfg.texts_per_prompt, serving.pool_ctcvr_weight)
+    if unpooled:
+        log.warning("%d prompt(s) had no compliant candidate and serve plain samples: %s", len(unpooled),
+                    unpooled[:5])
+    return pools, unpooled
+
+
+def text_pool_table(ad_keywords: pd.DataFrame, pools: dict[str, list[str]],
+                    scores: dict[str, list[float]]) -> pa.Table:
+    """The serving pool of each (ad, keyword): its (vertical, keyword) prompt's pool, repeated for each ad."""
     rows = []
     for ad_id, vertical, keyword in ad_keywords[["ad_id", "vertical", "keyword"]].itertuples(index=False):
         pid = f"{vertical}|{keyword}"
@@ -99,6 +138,15 @@ def text_pool_table(ad_keywords: pd.DataFrame, cfg: EvaluateConfig, serving: Ser
             rows.append({"ad_id": ad_id, "keyword": keyword, "text": text, "score": scores[pid][rank - 1],
                          "rank": rank})
     return validate(pa.Table.from_pylist(rows, schema=TEXT_POOL_SCHEMA), TEXT_POOL_SCHEMA, TEXT_POOLS_FILE)
+
+
+def prompt_pool_table(prompts: list[dict], pools: dict[str, list[str]], scores: dict[str, list[float]],
+                      plain: set[str]) -> pa.Table:
+    """Every prompt's pool, once (what evaluate and publish's champion re-scoring serve)."""
+    rows = [{"prompt_id": p["prompt_id"], "vertical": p["vertical"], "keyword": p["keyword"], "rank": rank,
+             "text": text, "score": scores[p["prompt_id"]][rank - 1], "pooled": p["prompt_id"] not in plain}
+            for p in prompts for rank, text in enumerate(pools[p["prompt_id"]], start=1)]
+    return validate(pa.Table.from_pylist(rows, schema=PROMPT_POOL_SCHEMA), PROMPT_POOL_SCHEMA, PROMPT_POOLS_FILE)
 
 
 def ctcvr_scores(prompts: list[dict], pools: dict[str, list[str]], rewards) -> dict[str, list[float]]:

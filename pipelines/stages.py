@@ -71,8 +71,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", "policies", ds="as_of"),
     Stage("grpo", "policies", ds="as_of", upstream=("sft",)),
     Stage("combo_policy", "policies", ds="as_of"),
-    Stage("evaluate", "release", ds="as_of"),
+    # serving_tables samples the day's pools once; evaluate's `relate` arm serves them
     Stage("serving_tables", "release", ds="as_of"),
+    Stage("evaluate", "release", ds="as_of", upstream=("serving_tables",)),
     Stage("publish", "release", ds="partition", upstream=("evaluate", "serving_tables"), retries=False,
           outlet="relate_published_model", refused_exit_code=PUBLISH_REFUSED_EXIT_CODE),
 )

@@ -11,8 +11,10 @@ only breaks the many ties between equally new texts, a large one turns the pool 
 top-k by learned CTCVR (the two-stage ranker's move).
 
 The settings are the `serving:` params section (ServingConfig); `generate --pool-from`, the
-evaluate stage's `relate` arm and publish's champion re-scoring all serve through
-`serving_pools` with the rewards of `learned_rewards`, so the three see the same pool.
+serving_tables stage and publish's champion re-scoring (for prompts a champion's published
+pools lack) all serve through `serving_pools` with the rewards of `learned_rewards`, so they
+see the same pool. The evaluate stage's `relate` arm serves serving_tables' pools as written
+(models/serving/prompt_pools.parquet): the policy is sampled for them once a day.
 Nothing here reads the simulator: the rewards are the ones GRPO trained on.
 """
 from __future__ import annotations

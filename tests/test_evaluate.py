@@ -6,7 +6,9 @@ The end-to-end fixture builds the tiny upstream once for the module with the rea
   logs instead of the Spark ingest (Spark start-up alone would blow this file's time budget;
   ingest has its own tests);
 - `fake_evaluate_combos`: the GenCO combination evaluation (another stage's artifacts), replaced
-  by a stub module so this file tests only what evaluate itself does with its result.
+  by a stub module so this file tests only what evaluate itself does with its result;
+- serving_tables runs with an empty combination table (`no_combos`: combo_policy is GenCO's),
+  so that models/serving/prompt_pools.parquet, which evaluate's `relate` arm serves, is the real one.
 """
 from __future__ import annotations
 
@@ -190,6 +192,13 @@ def curated_without_spark(root: Path) -> None:
         stats.to_parquet(out / "part-00000.parquet", index=False)
 
 
+def no_combos():
+    """FAKE of pipelines.serving_tables.combo_table (the combination generator's artifacts): no combination."""
+    from plumbing.serving_schema import COMBO_SCHEMA
+
+    return COMBO_SCHEMA.empty_table()
+
+
 def fake_evaluate_combos(params_path=None, day=None) -> dict:
     """FAKE of pipelines.evaluate_combo.evaluate_combos (GenCO's own stage and artifacts)."""
     return {"fake": True, "genco": {"true_ctr_uplift_vs_logging": 0.1}}
@@ -197,7 +206,7 @@ def fake_evaluate_combos(params_path=None, day=None) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory):
-    from pipelines import grpo, sft, simulate, train_ctcvr
+    from pipelines import grpo, serving_tables, sft, simulate, train_ctcvr
 
     root = tmp_path_factory.mktemp("evaluate_e2e")
     params = root / "params.yaml"
@@ -208,12 +217,14 @@ def tiny_pipeline(tmp_path_factory):
     combo_module = types.ModuleType("pipelines.evaluate_combo")
     combo_module.evaluate_combos = fake_evaluate_combos
     mp.setitem(sys.modules, "pipelines.evaluate_combo", combo_module)
+    mp.setattr(serving_tables, "combo_table", no_combos)
     try:
         assert simulate.main([]) == 0
         curated_without_spark(root)
         assert train_ctcvr.main([]) == 0
         assert sft.main([]) == 0
         assert grpo.main([]) == 0
+        assert serving_tables.main([]) == 0
         yield root
     finally:
         mp.undo()
@@ -251,6 +262,8 @@ def test_evaluate_end_to_end_writes_required_keys(tiny_pipeline):
     report = (tiny_pipeline / "reports/evaluate.md").read_text()
     assert "| true CTCVR (95% CI) |" in report and "two_stage" in report
     assert (tiny_pipeline / "plots/evaluate/ab.png").stat().st_size > 0
+    assert set(json.loads((tiny_pipeline / "data/evaluate/sft_texts.json").read_text())["texts"]) == {
+        p["prompt_id"] for p in map(json.loads, (tiny_pipeline / "data/prompts/eval.jsonl").read_text().splitlines())}
     first = (tiny_pipeline / "metrics/evaluate.json").read_text()
     assert evaluate.main([]) == 0  # a rerun with the same seeds gives the same numbers
     again = json.loads((tiny_pipeline / "metrics/evaluate.json").read_text())
@@ -258,6 +271,95 @@ def test_evaluate_end_to_end_writes_required_keys(tiny_pipeline):
     previous = json.loads(first)
     previous.pop("seconds")
     assert again == previous
+
+
+def _harness(root: Path):
+    from pipelines.evaluate_harness import EvaluateConfig, Harness
+
+    params = root / "params.yaml"
+    return Harness.build(load_config(EvaluateConfig, "evaluate", params), params)
+
+
+def test_serving_tables_pool_every_served_and_held_out_prompt_once(tiny_pipeline):
+    import pyarrow.parquet as pq
+
+    from pipelines.evaluate_config import load_prompts
+    from plumbing.serving_schema import read_prompt_pools
+
+    pools, plain = read_prompt_pools(tiny_pipeline / "models/serving/prompt_pools.parquet")
+    assert {p["prompt_id"] for p in load_prompts(tiny_pipeline / "data/prompts/eval.jsonl")} <= set(pools)
+    assert all(len(texts) == 3 for texts in pools.values())  # tiny: evaluate.texts_per_prompt
+    served: dict[tuple, list[str]] = {}
+    for row in sorted(pq.read_table(tiny_pipeline / "models/serving/text_pools.parquet").to_pylist(),
+                      key=lambda r: r["rank"]):
+        served.setdefault((row["ad_id"], row["keyword"]), []).append(row["text"])
+    for (_, keyword), texts in served.items():  # an (ad, keyword) serves its prompt's pool
+        assert any(pools[p] == texts for p in pools if p.endswith(f"|{keyword}")), keyword
+
+
+def test_relate_arm_serves_the_serving_tables_pools(tiny_pipeline, tmp_path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from plumbing.errors import DataError
+    from plumbing.serving_schema import read_prompt_pools
+
+    harness, path = _harness(tiny_pipeline), tiny_pipeline / "models/serving/prompt_pools.parquet"
+    pools, _ = read_prompt_pools(path)
+    arm = harness.table_arm("relate", path)
+    assert all(text in pools[c["prompt_id"]] for c, text in zip(harness.contexts, arm.served))
+    table = pq.read_table(path)
+    edited = table.set_column(table.schema.get_field_index("text"), "text",
+                              pa.array([f"Shop {k} today" for k in table.column("keyword").to_pylist()]))
+    pq.write_table(edited, tmp_path / "edited.parquet")
+    arm = harness.table_arm("relate", tmp_path / "edited.parquet")  # the table, not the policy, decides the arm
+    assert arm.served == [f"Shop {c['keyword']} today" for c in harness.contexts]
+    pq.write_table(table.filter(pc.field("prompt_id") != harness.prompts[0]["prompt_id"]), tmp_path / "short.parquet")
+    with pytest.raises(DataError, match="prompt_id: 1 held-out prompt"):
+        harness.table_arm("relate", tmp_path / "short.parquet")
+
+
+def test_champion_serves_its_published_pools_and_samples_only_the_prompts_they_lack(tiny_pipeline, tmp_path):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipelines.evaluate_champion import champion_arm
+    from plumbing.serving_schema import PROMPT_POOLS_FILE, read_prompt_pools
+
+    harness = _harness(tiny_pipeline)
+    version = tmp_path / "2026-01-05-0123456789"
+    (version / "serving").mkdir(parents=True)
+    (version / "policy").symlink_to(tiny_pipeline / "models/relate", target_is_directory=True)
+    gone = harness.contexts[0]["prompt_id"]  # a held-out prompt with traffic
+    published = pq.read_table(tiny_pipeline / "models/serving/prompt_pools.parquet")
+    pq.write_table(published.filter(pc.field("prompt_id") != gone), version / "serving" / PROMPT_POOLS_FILE)
+    arm, counts = champion_arm(harness, version)
+    assert counts == {"published": len(harness.prompts) - 1, "sampled": 1}
+    pools, _ = read_prompt_pools(tiny_pipeline / "models/serving/prompt_pools.parquet")
+    sampled, _ = harness.served_texts(version / "policy", [p for p in harness.prompts if p["prompt_id"] == gone])
+    for c, text in zip(harness.contexts, arm.served):
+        assert text in (sampled if c["prompt_id"] == gone else pools)[c["prompt_id"]]
+    (version / "serving" / PROMPT_POOLS_FILE).unlink()  # published before prompt pools: sampled as before
+    arm, counts = champion_arm(harness, version)
+    assert counts == {"published": 0, "sampled": len(harness.prompts)}
+    assert arm.served == harness.served_arm("relate", version / "policy").served
+
+
+def test_champion_rescoring_reuses_the_sft_texts_evaluate_sampled(tiny_pipeline):
+    import dataclasses
+
+    from pipelines import evaluate
+    from pipelines.evaluate_harness import SFT_TEXTS, generate_candidates, recorded_sft_texts
+    from plumbing.paths import SFT_DIR
+
+    if not (tiny_pipeline / SFT_TEXTS).is_file():
+        assert evaluate.main([]) == 0
+    harness = _harness(tiny_pipeline)
+    cfg, prompts = harness.cfg, harness.prompts
+    assert recorded_sft_texts(cfg, prompts) == generate_candidates(SFT_DIR, prompts, cfg)  # what sampling gives
+    assert recorded_sft_texts(dataclasses.replace(cfg, generation_seed=cfg.generation_seed + 1), prompts) is None
+    assert recorded_sft_texts(cfg, prompts[1:]) is None
 
 
 def test_evaluate_scores_against_the_market_as_of_its_day(tiny_pipeline, tmp_path, monkeypatch):

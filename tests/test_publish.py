@@ -284,6 +284,29 @@ def test_champion_from_another_day_is_scored_again_on_the_candidates_day(project
     assert "scored again on 2026-01-06 (recorded on 2026-01-05)" in text and "not scored again" in text
 
 
+def test_the_prompt_pools_ship_with_the_serving_artifact_and_the_report_counts_their_use(project, monkeypatch):
+    """A champion's re-scoring serves its published prompt pools; the report says how many prompts came from them."""
+    from pipelines import evaluate_champion
+
+    _write_run(project, "a", uplift=0.10, day="2026-01-05")
+    (project / "models/serving/prompt_pools.parquet").write_bytes(b"the day's pools")
+    assert publish(project, "--ds", "2026-01-05").returncode == 0
+    v1 = champion(project)["version"]
+    assert (project / "registry" / v1 / "serving" / "prompt_pools.parquet").read_bytes() == b"the day's pools"
+    rescore, _ = _rescored(uplift=0.03)
+
+    def with_pools(version_dir, ds, params_path=None):
+        files = rescore(version_dir, ds, params_path)
+        files["evaluate.json"]["champion_pools"] = {"published": 56, "sampled": 1}
+        return files
+
+    monkeypatch.setattr(evaluate_champion, "champion_metrics", with_pools)
+    _write_run(project, "b", uplift=0.05, day="2026-01-06")
+    report = _publish_in_process(project, monkeypatch, "2026-01-06")
+    assert report["champion_metrics_source"] == ("scored again on 2026-01-06 (its texts: 56 held-out prompt(s) from "
+                                                 "its published pools, 1 sampled from its policy)")
+
+
 def test_a_champion_failing_a_gate_on_the_candidates_day_sets_no_bar(project, monkeypatch):
     """A compliance rule that starts after the champion was published: it serves non-compliant texts."""
     from pipelines import evaluate_champion

@@ -103,6 +103,14 @@ def test_stages_take_ds_as_the_table_says(row):
         assert mode == row.ds, f"{row.module} reads --ds as {mode!r}, the table says {row.ds!r}"
 
 
+def test_the_pools_are_sampled_before_evaluate_and_publish_read_them():
+    """serving_tables writes the day's prompt pools; evaluate's `relate` arm serves them (issue 20)."""
+    assert NAMES.index("serving_tables") < NAMES.index("evaluate") < NAMES.index("publish")
+    assert "serving_tables" in stages.ancestors("evaluate") and "models/serving" in _paths(DVC["evaluate"]["deps"])
+    assert "data/prompts" in _paths(DVC["serving_tables"]["deps"])  # it pools the held-out prompts too
+    assert "evaluate" in producers("publish")  # the SFT texts publish's champion re-scoring reuses
+
+
 def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="unknown stage 'nope'"):
         stages.stage("nope")
