@@ -42,8 +42,9 @@ from relate_sim.drift import day_index, phrase_fatigue
 from relate_sim.logging_policy import sample_traffic
 from relate_sim.serving_tables import ServingTables
 from relate_sim.truth import build_tables, fatigue_factor, search_logits_vec, sigmoid
-from relate_sim.world import _rng, build_world
-from relate_sim.writer import DAY_MS, ExposureCounter, _serve, load_state, prepare
+from relate_sim.streams import stream_rng
+from relate_sim.world import build_world
+from relate_sim.writer import DAY_MS, ExposureCounter, serve_impressions, load_state, prepare
 
 ARMS = ("logging", "daily_warm")
 
@@ -91,12 +92,12 @@ def reproduce(arm_dir: Path, ds: str) -> Served:
     cols = {k: [] for k in ("ad", "segment", "position", "keyword", "modifier", "user", "chunk", "creative",
                             "by_champion", "search")}
     for chunk, n in enumerate(sizes.tolist()):
-        rng = _rng(config.seed, 2, day, chunk)
+        rng = stream_rng(config.seed, 2, day, chunk)
         traffic = sample_traffic(sim.world, rng, n, config.search_share)
         lo = first_ms + day * DAY_MS + chunk * DAY_MS // n_chunks
         hi = first_ms + day * DAY_MS + (chunk + 1) * DAY_MS // n_chunks
         rng.integers(lo, hi, size=n)  # the impressions' timestamps (writer._simulate_chunk draws them here)
-        creative, _, by_champion = _serve(sim, rng, traffic)
+        creative, _, by_champion = serve_impressions(sim, rng, traffic)
         for name in ("ad", "segment", "position", "keyword", "modifier", "user", "search"):
             cols[name].append(getattr(traffic, name))
         cols["chunk"].append(np.full(n, chunk))

@@ -21,7 +21,8 @@ from relate_sim import grammar
 from relate_sim.drift import signature_hash
 from relate_sim.serving_tables import ServingTables
 from relate_sim.truth import build_tables, combo_index, is_compliant
-from relate_sim.world import World, _rng
+from relate_sim.streams import stream_rng
+from relate_sim.world import World
 
 _STREAM_REVIEW = 44
 _DRIFT_ATTRIBUTES = ("day", "generations", "launch_days", "banned_phrases", "phrase_ema", "text_first_served")
@@ -59,7 +60,7 @@ def _review_blocks(world: World, text: str) -> bool:
     analysis = grammar.analyze_text(text, world.config.text_max_chars)
     if is_compliant(world, analysis):
         return False
-    return bool(_rng(world.config.seed, _STREAM_REVIEW, signature_hash(text)).random() < world.config.review_catch_rate)
+    return bool(stream_rng(world.config.seed, _STREAM_REVIEW, signature_hash(text)).random() < world.config.review_catch_rate)
 
 
 def _ad(world: World, ad_id: str) -> int:

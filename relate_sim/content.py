@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from relate_sim import grammar
+from relate_sim.streams import stream_rng
 
 KINDS = ("title", "image", "highlight")
 UTILITY_SD = {"title": 0.4, "image": 0.4, "highlight": 0.2}  # sd of each kind's true utility (logit)
@@ -29,10 +30,6 @@ PLAIN_HOOKS = tuple(p for p, slot, cat in grammar.LEXICON if slot == "hook" and 
 BENEFITS = tuple(p for p, slot, _ in grammar.LEXICON if slot == "benefit")
 TITLE_FORMS = ("brand", "for you", "by")  # title weights after the hooks: brand form, the two suffixes
 STREAM_CONTENT, STREAM_EMBEDDING = 3, 44  # world stream 1 draws the rest; drift streams are 40-43
-
-
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
 
 
 def title_features(text: str) -> np.ndarray:
@@ -62,7 +59,7 @@ def highlight_features(text: str) -> np.ndarray:
 
 def draw_weights(seed: int, image_weights: np.ndarray) -> dict[str, np.ndarray]:
     """The raw content weights of a world: titles and highlights from their own stream, images' given."""
-    rng = _rng(seed, STREAM_CONTENT)
+    rng = stream_rng(seed, STREAM_CONTENT)
     return {"title": rng.normal(0.0, 1.0, len(PLAIN_HOOKS) + len(TITLE_FORMS)),
             "highlight": rng.normal(0.0, 1.0, len(BENEFITS)), "image": np.asarray(image_weights, dtype=float)}
 
@@ -120,7 +117,7 @@ def element_content(world, kind: str, ad: int, k: int) -> float:
 
 def image_projection(seed: int, n_attributes: int, dim: int) -> np.ndarray:
     """The fixed map from image attributes to the embedding space (the stand-in vision encoder)."""
-    return _rng(seed, STREAM_EMBEDDING).normal(0.0, 1.0 / np.sqrt(n_attributes), size=(n_attributes, dim))
+    return stream_rng(seed, STREAM_EMBEDDING).normal(0.0, 1.0 / np.sqrt(n_attributes), size=(n_attributes, dim))
 
 
 def image_embedding(world, ad: int, k: int, dim: int) -> np.ndarray:
@@ -131,7 +128,7 @@ def image_embedding(world, ad: int, k: int, dim: int) -> np.ndarray:
     if projection is None or projection.shape[1] != dim:
         projection = world.__dict__["_image_projection"] = image_projection(
             cfg.seed, world.image_attributes.shape[2], dim)
-    noise = _rng(cfg.seed, STREAM_EMBEDDING, ad, k, world.generation("image", ad, k)).normal(
+    noise = stream_rng(cfg.seed, STREAM_EMBEDDING, ad, k, world.generation("image", ad, k)).normal(
         0.0, cfg.image_embedding_noise, dim)
     return (world.image_attributes[ad, k] - 0.5) @ projection + noise
 

@@ -36,6 +36,7 @@ import numpy as np
 from plumbing.config import ConfigError, require
 from plumbing.dates import parse_ds
 from relate_sim import grammar
+from relate_sim.streams import stream_rng
 
 KINDS = ("text", "title", "image", "highlight")
 _STREAM_LIFECYCLE, _STREAM_WALK = 40, 42  # relate_sim/market.py: 41 (new elements), 43 (re-review)
@@ -89,10 +90,6 @@ def day_index(start_date: str, ds: str) -> int:
     return (parse_ds(ds) - parse_ds(start_date)).days
 
 
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
-
-
 def slot_counts(world) -> dict[str, int]:
     cfg = world.config
     return {"text": cfg.texts_per_ad, "title": cfg.titles_per_ad, "image": cfg.images_per_ad,
@@ -109,7 +106,7 @@ def lifecycle(world, day: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
     gen = {k: np.zeros((world.n_ads, n), dtype=np.int64) for k, n in counts.items()}
     launch = {k: np.zeros((world.n_ads, n), dtype=np.int64) for k, n in counts.items()}
     for d in range(1, day + 1):
-        rng = _rng(cfg.seed, _STREAM_LIFECYCLE, d)
+        rng = stream_rng(cfg.seed, _STREAM_LIFECYCLE, d)
         for kind in KINDS:
             replaced = rng.random(gen[kind].shape) < drift.element_replace_rate
             gen[kind] += replaced
@@ -126,7 +123,7 @@ def random_walk(world, day: int) -> dict[str, np.ndarray]:
            "segment_vertical_click": np.zeros((S, V)), "phrase_segment_click": np.zeros(world.phrase_segment_click.shape),
            "segment_image_preference": np.zeros(world.segment_image_preference.shape)}
     for d in range(1, day + 1):
-        rng = _rng(cfg.seed, _STREAM_WALK, d)
+        rng = stream_rng(cfg.seed, _STREAM_WALK, d)
         out["appeal_click"] += rng.normal(0.0, drift.appeal_walk_sd, n_products)
         out["appeal_conv"] += rng.normal(0.0, drift.appeal_walk_sd, n_products)
         out["segment_vertical_click"] += rng.normal(0.0, drift.preference_walk_sd, (S, V))

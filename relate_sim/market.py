@@ -8,9 +8,10 @@ import dataclasses
 import numpy as np
 
 from relate_sim import grammar
-from relate_sim.drift import (KINDS, _rng, banned_phrase_ids, in_season, lifecycle, phrase_fatigue, random_walk,
+from relate_sim.drift import (KINDS, banned_phrase_ids, in_season, lifecycle, phrase_fatigue, random_walk,
                               smoothed_phrase_share, wear)
 from relate_sim.world import World, draw_new_element, pair_images
+from relate_sim.streams import stream_rng
 
 _STREAM_ELEMENT, _STREAM_REVIEW = 41, 43
 
@@ -61,7 +62,7 @@ def _apply_lifecycle(world, base, day: int, gen: dict, launch: dict) -> None:
     cfg, drift = world.config, world.config.drift
     for kind in KINDS:
         for a, k in zip(*np.nonzero(gen[kind])):
-            rng = _rng(cfg.seed, _STREAM_ELEMENT, KINDS.index(kind), int(a), int(k), int(gen[kind][a, k]))
+            rng = stream_rng(cfg.seed, _STREAM_ELEMENT, KINDS.index(kind), int(a), int(k), int(gen[kind][a, k]))
             draw_new_element(rng, world, kind, int(a), int(k), banned_phrase_ids(base, day))
     for kind, utility in (("title", world.title_utility), ("image", world.image_utility)):
         utility -= wear(drift, day - launch[kind])
@@ -73,7 +74,7 @@ def _rereview(world, base, day: int, banned: frozenset[int]) -> None:
     if not banned:
         return
     cfg = world.config
-    rng = _rng(cfg.seed, _STREAM_REVIEW)
+    rng = stream_rng(cfg.seed, _STREAM_REVIEW)
     catch = rng.random(world.text_blocked.shape) < cfg.review_catch_rate
     for a, pool in enumerate(world.texts):
         for t, text in enumerate(pool):

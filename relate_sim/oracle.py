@@ -33,7 +33,8 @@ from relate_sim.market import market_as_of
 from relate_sim.logging_policy import sample_traffic, segment_weights_for_ad
 from relate_sim.truth import (build_tables, fatigue_factor, feed_logits, feed_logits_vec, is_compliant, search_logits,
                               sigmoid)
-from relate_sim.world import FEED_POSITION_PROBS, FEED_POSITIONS, World, _rng, build_world
+from relate_sim.world import FEED_POSITION_PROBS, FEED_POSITIONS, World, build_world
+from relate_sim.streams import stream_rng
 
 TextPolicy = Union[Callable[[dict], str], Mapping[Any, Union[str, list]]]
 ComboPolicy = Union[Callable[[dict], tuple], Mapping[Any, Union[tuple, list]]]
@@ -272,7 +273,7 @@ class Oracle:
         if placement not in ("search", "feed"):
             raise ValueError(f"placement must be 'search' or 'feed', got {placement!r}")
         w = self.world
-        traffic = sample_traffic(w, _rng(seed, 101), n, 1.0 if placement == "search" else 0.0)
+        traffic = sample_traffic(w, stream_rng(seed, 101), n, 1.0 if placement == "search" else 0.0)
         out = []
         for i, (u, s, a, k, m, p) in enumerate(zip(traffic.user.tolist(), traffic.segment.tolist(), traffic.ad.tolist(),
                                                   traffic.keyword.tolist(), traffic.modifier.tolist(),
@@ -313,7 +314,7 @@ class Oracle:
         """
         w = self.world
         contexts = self.sample_contexts(n_impressions, seed, "search")
-        choice_rng, outcome_rng = _rng(seed, 102), _rng(seed, 103)
+        choice_rng, outcome_rng = stream_rng(seed, 102), stream_rng(seed, 103)
         u_click, u_conv = outcome_rng.random(n_impressions), outcome_rng.random(n_impressions)
         seen: dict[tuple, int] = {}
         clicks = conversions = violations = repeats = 0
@@ -345,7 +346,7 @@ class Oracle:
         """
         w = self.world
         contexts = self.sample_contexts(n_impressions, seed, "feed")
-        choice_rng, outcome_rng = _rng(seed, 104), _rng(seed, 105)
+        choice_rng, outcome_rng = stream_rng(seed, 104), stream_rng(seed, 105)
         u_click, u_conv = outcome_rng.random(n_impressions), outcome_rng.random(n_impressions)
         seen: dict[tuple, int] = {}
         clicks = conversions = repeats = 0

@@ -13,6 +13,7 @@ import numpy as np
 
 from relate_sim import content, grammar
 from relate_sim.config import SimulateConfig
+from relate_sim.streams import stream_rng
 
 IMAGE_ATTRIBUTES = ("brightness", "warmth", "has_person", "product_closeup", "text_overlay", "minimalism",
                     "saturation", "lifestyle")
@@ -44,10 +45,6 @@ COEF = {
     "policy_temperature": 0.5,
     "policy_pairing_bonus": 3.0,
 }
-
-
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
 
 
 @dataclasses.dataclass
@@ -458,7 +455,7 @@ def _draw_users(rng: np.random.Generator, config: SimulateConfig, S: int) -> dic
 def build_world(config: SimulateConfig) -> World:
     """Draw the whole hidden world from `config.seed`."""
     # one stream, drawn in this order: the fingerprint in world.json pins it
-    rng = _rng(config.seed, 1)
+    rng = stream_rng(config.seed, 1)
     S, V = len(config.user_segments), len(config.verticals)
     traffic = _draw_traffic_effects(rng, S, V)
     phrases = _draw_phrase_effects(rng, S)

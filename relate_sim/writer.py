@@ -34,7 +34,8 @@ from relate_sim.truth import (TruthTables, build_tables, combo_parts, fatigue_fa
 from plumbing.errors import MissingArtifact
 from relate_sim.drift import text_key
 from relate_sim.market import market_as_of
-from relate_sim.world import World, _rng, build_world
+from relate_sim.streams import stream_rng
+from relate_sim.world import World, build_world
 
 log = get_logger(__name__)
 DAY_MS = 86_400_000
@@ -354,7 +355,7 @@ def simulate_day(sim: Simulation, state: CarryState, raw_root: Path, truth_root:
     day_state = _DayState()
     with atomic.directory(raw_root / f"dt={ds}") as raw_dir, \
             atomic.directory(truth_root / "impressions" / f"dt={ds}") as truth_dir:
-        parts = PartWriter(raw_dir, config, _rng(config.seed, 3, day))
+        parts = PartWriter(raw_dir, config, stream_rng(config.seed, 3, day))
         carried = state.pending.pop(day, [])
         counts["carried_in"] = len(carried)
         for line in carried:
@@ -365,7 +366,7 @@ def simulate_day(sim: Simulation, state: CarryState, raw_root: Path, truth_root:
         sizes = np.diff(np.linspace(0, config.impressions_per_day, n_chunks + 1).round().astype(np.int64))
         offset = 0
         for chunk, n in enumerate(sizes.tolist()):
-            rng = _rng(config.seed, 2, day, chunk)
+            rng = stream_rng(config.seed, 2, day, chunk)
             lo = first_ms + day * DAY_MS + chunk * DAY_MS // n_chunks
             hi = first_ms + day * DAY_MS + (chunk + 1) * DAY_MS // n_chunks
             chunk_counts, truth = _simulate_chunk(sim, rng, state, day_state, parts, day, ds, offset, n, lo, hi,
@@ -454,7 +455,7 @@ def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState
     world, tables, cfg = sim.world, sim.tables, sim.world.config
     traffic = sample_traffic(world, rng, n, cfg.search_share)
     ts = np.sort(rng.integers(lo, hi, size=n))
-    creative, propensity, by_champion = _serve(sim, rng, traffic)
+    creative, propensity, by_champion = serve_impressions(sim, rng, traffic)
     p_click, p_conv, seen, keys = _true_probabilities(world, tables, state.exposures, traffic, creative)
     day_state.keys.append(keys)
     out = _draw_outcomes(rng, world, traffic.ad, ts, p_click, p_conv)
@@ -492,7 +493,7 @@ def _simulate_chunk(sim: Simulation, rng: np.random.Generator, state: CarryState
     return counts, truth
 
 
-def _serve(sim: Simulation, rng: np.random.Generator, traffic: Traffic):
+def serve_impressions(sim: Simulation, rng: np.random.Generator, traffic: Traffic):
     """The creative per impression (text index on search, combination index on feed), its propensity,
     and whether it is one of the champion's (all False without serving tables)."""
     search = traffic.search
