@@ -53,7 +53,7 @@ def champion_metrics(version_dir: Path, ds: str, params_path=None) -> dict[str, 
         relate, pools = champion_arm(harness, version_dir)
         outcomes = {"sft": harness.sampled_arm("sft", sft_texts), "relate": relate, "logged": harness.logged_arm()}
         arms = harness.summarize_all(outcomes)
-        holdout_days = json.loads((METRICS / "attribution.json").read_text(encoding="utf-8"))["holdout_days"]
+        holdout_days = read_metrics("attribution.json")["holdout_days"]
         attribution = holdout_auc(AttributionScorer.load(version_dir / "attribution"), load_oracle(max(holdout_days)),
                                   holdout_days)
     ctcvr = ctcvr_on_day(version_dir / "ctcvr", params_path)

@@ -187,8 +187,8 @@ def ratio_to_oracle(cfg: EvaluateComboConfig, serving: pd.DataFrame, day: str | 
     oracle, live, rows = market(attr.AttributionScorer.load(ATTRIBUTION_DIR), day)
     top1 = top1_choices(serving)
     best = oracle_best_choices({ad: oracle.oracle_best_combo(ad) for ad in oracle.ad_ids})
-    gen, best = (ab_test(cfg, oracle, rows, live_choices(c, live)) for c in (top1, best))
-    return gen.expected_ctr / best.expected_ctr
+    gen, ceiling = (ab_test(cfg, oracle, rows, live_choices(c, live)) for c in (top1, best))
+    return gen.expected_ctr / ceiling.expected_ctr
 
 
 def combo_metrics(cfg: EvaluateComboConfig, day: str | None = None) -> dict:

@@ -101,8 +101,8 @@ def _champion_note(g: dict) -> str:
     elif g["same_eval_day"]:
         how = f"recorded on the same eval day {g['champion_eval_day']}"
     else:
-        how = (f"recorded on {g['champion_eval_day']}, another day: not scored again (see "
-               "pipelines/evaluate_champion.py), an oracle-normalised metric")
+        how = (f"recorded on {g['champion_eval_day']}, another day: not scored again (the re-scoring "
+               "failed or did not return it: 'Champion metrics' above says why)")
     note = f"champion {g['champion_version']} at {fmt(g['champion_value'])}, allowed drop {fmt(g.get('allowed_drop'))}: {how}"
     return f"{g['reason']}; {note}" if g.get("waived") else note
 
