@@ -64,11 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(ctx: StageContext) -> None:
     """The simulated A/B of every arm, GenCO's evaluation, the metrics, plot and report."""
-    import torch
-
     cfg = ctx.config(EvaluateConfig)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    cfg.limit_torch_threads()
     started = time.monotonic()
     harness = Harness.build(cfg, ctx.params, curated=ctx.curated)
     outcomes = run_arms(harness)

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from pipelines.publish_card import fmt, model_card, publish_report
 from pipelines.publish_gates import (GATES, artifact_rows, candidate_metrics, champion_on_candidate_day, check_gates,
+                                     stale_champion,
                                      eval_day, eval_serving, verify_day)
 from pipelines.publish_registry import (ARTIFACTS, check_registry_dir, data_partitions, git_revision,
                                         missing_artifacts, params_hash, promote, read_champion, register,
@@ -83,6 +84,8 @@ class PublishConfig:
     # allowed drop below the champion: one number for every gate, or gate name -> number (a gate
     # left out, or null, is not compared); null: no comparison at all
     max_regression: float | dict[str, float | None] | None
+    # a champion that has served this many days sets no no-regression bar (null: it always does)
+    champion_max_age_days: int | None
 
     def __post_init__(self) -> None:
         p = SECTION
@@ -98,6 +101,9 @@ class PublishConfig:
                      "min_attribution_auc_ratio"):
             value = getattr(self, name)
             require(value is None or 0 <= value <= 1.5, f"{p}.{name}", f"must be in [0, 1.5] or null, got {value}")
+        age = self.champion_max_age_days
+        require(age is None or (isinstance(age, int) and not isinstance(age, bool) and age >= 1),
+                f"{p}.champion_max_age_days", f"must be an integer >= 1 or null, got {age!r}")
         if isinstance(self.max_regression, dict):
             unknown = sorted(set(self.max_regression) - {g.name for g in GATES})
             require(not unknown, f"{p}.max_regression", f"unknown gate(s) {unknown}; known: "
@@ -143,8 +149,10 @@ def publish(ds: str, cfg: PublishConfig, params_file: Path, root: Path | None = 
         champion = read_champion(registry)  # a malformed champion.json is refused here, before anything is written
         values = candidate_metrics()
         day, serving = eval_day(), eval_serving()
-        rescored, champion_source = champion_on_candidate_day(cfg, champion, day, ds, params_file, serving)
-        gates = check_gates(cfg, values, day, champion, rescored) + artifact_rows(missing_artifacts(cfg.artifacts))
+        stale = stale_champion(cfg, champion, ds)
+        rescored, champion_source = champion_on_candidate_day(cfg, champion, day, ds, params_file, serving, stale)
+        gates = (check_gates(cfg, values, day, champion, rescored, stale)
+                 + artifact_rows(missing_artifacts(cfg.artifacts)))
         failed = [g for g in gates if not g["passed"]]
         report = {"ds": ds, "eval_day": day, "published": False, "version": None, "gates": gates,
                   "failed_gates": [g["gate"] for g in failed], "candidate_metrics": values,

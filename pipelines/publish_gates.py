@@ -92,8 +92,25 @@ def eval_serving(metrics_dir: Path = METRICS) -> dict | None:
     return serving if isinstance(serving, dict) else None
 
 
+def stale_champion(cfg, champion: dict | None, ds: str) -> str | None:
+    """Why the champion sets no no-regression bar for a candidate of day `ds` (None: it does).
+
+    Offline re-scoring cannot see what serving costs a champion: its phrases wear out market-wide
+    and its users tire of texts they saw on the days before (docs/decisions.md). Once it has served
+    `champion_max_age_days` days, a candidate that meets every threshold replaces it."""
+    limit = cfg.champion_max_age_days
+    if champion is None or limit is None or not champion.get("ds"):
+        return None
+    served = (parse_ds(ds) - parse_ds(champion["ds"])).days  # it serves from the day after its own
+    if served < limit:
+        return None
+    return (f"waived: champion {champion.get('version')} has served {served} days by {ds} "
+            f"(publish.champion_max_age_days {limit})")
+
+
 def champion_on_candidate_day(cfg, champion: dict | None, day: str | None, ds: str, params_file: Path,
-                              serving: dict | None = None) -> tuple[dict[str, float | None], str]:
+                              serving: dict | None = None, stale: str | None = None
+                              ) -> tuple[dict[str, float | None], str]:
     """The champion's gated metrics measured like the candidate's, and how they were obtained.
 
     Same evaluation day and the same serving settings: its recorded metrics. Another day, or
@@ -104,6 +121,8 @@ def champion_on_candidate_day(cfg, champion: dict | None, day: str | None, ds: s
     """
     if champion is None:
         return {}, "no champion"
+    if stale:
+        return {}, f"not scored again: {stale.removeprefix('waived: ')}"
     if not cfg.compares_with_champion:
         return {}, "not compared (max_regression: null)"
     if champion.get("eval_day") == day and champion.get("serving") == serving:
@@ -172,20 +191,23 @@ def regression_rows(cfg, values: dict[str, float | None], day: str | None, champ
 
 
 def check_gates(cfg, values: dict[str, float | None], day: str | None,
-                champion: dict | None, rescored: dict[str, float | None] | None = None) -> list[dict]:
+                champion: dict | None, rescored: dict[str, float | None] | None = None,
+                stale: str | None = None) -> list[dict]:
     """One row per enabled check: threshold and no-regression-vs-champion.
 
     `rescored`: the champion's metrics on the candidate's evaluation day (gate name -> value);
     a gate missing from it compares with the champion's recorded value. A champion that fails a
-    threshold on that day no longer sets a bar: its no-regression rows pass, marked waived.
+    threshold on that day, or is `stale` (stale_champion's reason), no longer sets a bar: its
+    no-regression rows pass, marked waived.
     """
     rows, rescored = threshold_rows(cfg, values), rescored or {}
     if champion is not None:
         comparisons = regression_rows(cfg, values, day, champion, rescored)
         disqualified = [r["gate"] for r in threshold_rows(cfg, rescored) if r["gate"] in rescored and not r["passed"]]
+        reason = stale
         if disqualified:  # e.g. a compliance rule that started after it was published: no bar to hold
-            reason = (f"waived: champion {champion.get('version')} fails {', '.join(disqualified)} "
-                      f"on {day} itself")
+            reason = f"waived: champion {champion.get('version')} fails {', '.join(disqualified)} on {day} itself"
+        if reason:
             comparisons = [{**r, "passed": True, "waived": True, "reason": reason} for r in comparisons]
         rows += comparisons
     return rows

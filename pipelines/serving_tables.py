@@ -52,14 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(ctx: StageContext) -> None:
     """Pools for every served (ad, keyword) and held-out prompt, the generator's top-k per ad, written as one folder."""
-    import torch
-
     from relate_models.ctcvr import CTCVRScorer
     from relate_models.grpo_trainer import GRPOStageConfig
 
     cfg = ctx.config(EvaluateConfig, "evaluate")
-    if cfg.torch_threads:  # as evaluate samples: torch's default thread pool spins on a shared machine's cores
-        torch.set_num_threads(cfg.torch_threads)
+    cfg.limit_torch_threads()  # as evaluate samples
     serving = ctx.config(ServingConfig, "serving")
     serving.check_pool_size(cfg.texts_per_prompt, "evaluate.texts_per_prompt")
     ad_keywords = served_ad_keywords(ctx.curated.table("labeled_impressions"))

@@ -175,8 +175,9 @@ def test_summary_computes_uplifts_with_intervals_and_goals():
     assert lo < 0.5 < hi
     assert out["feed_ctr_uplift_daily_vs_logging"] == pytest.approx(1.5)
     assert out["goals"]["uplift_daily_vs_logging"]["met"] and out["goals"]["uplift_daily_vs_frozen"]["met"]
-    assert out["goals"]["served_compliance_min"]["met"]
+    assert out["goals"]["served_compliance_min_daily"]["met"] and out["served_compliance_min"] == 1.0
     assert "uplift_daily_warm_vs_daily" not in out  # no daily_warm arm run
+    assert not any("daily_warm" in k for k in out["goals"])
 
 
 def test_summary_compares_warm_updates_with_daily_full_retrains():
@@ -194,6 +195,7 @@ def test_summary_compares_warm_updates_with_daily_full_retrains():
     out = build_summary({"logging": _records("logging", 0.004, 0.02), "daily_warm": warm}, cfg, Path("p.yaml"))
     assert out["uplift_daily_warm_vs_logging"] == pytest.approx(0.0057 / 0.004 - 1)
     assert out["feed_ctr_uplift_daily_warm_vs_logging"] == pytest.approx(1.5)
+    assert out["goals"]["uplift_daily_warm_vs_logging"]["met"] and out["goals"]["feed_ctr_uplift_daily_warm_vs_logging"]["met"]
     assert "uplift_daily_vs_logging" not in out and "uplift_daily_warm_vs_frozen" not in out
 
 

@@ -331,6 +331,38 @@ def test_a_champion_failing_a_gate_on_the_candidates_day_sets_no_bar(project, mo
     assert report["published"] is False and report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"]
 
 
+def test_a_champion_that_has_served_its_max_age_sets_no_bar(project, monkeypatch):
+    """Re-scoring cannot see what serving costs a champion (its phrases and texts wear out): once it
+    has served publish.champion_max_age_days days, a candidate meeting every minimum replaces it."""
+    from pipelines import evaluate_champion
+    from pipelines import publish as pub
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["publish"]["champion_max_age_days"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    _write_run(project, "a", uplift=0.10, day="2026-01-05")
+    assert publish(project, "--ds", "2026-01-05").returncode == 0
+    v1 = champion(project)["version"]
+    rescore, calls = _rescored(uplift=0.10)
+    monkeypatch.setattr(evaluate_champion, "champion_metrics", rescore)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("RELATE_PARAMS", raising=False)
+    _write_run(project, "b", uplift=0.02, day="2026-01-06")  # has served 1 day: its bar holds
+    assert pub.main(["--ds", "2026-01-06", "--refused-exit-code", "99"]) == 99
+    report = json.loads((project / "metrics" / "publish.json").read_text())
+    assert report["failed_gates"] == ["relate_true_ctcvr_uplift_vs_champion"] and calls == [(v1, "2026-01-06")]
+    _write_run(project, "d", uplift=-0.01, day="2026-01-07")  # 2 days: the minimums still hold
+    assert pub.main(["--ds", "2026-01-07", "--refused-exit-code", "99"]) == 99
+    assert json.loads((project / "metrics" / "publish.json").read_text())["failed_gates"] == ["relate_true_ctcvr_uplift"]
+    _write_run(project, "c", uplift=0.02, day="2026-01-07")  # and a candidate that meets them replaces it
+    report = _publish_in_process(project, monkeypatch, "2026-01-07")
+    assert report["published"] is True and len(calls) == 1  # a stale champion is not scored again
+    assert report["champion_metrics_source"] == (f"not scored again: champion {v1} has served 2 days by "
+                                                 "2026-01-07 (publish.champion_max_age_days 2)")
+    uplift = next(g for g in report["gates"] if g["gate"] == "relate_true_ctcvr_uplift_vs_champion")
+    assert uplift["waived"] and uplift["margin"] < 0 and "has served 2 days" in uplift["reason"]
+
+
 def test_same_day_champion_is_not_scored_again_and_a_failed_rescore_keeps_the_recorded_bar(project, monkeypatch):
     from pipelines import evaluate_champion
 
