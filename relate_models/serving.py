@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from plumbing.config import load_config, require
+from plumbing.dates import shift_ds
 from plumbing.paths import ALL_CURATED, CuratedReader
 from relate_models.text_metrics import ngrams, words
 
@@ -111,12 +112,17 @@ def serving_pools(candidates: dict[str, list[str]], prompts: Sequence[dict], rew
 
 
 def learned_rewards(scorer, params_path, curated: CuratedReader = ALL_CURATED):
-    """The grpo stage's reward functions (learned rewards only), to score served texts, with the
-    compliance rules in effect on the run's day (`curated.run_day()`), as the policy was trained."""
+    """The grpo stage's reward functions (learned rewards only), to score and pool served texts.
+
+    The compliance rules are those in effect on the day the pools serve, the day after the run's
+    day (`curated.run_day()`): a dated rule announced for tomorrow keeps its phrases out of the
+    pools published tonight, which the ad server serves from tomorrow."""
     from relate_models.grpo_trainer import GRPOStageConfig, reward_context
     from relate_models.policy import load_search_corpus
     from relate_models.rewards import build_rewards
 
     grpo_cfg = load_config(GRPOStageConfig, "grpo", params_path)
-    ctx = reward_context(grpo_cfg, scorer, load_search_corpus(curated.table("text_stats")), as_of=curated.run_day())
+    run_day = curated.run_day()
+    serve_day = shift_ds(run_day, 1) if run_day else None
+    ctx = reward_context(grpo_cfg, scorer, load_search_corpus(curated.table("text_stats")), as_of=serve_day)
     return build_rewards(["ctcvr", "quality_structural", "quality_compliance", "diversity"], ctx)

@@ -186,9 +186,10 @@ def test_registry_granularities():
     assert {r.name: r.granularity for r in build_rewards(list(REGISTRY), ctx)} == REWARD_GRANULARITY
 
 
-def test_grpo_and_serving_compliance_apply_the_rule_in_effect_on_the_run_day(tmp_path):
-    """The dated rule (relate_models/data/compliance_rules/2026-01-11.yaml) reaches GRPO's reward and the
-    serving pool's through the run's day: its --ds, else the newest curated partition read."""
+def test_grpo_applies_the_rule_in_effect_on_the_run_day_and_the_pool_on_the_serving_day(tmp_path):
+    """The dated rule (relate_models/data/compliance_rules/2026-01-11.yaml) reaches GRPO's reward through
+    the run's day (its --ds, else the newest curated partition read), and the serving pool's through
+    the day the pools serve, the day after: the pools published the day before the rule keep it."""
     import pandas as pd
 
     from plumbing.dates import shift_ds
@@ -208,7 +209,7 @@ def test_grpo_and_serving_compliance_apply_the_rule_in_effect_on_the_run_day(tmp
     curated = tmp_path / "curated"
     stats = pd.DataFrame([{"vertical": "travel", "keyword": "cheap flights", "ad_text": "Fly cheap. Book today",
                            "impressions": 10, "clicks": 1, "conversions": 0}])
-    for day in (shift_ds(rule_day, -1), rule_day):
+    for day in (shift_ds(rule_day, -2), shift_ds(rule_day, -1)):
         for table in ("text_stats", "labeled_impressions"):
             (curated / table / f"dt={day}").mkdir(parents=True)
         stats.to_parquet(curated / "text_stats" / f"dt={day}" / "part-00000.parquet", index=False)
@@ -217,8 +218,8 @@ def test_grpo_and_serving_compliance_apply_the_rule_in_effect_on_the_run_day(tmp
         rewards = {r.name: r for r in learned_rewards(object(), TINY_PARAMS, reader)}
         return rewards["quality_compliance"].score([text])[0] < 0
 
-    assert not flagged_by_serving(CuratedReader(curated, as_of=shift_ds(rule_day, -1)))  # --ds the day before
-    assert flagged_by_serving(CuratedReader(curated, as_of=rule_day))
-    assert flagged_by_serving(CuratedReader(curated))  # no --ds: the newest partition, the rule's day
-    shutil.rmtree(curated / "labeled_impressions" / f"dt={rule_day}")
+    assert not flagged_by_serving(CuratedReader(curated, as_of=shift_ds(rule_day, -2)))  # serves the day before
+    assert flagged_by_serving(CuratedReader(curated, as_of=shift_ds(rule_day, -1)))  # serves on the rule's day
+    assert flagged_by_serving(CuratedReader(curated))  # no --ds: the newest partition, the day before the rule
+    shutil.rmtree(curated / "labeled_impressions" / f"dt={shift_ds(rule_day, -1)}")
     assert not flagged_by_serving(CuratedReader(curated))
