@@ -46,8 +46,7 @@ from pathlib import Path
 
 from pipelines.publish_card import fmt, model_card, publish_report
 from pipelines.publish_gates import (GATES, artifact_rows, candidate_metrics, champion_on_candidate_day, check_gates,
-                                     stale_champion,
-                                     eval_day, eval_serving, verify_day)
+                                     eval_day, eval_serving, stale_champion, verify_day)
 from pipelines.publish_registry import (ARTIFACTS, check_registry_dir, data_partitions, git_revision,
                                         missing_artifacts, params_hash, promote, read_champion, register,
                                         registry_lock, rollback, stage_version, track_and_push)
