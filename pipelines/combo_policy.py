@@ -40,6 +40,7 @@ from plumbing.cli import StageContext, run_stage
 from plumbing.config import require
 from plumbing.logs import get_logger
 from plumbing.paths import ATTRIBUTION_DIR, COMBO_POLICY_DIR as MODEL_DIR
+from plumbing.runtime import limit_torch_threads
 from plumbing.tables import read_partition
 from relate_models import attribution as attr
 from relate_models import combo_generator as cg
@@ -196,8 +197,7 @@ def serving_table(policy: cg.ComboPolicy, scorer: attr.AttributionScorer, top_k:
 
 def run(cfg: ComboPolicyConfig, curated: paths.CuratedReader = paths.ALL_CURATED, params=None) -> dict:
     """Train (`params`' training.mode warm: continue the champion's generator), decode, write; the metrics."""
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    limit_torch_threads(cfg.torch_threads)
     started = time.monotonic()
     scorer = attr.AttributionScorer.load(ATTRIBUTION_DIR)
     scorer, live = with_live_content(scorer, curated, live_elements(curated))

@@ -41,6 +41,7 @@ from plumbing.atomic import undefined_as_null, write_json, write_text
 from plumbing.cli import StageContext, run_stage
 from plumbing.logs import get_logger
 from plumbing.paths import METRICS, PLOTS, RELATE_DIR, REPORTS, SERVING_DIR, SFT_DIR
+from plumbing.runtime import limit_torch_threads
 from plumbing.serving_schema import PROMPT_POOLS_FILE
 
 log = get_logger("evaluate")
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(ctx: StageContext) -> None:
     """The simulated A/B of every arm, GenCO's evaluation, the metrics, plot and report."""
     cfg = ctx.config(EvaluateConfig)
-    cfg.limit_torch_threads()
+    limit_torch_threads(cfg.torch_threads)
     started = time.monotonic()
     harness = Harness.build(cfg, ctx.params, curated=ctx.curated)
     outcomes = run_arms(harness)

@@ -45,6 +45,7 @@ from plumbing.cli import StageContext, run_stage
 from plumbing.config import load_config, require
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
+from plumbing.runtime import limit_torch_threads
 from plumbing.tables import read_partition
 from relate_models import attribution as attr
 from plumbing.metrics import weighted_auc, within_group_spearman
@@ -227,8 +228,7 @@ def cold_start(cfg: EvaluateAttributionConfig, params: Path, scorer: attr.Attrib
     tcfg = load_config(ta.TrainAttributionConfig, "train_attribution", params)
     if scorer.content is None or not tcfg.content or cfg.cold_ads_share == 0:
         return {}
-    if tcfg.torch_threads:  # as train_attribution fits: multi-threaded sums make the refit vary run to run
-        torch.set_num_threads(tcfg.torch_threads)
+    limit_torch_threads(tcfg.torch_threads)  # as train_attribution fits
     rng = np.random.default_rng(cfg.seed)
     held = set(rng.choice(scorer.vocab.ads, max(1, round(cfg.cold_ads_share * len(scorer.vocab.ads))),
                           replace=False).tolist())

@@ -35,6 +35,7 @@ from plumbing.config import load_config
 from plumbing.errors import DataError
 from plumbing.logs import get_logger
 from plumbing.paths import METRICS, SFT_DIR, curated, partitions, read_as_of
+from plumbing.runtime import limit_torch_threads
 from plumbing.serving_schema import PROMPT_POOLS_FILE, read_prompt_pools
 
 log = get_logger("evaluate_champion")
@@ -47,7 +48,7 @@ def champion_metrics(version_dir: Path, ds: str, params_path=None) -> dict[str, 
 
     version_dir = Path(version_dir)
     cfg = load_config(EvaluateConfig, "evaluate", params_path)
-    cfg.limit_torch_threads()  # re-scored as evaluate scores (publish ran on torch's default pool)
+    limit_torch_threads(cfg.torch_threads)  # re-scored as evaluate scores (publish ran on torch's default pool)
     with read_as_of(ds) as curated:  # the candidate's evaluate stage saw the partitions up to ds, no more
         harness = Harness.build(cfg, params_path, curated=curated)
         sft_texts = recorded_sft_texts(cfg, harness.prompts) or generate_candidates(SFT_DIR, harness.prompts, cfg)

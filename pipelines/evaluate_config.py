@@ -47,14 +47,6 @@ class EvaluateConfig:
         require(0 <= self.goal_relate_compliance <= 1, f"{p}.goal_relate_compliance",
                 f"must be in [0, 1], got {self.goal_relate_compliance}")
 
-    def limit_torch_threads(self) -> None:
-        """Sample and score with `torch_threads` threads: torch's default pool spins on every core of a
-        shared machine (serving_tables' sampling took 274-407 s instead of 37 s under load)."""
-        import torch
-
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
-
 
 def generate_candidates(policy_dir: Path, prompts: Sequence[dict], cfg: "EvaluateConfig",
                         n: int | None = None) -> dict[str, list[str]]:

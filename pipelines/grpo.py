@@ -21,14 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from pipelines.warm_start import Start, plan, training_block, write_lineage
 from plumbing.atomic import directory, require_finite, write_json
 from plumbing.cli import StageContext, run_stage
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
 from plumbing.paths import ALL_CURATED, CTCVR_DIR, DATA, METRICS, PLOTS, RELATE_DIR, SFT_DIR, CuratedReader, partitions
+from plumbing.runtime import limit_torch_threads
 
 log = get_logger("grpo")
 PROMPTS_DIR = DATA / "prompts"
@@ -108,8 +107,7 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     from relate_models.grpo_trainer import reward_context, reward_curves
     from relate_models.rewards import build_rewards, score_texts
 
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    limit_torch_threads(cfg.torch_threads)
     started = time.monotonic()
     model, tokenizer, scorer = _load_models()
     corpus, train_prompts, eval_prompts = _prompt_split(cfg, curated, prompts_dir)

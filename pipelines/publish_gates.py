@@ -104,8 +104,7 @@ def stale_champion(cfg, champion: dict | None, ds: str) -> str | None:
     served = (parse_ds(ds) - parse_ds(champion["ds"])).days  # it serves from the day after its own
     if served < limit:
         return None
-    return (f"waived: champion {champion.get('version')} has served {served} days by {ds} "
-            f"(publish.champion_max_age_days {limit})")
+    return f"champion {champion.get('version')} has served {served} days by {ds} (publish.champion_max_age_days {limit})"
 
 
 def champion_on_candidate_day(cfg, champion: dict | None, day: str | None, ds: str, params_file: Path,
@@ -122,7 +121,7 @@ def champion_on_candidate_day(cfg, champion: dict | None, day: str | None, ds: s
     if champion is None:
         return {}, "no champion"
     if stale:
-        return {}, f"not scored again: {stale.removeprefix('waived: ')}"
+        return {}, f"not scored again: {stale}"
     if not cfg.compares_with_champion:
         return {}, "not compared (max_regression: null)"
     if champion.get("eval_day") == day and champion.get("serving") == serving:
@@ -206,9 +205,9 @@ def check_gates(cfg, values: dict[str, float | None], day: str | None,
         disqualified = [r["gate"] for r in threshold_rows(cfg, rescored) if r["gate"] in rescored and not r["passed"]]
         reason = stale
         if disqualified:  # e.g. a compliance rule that started after it was published: no bar to hold
-            reason = f"waived: champion {champion.get('version')} fails {', '.join(disqualified)} on {day} itself"
+            reason = f"champion {champion.get('version')} fails {', '.join(disqualified)} on {day} itself"
         if reason:
-            comparisons = [{**r, "passed": True, "waived": True, "reason": reason} for r in comparisons]
+            comparisons = [{**r, "passed": True, "waived": True, "reason": f"waived: {reason}"} for r in comparisons]
         rows += comparisons
     return rows
 

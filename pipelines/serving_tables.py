@@ -31,6 +31,7 @@ from plumbing.cli import StageContext, run_stage
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
 from plumbing.paths import COMBO_POLICY_DIR, CTCVR_DIR, RELATE_DIR, SERVING_DIR
+from plumbing.runtime import limit_torch_threads
 from plumbing.serving_schema import (
     COMBO_SCHEMA,
     COMBOS_FILE,
@@ -56,7 +57,7 @@ def run(ctx: StageContext) -> None:
     from relate_models.grpo_trainer import GRPOStageConfig
 
     cfg = ctx.config(EvaluateConfig, "evaluate")
-    cfg.limit_torch_threads()  # as evaluate samples
+    limit_torch_threads(cfg.torch_threads)  # as evaluate samples
     serving = ctx.config(ServingConfig, "serving")
     serving.check_pool_size(cfg.texts_per_prompt, "evaluate.texts_per_prompt")
     ad_keywords = served_ad_keywords(ctx.curated.table("labeled_impressions"))

@@ -28,6 +28,7 @@ from plumbing.config import require
 from plumbing.errors import DataError
 from plumbing.logs import get_logger
 from plumbing.paths import METRICS, PLOTS, SFT_DIR, TOKENIZER_DIR, partitions
+from plumbing.runtime import limit_torch_threads
 
 log = get_logger("sft")
 
@@ -72,8 +73,7 @@ def run(ctx: StageContext) -> None:
 
     cfg = ctx.config(SFTConfig)
     policy_cfg = ctx.config(policy.PolicyConfig, "policy")
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    limit_torch_threads(cfg.torch_threads)
     started = time.monotonic()
     rank, world = policy.join_process_group()  # torchrun / accelerate launch: N processes train one model
 

@@ -36,6 +36,7 @@ from plumbing.dates import parse_ds, shift_ds
 from plumbing.errors import DataError, MissingArtifact
 from plumbing.logs import get_logger
 from plumbing.metrics import weighted_auc
+from plumbing.runtime import limit_torch_threads
 from plumbing.tables import read_partition
 from pipelines.ingest_elements import IngestElementsConfig
 from relate_models import attribution as attr
@@ -238,8 +239,7 @@ def train(cfg: TrainAttributionConfig, run_ds: str | None, params: Path) -> dict
     """Fit the attribution model (or continue the champion's) on the window ending at or before `run_ds`;
     write model, metrics, plots."""
     torch.manual_seed(cfg.seed)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    limit_torch_threads(cfg.torch_threads)
     train_days, holdout_days = choose_window(cfg, run_ds)
     log.info("train days %s..%s, holdout %s..%s (source %s)", train_days[0], train_days[-1],
              holdout_days[0], holdout_days[-1], cfg.source)

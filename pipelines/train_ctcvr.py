@@ -42,6 +42,7 @@ from plumbing.logs import get_logger
 from plumbing.paths import CTCVR_DIR, METRICS, TOKENIZER_DIR, curated, partition, partitions
 from pipelines.warm_start import Start, plan, write_lineage
 from plumbing.metrics import auc, expected_calibration_error, log_loss
+from plumbing.runtime import limit_torch_threads
 from relate_models import ctcvr
 from relate_models.ngram_baseline import NgramBaseline
 from relate_models.tokenizer import save_tokenizer, train_tokenizer
@@ -275,8 +276,7 @@ def train(cfg: TrainCTCVRConfig, ds: str | None, params: Path) -> dict:
     """Fit the CTCVR model and its tokenizer (or continue the champion's), score the eval day next to
     the baseline, write all outputs."""
     started = time.monotonic()
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    limit_torch_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
 
     days, train_days, eval_day = choose_days(cfg, ds)

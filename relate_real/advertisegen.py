@@ -31,6 +31,7 @@ import pandas as pd
 
 from plumbing.logs import get_logger
 from plumbing.config import require
+from plumbing.runtime import limit_torch_threads
 
 log = get_logger("real.advertisegen")
 TYPE_KEY = "类型"
@@ -202,16 +203,13 @@ def _sample(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 def run(cfg: AdvertiseGenConfig, policy_cfg, sft_cfg, grpo_cfg, lexicon: Path, train_path: Path,
         dev_path: Path) -> dict:
     """SFT then GRPO in the current directory (the work dir); returns the metrics, samples included."""
-    import torch
-
     from plumbing.paths import RELATE_DIR
     from relate_models import policy
     from relate_models.grpo_trainer import build_trainer, reward_context
     from relate_models.rewards import build_rewards, score_texts
 
     started = time.monotonic()
-    if sft_cfg.torch_threads:
-        torch.set_num_threads(sft_cfg.torch_threads)
+    limit_torch_threads(sft_cfg.torch_threads)
     train_corpus, dev_corpus, train, dev = _read_rows(cfg, train_path, dev_path)
     model, tokenizer, sft = _fit_sft(cfg, policy_cfg, sft_cfg, train)
     log.info("advertisegen: %d train rows (%d SFT train / %d val), %d dev prompts, %.1f tokens per example",
