@@ -309,8 +309,7 @@ class Harness:
         if not serving.pool_candidates:
             return generate_candidates(policy_dir, prompts, cfg), []
         candidates = generate_candidates(policy_dir, prompts, cfg, n=serving.pool_candidates)
-        return serving_pools(candidates, prompts, self.rewards, cfg.texts_per_prompt, serving.pool_ctcvr_weight,
-                             serving.pool_max_phrase_share)
+        return serving_pools(candidates, prompts, self.rewards, cfg.texts_per_prompt, serving.pool_ctcvr_weight)
 
     def pools_arm(self, name: str, pools: dict[str, list[str]], unpooled: Sequence[str]) -> ArmOutcome:
         """An arm serving the given texts per prompt, one per impression by the shared draws."""

@@ -10,12 +10,6 @@ to the pool (share of its bigrams not in it yet). The learned CTCVR reward, scal
 only breaks the many ties between equally new texts, a large one turns the pool into a
 top-k by learned CTCVR (the two-stage ranker's move).
 
-The pools of all prompts are picked together, rank by rank, under one cross-ad cap: no word
-bigram may sit in more than `pool_max_phrase_share` of the pooled texts, each weighted by the
-ads its prompt serves. GRPO's policies converge on the same hook for every ad ("fresh picks" on
-81% of a champion's pooled texts in the closed loop), and a phrase the whole market shows wears
-out for everyone; a pool can only see that across ads (docs/decisions.md, 2026-12-05).
-
 The settings are the `serving:` params section (ServingConfig); `generate --pool-from`, the
 serving_tables stage and publish's champion re-scoring (for prompts a champion's published
 pools lack) all serve through `serving_pools` with the rewards of `learned_rewards`, so they
@@ -43,14 +37,11 @@ class ServingConfig:
 
     pool_candidates: int  # policy samples per prompt the pool picks from; 0 = serve plain samples, no pool
     pool_ctcvr_weight: float  # weight of the learned-CTCVR z-score beside the share of new bigrams
-    pool_max_phrase_share: float  # most a word bigram may take of all served pool texts, across ads; 1 = no cap
 
     def __post_init__(self) -> None:
         require(self.pool_candidates >= 0, "serving.pool_candidates", f"must be >= 0, got {self.pool_candidates}")
         require(self.pool_ctcvr_weight >= 0, "serving.pool_ctcvr_weight",
                 f"must be >= 0, got {self.pool_ctcvr_weight}")
-        require(0.0 < self.pool_max_phrase_share <= 1.0, "serving.pool_max_phrase_share",
-                f"must be in (0, 1], got {self.pool_max_phrase_share}")
 
     def check_pool_size(self, size: int, size_field: str) -> None:
         """A pool of `size` texts needs at least that many candidates (or no pool at all)."""
@@ -65,80 +56,38 @@ def select_pool(texts: Sequence[str], size: int, scores: Sequence[float] | None 
     Violating texts are never picked; when every text violates, the pool is empty and the
     caller decides what to serve. Equal totals keep the earlier sample.
     """
-    return select_pools([texts], size, [scores], [violating], score_weight, max_phrase_share=1.0)[0]
-
-
-def select_pools(groups: Sequence[Sequence[str]], size: int, scores: Sequence[Sequence[float] | None],
-                 violating: Sequence[Sequence[bool] | None], score_weight: float, max_phrase_share: float,
-                 weights: Sequence[float] | None = None) -> list[list[int]]:
-    """Each group's pool (indices into it), picked rank by rank across the groups.
-
-    Within a group a pool is `select_pool`'s. Across groups no word bigram may sit in more than
-    `max_phrase_share` of all pooled texts, each text counted with its group's weight (the ads
-    the prompt serves): once a bigram's budget is spent, a group takes a text without it, or,
-    when none is left, the text that overspends least (summed over its bigrams). Ranks go round the groups in turn, so
-    every group's first text is picked before any group's second.
-    """
     if size < 1:
         raise ValueError(f"select_pool: size must be >= 1, got {size}")
-    if not 0.0 < max_phrase_share <= 1.0:
-        raise ValueError(f"select_pools: max_phrase_share must be in (0, 1], got {max_phrase_share}")
-    weights = [1.0] * len(groups) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(groups) or min(weights, default=0.0) < 0:
-        raise ValueError(f"select_pools: need one weight >= 0 per group ({len(groups)}), got {len(weights)}")
-    pickers = [_GroupPicker(texts, scores[g], violating[g], score_weight) for g, texts in enumerate(groups)]
-    budget = max_phrase_share * size * sum(weights)
-    used: dict = {}
-    for _ in range(size):
-        for picker, w in zip(pickers, weights):
-            picker.pick(lambda grams, w=w: sum(max(used.get(g, 0.0) + w - budget, 0.0) for g in grams), used, w)
-    return [p.pool for p in pickers]
+    n = len(texts)
+    for name, values in (("scores", scores), ("violating", violating)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"select_pool: {len(values)} {name} for {n} texts")
+    bonus = [0.0] * n
+    if scores is not None and score_weight:
+        mean = sum(scores) / n
+        sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / n)
+        bonus = [score_weight * (s - mean) / sd if sd > 0 else 0.0 for s in scores]
+    bigrams = [ngrams(words(t), 2) for t in texts]
+    left = [i for i in range(n) if not (violating and violating[i])]
+    pool: list[int] = []
+    seen: set = set()
+    while left and len(pool) < size:
+        def total(i: int) -> float:
+            new = sum(1 for g in bigrams[i] if g not in seen) / len(bigrams[i]) if bigrams[i] else 0.0
+            return new + bonus[i]
 
-
-class _GroupPicker:
-    """One group's candidates, its pool so far and its bigrams already pooled."""
-
-    def __init__(self, texts: Sequence[str], scores, violating, score_weight: float) -> None:
-        n = len(texts)
-        for name, values in (("scores", scores), ("violating", violating)):
-            if values is not None and len(values) != n:
-                raise ValueError(f"select_pool: {len(values)} {name} for {n} texts")
-        self.bonus = [0.0] * n
-        if scores is not None and score_weight:
-            mean = sum(scores) / n
-            sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / n)
-            self.bonus = [score_weight * (s - mean) / sd if sd > 0 else 0.0 for s in scores]
-        self.bigrams = [ngrams(words(t), 2) for t in texts]
-        self.distinct = [set(g) for g in self.bigrams]
-        self.left = [i for i in range(n) if not (violating and violating[i])]
-        self.pool: list[int] = []
-        self.seen: set = set()
-
-    def total(self, i: int) -> float:
-        grams = self.bigrams[i]
-        new = sum(1 for g in grams if g not in self.seen) / len(grams) if grams else 0.0
-        return new + self.bonus[i]
-
-    def pick(self, overspend, used: dict, weight: float) -> None:
-        """Add the text that overspends the shared bigram budget least, then has the best total."""
-        if not self.left:
-            return
-        best = max(self.left, key=lambda i: (-overspend(self.distinct[i]), self.total(i), -i))
-        self.left.remove(best)
-        self.pool.append(best)
-        self.seen.update(self.distinct[best])
-        for g in self.distinct[best]:
-            used[g] = used.get(g, 0.0) + weight
+        best = max(left, key=lambda i: (total(i), -i))
+        left.remove(best)
+        pool.append(best)
+        seen.update(bigrams[best])
+    return pool
 
 
 def serving_pools(candidates: dict[str, list[str]], prompts: Sequence[dict], rewards, size: int,
-                  ctcvr_weight: float, max_phrase_share: float,
-                  weights: dict[str, float] | None = None) -> tuple[dict[str, list[str]], list[str]]:
+                  ctcvr_weight: float) -> tuple[dict[str, list[str]], list[str]]:
     """(prompt_id -> its serving pool, the prompts whose every candidate violated and so serve them unpooled).
 
-    Scores come from the learned `ctcvr` and `quality_compliance` rewards, as GRPO saw them. The
-    bigram budget (`select_pools`) weighs each prompt by `weights` (prompt_id -> the ads it
-    serves; 1 each when None, 0 for a prompt no ad serves).
+    Scores come from the learned `ctcvr` and `quality_compliance` rewards, as GRPO saw them.
     """
     from relate_models.rewards import group_kwargs
 
@@ -150,19 +99,15 @@ def serving_pools(candidates: dict[str, list[str]], prompts: Sequence[dict], rew
     flat, kwargs = group_kwargs(prompts, groups)
     ctcvr = by_name["ctcvr"].score(flat, **kwargs)
     compliance = by_name["quality_compliance"].score(flat, **kwargs)
-    bounds = [0]
-    for texts in groups:
-        bounds.append(bounds[-1] + len(texts))
-    spans = list(zip(bounds, bounds[1:]))
-    picks = select_pools(groups, size, [ctcvr[a:b] for a, b in spans], [[c < 0 for c in compliance[a:b]] for a, b in spans],
-                         ctcvr_weight, max_phrase_share,
-                         None if weights is None else [weights.get(row["prompt_id"], 0.0) for row in prompts])
-    pools, unpooled = {}, []
-    for row, texts, picked in zip(prompts, groups, picks):
+    pools, unpooled, start = {}, [], 0
+    for row, texts in zip(prompts, groups):
+        end = start + len(texts)
+        picked = select_pool(texts, size, ctcvr[start:end], [c < 0 for c in compliance[start:end]], ctcvr_weight)
         if not picked:  # nothing compliant to pool: serve the plain samples, and say so
             unpooled.append(row["prompt_id"])
             picked = list(range(min(size, len(texts))))
         pools[row["prompt_id"]] = [texts[i] for i in picked]
+        start = end
     return pools, unpooled
 
 

@@ -57,18 +57,3 @@ def test_a_served_day_is_redrawn_exactly_and_scored_with_effects_off(tmp_path):
     has = champ.sim.champion.text_champion[rows].any(axis=1)
     assert champ.sim.champion.text_champion[rows[has], only[has]].all()  # exploration replaced by champion texts
     assert np.array_equal(only[~has], champ.creative[~has])
-
-
-def test_other_tables_serve_the_day_s_traffic_and_score_at_their_equilibrium(tmp_path):
-    from evals import phrase_cap
-
-    cfg = config()
-    tables = champion_tables(cfg)
-    _arm(tmp_path / "daily_warm", cfg, tables, "v-test")
-    ds = shift_ds(cfg.start_date, 2)
-    champ = loop_gap.reproduce(tmp_path / "daily_warm", ds)
-    again = loop_gap.reproduce(tmp_path / "daily_warm", ds, tables)  # evals.phrase_cap's swap, same tables
-    assert np.array_equal(again.creative, champ.creative) and np.array_equal(again.user, champ.user)
-    res = phrase_cap.score(champ)
-    assert 0 < res["top_phrase_share"] <= 1 and res["distinct_texts"] > 1
-    assert res["as_served"] > 0 and res["at_equilibrium"] > 0

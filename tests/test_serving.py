@@ -58,51 +58,10 @@ def test_serving_pools_score_with_the_rewards_and_fall_back_loudly():
     prompts = [{"prompt_id": "p1", "keyword": "flights"}, {"prompt_id": "p2", "keyword": "hotels"}]
     candidates = {"p1": ["cheap flights now", "best ever flights", "fly to rome this week"],
                   "p2": ["best ever hotels", "best ever hotels today", "best ever hotels now"]}
-    pools, unpooled = serving_pools(candidates, prompts, rewards, size=2, ctcvr_weight=0.1, max_phrase_share=1.0)
+    pools, unpooled = serving_pools(candidates, prompts, rewards, size=2, ctcvr_weight=0.1)
     # p1: both compliant texts are all new; the longer one (higher score) first
     assert pools["p1"] == ["fly to rome this week", "cheap flights now"]
     # p2: every candidate violates, so it serves its plain samples, and says so
     assert unpooled == ["p2"] and pools["p2"] == candidates["p2"][:2]
     with pytest.raises(ValueError, match="quality_compliance"):
-        serving_pools(candidates, prompts, rewards[:1], size=2, ctcvr_weight=0.1, max_phrase_share=1.0)
-
-
-def test_cross_ad_cap_keeps_a_shared_hook_to_its_share_of_pooled_texts():
-    from relate_models.serving import select_pools
-
-    # every prompt's policy leads with the same hook; each has one text without it
-    groups = [[f"fresh picks {k} now", f"fresh picks {k} today", f"made for you {k} deals"]
-              for k in ("tires", "hotels", "shoes", "flights")]
-    hook = ("fresh", "picks")
-    none = [None] * len(groups)
-
-    def hook_share(picks):
-        pooled = [groups[g][i] for g, pool in enumerate(picks) for i in pool]
-        return sum(" ".join(hook) in t for t in pooled) / len(pooled)
-
-    uncapped = select_pools(groups, 2, none, none, 0.0, max_phrase_share=1.0)
-    assert hook_share(uncapped) == 0.5  # each pool: the first text, then the all-new one
-    assert [select_pools([g], 2, [None], [None], 0.0, 1.0)[0] for g in groups] == uncapped  # no cap: pools alone
-    first_only = select_pools(groups, 1, none, none, 0.0, max_phrase_share=1.0)
-    assert hook_share(first_only) == 1.0
-    capped = select_pools(groups, 1, none, none, 0.0, max_phrase_share=0.5)
-    assert hook_share(capped) == 0.5  # two prompts give the hook up for their text without it
-    # a prompt serving many ads spends the budget first; the light ones give the hook up
-    weighted = select_pools(groups, 1, none, none, 0.0, max_phrase_share=0.5, weights=[3, 1, 1, 1])
-    assert [groups[g][p[0]].startswith("fresh") for g, p in enumerate(weighted)] == [True, False, False, False]
-
-
-def test_cross_ad_cap_overspends_least_when_no_text_fits():
-    from relate_models.serving import select_pools
-
-    groups = [["fresh picks a b", "fresh picks c d"], ["fresh picks a b", "fresh picks e f"]]
-    none = [None, None]
-    picks = select_pools(groups, 2, none, none, 0.0, max_phrase_share=0.25)
-    assert [len(p) for p in picks] == [2, 2]  # pools stay full: the cap ranks, it never empties a pool
-    # once the hook is over budget, the second prompt avoids also spending "a b" again
-    assert picks[1][0] == 1
-    for bad in (0.0, 1.5):
-        with pytest.raises(ValueError, match="max_phrase_share"):
-            select_pools(groups, 1, none, none, 0.0, max_phrase_share=bad)
-    with pytest.raises(ValueError, match="weight"):
-        select_pools(groups, 1, none, none, 0.0, max_phrase_share=0.5, weights=[1.0])
+        serving_pools(candidates, prompts, rewards[:1], size=2, ctcvr_weight=0.1)
