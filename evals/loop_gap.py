@@ -73,7 +73,9 @@ class Served:
     sim_p_conv: np.ndarray
 
 
-def reproduce(arm_dir: Path, ds: str) -> Served:
+def reproduce(arm_dir: Path, ds: str, tables: ServingTables | None = None) -> Served:
+    """What the arm served on `ds`; with `tables`, what it would have served from those instead
+    (the same traffic and draws; the truth-partition check then holds only for the arm's own)."""
     truth = arm_dir / "data" / "sim_truth"
     stored = json.loads((truth / "world.json").read_text())
     config = build_config(SimulateConfig, "simulate", stored["config"])
@@ -82,7 +84,8 @@ def reproduce(arm_dir: Path, ds: str) -> Served:
     state = load_state(config, truth, day, base.fingerprint())
     records = json.loads((arm_dir / "loop" / "records.json").read_text())
     served_by = next(r.get("served_by") for r in records if r["ds"] == ds)
-    tables = ServingTables.load(arm_dir / "registry" / served_by / "serving", served_by) if served_by else None
+    if tables is None and served_by:
+        tables = ServingTables.load(arm_dir / "registry" / served_by / "serving", served_by)
     sim = prepare(config, day, state.phrase_shares, base, state.first_served)
     if tables is not None:
         sim = serve_champion(sim, tables)

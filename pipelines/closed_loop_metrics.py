@@ -4,13 +4,16 @@ Per day, from data/sim_truth/state/dt=<ds>/served.json (relate_sim/writer.py wri
 day is simulated): per placement (search: ad texts, feed: combinations) the true CTR, CVR and
 CTCVR of the served impressions (the means of the oracle's probabilities, no outcome noise)
 with 95% CIs, the champion's share of the impressions; on search, the compliance of the served
-texts (all of them, and those the champion served) and distinct-2 of the served texts.
+texts (all of them, and those the champion served), distinct-2 of the served texts and the
+word bigram on the largest share of the served search impressions (a hook the served creatives
+share across ads, which the market wears out).
 Windows of days (the last 7) pool the days' sums; uplifts are ratios of two windows' means
 with a delta-method CI on the log ratio (the arms' traffic draws are independent).
 """
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ import orjson
 from plumbing.errors import MissingArtifact
 from plumbing.metrics import Z95
 from plumbing.paths import SIM_TRUTH
-from relate_models.text_metrics import distinct_n
+from relate_models.text_metrics import distinct_n, ngrams, words
 
 SUM_KEYS = ("n", "champion", "compliant", "champion_compliant", "sum_ctr", "sum_ctr2", "sum_ctcvr", "sum_ctcvr2",
             "sum_ctr_ctcvr")
@@ -40,7 +43,22 @@ def day_measurement(root: Path, ds: str, distinct_sample: int, seed: int) -> dic
     for placement, sums in record["truth_sums"].items():
         out[placement] = rates(sums)
     out["search_distinct2"] = served_distinct2(record["search_texts"], distinct_sample, seed)
+    out["search_top_bigram"] = top_bigram(record["search_texts"])
     return out
+
+
+def top_bigram(search_texts: list) -> dict | None:
+    """The word bigram carried by the largest share of the served search impressions, and that
+    share (a text counts once per bigram it carries; ties: the first served). None: no bigram."""
+    counts: Counter = Counter()
+    for text, n, _ in search_texts:
+        for gram in dict.fromkeys(ngrams(words(text), 2)):
+            counts[gram] += n
+    total = sum(n for _, n, _ in search_texts)
+    if not counts or not total:
+        return None
+    gram, n = counts.most_common(1)[0]
+    return {"bigram": " ".join(gram), "share": n / total}
 
 
 def served_distinct2(search_texts: list, sample: int, seed: int) -> float | None:

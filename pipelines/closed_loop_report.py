@@ -125,7 +125,9 @@ def days_csv(records: dict[str, list[dict]]) -> str:
         for r in recs:
             row = by_day.setdefault(r["ds"], {"ds": r["ds"], "day": r["day"]})
             m = r["measure"]
-            row.update({f"{arm}_search_true_ctcvr": m["search"]["true_ctcvr"],
+            top = m.get("search_top_bigram") or {}  # absent from records measured before it existed
+            row.update({f"{arm}_top_bigram": top.get("bigram"), f"{arm}_top_bigram_share": top.get("share"),
+                        f"{arm}_search_true_ctcvr": m["search"]["true_ctcvr"],
                         f"{arm}_feed_true_ctr": m["feed"]["true_ctr"],
                         f"{arm}_champion_share": m["search"]["champion_share"],
                         f"{arm}_served_compliance": m["search"]["compliance"],
@@ -148,11 +150,14 @@ def trajectory_plot(records: dict[str, list[dict]], cfg, path: Path) -> None:
     panels = (("search true CTCVR", lambda m: m["search"]["true_ctcvr"]),
               ("feed true CTR", lambda m: m["feed"]["true_ctr"]),
               ("champion share of search", lambda m: m["search"]["champion_share"]),
-              ("served search compliance", lambda m: m["search"]["compliance"]))
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+              ("served search compliance", lambda m: m["search"]["compliance"]),
+              ("distinct-2 of served search texts", lambda m: m["search_distinct2"]),
+              ("share of search carrying the most served bigram",
+               lambda m: (m.get("search_top_bigram") or {}).get("share", float("nan"))))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True)
     for ax, (title, value) in zip(axes.flat, panels):
         for arm, recs in records.items():
-            ax.plot([r["day"] for r in recs], [value(r["measure"]) for r in recs], marker=".", label=arm)
+            ax.plot([r["day"] for r in recs], [_nan(value(r["measure"])) for r in recs], marker=".", label=arm)
         ax.axvline(cfg.warmup_days - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -160,6 +165,10 @@ def trajectory_plot(records: dict[str, list[dict]], cfg, path: Path) -> None:
     for ax in axes[1]:
         ax.set_xlabel("day (dotted: end of the warm-up)")
     atomic.save_figure(fig, path)
+
+
+def _nan(x) -> float:
+    return float("nan") if x is None else x
 
 
 def markdown(out: dict) -> str:

@@ -104,7 +104,7 @@ def test_the_report_holds_the_trajectories(daily):
     assert summary["arms"]["daily"]["validation_failed_days"] == [CORRUPT]
     assert summary["arms"]["daily"]["refused_days"] == [REFUSE]
     rows = (project / "plots" / "closed_loop" / "days.csv").read_text().splitlines()
-    assert len(rows) == 9 and rows[0].startswith("day,ds,")
+    assert len(rows) == 9 and rows[0].startswith("day,ds,") and "daily_top_bigram_share" in rows[0]
     assert (project / "plots" / "closed_loop" / "trajectories.png").stat().st_size > 10_000
 
 
@@ -135,6 +135,35 @@ def test_a_rerun_resumes_after_the_last_recorded_day(daily):
     done = loop(project, "--arm", "daily")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (ws / "loop" / "records.json").read_bytes() == before
+
+
+def test_a_fork_at_a_day_resumes_to_the_same_next_day(daily, tmp_path):
+    """evals.loop_fork: the arm as it stood after CORRUPT, run again, serves LAST exactly as before."""
+    from evals.loop_fork import fork
+
+    project, ws, records = daily
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "params.yaml").write_text((project / "params.yaml").read_text())
+    dst = other / "runs" / "loop_params" / "daily"
+    assert fork(ws, CORRUPT, dst) == records[CORRUPT]["champion_after"]
+    assert [r["ds"] for r in json.loads((dst / "loop" / "records.json").read_text())] == sorted(records)[:-1]
+    assert not list((dst / "data").rglob(f"dt={LAST}")) and (dst.parent / "_warmup" / "loop").is_dir()
+    done = loop(other, "--arm", "daily")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    again = {r["ds"]: r for r in json.loads((dst / "loop" / "records.json").read_text())}
+    assert again[LAST]["served_by"] == records[LAST]["served_by"]
+    assert again[LAST]["measure"]["search"] == records[LAST]["measure"]["search"]
+    with pytest.raises(SystemExit, match="exists"):
+        fork(ws, CORRUPT, dst)
+
+
+def test_the_most_served_bigram_and_its_share():
+    from pipelines.closed_loop_metrics import top_bigram
+
+    served = [["Fresh picks for you", 60, True], ["fresh picks, fresh picks", 20, True], ["Shop now", 20, False]]
+    assert top_bigram(served) == {"bigram": "fresh picks", "share": 0.8}  # a text counts once per bigram
+    assert top_bigram([["one", 5, True]]) is None and top_bigram([]) is None
 
 
 @pytest.mark.parametrize("args, field", [(["--arm", "weekly"], "--arm"), (["--faults", "melt@2026-01-02"], "--faults"),
