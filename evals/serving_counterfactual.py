@@ -1,7 +1,7 @@
 """What other settings would have earned on a closed-loop day: a champion's tables rebuilt with them.
 
     python -m evals.serving_counterfactual --run runs/loop_params --days 2026-01-22 \
-        --variants serving.pool_wear_weight=0 serving.pool_wear_weight=1 [--retrain] [--out FILE]
+        --variants serving.pool_ctcvr_weight=0.1 serving.pool_ctcvr_weight=1 [--retrain] [--out FILE]
 
 For each day it takes the champion that served the day in the `daily_warm` arm and, once per
 variant (comma-separated `section.key[.key]=value` params overrides), rebuilds its serving tables
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, default=Path("runs/loop_params"))
     ap.add_argument("--days", nargs="+", default=["2026-01-22"])
-    ap.add_argument("--variants", nargs="+", default=["serving.pool_wear_weight=0", "serving.pool_wear_weight=1"],
+    ap.add_argument("--variants", nargs="+", required=True,
                     help="comma-separated section.key=value overrides, one string per variant")
     ap.add_argument("--retrain", action="store_true", help="train the policy afresh (grpo stage) per variant")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")

@@ -274,7 +274,6 @@ class Harness:
     ab: ABTest
     rewards: list | None = None
     eval_day: str | None = None  # the market and compliance rules scored against (CuratedReader.run_day)
-    wear: object = None  # market_wear.MarketWear of the served logs the pools are picked with (None: off)
 
     @classmethod
     def build(cls, cfg: "EvaluateConfig", params_path=None, prompts_path: Path = EVAL_PROMPTS,
@@ -292,7 +291,7 @@ class Harness:
                  len({c["prompt_id"] for c in contexts}), eval_day)
         scorer = CTCVRScorer.load(CTCVR_DIR)
         return cls(cfg, serving, oracle, prompts, contexts, scorer, ABTest(oracle, contexts, cfg.seed, cfg.fatigue),
-                   learned_rewards(scorer, params_path, curated), eval_day, serving.market_wear(curated))
+                   learned_rewards(scorer, params_path, curated), eval_day)
 
     def run_arm(self, name: str, served: list[str]) -> ArmOutcome:
         outcome = self.ab.run(name, served)
@@ -310,8 +309,7 @@ class Harness:
         if not serving.pool_candidates:
             return generate_candidates(policy_dir, prompts, cfg), []
         candidates = generate_candidates(policy_dir, prompts, cfg, n=serving.pool_candidates)
-        return serving_pools(candidates, prompts, self.rewards, cfg.texts_per_prompt, serving.pool_ctcvr_weight,
-                             self.wear)
+        return serving_pools(candidates, prompts, self.rewards, cfg.texts_per_prompt, serving.pool_ctcvr_weight)
 
     def pools_arm(self, name: str, pools: dict[str, list[str]], unpooled: Sequence[str]) -> ArmOutcome:
         """An arm serving the given texts per prompt, one per impression by the shared draws."""
@@ -361,8 +359,7 @@ def generation_settings(cfg: "EvaluateConfig") -> dict:
 def serving_settings(cfg: "EvaluateConfig", serving: ServingConfig) -> dict:
     """What decides the texts the `relate` arm serves; publish re-scores a champion served otherwise."""
     return {**generation_settings(cfg), "pool_candidates": serving.pool_candidates,
-            "pool_ctcvr_weight": serving.pool_ctcvr_weight, "pool_wear_weight": serving.pool_wear_weight,
-            "pool_wear_half_life_days": serving.pool_wear_half_life_days}
+            "pool_ctcvr_weight": serving.pool_ctcvr_weight}
 
 
 def write_sft_texts(cfg: "EvaluateConfig", texts: dict[str, list[str]], policy_dir: Path = SFT_DIR,

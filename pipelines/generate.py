@@ -67,12 +67,13 @@ def _serving_pools(ctx: StageContext, rows: list[dict], prompts: list[str], text
     from relate_models.ctcvr import CTCVRScorer
     from relate_models.serving import ServingConfig, learned_rewards, serving_pools
 
-    serving = ctx.config(ServingConfig, "serving")
-    weight = serving.pool_ctcvr_weight if ctx.args.pool_ctcvr_weight is None else ctx.args.pool_ctcvr_weight
+    weight = ctx.args.pool_ctcvr_weight
+    if weight is None:
+        weight = ctx.config(ServingConfig, "serving").pool_ctcvr_weight
     rewards = learned_rewards(CTCVRScorer.load(CTCVR_DIR), ctx.params, ctx.curated)
     keyed = [{**row, "prompt": prompt, "prompt_id": str(i)} for i, (row, prompt) in enumerate(zip(rows, prompts))]
     pools, unpooled = serving_pools({r["prompt_id"]: group for r, group in zip(keyed, texts)}, keyed, rewards,
-                                    ctx.args.num, weight, serving.market_wear(ctx.curated))
+                                    ctx.args.num, weight)
     if unpooled:
         log.warning("no compliant sample for %d prompt(s): printing plain samples for them", len(unpooled))
     return [pools[r["prompt_id"]] for r in keyed]

@@ -116,10 +116,8 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
         [{**r, "prompt": policy.format_prompt(tokenizer, r["prompt"], meta["prompt_format"])} for r in rows]
         for rows in (train_prompts, eval_prompts))
     as_of = curated.run_day()  # the compliance rules in effect on the run's day
-    from relate_models.market_wear import load_market_shares
-    shares = load_market_shares(curated.table("text_stats"), 7.0) if "market_wear" in cfg.rewards else None
     rewards = build_rewards(list(cfg.rewards), reward_context(cfg, scorer, corpus, eos_token_id=tokenizer.eos_token_id,
-                                                              as_of=as_of, market_shares=shares))
+                                                              as_of=as_of))
     names = [r.name for r in rewards]
 
     def held_out_rewards(m) -> dict[str, float]:

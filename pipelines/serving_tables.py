@@ -64,7 +64,7 @@ def run(ctx: StageContext) -> None:
     held_out = load_prompts()
     prompts = pool_prompts(ad_keywords, held_out, ctx.config(GRPOStageConfig, "grpo").user_segment)
     rewards = learned_rewards(CTCVRScorer.load(CTCVR_DIR), ctx.params, ctx.curated)
-    pools, unpooled = sample_pools(prompts, cfg, serving, rewards, serving.market_wear(ctx.curated))
+    pools, unpooled = sample_pools(prompts, cfg, serving, rewards)
     scores = ctcvr_scores(prompts, pools, rewards)
     text_pools = text_pool_table(ad_keywords, pools, scores)
     plain = set(unpooled) if serving.pool_candidates else set(pools)
@@ -112,15 +112,14 @@ def pool_prompts(ad_keywords: pd.DataFrame, held_out: list[dict], default_segmen
     return [rows[p] for p in sorted(rows)]
 
 
-def sample_pools(prompts: list[dict], cfg: EvaluateConfig, serving: ServingConfig, rewards,
-                 wear=None) -> tuple[dict[str, list[str]], list[str]]:
+def sample_pools(prompts: list[dict], cfg: EvaluateConfig, serving: ServingConfig,
+                 rewards) -> tuple[dict[str, list[str]], list[str]]:
     """(prompt_id -> the RELATE policy's serving pool, or its plain samples when serving.pool_candidates
     is 0; the prompts whose every candidate violated and so serve plain samples), sampled in one pass."""
     candidates = generate_candidates(RELATE_DIR, prompts, cfg, n=serving.pool_candidates or cfg.texts_per_prompt)
     if not serving.pool_candidates:
         return candidates, []
-    pools, unpooled = serving_pools(candidates, prompts, rewards, cfg.texts_per_prompt, serving.pool_ctcvr_weight,
-                                    wear)
+    pools, unpooled = serving_pools(candidates, prompts, rewards, cfg.texts_per_prompt, serving.pool_ctcvr_weight)
     if unpooled:
         log.warning("%d prompt(s) had no compliant candidate and serve plain samples: %s", len(unpooled),
                     unpooled[:5])

@@ -78,7 +78,7 @@ class GRPOStageConfig:
 
 
 def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | None = None,
-                   latin_script: bool = True, as_of: str | None = None, market_shares: dict | None = None):
+                   latin_script: bool = True, as_of: str | None = None):
     """The RewardContext of `cfg`'s rewards.
 
     `corpus`: policy.load_search_corpus's frame (its ad texts are the history a copy is
@@ -101,7 +101,6 @@ def reward_context(cfg: GRPOStageConfig, scorer, corpus, eos_token_id: int | Non
         default_user_segment=cfg.user_segment,
         eos_token_id=eos_token_id,
         latin_script=latin_script,
-        market_shares=market_shares or {},
     )
 
 

@@ -23,7 +23,7 @@ SEQUENCE, TOKEN = "sequence", "token"
 # where each reward's credit lands; the builders below read it, and config checks read it
 # before any reward is built
 REWARD_GRANULARITY = {"ctcvr": SEQUENCE, "quality_structural": SEQUENCE, "quality_compliance": TOKEN,
-                      "diversity": TOKEN, "market_wear": TOKEN}
+                      "diversity": TOKEN}
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # a CJK character is a word of its own (Chinese has no spaces); other text: \w+ runs as before
 _WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+(?:'[^\W{_CJK}]+)?")
@@ -46,7 +46,6 @@ class RewardContext:
     default_user_segment: str | None = None
     eos_token_id: int | None = None  # set: a completion that never emitted <eos> (truncated) fails a format check
     latin_script: bool = True  # False (e.g. Chinese copy): the structural reward skips its mostly-ASCII check
-    market_shares: dict = field(default_factory=dict)  # word bigram -> smoothed share of served search impressions
     _history: set = field(default_factory=set, repr=False)
 
     def history_ngrams(self) -> set:
@@ -247,36 +246,11 @@ def build_diversity(ctx: RewardContext) -> Reward:
     return Reward("diversity", REWARD_GRANULARITY["diversity"], diversity, diversity_spans)
 
 
-# ------------------------------------------------------------------------- market_wear
-def worn_bigram(text: str, shares: dict) -> tuple[float, Span | None]:
-    """(The largest smoothed served share among the text's word bigrams, that bigram's char span)."""
-    words = words_with_offsets(text)
-    best, span = 0.0, None
-    for i in range(len(words) - 1):
-        share = shares.get((words[i][0], words[i + 1][0]), 0.0)
-        if share > best:
-            best, span = share, (words[i][1], words[i + 1][2])
-    return best, span
-
-
-def build_market_wear(ctx: RewardContext) -> Reward:
-    """Minus the market's wear of a text's most served phrase (0 without served logs)."""
-    def market_wear(completions, **kwargs) -> list[float]:
-        return [-worn_bigram(as_text(c), ctx.market_shares)[0] for c in completions]
-
-    def market_wear_spans(completions, **kwargs) -> list[list[Span]]:
-        return [[span] if span else [] for _, span in (worn_bigram(as_text(c), ctx.market_shares)
-                                                        for c in completions)]
-
-    return Reward("market_wear", REWARD_GRANULARITY["market_wear"], market_wear, market_wear_spans)
-
-
 REGISTRY: dict[str, Callable[[RewardContext], Reward]] = {
     "ctcvr": build_ctcvr,
     "quality_structural": build_quality_structural,
     "quality_compliance": build_quality_compliance,
     "diversity": build_diversity,
-    "market_wear": build_market_wear,
 }
 
 

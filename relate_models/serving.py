@@ -10,12 +10,6 @@ to the pool (share of its bigrams not in it yet). The learned CTCVR reward, scal
 only breaks the many ties between equally new texts, a large one turns the pool into a
 top-k by learned CTCVR (the two-stage ranker's move).
 
-Creatives wear out when the market sees a phrase everywhere, and the pipeline's own logs show
-it (relate_models.market_wear): a candidate's wear is the largest smoothed share of the served
-search impressions among its word bigrams, and `pool_wear_weight` times it is taken off its
-total. A hook the champions served for days is taxed, a fresh one is not, whatever the pool
-about to be served does.
-
 The settings are the `serving:` params section (ServingConfig); `generate --pool-from`, the
 serving_tables stage and publish's champion re-scoring (for prompts a champion's published
 pools lack) all serve through `serving_pools` with the rewards of `learned_rewards`, so they
@@ -43,21 +37,11 @@ class ServingConfig:
 
     pool_candidates: int  # policy samples per prompt the pool picks from; 0 = serve plain samples, no pool
     pool_ctcvr_weight: float  # weight of the learned-CTCVR z-score beside the share of new bigrams
-    pool_wear_weight: float  # taken off a candidate's total per unit of its market wear
-    pool_wear_half_life_days: float  # half-life of the moving average of each bigram's served share
 
     def __post_init__(self) -> None:
         require(self.pool_candidates >= 0, "serving.pool_candidates", f"must be >= 0, got {self.pool_candidates}")
-        for name in ("pool_ctcvr_weight", "pool_wear_weight"):
-            require(getattr(self, name) >= 0, f"serving.{name}", f"must be >= 0, got {getattr(self, name)}")
-        require(self.pool_wear_half_life_days > 0, "serving.pool_wear_half_life_days",
-                f"must be > 0, got {self.pool_wear_half_life_days}")
-
-    def market_wear(self, curated: CuratedReader = ALL_CURATED):
-        """The wear of the run's served logs the pools are picked with (None: pool_wear_weight is 0)."""
-        from relate_models.market_wear import market_wear
-
-        return market_wear(self.pool_wear_weight, self.pool_wear_half_life_days, curated.table("text_stats"))
+        require(self.pool_ctcvr_weight >= 0, "serving.pool_ctcvr_weight",
+                f"must be >= 0, got {self.pool_ctcvr_weight}")
 
     def check_pool_size(self, size: int, size_field: str) -> None:
         """A pool of `size` texts needs at least that many candidates (or no pool at all)."""
@@ -66,18 +50,16 @@ class ServingConfig:
 
 
 def select_pool(texts: Sequence[str], size: int, scores: Sequence[float] | None = None,
-                violating: Sequence[bool] | None = None, score_weight: float = 0.0,
-                wear: Sequence[float] | None = None) -> list[int]:
+                violating: Sequence[bool] | None = None, score_weight: float = 0.0) -> list[int]:
     """Indices (into `texts`) of the pool, in the order they were picked.
 
-    `wear` is each text's penalty (already weighted), taken off its total. Violating texts are
-    never picked; when every text violates, the pool is empty and the caller decides what to
-    serve. Equal totals keep the earlier sample.
+    Violating texts are never picked; when every text violates, the pool is empty and the
+    caller decides what to serve. Equal totals keep the earlier sample.
     """
     if size < 1:
         raise ValueError(f"select_pool: size must be >= 1, got {size}")
     n = len(texts)
-    for name, values in (("scores", scores), ("violating", violating), ("wear", wear)):
+    for name, values in (("scores", scores), ("violating", violating)):
         if values is not None and len(values) != n:
             raise ValueError(f"select_pool: {len(values)} {name} for {n} texts")
     bonus = [0.0] * n
@@ -85,8 +67,6 @@ def select_pool(texts: Sequence[str], size: int, scores: Sequence[float] | None 
         mean = sum(scores) / n
         sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / n)
         bonus = [score_weight * (s - mean) / sd if sd > 0 else 0.0 for s in scores]
-    if wear is not None:
-        bonus = [b - w for b, w in zip(bonus, wear)]
     bigrams = [ngrams(words(t), 2) for t in texts]
     left = [i for i in range(n) if not (violating and violating[i])]
     pool: list[int] = []
@@ -104,11 +84,10 @@ def select_pool(texts: Sequence[str], size: int, scores: Sequence[float] | None 
 
 
 def serving_pools(candidates: dict[str, list[str]], prompts: Sequence[dict], rewards, size: int,
-                  ctcvr_weight: float, wear=None) -> tuple[dict[str, list[str]], list[str]]:
+                  ctcvr_weight: float) -> tuple[dict[str, list[str]], list[str]]:
     """(prompt_id -> its serving pool, the prompts whose every candidate violated and so serve them unpooled).
 
-    Scores come from the learned `ctcvr` and `quality_compliance` rewards, as GRPO saw them; `wear`
-    (market_wear.MarketWear, None: off) taxes the phrases the served market already carries.
+    Scores come from the learned `ctcvr` and `quality_compliance` rewards, as GRPO saw them.
     """
     from relate_models.rewards import group_kwargs
 
@@ -120,12 +99,10 @@ def serving_pools(candidates: dict[str, list[str]], prompts: Sequence[dict], rew
     flat, kwargs = group_kwargs(prompts, groups)
     ctcvr = by_name["ctcvr"].score(flat, **kwargs)
     compliance = by_name["quality_compliance"].score(flat, **kwargs)
-    penalty = [wear.weight * wear.of(t) for t in flat] if wear else None
     pools, unpooled, start = {}, [], 0
     for row, texts in zip(prompts, groups):
         end = start + len(texts)
-        picked = select_pool(texts, size, ctcvr[start:end], [c < 0 for c in compliance[start:end]], ctcvr_weight,
-                             penalty[start:end] if penalty else None)
+        picked = select_pool(texts, size, ctcvr[start:end], [c < 0 for c in compliance[start:end]], ctcvr_weight)
         if not picked:  # nothing compliant to pool: serve the plain samples, and say so
             unpooled.append(row["prompt_id"])
             picked = list(range(min(size, len(texts))))
