@@ -3,14 +3,16 @@
     python -m evals.loop_fork --src runs/loop_params/daily_warm --at 2026-01-19 --dst runs/loop_wear/daily_warm
     python -m pipelines.closed_loop --params wear.yaml --arm daily_warm
 
-Copies the arm and drops everything after `--at`: every `dt=` partition and validation day under
-data/, the registry versions published later (and their .dvc files), the later records; the
-champion pointer goes back to the version that served the day after `--at`, with its manifest's
-fields and the history up to it. The loop of a params file `<stem>.yaml` lives in
-runs/loop_<stem>/ and its arms extend that file, so a what-if is a params file that `extends:`
-the run's and changes some keys, with the fork under its run folder; the loop run with it
-resumes after `--at`. Beside it, the loop's warm-up and DVC remote are copied (when the destination lacks
-them), and the other arms' records only, for the report. The source is only read.
+Copies the arm and drops everything after `--at`: every `dt=` partition and validation day
+under data/, the days' logs, the registry versions published later (and their .dvc files) and
+the later records; the champion pointer goes back to the version that served the day after
+`--at`, with its manifest's fields and the history up to it. Beside the copy go the loop's
+warm-up and DVC remote (when the destination lacks them), and the other arms' records only, for
+the report. The source is only read.
+
+The loop of a params file `<stem>.yaml` lives in runs/loop_<stem>/ and its arms extend that
+file, so a what-if is a params file that `extends:` the run's and changes some keys, with the
+fork under its run folder; the loop run with it resumes after `--at`.
 """
 from __future__ import annotations
 
@@ -28,12 +30,12 @@ from plumbing.dates import parse_ds, shift_ds
 VERSION_DATE = slice(0, 10)  # registry versions are <YYYY-MM-DD>-<digest>
 
 
-def prune_days(data: Path, at: str) -> int:
-    """Remove every `dt=` partition and validation day after `at` under `data`; how many."""
-    later = [p for p in data.rglob("dt=*") if p.is_dir() and p.name[3:] > at]
-    validation = data / "validation"
-    if validation.is_dir():
-        later += [p for p in validation.iterdir() if p.is_dir() and p.name[:10] > at]
+def prune_days(arm: Path, at: str) -> int:
+    """Remove every `dt=` partition, validation day and day's logs after `at` in the arm; how many."""
+    later = [p for p in (arm / "data").rglob("dt=*") if p.is_dir() and p.name[3:] > at]
+    for dated in (arm / "data" / "validation", arm / "logs"):
+        if dated.is_dir():
+            later += [p for p in dated.iterdir() if p.is_dir() and p.name[:10] > at]
     for path in later:
         shutil.rmtree(path)
     return len(later)
@@ -46,11 +48,13 @@ def rewind_registry(src: Path, registry: Path, at: str) -> str:
     if nxt is None or not nxt.get("served_by"):
         raise SystemExit(f"{src}: no champion served {shift_ds(at, 1)}; fork at a later day")
     version = nxt["served_by"]
+    champion = read_champion(registry)  # before its version goes
+    if champion is None or version not in champion["history"]:
+        raise SystemExit(f"{registry}: no champion history with {version}")
     for path in registry.iterdir():
         name = path.name.removesuffix(".dvc")
         if name[VERSION_DATE] > at and name != version:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    champion = read_champion(registry)
     history = champion["history"][: champion["history"].index(version) + 1]
     manifest = json.loads((registry / version / "manifest.json").read_text())
     write_champion(registry, {"version": version, "path": f"{registry.name}/{version}",
@@ -84,7 +88,7 @@ def fork(src: Path, at: str, dst: Path) -> str:
     tmp = dst.with_name(f".{dst.name}.forking")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, symlinks=True)
-    dropped = prune_days(tmp / "data", at)
+    dropped = prune_days(tmp, at)
     version = rewind_registry(src, tmp / "registry", at)
     records = [r for r in json.loads((src / "loop" / "records.json").read_text()) if r["ds"] <= at]
     atomic.write_json(tmp / "loop" / "records.json", records)

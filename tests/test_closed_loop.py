@@ -148,7 +148,8 @@ def test_a_fork_at_a_day_resumes_to_the_same_next_day(daily, tmp_path):
     dst = other / "runs" / "loop_params" / "daily"
     assert fork(ws, CORRUPT, dst) == records[CORRUPT]["champion_after"]
     assert [r["ds"] for r in json.loads((dst / "loop" / "records.json").read_text())] == sorted(records)[:-1]
-    assert not list((dst / "data").rglob(f"dt={LAST}")) and (dst.parent / "_warmup" / "loop").is_dir()
+    assert not list((dst / "data").rglob(f"dt={LAST}")) and not (dst / "logs" / LAST).exists()
+    assert (dst.parent / "_warmup" / "loop").is_dir()
     done = loop(other, "--arm", "daily")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     again = {r["ds"]: r for r in json.loads((dst / "loop" / "records.json").read_text())}

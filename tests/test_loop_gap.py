@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -11,6 +12,7 @@ from evals import loop_gap
 from plumbing.dates import shift_ds
 from plumbing.serving_schema import COMBO_SCHEMA, COMBOS_FILE, TEXT_POOL_SCHEMA, TEXT_POOLS_FILE
 from relate_sim.writer import simulate
+from tests.conftest import ROOT
 from tests.test_drift import champion_tables, config
 
 
@@ -57,3 +59,34 @@ def test_a_served_day_is_redrawn_exactly_and_scored_with_effects_off(tmp_path):
     has = champ.sim.champion.text_champion[rows].any(axis=1)
     assert champ.sim.champion.text_champion[rows[has], only[has]].all()  # exploration replaced by champion texts
     assert np.array_equal(only[~has], champ.creative[~has])
+
+
+def test_other_tables_serve_the_day_s_traffic_and_score_at_their_equilibrium(tmp_path):
+    from evals import serving_counterfactual
+
+    cfg = config()
+    tables = champion_tables(cfg)
+    _arm(tmp_path / "daily_warm", cfg, tables, "v-test")
+    ds = shift_ds(cfg.start_date, 2)
+    champ = loop_gap.reproduce(tmp_path / "daily_warm", ds)
+    again = loop_gap.reproduce(tmp_path / "daily_warm", ds, tables)  # the counterfactual's swap, same tables
+    assert np.array_equal(again.creative, champ.creative) and np.array_equal(again.user, champ.user)
+    res = serving_counterfactual.score(champ)
+    assert 0 < res["top_phrase_share"] <= 1 and res["distinct_texts"] > 1
+    assert res["as_served"] > 0 and res["at_equilibrium"] > 0
+
+
+def test_a_variant_overrides_nested_params_and_names_a_bad_key(tmp_path):
+    from evals.serving_counterfactual import parse_variant, variant_params
+    from plumbing.config import load_params
+
+    assert parse_variant("serving.pool_ctcvr_weight=2,grpo.rewards.diversity=0.5") == \
+        {"serving.pool_ctcvr_weight": 2, "grpo.rewards.diversity": 0.5}
+    with pytest.raises(SystemExit, match="section.key=value"):
+        parse_variant("pool_ctcvr_weight=2")
+    (tmp_path / "params.yaml").write_text(f"extends: {ROOT / 'params.yaml'}\n")
+    params = variant_params(tmp_path, {"grpo.rewards.diversity": 0.5}, retrain=True)
+    assert params["grpo"]["rewards"]["diversity"] == 0.5 and params["training"]["mode"] == "full"
+    assert params["grpo"]["rewards"]["ctcvr"] == load_params(ROOT / "params.yaml")["grpo"]["rewards"]["ctcvr"]
+    with pytest.raises(SystemExit, match="nope"):
+        variant_params(tmp_path, {"nope.key": 1}, retrain=False)
