@@ -8,7 +8,6 @@ run falls back to `full`, with the reason logged and recorded, when
 - no version in the champion's history trained before this run's last day (a warm run continues
   from the newest one that did: a rerun of a day, or a backfill, never sees its own or later days);
 - the chain's last full retrain is `training.full_every_days` or more days old (the cadence);
-- `training.full_stages` names the stage (it trains in full every day);
 - the stage finds data the loaded model cannot represent (`Start.full(reason)`): the
   tokenizer's out-of-vocabulary rate on the new days above `training.max_oov_rate`, or ads
   and elements the model has no rows for.
@@ -35,7 +34,6 @@ log = get_logger("warm_start")
 
 FULL, WARM = "full", "warm"
 MODES = (FULL, WARM)
-TRAINING_STAGES = ("train_ctcvr", "train_attribution", "sft", "grpo", "combo_policy")
 LINEAGE_FILE = "lineage.json"
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -47,13 +45,9 @@ class TrainingConfig:
     mode: str
     full_every_days: int
     max_oov_rate: float
-    full_stages: list[str]  # stages that train in full every day even in warm mode
 
     def __post_init__(self) -> None:
         require(self.mode in MODES, "training.mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
-        unknown = sorted(set(self.full_stages) - set(TRAINING_STAGES))
-        require(not unknown, "training.full_stages",
-                f"unknown stage(s) {unknown}; training stages: {', '.join(TRAINING_STAGES)}")
         require(self.full_every_days >= 1, "training.full_every_days", f"must be >= 1, got {self.full_every_days}")
         require(0 <= self.max_oov_rate <= 1, "training.max_oov_rate", f"must be in [0, 1], got {self.max_oov_rate}")
 
@@ -122,8 +116,6 @@ def plan(stage: str, artifact: str, params: Path, through: str) -> Start:
     full = Start(stage, FULL, "training.mode is full", max_oov_rate=cfg.max_oov_rate)
     if cfg.mode == FULL:
         return full
-    if stage in cfg.full_stages:
-        return full.full(f"training.full_stages lists {stage}")
     from pipelines.publish_registry import check_registry_dir, read_champion
 
     written = (load_params(params).get("publish") or {}).get("registry_dir")

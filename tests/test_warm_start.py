@@ -74,15 +74,6 @@ def test_each_forced_full_of_the_plan_says_why(tmp_path, monkeypatch, lineage, t
     assert start.mode == "full" and reason in start.reason
 
 
-def test_a_stage_in_full_stages_trains_in_full_beside_warm_ones(tmp_path, monkeypatch):
-    params = _project(tmp_path, monkeypatch, full_stages=["grpo"])
-    _champion(tmp_path, V1, _lineage("2026-01-05", "2026-01-05"))
-    _champion(tmp_path, V1, _lineage("2026-01-05", "2026-01-05"), artifact="policy", history=[V1])
-    assert warm_start.plan("train_ctcvr", "ctcvr", params, "2026-01-06").warm
-    start = warm_start.plan("grpo", "policy", params, "2026-01-06")
-    assert (start.mode, start.reason) == ("full", "training.full_stages lists grpo")
-
-
 def test_a_rerun_of_a_day_continues_from_the_champion_before_that_day(tmp_path, monkeypatch):
     params = _project(tmp_path, monkeypatch)
     _champion(tmp_path, V1, _lineage("2026-01-05", "2026-01-05"))
@@ -116,8 +107,7 @@ def test_new_ids_and_unknown_words_force_full():
 
 def test_bad_training_config_is_refused_naming_the_field(tmp_path, monkeypatch):
     for training, field in (({"mode": "lukewarm"}, "training.mode"), ({"full_every_days": 0}, "training.full_every_days"),
-                            ({"max_oov_rate": 2.0}, "training.max_oov_rate"),
-                            ({"full_stages": ["grpo", "tokenizer"]}, r"training.full_stages.*\['tokenizer'\]")):
+                            ({"max_oov_rate": 2.0}, "training.max_oov_rate")):
         params = _project(tmp_path, monkeypatch, **{"mode": "warm", **training})
         with pytest.raises(ConfigError, match=field):
             warm_start.plan("train_ctcvr", "ctcvr", params, "2026-01-06")
