@@ -41,12 +41,12 @@ def prune_days(arm: Path, at: str) -> int:
     return len(later)
 
 
-def rewind_registry(src: Path, registry: Path, at: str) -> str:
-    """Drop the versions published after `at`; point the champion at the one serving the next day."""
-    records = json.loads((src / "loop" / "records.json").read_text())
+def rewind_registry(records: list[dict], registry: Path, at: str) -> str:
+    """Drop the versions published after `at`; point the champion at the one serving the next day
+    (`records`: the source arm's)."""
     nxt = next((r for r in records if r["ds"] == shift_ds(at, 1)), None)
     if nxt is None or not nxt.get("served_by"):
-        raise SystemExit(f"{src}: no champion served {shift_ds(at, 1)}; fork at a later day")
+        raise SystemExit(f"no champion served {shift_ds(at, 1)}; fork at a later day")
     version = nxt["served_by"]
     champion = read_champion(registry)  # before its version goes
     if champion is None or version not in champion["history"]:
@@ -88,9 +88,10 @@ def fork(src: Path, at: str, dst: Path) -> str:
     tmp = dst.with_name(f".{dst.name}.forking")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, symlinks=True)
+    records = json.loads((src / "loop" / "records.json").read_text())
     dropped = prune_days(tmp, at)
-    version = rewind_registry(src, tmp / "registry", at)
-    records = [r for r in json.loads((src / "loop" / "records.json").read_text()) if r["ds"] <= at]
+    version = rewind_registry(records, tmp / "registry", at)
+    records = [r for r in records if r["ds"] <= at]
     atomic.write_json(tmp / "loop" / "records.json", records)
     copy_siblings(src, dst)
     tmp.rename(dst)

@@ -106,7 +106,7 @@ def score(rep) -> dict[str, float]:
 
 
 def one_day(run: Path, ds: str, variants: list[str], retrain: bool, work: Path) -> dict:
-    """The day's logging baseline, the published tables and each value's rebuilt tables, scored."""
+    """The day's logging baseline, the published tables and each variant's rebuilt tables, scored."""
     arm_dir = run / "daily_warm"
     records = json.loads((arm_dir / "loop" / "records.json").read_text())
     version = next((r.get("served_by") for r in records if r["ds"] == ds), None)

@@ -153,7 +153,7 @@ def trajectory_plot(records: dict[str, list[dict]], cfg, path: Path) -> None:
               ("served search compliance", lambda m: m["search"]["compliance"]),
               ("distinct-2 of served search texts", lambda m: m["search_distinct2"]),
               ("share of search carrying the most served bigram",
-               lambda m: (m.get("search_top_bigram") or {}).get("share", float("nan"))))
+               lambda m: (m.get("search_top_bigram") or {}).get("share")))
     fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True)
     for ax, (title, value) in zip(axes.flat, panels):
         for arm, recs in records.items():
