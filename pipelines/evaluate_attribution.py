@@ -158,9 +158,9 @@ def fit_content_prior_glm(index: np.ndarray, n: np.ndarray, y: np.ndarray, n_ads
                           prior_sd: np.ndarray) -> np.ndarray:
     """MAP logistic fit: per-ad intercept + one effect per element, each ~ N(prior_mean, prior_sd^2).
 
-    index: [rows, 4] (ad, title, image, highlight) positions, the elements indexing one flat table of
-    len(prior_mean) elements. Returns the element effect estimates."""
-    a, t, i, h = (torch.as_tensor(index[:, k]) for k in range(4))
+    index: [rows, 1 + k]: the ad's position, then k positions in one flat table of len(prior_mean) effects
+    (the title, image, highlight; any more add effects, such as a pair's). Returns the effect estimates."""
+    a, cols = torch.as_tensor(index[:, 0]), torch.as_tensor(index[:, 1:])
     n_t, y_t = torch.as_tensor(n, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
     m, sd = torch.as_tensor(prior_mean, dtype=torch.float64), torch.as_tensor(prior_sd, dtype=torch.float64)
     b = torch.full((n_ads,), float(np.log(y.sum() / max(n.sum() - y.sum(), 1.0))), dtype=torch.float64,
@@ -170,7 +170,7 @@ def fit_content_prior_glm(index: np.ndarray, n: np.ndarray, y: np.ndarray, n_ads
 
     def closure():
         opt.zero_grad()
-        z = b[a] + e[t] + e[i] + e[h]
+        z = b[a] + e[cols].sum(dim=1)
         nll = -(y_t * torch.nn.functional.logsigmoid(z) + (n_t - y_t) * torch.nn.functional.logsigmoid(-z)).sum()
         loss = nll + ((e - m) ** 2 / (2 * sd ** 2)).sum()
         loss.backward()
@@ -180,11 +180,11 @@ def fit_content_prior_glm(index: np.ndarray, n: np.ndarray, y: np.ndarray, n_ads
     return e.detach().numpy()
 
 
-def content_ceiling_warm(oracle, truth: pd.DataFrame, train: pd.DataFrame, cfg: EvaluateAttributionConfig) -> dict:
-    """Spearman of an estimator given the true priors and the true content function on the same data: a MAP
-    logistic fit (per-ad intercepts, element effects ~ N(true content utility, the slot's true idiosyncratic
-    sd)) on clicks redrawn from each day's true combination CTRs (the market as of that day) on the training
-    window's logged impressions. Every row counts; the elements live on the eval day are ranked."""
+def content_prior_problem(oracle, truth: pd.DataFrame, train: pd.DataFrame) -> dict:
+    """The ceiling estimator's problem on the training window's logged impressions: each row's true CTR
+    as of its day (the market then), the elements it indexes, and each element's prior (its true content
+    utility, the slot's true idiosyncratic sd). Keys: elements, index, n, p_true, n_ads, prior_mean,
+    prior_sd, resid_sd."""
     rows = train.groupby(["dt", "ad_id", *attr.ELEMENT_COLUMNS], sort=True)[["impressions", "clicks"]].sum()
     rows = rows.reset_index()
     p_true, content = np.empty(len(rows)), {}
@@ -202,20 +202,38 @@ def content_ceiling_warm(oracle, truth: pd.DataFrame, train: pd.DataFrame, cfg: 
     index = np.array([[ads[r[0]], *(pos[(r[0], s, e)] for s, e in zip(attr.SLOTS, r[1:]))]
                       for r in rows[["ad_id", *attr.ELEMENT_COLUMNS]].itertuples(index=False)])
     resid_sd = (truth["utility"] - truth["content_utility"]).groupby(truth["slot"]).std()
-    prior_mean = np.array([content.get(k, 0.0) for k in elements])
-    prior_sd = np.array([max(resid_sd[s], 1e-3) for _, s, _ in elements])  # a floor: content may explain all
+    return {"elements": elements, "index": index, "n": rows["impressions"].to_numpy(np.float64), "p_true": p_true,
+            "n_ads": len(ads), "prior_mean": np.array([content.get(k, 0.0) for k in elements]),
+            "prior_sd": np.array([max(resid_sd[s], 1e-3) for _, s, _ in elements]),  # a floor: content may explain all
+            "resid_sd": resid_sd}
+
+
+def content_prior_estimates(problem: dict, rng: np.random.Generator) -> pd.DataFrame:
+    """One replicate of the ceiling estimator: clicks redrawn from the true CTRs, then the MAP fit.
+    Columns KEYS + estimate, one row per element of the window."""
+    y = rng.binomial(problem["n"].astype(np.int64), problem["p_true"]).astype(np.float64)
+    est = fit_content_prior_glm(problem["index"], problem["n"], y, problem["n_ads"], problem["prior_mean"],
+                                problem["prior_sd"])
+    return pd.DataFrame(problem["elements"], columns=KEYS).assign(estimate=est)
+
+
+def content_ceiling_warm(oracle, truth: pd.DataFrame, train: pd.DataFrame, cfg: EvaluateAttributionConfig) -> dict:
+    """Spearman of an estimator given the true priors and the true content function on the same data: a MAP
+    logistic fit (per-ad intercepts, element effects ~ N(true content utility, the slot's true idiosyncratic
+    sd)) on clicks redrawn from each day's true combination CTRs (the market as of that day) on the training
+    window's logged impressions. Every row counts; the elements live on the eval day are ranked."""
+    problem = content_prior_problem(oracle, truth, train)
     rng = np.random.default_rng(cfg.seed)
-    n = rows["impressions"].to_numpy(np.float64)
     rhos = []
     for _ in range(cfg.bootstrap_replicates):
-        y = rng.binomial(n.astype(np.int64), p_true).astype(np.float64)
-        est = fit_content_prior_glm(index, n, y, len(ads), prior_mean, prior_sd)
-        frame = pd.DataFrame(elements, columns=KEYS).assign(estimate=est).merge(truth, on=KEYS)
+        frame = content_prior_estimates(problem, rng).merge(truth, on=KEYS)
         rhos.append(within_group_spearman(frame, "estimate", "utility", cfg.min_group_size)["mean_within_ad_slot"])
     if not rhos:
         return {}
-    return {"warm": float(np.mean(rhos)), "warm_sd": float(np.std(rhos)), "warm_rows": int(len(rows)),
-            "warm_clicks_per_ad": float((n * p_true).sum() / len(ads)), "prior_residual_sd": resid_sd.to_dict()}
+    n, p_true = problem["n"], problem["p_true"]
+    return {"warm": float(np.mean(rhos)), "warm_sd": float(np.std(rhos)), "warm_rows": int(len(n)),
+            "warm_clicks_per_ad": float((n * p_true).sum() / problem["n_ads"]),
+            "prior_residual_sd": problem["resid_sd"].to_dict()}
 
 
 def cold_start(cfg: EvaluateAttributionConfig, params: Path, scorer: attr.AttributionScorer, truth: pd.DataFrame
