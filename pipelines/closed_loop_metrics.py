@@ -26,6 +26,8 @@ from relate_models.text_metrics import distinct_n, ngrams, words
 
 SUM_KEYS = ("n", "champion", "compliant", "champion_compliant", "sum_ctr", "sum_ctr2", "sum_ctcvr", "sum_ctcvr2",
             "sum_ctr_ctcvr")
+# a non-compliant text's true CTCVR valued at nothing (the oracle's rule); served records written before lack them
+COMPLIANT_VALUE_KEYS = ("sum_ctcvr_compliant", "sum_ctcvr_compliant2")
 
 
 def served_record(root: Path, ds: str) -> dict:
@@ -86,7 +88,16 @@ def rates(sums: dict) -> dict:
             "true_ctr": ctr, "true_ctr_ci95": ctr_ci, "true_ctcvr": ctcvr, "true_ctcvr_ci95": ctcvr_ci,
             "true_cvr": cvr, "true_cvr_ci95": [cvr - half, cvr + half],
             "compliance": sums["compliant"] / n,
-            "champion_compliance": sums["champion_compliant"] / sums["champion"] if sums["champion"] else None}
+            "champion_compliance": sums["champion_compliant"] / sums["champion"] if sums["champion"] else None,
+            **_compliant_valued(sums, n)}
+
+
+def _compliant_valued(sums: dict, n: int) -> dict:
+    """True CTCVR with non-compliant texts valued at nothing, and its CI; {} for sums without them."""
+    if not all(k in sums for k in COMPLIANT_VALUE_KEYS):
+        return {}
+    mean, ci = _mean_ci(sums["sum_ctcvr_compliant"], sums["sum_ctcvr_compliant2"], n)
+    return {"true_ctcvr_compliant_valued": mean, "true_ctcvr_compliant_valued_ci95": ci}
 
 
 def _mean_ci(total: float, total_sq: float, n: int) -> tuple[float, list[float]]:
@@ -98,7 +109,8 @@ def _mean_ci(total: float, total_sq: float, n: int) -> tuple[float, list[float]]
 
 def pooled(days: list[dict], placement: str) -> dict:
     """The rates of `placement` over several days' impressions pooled."""
-    sums = {k: sum(d["sums"][placement][k] for d in days) for k in SUM_KEYS}
+    keys = SUM_KEYS + tuple(k for k in COMPLIANT_VALUE_KEYS if all(k in d["sums"][placement] for d in days))
+    sums = {k: sum(d["sums"][placement][k] for d in days) for k in keys}
     return rates(sums)
 
 

@@ -17,6 +17,8 @@ from plumbing import atomic
 from plumbing.paths import METRICS, PLOTS, REPORTS
 
 RETRAINING_ARMS = ("daily", "daily_warm")
+# beside each uplift, the same with non-compliant texts valued at nothing (the offline evaluation's rule)
+VALUED, VALUED_SUFFIX = "true_ctcvr_compliant_valued", "compliant_valued"
 GOALS = {"uplift_{arm}_vs_logging": 0.30, "uplift_{arm}_vs_frozen": 0.05, "feed_ctr_uplift_{arm}_vs_logging": 1.00,
          "served_compliance_min_{arm}": 0.995}
 
@@ -92,9 +94,14 @@ def _uplifts_over_baselines(arm: str, arms: dict, last: dict) -> dict:
     out = {}
     for other, placement, metric, key in (("logging", "search", "true_ctcvr", f"uplift_{arm}_vs_logging"),
                                           ("frozen", "search", "true_ctcvr", f"uplift_{arm}_vs_frozen"),
-                                          ("logging", "feed", "true_ctr", f"feed_ctr_uplift_{arm}_vs_logging")):
-        if arm in arms and other in arms:
-            up = uplift(pooled(last[arm], placement), pooled(last[other], placement), metric)
+                                          ("logging", "feed", "true_ctr", f"feed_ctr_uplift_{arm}_vs_logging"),
+                                          *((o, "search", VALUED, f"uplift_{arm}_vs_{o}_{VALUED_SUFFIX}")
+                                            for o in ("logging", "frozen"))):
+        if arm not in arms or other not in arms:
+            continue
+        a, b = pooled(last[arm], placement), pooled(last[other], placement)
+        if metric in a and metric in b:  # the compliant-valued sums: only served records that have them
+            up = uplift(a, b, metric)
             out[key], out[f"{key}_ci95"] = up["uplift"], up["ci95"]
     return out
 
@@ -128,6 +135,7 @@ def days_csv(records: dict[str, list[dict]]) -> str:
             top = m.get("search_top_bigram") or {}  # absent from records measured before it existed
             row.update({f"{arm}_top_bigram": top.get("bigram"), f"{arm}_top_bigram_share": top.get("share"),
                         f"{arm}_search_true_ctcvr": m["search"]["true_ctcvr"],
+                        f"{arm}_search_true_ctcvr_{VALUED_SUFFIX}": m["search"].get(VALUED),
                         f"{arm}_feed_true_ctr": m["feed"]["true_ctr"],
                         f"{arm}_champion_share": m["search"]["champion_share"],
                         f"{arm}_served_compliance": m["search"]["compliance"],
@@ -190,6 +198,14 @@ def markdown(out: dict) -> str:
         lines.append(f"| {name} | {_pct(g['value'], signed)}{f' ({_ci(ci, pct=True)})' if ci else ''} | "
                      f"{_pct(g['target'], signed)} | "
                      f"{'yes' if g['met'] else '**no**'} |")
+    valued = [(arm, other) for arm in RETRAINING_ARMS for other in ("logging", "frozen")
+              if f"uplift_{arm}_vs_{other}_{VALUED_SUFFIX}" in out]
+    if valued:
+        lines += ["", "Valued as the offline evaluation values them (a non-compliant text's conversions count for "
+                      "nothing), search true CTCVR: " + "; ".join(
+                          f"{arm} vs {other} {_pct(out[f'uplift_{arm}_vs_{other}_{VALUED_SUFFIX}'])} "
+                          f"({_ci(out[f'uplift_{arm}_vs_{other}_{VALUED_SUFFIX}_ci95'], pct=True)})"
+                          for arm, other in valued) + "."]
     if "uplift_daily_warm_vs_daily" in out:
         lines += ["", f"daily_warm vs daily (full retrains): search true CTCVR "
                       f"{_pct(out['uplift_daily_warm_vs_daily'])} ({_ci(out['uplift_daily_warm_vs_daily_ci95'], pct=True)}), "

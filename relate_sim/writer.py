@@ -402,13 +402,15 @@ class _DayState:
 
     def add_truth(self, placement: str, p_click: np.ndarray, p_conv: np.ndarray, champion: np.ndarray,
                   compliant: np.ndarray) -> None:
-        """Accumulate what the served impressions' true rates sum to (means and CIs need only sums)."""
+        """Accumulate what the served impressions' true rates sum to (means and CIs need only sums); the
+        `_compliant` sums value a non-compliant text's conversions at nothing, as the oracle does."""
         x, y = p_click, p_click * p_conv
         sums = self.truth_sums.setdefault(placement, collections.Counter())
         sums.update({"n": len(x), "champion": int(champion.sum()), "compliant": int(compliant.sum()),
                      "champion_compliant": int((champion & compliant).sum()), "sum_ctr": float(x.sum()),
                      "sum_ctr2": float(x @ x), "sum_ctcvr": float(y.sum()), "sum_ctcvr2": float(y @ y),
-                     "sum_ctr_ctcvr": float(x @ y)})
+                     "sum_ctr_ctcvr": float(x @ y), "sum_ctcvr_compliant": float(y @ compliant),
+                     "sum_ctcvr_compliant2": float((y * y) @ compliant)})
 
     def shares(self, n_phrases: int) -> np.ndarray:
         counts = self.phrase_counts if self.phrase_counts is not None else np.zeros(n_phrases)

@@ -108,6 +108,25 @@ def test_the_report_holds_the_trajectories(daily):
     assert (project / "plots" / "closed_loop" / "trajectories.png").stat().st_size > 10_000
 
 
+def test_compliant_valued_ctcvr_is_recorded_and_a_redraw_gives_the_same_sums(daily):
+    """The simulator's served record values non-compliant texts at nothing beside the market's view;
+    evals.loop_report re-draws a day exactly (how it fills runs recorded before those sums existed)."""
+    from evals.loop_report import filled
+
+    _, ws, records = daily
+    for r in records.values():
+        search = r["measure"]["search"]
+        assert 0 < search["true_ctcvr_compliant_valued"] <= search["true_ctcvr"]
+    logging_day = records["2026-01-02"]  # the logging policy serves non-compliant texts too
+    assert logging_day["measure"]["search"]["true_ctcvr_compliant_valued"] < logging_day["measure"]["search"]["true_ctcvr"]
+    stripped = json.loads(json.dumps([records[LAST], logging_day]))
+    for r in stripped:
+        for key in ("sum_ctcvr_compliant", "sum_ctcvr_compliant2"):
+            del r["measure"]["sums"]["search"][key]
+    for before, after in zip((records[LAST], logging_day), filled(ws, stripped)):
+        assert after["measure"]["sums"]["search"] == pytest.approx(before["measure"]["sums"]["search"], rel=1e-9)
+
+
 def test_the_champion_is_scored_again_on_every_gate_and_a_model_scored_so_gets_its_own_values(daily, monkeypatch):
     """publish's bar is the champion measured like the candidate: scoring the day's own models with
     evaluate_champion's code gives their recorded metrics, and the refused day compared on its own data."""
@@ -208,6 +227,22 @@ def test_summary_computes_uplifts_with_intervals_and_goals():
     assert out["goals"]["served_compliance_min_daily"]["met"] and out["served_compliance_min"] == 1.0
     assert "uplift_daily_warm_vs_daily" not in out  # no daily_warm arm run
     assert not any("daily_warm" in k for k in out["goals"])
+    assert "uplift_daily_vs_logging_compliant_valued" not in out  # records without the compliant-valued sums
+
+
+def test_summary_values_non_compliant_texts_at_nothing_beside_the_market_view():
+    cfg = ClosedLoopConfig(**yaml.safe_load(TINY_PARAMS.read_text())["closed_loop"])
+    records = {"logging": _records("logging", 0.004, 0.02), "daily": _records("daily", 0.006, 0.05)}
+    for arm, share in (("logging", 0.75), ("daily", 1.0)):  # the share of each arm's CTCVR from compliant texts
+        for r in records[arm]:
+            s = r["measure"]["sums"]["search"]
+            s["sum_ctcvr_compliant"], s["sum_ctcvr_compliant2"] = share * s["sum_ctcvr"], share * s["sum_ctcvr2"]
+    out = build_summary(records, cfg, Path("p.yaml"))
+    assert out["uplift_daily_vs_logging"] == pytest.approx(0.5)
+    assert out["uplift_daily_vs_logging_compliant_valued"] == pytest.approx(1.5 / 0.75 - 1)
+    lo, hi = out["uplift_daily_vs_logging_compliant_valued_ci95"]
+    assert lo < 1.0 < hi
+    assert "uplift_daily_vs_logging_compliant_valued" not in out["goals"]  # reported, not a goal
 
 
 def test_summary_compares_warm_updates_with_daily_full_retrains():
