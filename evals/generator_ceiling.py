@@ -42,6 +42,11 @@ from plumbing.tables import read_partition
 from relate_models import attribution as attr
 
 
+def by_element(rows: list[dict], field: str) -> dict:
+    """(ad_id, slot, element_id) -> `field` of the oracle's element_utilities rows."""
+    return {(r["ad_id"], r["element_type"], r["element_id"]): r[field] for r in rows}
+
+
 def argmax_choices(oracle, score: dict) -> dict[str, tuple]:
     """ad -> the combination of its live elements with the highest score in each slot (ties: lowest id)."""
     out = {}
@@ -123,21 +128,18 @@ def generator_ceiling(params: Path, replicates: int, day: str | None) -> dict:
     problem = ea.content_prior_problem(then, truth, train)
     day = day or shift_ds(window, 1)
     oracle, live, rows = ec.market(scorer, day)
-    now = {(r["ad_id"], r["element_type"], r["element_id"]): r for r in oracle.element_utilities()}
-    utility = {**{(r["ad_id"], r["element_type"], r["element_id"]): r["utility"] for r in then.element_utilities()},
-               **{k: r["utility"] for k, r in now.items()}}
+    then_rows, now_rows = then.element_utilities(), oracle.element_utilities()
+    utility, content = ({**by_element(then_rows, f), **by_element(now_rows, f)} for f in ("utility", "content_utility"))
     pair_sd = float(np.std(list(pair_interactions(oracle).values())))
     arms = {"generator_top1": ec.top1_choices(ec.load_serving()),
             "oracle_best": ec.oracle_best_choices({ad: oracle.oracle_best_combo(ad) for ad in oracle.ad_ids}),
             "true_element_utility": argmax_choices(oracle, utility)}
-    content = {**{(r["ad_id"], r["element_type"], r["element_id"]): r["content_utility"]
-                  for r in then.element_utilities()}, **{k: r["content_utility"] for k, r in now.items()}}
     content_prior = {e: (m, sd) for e, m, sd in zip(problem["elements"], problem["prior_mean"], problem["prior_sd"])}
     pinned = {e: (utility.get(e, 0.0), 1e-3) for e in problem["elements"]}  # 0: retired before the window's end
     rng = np.random.default_rng(acfg.seed)
     for k in range(replicates):
         est = ea.content_prior_estimates(problem, rng)
-        score = dict(content)
+        score = dict(content)  # an element without rows: its true content utility
         score.update(dict(zip(map(tuple, est[ea.KEYS].itertuples(index=False)), est["estimate"])))
         arms[f"content_prior_ceiling_{k}"] = argmax_choices(oracle, score)
         arms[f"content_pair_ceiling_{k}"] = pair_argmax_choices(
