@@ -31,14 +31,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipelines import evaluate_attribution as ea
 from pipelines import evaluate_combo as ec
 from plumbing import atomic
 from plumbing.config import load_config
 from plumbing.dates import shift_ds
-from plumbing.tables import read_partition
 from relate_models import attribution as attr
 
 
@@ -78,11 +76,11 @@ def pair_prior_scores(problem: dict, prior: dict, pair_sd: float, rng: np.random
     window's elements, each ~ N(prior[element]) as (mean, sd), and of each logged (title, image) pair's
     effect ~ N(0, pair_sd^2). {("el", ad, slot, id) or ("pair", ad, title, image): estimate}."""
     elements = problem["elements"]
-    pairs = sorted({(elements[t][0], elements[t][2], elements[i][2]) for t, i in problem["index"][:, 1:3]})
+    row_pairs = [(elements[t][0], elements[t][2], elements[i][2]) for t, i in problem["index"][:, 1:3]]
+    pairs = sorted(set(row_pairs))
     keys = [("el", *e) for e in elements] + [("pair", *p) for p in pairs]
     pair_pos = {p: len(elements) + j for j, p in enumerate(pairs)}
-    index = np.column_stack([problem["index"], [pair_pos[(elements[t][0], elements[t][2], elements[i][2])]
-                                                 for t, i in problem["index"][:, 1:3]]])
+    index = np.column_stack([problem["index"], [pair_pos[p] for p in row_pairs]])
     mean = np.array([prior[k[1:]][0] for k in keys[:len(elements)]] + [0.0] * len(pairs))
     sd = np.array([prior[k[1:]][1] for k in keys[:len(elements)]] + [pair_sd] * len(pairs))
     y = rng.binomial(problem["n"].astype(np.int64), problem["p_true"]).astype(np.float64)
@@ -123,9 +121,7 @@ def generator_ceiling(params: Path, replicates: int, day: str | None) -> dict:
     scorer = attr.AttributionScorer.load(ea.MODEL_DIR)
     window = ea.window_day(scorer)
     truth, then = ea.true_utilities(window)
-    cols = ["ad_id", *attr.ELEMENT_COLUMNS, "impressions", "clicks"]
-    train = pd.concat([read_partition("combo_stats", d, cols) for d in scorer.meta["train_days"]], ignore_index=True)
-    problem = ea.content_prior_problem(then, truth, train)
+    problem = ea.content_prior_problem(then, truth, ea.window_rows(scorer))
     day = day or shift_ds(window, 1)
     oracle, live, rows = ec.market(scorer, day)
     then_rows, now_rows = then.element_utilities(), oracle.element_utilities()

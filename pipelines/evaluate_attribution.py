@@ -81,6 +81,12 @@ def window_day(scorer: attr.AttributionScorer) -> str:
     return max(days)
 
 
+def window_rows(scorer: attr.AttributionScorer) -> pd.DataFrame:
+    """The combination rows (with dt) of the model's training days: the data every ceiling is fitted on."""
+    cols = ["ad_id", *attr.ELEMENT_COLUMNS, "impressions", "clicks"]  # read_partition adds dt
+    return pd.concat([read_partition("combo_stats", d, cols) for d in scorer.meta["train_days"]], ignore_index=True)
+
+
 def true_utilities(day: str | None = None) -> tuple[pd.DataFrame, "Oracle"]:  # noqa: F821
     """The true element utilities of the market as of `day` (None: day 0), and its oracle."""
     from relate_sim.oracle import Oracle  # not evaluate_harness.load_oracle: this stage never loads the policy code
@@ -337,9 +343,7 @@ def attribution_metrics(cfg: EvaluateAttributionConfig, params: Path) -> dict:
     metrics["meets_goal"] = bool(metrics["spearman_vs_truth"] >= cfg.goal_spearman)
     metrics["beats_baseline"] = bool(metrics["spearman_vs_truth"] > metrics["baseline_spearman_vs_truth"])
     metrics.update(holdout_auc(scorer, oracle, list(scorer.meta["holdout_days"])))
-    train_cols = ["ad_id", *attr.ELEMENT_COLUMNS, "impressions", "clicks"]  # read_partition adds dt
-    train = pd.concat([read_partition("combo_stats", d, train_cols) for d in scorer.meta["train_days"]],
-                      ignore_index=True)
+    train = window_rows(scorer)
     ceiling = content_ceiling_warm(oracle, truth, train, cfg) if "content_utility" in truth else {}
     cold = cold_start(cfg, params, scorer, truth)
     metrics["spearman_cold_start"] = cold.get("spearman")
