@@ -29,6 +29,7 @@ from pipelines.closed_loop_metrics import COMPLIANT_VALUE_KEYS, rates, served_re
 from pipelines.closed_loop_report import write_report
 from plumbing.config import load_config
 from plumbing.logs import get_logger
+from relate_sim.writer import compliant_ctcvr_sums
 
 log = get_logger("loop_report")
 
@@ -40,8 +41,7 @@ def compliant_value_sums(arm_dir: Path, ds: str, sum_ctcvr: float) -> dict:
     if not np.isclose(y.sum(), sum_ctcvr, rtol=1e-9, atol=0.0):
         raise SystemExit(f"{arm_dir.name} {ds}: the re-drawn search impressions sum to {y.sum()!r}, the record "
                          f"to {sum_ctcvr!r}; this simulator does not reproduce the run")
-    compliant = rep.sim.tables.text_compliant[rep.ad, rep.creative].astype(np.float64)
-    return {"sum_ctcvr_compliant": float(y @ compliant), "sum_ctcvr_compliant2": float((y * y) @ compliant)}
+    return compliant_ctcvr_sums(y, rep.sim.tables.text_compliant[rep.ad, rep.creative])
 
 
 def filled(arm_dir: Path, records: list[dict]) -> list[dict]:

@@ -409,12 +409,17 @@ class _DayState:
         sums.update({"n": len(x), "champion": int(champion.sum()), "compliant": int(compliant.sum()),
                      "champion_compliant": int((champion & compliant).sum()), "sum_ctr": float(x.sum()),
                      "sum_ctr2": float(x @ x), "sum_ctcvr": float(y.sum()), "sum_ctcvr2": float(y @ y),
-                     "sum_ctr_ctcvr": float(x @ y), "sum_ctcvr_compliant": float(y @ compliant),
-                     "sum_ctcvr_compliant2": float((y * y) @ compliant)})
+                     "sum_ctr_ctcvr": float(x @ y), **compliant_ctcvr_sums(y, compliant)})
 
     def shares(self, n_phrases: int) -> np.ndarray:
         counts = self.phrase_counts if self.phrase_counts is not None else np.zeros(n_phrases)
         return counts / max(self.search, 1)
+
+
+def compliant_ctcvr_sums(ctcvr: np.ndarray, compliant: np.ndarray) -> dict:
+    """Sums of served impressions' true CTCVR (and its square) with a non-compliant text's valued at nothing."""
+    weight = compliant.astype(np.float64)
+    return {"sum_ctcvr_compliant": float(ctcvr @ weight), "sum_ctcvr_compliant2": float((ctcvr * ctcvr) @ weight)}
 
 
 def served_record(sim: Simulation, day_state: _DayState) -> dict:
