@@ -10,8 +10,8 @@ SFT and RELATE policies on the held-out prompts, speed) and the per-reward train
 curves plots/grpo/rewards.{csv,png}. Never reads data/sim_truth or relate_sim.
 
 `training.mode: warm` (pipelines/warm_start.py): the champion's RELATE policy (registry
-artifact `policy`) trains `grpo.warm_max_steps` steps on the same prompts, with today's
-models/sft as the KL reference (see `train_relate`); models/relate/ gets a lineage.json.
+artifact `policy`) trains `grpo.warm_max_steps` steps on the same prompts, with the SFT model of
+the warm chain's full retrain as the KL reference (`kl_reference`); models/relate/ gets a lineage.json.
 """
 from __future__ import annotations
 
@@ -47,25 +47,51 @@ def run(ctx: StageContext) -> None:
     train_relate(cfg, ctx.curated, start=check_champion_relate(start) if start else None)
 
 
-def check_champion_relate(start: Start) -> Start:
-    """`start`, or a full run when the champion's RELATE policy cannot continue against today's SFT
-    policy as its reference: an adapter, or another base model, prompt format, shape or tokenizer."""
-    from relate_models import policy
+def kl_reference(start: Start) -> Path:
+    """A warm GRPO update's KL reference: the SFT model the chain's full retrain published
+    (`registry/<first version of the chain>/sft`), the one that run's GRPO started from.
 
+    Not the champion's RELATE policy: the reference holds no GRPO update, so day after day of warm
+    steps cannot compound away from the logged texts by more than beta allows. Not today's SFT either:
+    it continues on the new days, whose search traffic is mostly the champion's own texts, so an anchor
+    that follows it follows the champion's hook (docs/decisions.md, the closed loop's four arms)."""
+    return Path(start.source).parent.parent / start.chain[0] / "sft"
+
+
+def check_champion_relate(start: Start) -> Start:
+    """`start`, or a full run when the champion's RELATE policy cannot continue with today's SFT
+    policy's tokenizer against its KL reference: either is missing, an adapter, or has another base
+    model, prompt format, shape or tokenizer."""
     if not start.warm or not SFT_DIR.is_dir():  # no SFT policy: _load_models says so
         return start
-    meta, today = policy.read_meta(start.source), policy.read_meta(SFT_DIR)
-    if meta["adapter"] or today["adapter"]:
-        return start.full("warm starts of LoRA adapter policies are not built: TRL's KL reference for an adapter "
-                          "is a copy of the loaded one (the champion's RELATE adapter, not today's SFT adapter)")
-    changed = policy.meta_changes(meta, today)
-    changed += [f"weights {d}" for d in _shape_diff(start.source, SFT_DIR)] if not changed else []
-    if not changed and _vocab(start.source) != _vocab(SFT_DIR):
-        changed.append("tokenizer vocabulary")
-    if changed:
-        return start.full("today's SFT policy (the KL reference) differs from the champion's RELATE policy: "
-                          + ", ".join(changed))
+    reference = kl_reference(start)
+    if not reference.is_dir():
+        return start.full(f"the KL reference, the chain's full SFT model {reference}, is not here (dvc pull?)")
+    for other, what in ((SFT_DIR, "today's SFT policy"), (reference, f"the KL reference {reference}")):
+        changed = _policy_changes(start.source, other)
+        if changed:
+            return start.full(f"{what} differs from the champion's RELATE policy: {', '.join(changed)}")
     return start
+
+
+def _policy_changes(champion, other) -> list[str]:
+    """What keeps the champion's RELATE policy from training beside the saved policy `other`."""
+    from relate_models import policy
+
+    meta, theirs = policy.read_meta(champion), policy.read_meta(other)
+    if meta["adapter"] or theirs["adapter"]:
+        return ["a LoRA adapter (warm starts of LoRA adapter policies are not built: TRL's KL reference for an "
+                "adapter is a copy of the loaded one)"]
+    changed = policy.meta_changes(meta, theirs)
+    changed += [f"weights {d}" for d in _shape_diff(champion, other)] if not changed else []
+    if not changed and _vocab(champion) != _vocab(other):
+        changed.append("tokenizer vocabulary")
+    return changed
+
+
+def _reference_record(start: Start) -> dict:
+    """The lineage's `kl_reference`: the registry artifact a warm update was anchored to."""
+    return {"kl_reference": f"{start.chain[0]}/sft"} if start.warm else {}
 
 
 def _shape_diff(a, b) -> list[str]:
@@ -101,7 +127,7 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     `start` (the stage's warm-start plan; None: full, as the ablation trains): warm, the champion's
     RELATE policy trains `cfg.warm_max_steps` steps. `prompts_dir=None`
     skips writing the prompt split (the ablation reuses the stage's split); returns the metrics also
-    written to `metrics_path`. The KL reference is today's models/sft in both modes (`_trainer`).
+    written to `metrics_path`. The KL reference is models/sft in full, `kl_reference` warm.
     """
     from relate_models import policy
     from relate_models.grpo_trainer import reward_context, reward_curves
@@ -143,7 +169,7 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
     metrics = _train_metrics(cfg, trainer.state, train_seconds, sft_eval, relate_eval, curves)
     metrics.update({"training": training_block(start, days)} if start else {})
     require_finite("grpo", "metrics", metrics)  # a diverged run replaces neither the model nor the metrics
-    lineage = start.lineage(all_days[-1]) if start else None
+    lineage = start.lineage(all_days[-1], **_reference_record(start)) if start else None
     policy.save_policy(model, tokenizer, output_dir, meta, lambda staging: lineage and write_lineage(staging, lineage))
     policy.write_curves(curves, plots_dir / "rewards.csv", plots_dir / "rewards.png", "step",
                         names + ["kl", "violation_rate"], "RELATE GRPO: mean reward per training step")
@@ -155,14 +181,8 @@ def train_relate(cfg, curated: CuratedReader = ALL_CURATED, output_dir=RELATE_DI
 
 
 def _trainer(cfg, start: Start | None, sft_model, tokenizer, rewards, train_prompts, meta):
-    """(the policy to train, its trainer): today's SFT policy, or warm the
-    champion's RELATE policy against today's SFT as the reference.
-
-    The KL reference is today's models/sft in both modes, never the champion's RELATE policy: the
-    reference holds no GRPO update, so day after day of warm steps cannot compound away from the
-    logged-text distribution by more than beta allows (a reference that moved with the policy would
-    let each day's drift start from the last). Today's SFT rather than the champion's: it has
-    continued on the new days' texts, so the anchor follows the market the logs show."""
+    """(the policy to train, its trainer): today's SFT policy against itself as the KL reference, or
+    warm the champion's RELATE policy against `kl_reference`."""
     from relate_models import policy
     from relate_models.grpo_trainer import build_trainer
 
@@ -172,8 +192,9 @@ def _trainer(cfg, start: Start | None, sft_model, tokenizer, rewards, train_prom
     on_cpu = {"use_cpu": True} if meta["base_model"] == policy.SCRATCH else {}  # scratch: the CPU, as always
     # warm: a fresh AdamW (the champion's optimizer state is not published); GRPO has no warmup and
     # clips its ratios, so the reset moments start with small, bounded steps
-    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts, reference=SFT_DIR if warm else None,
-                            max_steps=steps, **on_cpu)
+    reference = kl_reference(start) if warm else None  # None: a frozen copy of the SFT policy it starts from
+    trainer = build_trainer(cfg, model, tokenizer, rewards, train_prompts, reference=reference, max_steps=steps,
+                            **on_cpu)
     return model, trainer
 
 

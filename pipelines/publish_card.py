@@ -48,7 +48,8 @@ def lineage_lines(lineage: dict) -> list[str]:
     lines = ["| artifact | mode | trained through | chain since the last full retrain | why |", "|---|---|---|---|---|"]
     for name, row in sorted(lineage.items()):
         chain = " -> ".join(row.get("chain") or []) or "(this is a full retrain)"
-        lines.append(f"| {name} | {row['mode']} | {row['trained_through']} | {chain} | {row.get('reason', '')} |")
+        anchor = f"; KL reference {row['kl_reference']}" if row.get("kl_reference") else ""
+        lines.append(f"| {name} | {row['mode']} | {row['trained_through']} | {chain} | {row.get('reason', '')}{anchor} |")
     return lines
 
 

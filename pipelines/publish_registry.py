@@ -38,7 +38,8 @@ SYSTEM_DIRS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "
 
 # The artifact set: name in the registry -> source directory. The policy directory holds
 # its own tokenizer (save_pretrained); `tokenizer` is the shared BPE the CTCVR model reads;
-# `sft` is the policy before GRPO, which a warm start continues and keeps as GRPO's KL reference.
+# `sft` is the policy before GRPO: a warm start continues it, and a full retrain's is the KL reference
+# of the warm GRPO updates that follow it (pipelines.grpo.kl_reference).
 ARTIFACTS: dict[str, Path] = {
     "policy": RELATE_DIR,
     "sft": SFT_DIR,

@@ -85,7 +85,8 @@ def test_pass_publishes_a_tracked_pushed_versioned_set_and_moves_the_champion(pr
     _write_run(project, "a")
     warm = {"stage": "grpo", "mode": "warm", "reason": "continues from champion 2026-01-06-0123456789",
             "continued_from": "2026-01-06-0123456789", "trained_through": "2026-01-06",
-            "last_full_trained_through": "2026-01-05", "chain": ["2026-01-05-abcdefabcd", "2026-01-06-0123456789"]}
+            "last_full_trained_through": "2026-01-05", "chain": ["2026-01-05-abcdefabcd", "2026-01-06-0123456789"],
+            "kl_reference": "2026-01-05-abcdefabcd/sft"}
     (project / "models" / "relate" / "lineage.json").write_text(json.dumps(warm))
     proc = publish(project, "--ds", "2026-01-07")
     assert proc.returncode == 0, proc.stderr
@@ -106,6 +107,7 @@ def test_pass_publishes_a_tracked_pushed_versioned_set_and_moves_the_champion(pr
     card = (vdir / "MODEL_CARD.md").read_text()
     assert version in card and "relate.true_ctcvr_uplift_vs_sft" in card
     assert "| policy | warm | 2026-01-06 | 2026-01-05-abcdefabcd -> 2026-01-06-0123456789 |" in card
+    assert "2026-01-06-0123456789; KL reference 2026-01-05-abcdefabcd/sft |" in card
     # tracked by DVC and pushed: the remote holds the objects of the .dvc file's directory hash
     dvc_file = yaml.safe_load((project / "registry" / f"{version}.dvc").read_text())
     md5 = dvc_file["outs"][0]["md5"]

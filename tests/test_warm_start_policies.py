@@ -53,8 +53,9 @@ def distance(a, b) -> float:
 # ------------------------------------------------------------------------------------ sft and grpo
 
 
-def test_sft_and_grpo_continue_from_the_champion(world):  # noqa: F811
+def test_sft_and_grpo_continue_from_the_champion(world, monkeypatch):  # noqa: F811
     from pipelines import grpo, sft
+    from relate_models import grpo_trainer
     from relate_models.policy import PolicyConfig, build_policy, load_policy
     from plumbing.config import load_config
 
@@ -92,9 +93,16 @@ def test_sft_and_grpo_continue_from_the_champion(world):  # noqa: F811
     moved = distance(warm_sft, champion_sft)
     assert 0 < moved < 0.5 * distance(scratch, champion_sft)  # continued, not rebuilt
 
+    references = []
+    build = grpo_trainer.build_trainer
+    monkeypatch.setattr(grpo_trainer, "build_trainer",
+                        lambda *a, **k: references.append(k["reference"]) or build(*a, **k))
     assert grpo.main([]) == 0
     metrics = json.loads((world / "metrics/grpo.json").read_text())
     assert metrics["steps"] == 2 and metrics["training"]["mode"] == "warm"
+    # anchored to the SFT model of the chain's full retrain, not to today's warm SFT
+    assert [Path(r).resolve() for r in references] == [(source / "sft").resolve()]
+    assert lineage(world / "models/relate")["kl_reference"] == f"{VERSION}/sft"
     warm_relate = load_policy(world / "models/relate")[0]
     # from the champion's RELATE policy, not from today's SFT
     assert 0 < distance(warm_relate, champion_relate) < distance(warm_relate, warm_sft)
@@ -154,6 +162,9 @@ def test_sft_and_grpo_forced_full_runs_say_why(world, monkeypatch):  # noqa: F81
                                                            "adapter": True}))
     assert "LoRA adapter policies are not built" in grpo_start().reason
     (source / "policy" / META_FILE).unlink()
+    shutil.move(source / "sft", world / "moved_sft")  # the chain's full SFT model, the KL reference, missing
+    assert "the KL reference, the chain's full SFT model" in grpo_start().reason
+    shutil.move(world / "moved_sft", source / "sft")
 
     # new day's texts in words the champion's tokenizer never saw as words
     rng = random.Random(4)
