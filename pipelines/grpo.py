@@ -91,7 +91,7 @@ def _policy_changes(champion, other) -> list[str]:
 
 def _reference_record(start: Start) -> dict:
     """The lineage's `kl_reference`: the registry artifact a warm update was anchored to."""
-    return {"kl_reference": f"{start.chain[0]}/sft"} if start.warm else {}
+    return {"kl_reference": "/".join(kl_reference(start).parts[-2:])} if start.warm else {}
 
 
 def _shape_diff(a, b) -> list[str]:

@@ -49,7 +49,8 @@ def lineage_lines(lineage: dict) -> list[str]:
     for name, row in sorted(lineage.items()):
         chain = " -> ".join(row.get("chain") or []) or "(this is a full retrain)"
         anchor = f"; KL reference {row['kl_reference']}" if row.get("kl_reference") else ""
-        lines.append(f"| {name} | {row['mode']} | {row['trained_through']} | {chain} | {row.get('reason', '')}{anchor} |")
+        why = row.get("reason", "") + anchor
+        lines.append(f"| {name} | {row['mode']} | {row['trained_through']} | {chain} | {why} |")
     return lines
 
 

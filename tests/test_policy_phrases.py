@@ -13,6 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_it_samples_both_policies_of_a_version_deterministically(world, capsys):  # noqa: F811
     from evals import policy_phrases
+    from pipelines.evaluate_config import EvaluateConfig
+    from plumbing.config import load_config
     from relate_models.policy import build_policy, save_policy
     from relate_models.tokenizer import load_tokenizer
 
@@ -24,11 +26,12 @@ def test_it_samples_both_policies_of_a_version_deterministically(world, capsys):
     rows = [{"vertical": v, "keyword": k} for v, ks in VERTICALS.items() for k in ks]
     pd.DataFrame(rows * 2).to_parquet(version / "serving/prompt_pools.parquet")  # a prompt per pooled text
 
-    args = [str(version), "--prompts", "3", "--per-prompt", "4"]
+    args = [str(version), "--prompts", "3"]
+    per_prompt = load_config(EvaluateConfig, "evaluate", world / "params.yaml").texts_per_prompt
     assert policy_phrases.main(args) == 0
     first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["artifact"] for r in first] == ["sft", "policy"]
-    assert all(r["texts"] == 12 and 0 <= r["share"] <= 1 for r in first)
+    assert all(r["texts"] == 3 * per_prompt and 0 <= r["share"] <= 1 for r in first)
     assert policy_phrases.main(args) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == first
 
